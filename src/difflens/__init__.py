@@ -1,0 +1,2 @@
+"""difflens: the Activation Difference Lens."""
+__version__ = "0.1.0"

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny random-init models of every supported family and a word-level tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WORDS = ("the a an of to in and is was for on with as by at from it that this be are were cake bake oven "
+         "butter sugar flour water cat dog sat mat ran city river music song king war year people world "
+         "one two three four five six seven eight nine ten red blue green hello man bear target anna "
+         "story tell me give some ideas fun weekend activities why you choose topic conversation us "
+         "? -> : . , ! \n").split(" ")
+
+
+def tiny_tokenizer(bos: bool = False):
+    """A word-level fast tokenizer over a fixed vocabulary (with a chat template)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1, "<bos>": 2, "<eos>": 3}
+    for w in WORDS + [str(i) for i in range(200)]:
+        if w and w not in vocab:
+            vocab[w] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    if bos:
+        tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<bos>", eos_token="<eos>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} \n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant : {% endif %}")
+    return tok
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2"]
+
+
+def tiny_config(family: str, vocab_size: int = 512, layers: int = 4):
+    import transformers as T
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    if family == "llama":
+        return T.LlamaConfig(**common)
+    if family == "mistral":
+        return T.MistralConfig(**common)
+    if family == "qwen2":
+        return T.Qwen2Config(**common)
+    if family == "qwen3":
+        return T.Qwen3Config(head_dim=8, **common)
+    if family == "gemma2":
+        return T.Gemma2Config(head_dim=8, final_logit_softcapping=30.0, **common)
+    if family == "gemma3_text":
+        return T.Gemma3TextConfig(head_dim=8, final_logit_softcapping=30.0, sliding_window=16, **common)
+    if family == "gpt2":
+        return T.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=layers, n_head=4, n_positions=256,
+                            bos_token_id=2, eos_token_id=3, pad_token_id=1)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, seed: int = 0, layers: int = 4):
+    import transformers as T
+
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(tiny_config(family, layers=layers))
+    model.eval()
+    return model
+
+
+def save_tiny(tmp: Path, family: str, seed: int = 0, bos: bool | None = None) -> Path:
+    """A tiny checkpoint directory (model + tokenizer) loadable by difflens.models.load_model."""
+    uses_bos = family.startswith("gemma") if bos is None else bos
+    model = tiny_model(family, seed)
+    tok = tiny_tokenizer(bos=uses_bos)
+    path = tmp / f"{family}-{seed}"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    _pin_tokenizer_class(path)
+    return path
+
+
+def _pin_tokenizer_class(path: Path) -> None:
+    """Keep AutoTokenizer from swapping in the family's own tokenizer class (e.g. Qwen2Tokenizer)."""
+    import json
+
+    cfg_path = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own DIFFLENS_HOME, except that embedded models are shared (converted once)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("DIFFLENS_HOME", str(home))
+    shared = Path(os.environ.get("DIFFLENS_TEST_MODELS", Path.home() / ".cache" / "difflens-test-models"))
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(shared, target_is_directory=True)
+    yield home
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """A small local JSONL corpus built from the tiny vocabulary."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = [w for w in WORDS if w not in ("\n", "?")]
+    lines = []
+    for i in range(120):
+        n = rng.randint(2, 12)  # some texts shorter than k=5 tokens
+        lines.append(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n))}))
+    p = tmp_path / "corpus.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p

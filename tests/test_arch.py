@@ -1,0 +1,96 @@
+"""The architecture module on tiny random-init models of every supported family."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES, tiny_model, tiny_tokenizer
+from difflens.arch import ArchAdapter, bos_prefix_ids, encode
+from difflens.errors import UnsupportedArchitectureError
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_matches_output_hidden_states(family):
+    model = tiny_model(family)
+    arch = ArchAdapter(model)
+    assert arch.num_layers == 4 and arch.hidden_size == 32
+    ids = torch.randint(4, 300, (2, 9))
+    with torch.no_grad():
+        full = model(input_ids=ids, output_hidden_states=True).hidden_states
+    got = arch.capture(model, ids, [0, 2])
+    # hidden_states[i + 1] is the output of decoder layer i (the last one is normed; not compared)
+    torch.testing.assert_close(got[0], full[1])
+    torch.testing.assert_close(got[2], full[3])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unembed_matches_model_logits(family):
+    """Final norm + unembedding (+ softcap) on the last layer's output equals the model's logits."""
+    model = tiny_model(family)
+    arch = ArchAdapter(model)
+    ids = torch.randint(4, 300, (1, 6))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    last = arch.capture(model, ids, [arch.num_layers - 1])[arch.num_layers - 1]
+    torch.testing.assert_close(arch.unembed(last), logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
+def test_gemma_softcap_applied(family):
+    model = tiny_model(family)
+    arch = ArchAdapter(model)
+    assert arch.softcap == 30.0 and arch.uses_bos
+    assert arch.embed_scale == pytest.approx(32 ** 0.5)
+    big = torch.randn(3, 32) * 1e4
+    logits = arch.unembed(big)
+    assert logits.abs().max() <= 30.0 + 1e-4
+    raw = arch._unembed(arch.final_norm(big))
+    torch.testing.assert_close(logits, torch.tanh(raw / 30.0) * 30.0)
+    # the embedding module applies the sqrt(d) scale itself
+    ids = torch.tensor([[5, 6]])
+    torch.testing.assert_close(arch.embed(ids), arch.embedding.weight[ids] * arch.embed_scale)
+
+
+def test_edit_layer_replaces_and_restores():
+    model = tiny_model("llama")
+    arch = ArchAdapter(model)
+    ids = torch.randint(4, 300, (1, 5))
+    with torch.no_grad():
+        clean = model(input_ids=ids).logits
+        with arch.edit_layer(1, lambda h: torch.zeros_like(h)):
+            edited = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    assert not torch.allclose(clean, edited)
+    torch.testing.assert_close(clean, again)
+
+
+def test_resolve_layer():
+    arch = ArchAdapter(tiny_model("qwen2", layers=6))
+    assert arch.resolve_layer(0.5) == 3
+    assert arch.resolve_layer(1.0) == 5
+    assert arch.resolve_layer("0.25") == 1
+    assert arch.resolve_layer(2) == 2 and arch.resolve_layer(-1) == 5
+    with pytest.raises(ValueError, match="out of range"):
+        arch.resolve_layer(6)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        arch.resolve_layer(1.5)
+
+
+def test_unsupported_architecture_is_refused():
+    import transformers as T
+
+    cfg = T.BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2)
+    with pytest.raises(UnsupportedArchitectureError, match="bloom.*not supported"):
+        ArchAdapter(T.AutoModelForCausalLM.from_config(cfg))
+
+
+def test_bos_policy():
+    gemma = ArchAdapter(tiny_model("gemma2"))
+    llama = ArchAdapter(tiny_model("llama"))
+    tok_nobos = tiny_tokenizer(bos=False)
+    tok_bos = tiny_tokenizer(bos=True)
+    assert bos_prefix_ids(tok_nobos, gemma) == [2]  # Gemma always starts with BOS
+    assert bos_prefix_ids(tok_bos, gemma) == []  # ...which its tokenizer already adds
+    assert bos_prefix_ids(tok_nobos, llama) == []
+    assert encode(tok_nobos, gemma, "the cat")[0] == 2
+    assert encode(tok_bos, gemma, "the cat").count(2) == 1
