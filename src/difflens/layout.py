@@ -117,6 +117,14 @@ class RunLayout:
     def steering_generations(self, dataset: str, layer: int) -> Path:
         return self.steer_dir(dataset, layer) / "generations.jsonl"
 
+    def steering_partial(self, dataset: str, layer: int) -> Path:
+        return self.steer_dir(dataset, layer) / "steering.partial.json"
+
+    @staticmethod
+    def stage_key(stage: str, dataset: str | None = None, layer: int | None = None) -> str:
+        """Name of a stage record, e.g. ``lens-wiki-15``."""
+        return "-".join(str(x) for x in (stage, slug(dataset) if dataset else None, layer) if x is not None)
+
     # -- later stages ------------------------------------------------------------------
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from difflens.errors import ConfigError
+from difflens.llm import parse_json_reply
 
 __all__ = [
     "COHERENCE_SYSTEM",
@@ -296,7 +297,7 @@ def patchscope_scale_messages(candidates: Mapping[float, Sequence[str]]) -> Mess
 
 _NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_TOKEN_MARKERS = str.maketrans({"▁": " ", "Ġ": " ", "Ċ": "\n", "ċ": "\n", "Ä ": " "})
+_TOKEN_MARKERS = str.maketrans({"▁": " ", "Ġ": " ", "Ċ": "\n", "ċ": "\n"})
 
 
 def _norm_token(tok: str) -> str:
@@ -366,7 +367,7 @@ def parse_patchscope_scale(
     scale = match[0]
     token_sets = {tuple(_split_tokens(m.group("value"))) for _, m in token_hits}
     if len(token_sets) > 1:
-        raise ValueError(f"the reply has several different TOKENS lines; give exactly one")
+        raise ValueError("the reply has several different TOKENS lines; give exactly one")
     _must_end_with(lines, {i for i, _ in scale_hits} | {i for i, _ in token_hits}, PATCHSCOPE_FORMAT)
     last_scale = max(i for i, _ in scale_hits)
     if not any(i > last_scale for i, _ in token_hits):
@@ -706,10 +707,17 @@ Goal
   a compact structured analysis: key evidence, examples, caveats.
 """
 
-_AGENT_COMMON_BUDGET = """
+_AGENT_BUDGET_ADL_COSTS = """
 Budgets
 - Model interactions: $model_interactions in total for this investigation. ask_model costs one per
-  prompt; generate_steered costs one per sample. Everything else is free.
+  prompt; generate_steered costs one per sample. Everything else is free."""
+
+_AGENT_BUDGET_BLACKBOX_COSTS = """
+Budgets
+- Model interactions: $model_interactions in total for this investigation. ask_model costs one per
+  prompt."""
+
+_AGENT_COMMON_BUDGET = """
 - Agent turns: at most $max_turns of your replies, including replies that cannot be parsed.
 - Every tool result and every reminder tells you what is left. Use free, cached information before
   spending budget. When everything is spent and you are still unsure, give an Inconclusive FINAL.
@@ -788,6 +796,7 @@ What you are given
   rounded to the nearest layer. Positions are 0-based token indices. Token lists are per
   position, truncated to the top k. Generations may be cut off by a length limit.
 """
+    + _AGENT_BUDGET_ADL_COSTS
     + _AGENT_COMMON_BUDGET
     + """
 Tools
@@ -840,6 +849,7 @@ What you are given
 - The first user message contains an OVERVIEW (JSON) with generations of the finetuned model for
   a set of prompts. Some may be cut off by a length limit.
 """
+    + _AGENT_BUDGET_BLACKBOX_COSTS
     + _AGENT_COMMON_BUDGET
     + """
 Tools
@@ -1019,8 +1029,6 @@ def parse_list(reply: str) -> list[str]:
     stripped = reply.strip() if isinstance(reply, str) else ""
     if stripped.startswith("[") or stripped.startswith("```"):
         try:
-            from difflens.llm import parse_json_reply
-
             data = parse_json_reply(stripped)
         except ValueError:
             data = None

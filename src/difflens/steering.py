@@ -1,0 +1,180 @@
+"""Steering with δ̄_j (paper §3, App. C.3).
+
+A hook adds ``α · η_ft · δ̂_j`` to the finetuned model's layer-ℓ output at every non-pad position
+during batched generation (left padding). The strength is the largest coherent α found by binary
+search on [0, 100] (10 iterations, 10 samples at T=1.2, coherent if ≥ 8/10 pass), refined on two
+more prompts over [0, 2α₁] (5 iterations) and averaged. Each α is judged with early stopping: the
+first 8 samples decide whenever they can (8/8 coherent, or ≥ 3 incoherent), and only otherwise the
+last 2 are drawn — the same decision as 10 samples, with fewer generations and grader calls.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from pydantic import BaseModel, Field
+
+from .artifacts import Generation, SearchStep, SteeringThreshold
+from .corpora import render_chat
+from .graders import CoherenceGrader
+from .pair import ModelPair
+from .prompts import STEERING_PROMPTS, THRESHOLD_PROMPTS
+
+
+class SteeringConfig(BaseModel):
+    positions: list[int] | None = None  # None: every collected position
+    alpha_max: float = 100.0
+    search_iters: int = Field(10, ge=1)
+    refine_iters: int = Field(5, ge=0)
+    search_samples: int = Field(10, ge=1)
+    min_coherent: int = Field(8, ge=1)
+    search_temperature: float = 1.2
+    final_samples: int = Field(5, ge=1)
+    final_temperature: float = 1.1
+    max_new_tokens: int = Field(128, ge=1)
+    prompts: list[str] = Field(default_factory=lambda: list(STEERING_PROMPTS))
+    threshold_prompts: list[str] = Field(default_factory=lambda: list(THRESHOLD_PROMPTS))
+    early_stop: bool = True
+    seed: int = 0
+
+
+def prompt_text(tokenizer: Any, prompt: str) -> str:
+    """A user prompt in the model's chat format, ready for the assistant's answer."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"User: {prompt}\nAssistant:"
+
+
+@contextlib.contextmanager
+def steering_hook(pair: ModelPair, layer: int, add: torch.Tensor | None, prompt_mask: torch.Tensor) -> Iterator[None]:
+    """Add ``add`` ([d]) to layer ``layer``'s output at every non-pad position.
+
+    The prefill step sees the padded prompt (``prompt_mask`` [B, T]); later decode steps see only
+    new, real tokens.
+    """
+    if add is None:
+        yield
+        return
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        vec = add.to(device=h.device, dtype=h.dtype)
+        if h.shape[1] == prompt_mask.shape[1] and h.shape[0] == prompt_mask.shape[0]:
+            return h + vec * prompt_mask.to(device=h.device, dtype=h.dtype)[..., None]
+        return h + vec
+
+    with pair.ft_arch.edit_layer(layer, fn):
+        yield
+
+
+def encode_prompts_left(pair: ModelPair, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-formatted prompts as a left-padded batch (BOS policy of the architecture applied)."""
+    from .arch import bos_prefix_ids
+
+    tok = pair.tokenizer
+    templated = bool(getattr(tok, "chat_template", None))
+    bos = [] if templated else bos_prefix_ids(tok, pair.ft_arch)
+    rows = [bos + list(tok(prompt_text(tok, p), add_special_tokens=not templated).input_ids) for p in prompts]
+    if templated and pair.ft_arch.uses_bos and tok.bos_token_id is not None:
+        rows = [r if r and r[0] == tok.bos_token_id else [tok.bos_token_id] + r for r in rows]
+    T = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r)
+        mask[i, T - len(r):] = 1
+    return ids.to(pair.device), mask.to(pair.device)
+
+
+@torch.no_grad()
+def generate(pair: ModelPair, prompts: Sequence[str], *, layer: int, direction: torch.Tensor | None, alpha: float,
+             eta: float, n: int, temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """``n`` samples per prompt from the finetuned model steered by α·η·v̂ (None: unsteered)."""
+    tok = pair.tokenizer
+    ids, mask = encode_prompts_left(pair, [p for p in prompts for _ in range(n)])
+    add = None
+    if direction is not None:
+        unit = direction.float() / (direction.float().norm() + 1e-12)
+        add = alpha * eta * unit
+    torch.manual_seed(seed)
+    with pair.ft() as model, steering_hook(pair, layer, add, mask):
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+                             top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+    gen = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [gen[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+@dataclass
+class SearchCounter:
+    generations: int = 0
+    grader_calls: int = 0
+
+
+def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha: float, *, layer: int,
+                   direction: torch.Tensor, eta: float, cfg: SteeringConfig, seed: int,
+                   counter: SearchCounter) -> tuple[bool, int, int]:
+    """Whether ≥ min_coherent of search_samples steered samples are coherent (early-stopping)."""
+    n, need = cfg.search_samples, cfg.min_coherent
+    first = min(n, need) if cfg.early_stop else n
+    chunks = [first] + ([n - first] if n > first else [])
+    ok = bad = drawn = 0
+    for ci, m in enumerate(chunks):
+        texts = generate(pair, [prompt], layer=layer, direction=direction, alpha=alpha, eta=eta, n=m,
+                         temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + ci)[0]
+        counter.generations += m
+        counter.grader_calls += m
+        drawn += m
+        verdicts = grader.grade(texts)
+        ok += sum(verdicts)
+        bad += m - sum(verdicts)
+        if ok >= need or bad > n - need:
+            break
+    return ok >= need, ok, drawn
+
+
+def binary_search(pair: ModelPair, grader: CoherenceGrader, prompt: str, *, lo: float, hi: float, iters: int,
+                  layer: int, direction: torch.Tensor, eta: float, cfg: SteeringConfig, seed: int,
+                  counter: SearchCounter) -> tuple[float, list[SearchStep]]:
+    """Largest coherent α in [lo, hi] to a precision of (hi-lo)/2^iters."""
+    steps = []
+    for it in range(iters):
+        mid = (lo + hi) / 2
+        good, ok, drawn = is_coherent_at(pair, grader, prompt, mid, layer=layer, direction=direction, eta=eta,
+                                         cfg=cfg, seed=seed + 1000 * it, counter=counter)
+        steps.append(SearchStep(prompt=prompt, alpha=mid, n_coherent=ok, n_samples=drawn, coherent=good))
+        if good:
+            lo = mid
+        else:
+            hi = mid
+    return lo, steps
+
+
+def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, position: int, direction: torch.Tensor,
+                   eta: float, cfg: SteeringConfig) -> SteeringThreshold:
+    """The paper's three-prompt coherence-threshold search for one position."""
+    counter = SearchCounter()
+    prompts = cfg.threshold_prompts
+    a1, steps = binary_search(pair, grader, prompts[0], lo=0.0, hi=cfg.alpha_max, iters=cfg.search_iters,
+                              layer=layer, direction=direction, eta=eta, cfg=cfg, seed=cfg.seed, counter=counter)
+    alphas = [a1]
+    for pi, p in enumerate(prompts[1:], 1):
+        if cfg.refine_iters == 0:
+            break
+        a, more = binary_search(pair, grader, p, lo=0.0, hi=2 * a1, iters=cfg.refine_iters, layer=layer,
+                                direction=direction, eta=eta, cfg=cfg, seed=cfg.seed + 7919 * pi, counter=counter)
+        alphas.append(a)
+        steps += more
+    return SteeringThreshold(position=position, alpha=sum(alphas) / len(alphas), per_prompt=alphas, steps=steps,
+                             generations_used=counter.generations, grader_calls=counter.grader_calls)
+
+
+def final_generations(pair: ModelPair, *, layer: int, position: int | None, direction: torch.Tensor | None,
+                      alpha: float, eta: float, cfg: SteeringConfig) -> list[Generation]:
+    """``final_samples`` generations per steering prompt (T=1.1), steered at α or unsteered."""
+    outs = generate(pair, cfg.prompts, layer=layer, direction=direction, alpha=alpha, eta=eta, n=cfg.final_samples,
+                    temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
+    return [Generation(prompt=p, position=position, alpha=alpha if direction is not None else 0.0, sample=s, text=t)
+            for p, texts in zip(cfg.prompts, outs) for s, t in enumerate(texts)]
