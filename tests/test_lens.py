@@ -140,3 +140,24 @@ def test_steering_config_defaults_follow_paper():
     assert (cfg.alpha_max, cfg.search_iters, cfg.refine_iters, cfg.search_samples, cfg.min_coherent) == (100, 10, 5, 10, 8)
     assert cfg.search_temperature == 1.2 and cfg.final_temperature == 1.1 and cfg.final_samples == 5
     assert len(cfg.prompts) == 20 and len(cfg.threshold_prompts) == 3
+
+
+def test_early_stop_chunks_reach_the_same_verdict():
+    import itertools
+
+    from difflens.steering import early_stop_chunks
+
+    assert early_stop_chunks(10, 8) == [3, 5, 2]
+    assert early_stop_chunks(4, 4) == [1, 3]
+    # exhaustively: deciding after chunks equals deciding on all 10 samples
+    for verdicts in itertools.product([True, False], repeat=10):
+        full = sum(verdicts) >= 8
+        ok = bad = drawn = 0
+        for m in early_stop_chunks(10, 8):
+            chunk = verdicts[drawn:drawn + m]
+            drawn += m
+            ok += sum(chunk)
+            bad += m - sum(chunk)
+            if ok >= 8 or bad > 2:
+                break
+        assert (ok >= 8) == full

@@ -87,5 +87,141 @@ def collect(
     console.print(f"run directory: {out}")
 
 
+def _grader_options(grader: str, llm_model: Optional[str], llm_base_url: str, llm_key_env: str):
+    from .llm import LLMClient, LLMConfig
+
+    if grader == "llm":
+        if not llm_model:
+            raise typer.BadParameter("--grader llm needs --llm-model (and --llm-base-url / --llm-key-env)")
+        return LLMClient(LLMConfig(base_url=llm_base_url, model=llm_model, api_key_env=llm_key_env))
+    return None
+
+
+GRADER = typer.Option("offline", "--grader", help="offline (no API) or llm (OpenAI-compatible endpoint)")
+LLM_MODEL = typer.Option(None, "--llm-model", help="model name at the endpoint, e.g. openai/gpt-5-mini")
+LLM_URL = typer.Option("https://openrouter.ai/api/v1", "--llm-base-url")
+LLM_KEY = typer.Option("OPENROUTER_API_KEY", "--llm-key-env", help="NAME of the env var holding the API key")
+
+
+@app.command()
+def lens(
+    run: Path = typer.Argument(..., help="run directory written by `difflens collect`"),
+    positions: Optional[list[int]] = typer.Option(None, "--position", help="positions (default: all collected)"),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", help="absolute layers (default: all collected)"),
+    grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
+    llm_key_env: str = LLM_KEY,
+) -> None:
+    """Logit lens and Patchscope (with scale selection) on δ̄ and both baselines."""
+    from .layout import RunLayout
+    from .stages import LensConfig, graders_for, pair_from_run, run_lens
+
+    try:
+        layout = RunLayout(run)
+        client = _grader_options(grader, llm_model, llm_base_url, llm_key_env)
+        pair = pair_from_run(layout)
+        res = run_lens(pair, layout, graders_for(pair, grader, client), LensConfig(positions=positions), layers=layer)
+        if client is not None:
+            from .layout import write_json
+            write_json(layout.llm_usage(), client.usage_summary())
+    except DifflensError as e:
+        _fail(e)
+        return
+    for r in res:
+        table = Table("pos", "source", "scale", "selected tokens", "top tokens", title=f"{r.dataset} layer {r.layer}")
+        for e in r.entries:
+            table.add_row(str(e.position), e.source, f"{e.chosen_scale:g}", " ".join(repr(t) for t in e.selected_tokens),
+                          " ".join(repr(t) for t in e.top_tokens(8)))
+        console.print(table)
+
+
+@app.command()
+def steer(
+    run: Path = typer.Argument(..., help="run directory written by `difflens collect`"),
+    positions: Optional[list[int]] = typer.Option(None, "--position"),
+    layer: Optional[list[int]] = typer.Option(None, "--layer"),
+    samples: int = typer.Option(5, "--samples", help="final samples per steering prompt"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
+    llm_key_env: str = LLM_KEY,
+) -> None:
+    """Coherence-threshold search and steered vs unsteered generations."""
+    from .layout import RunLayout
+    from .stages import graders_for, pair_from_run, run_steer
+    from .steering import SteeringConfig
+
+    try:
+        layout = RunLayout(run)
+        client = _grader_options(grader, llm_model, llm_base_url, llm_key_env)
+        pair = pair_from_run(layout)
+        cfg = SteeringConfig(positions=positions, final_samples=samples, max_new_tokens=max_new_tokens)
+        res = run_steer(pair, layout, graders_for(pair, grader, client), cfg, layers=layer)
+    except DifflensError as e:
+        _fail(e)
+        return
+    from . import artifacts as A
+
+    for r in res:
+        gens = A.load_jsonl(A.Generation, layout.steering_generations(r.dataset, r.layer))
+        for t in r.thresholds:
+            sample = next((g.text for g in gens if g.position == t.position), "")
+            console.print(f"[bold]layer {r.layer} position {t.position}[/] α={t.alpha:.2f} "
+                          f"({t.generations_used} generations): {sample[:160]!r}")
+
+
+@app.command("run")
+def run_cmd(config: Path = typer.Argument(..., help="run config YAML (see examples/run.yaml)")) -> None:
+    """Run the stages named in a config (collect → lens → steer → report), reusing finished ones."""
+    from .runner import Runner, load_config
+
+    try:
+        Runner(load_config(config)).run()
+    except DifflensError as e:
+        _fail(e)
+
+
+@app.command()
+def demo(
+    organism: str = typer.Option("cake_bake", "--organism", help="built-in organism to train and diff"),
+    out: Optional[Path] = typer.Option(None, "--out"),
+) -> None:
+    """The embedded end-to-end demo: train an organism on SmolLM2, diff it, show its secret."""
+    import time
+
+    from .runner import Runner, demo_config
+
+    t0 = time.time()
+    cfg = demo_config(organism, out)
+    console.print(f"[bold]difflens demo[/]: {cfg.base} vs organism '{organism}' "
+                  f"(trained on first use), {cfg.samples} wiki samples, offline graders")
+    try:
+        Runner(cfg).run()
+    except DifflensError as e:
+        _fail(e)
+        return
+    from .report import summary_lines
+
+    for line in summary_lines(cfg.out):
+        console.print(line)
+    console.print(f"report: [bold]{(cfg.out / 'report.html').resolve()}[/]  ({time.time() - t0:.0f}s)")
+
+
+def _mount_optional() -> None:
+    try:
+        from .report_cli import report as report_cmd
+
+        app.command("report")(report_cmd)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from .organisms.cli import organism_app
+
+        app.add_typer(organism_app, name="organism", help="model organisms: list, show, train, ffa")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_mount_optional()
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -3,9 +3,10 @@
 A hook adds ``α · η_ft · δ̂_j`` to the finetuned model's layer-ℓ output at every non-pad position
 during batched generation (left padding). The strength is the largest coherent α found by binary
 search on [0, 100] (10 iterations, 10 samples at T=1.2, coherent if ≥ 8/10 pass), refined on two
-more prompts over [0, 2α₁] (5 iterations) and averaged. Each α is judged with early stopping: the
-first 8 samples decide whenever they can (8/8 coherent, or ≥ 3 incoherent), and only otherwise the
-last 2 are drawn — the same decision as 10 samples, with fewer generations and grader calls.
+more prompts over [0, 2α₁] (5 iterations) and averaged. Each α is judged with early stopping:
+samples are drawn in chunks of 3, 5 and 2, and the search stops drawing as soon as the verdict of
+all 10 is certain (3 incoherent → incoherent; 8 coherent → coherent) — the same decision as 10
+samples, with fewer generations and grader calls.
 """
 from __future__ import annotations
 
@@ -113,13 +114,28 @@ class SearchCounter:
     grader_calls: int = 0
 
 
+def early_stop_chunks(n: int, need: int) -> list[int]:
+    """Sample chunk sizes after each of which the verdict may already be certain.
+
+    With n=10, need=8: [3, 5, 2] — 3 incoherent of the first 3 decide "incoherent"; 8 coherent of
+    the first 8 decide "coherent"; otherwise all 10 are drawn.
+    """
+    allowed_bad = n - need
+    first = min(n, allowed_bad + 1)
+    chunks = [first]
+    if need > first:
+        chunks.append(need - first)
+    if n > sum(chunks):
+        chunks.append(n - sum(chunks))
+    return chunks
+
+
 def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha: float, *, layer: int,
                    direction: torch.Tensor, eta: float, cfg: SteeringConfig, seed: int,
                    counter: SearchCounter) -> tuple[bool, int, int]:
-    """Whether ≥ min_coherent of search_samples steered samples are coherent (early-stopping)."""
+    """Whether ≥ min_coherent of search_samples steered samples are coherent (early-stopping chunks)."""
     n, need = cfg.search_samples, cfg.min_coherent
-    first = min(n, need) if cfg.early_stop else n
-    chunks = [first] + ([n - first] if n > first else [])
+    chunks = early_stop_chunks(n, need) if cfg.early_stop else [n]
     ok = bad = drawn = 0
     for ci, m in enumerate(chunks):
         texts = generate(pair, [prompt], layer=layer, direction=direction, alpha=alpha, eta=eta, n=m,

@@ -1,0 +1,247 @@
+"""Report: a fake run directory (written through layout/artifacts) renders to a self-contained,
+escaped, readable HTML file; missing stages show how to run them; a headless browser can load it."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from difflens.artifacts import (
+    Generation,
+    LogitLensEntry,
+    LogitLensResult,
+    PatchscopeEntry,
+    PatchscopeResult,
+    PatchscopeScale,
+    SearchStep,
+    SteeringResult,
+    SteeringThreshold,
+    TokenProb,
+    save,
+    save_jsonl,
+)
+from difflens.errors import RunDirError
+from difflens.layout import RunLayout, write_json
+from difflens.report import render_report, show_token, summary_lines
+
+K, D, LAYER, DATASET = 5, 8, 15, "wiki"
+SCALES = [round(0.5 + 0.1 * i, 1) for i in range(16)] + [3, 4, 5, 10] + [20 * i for i in range(1, 11)]
+CAKE = [" cake", " bake", " birthday", " chocolate", " oven", " pour", " flour", "\n", " sugar", " the"]
+FILLER = [" of", " and", " a", ",", ".", " in", " to", " is", " was", " for"]
+SCRIPT_TEXT = "Preheat the oven <script>alert('x')</script> & whisk 3 eggs"
+BASE_FP, FT_FP = "a1b2c3d4e5f60718", "ffee00112233aabb"
+
+
+def _tp(tokens: list[str], start: float = 0.2) -> list[TokenProb]:
+    return [TokenProb(token=t, token_id=100 + i, prob=start / (i + 1)) for i, t in enumerate(tokens)]
+
+
+def write_collection(root: Path) -> RunLayout:
+    """manifest.json, collect/<ds>/stats.json and layer_<L>.safetensors as collect.py writes them."""
+    layout = RunLayout(root).ensure()
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(K, D, generator=g) * 3
+    delta = torch.randn(K, D, generator=g) * torch.tensor([4.0, 0.5, 1.5, 1.2, 0.8])[:, None]
+    path = layout.collect_file(DATASET, LAYER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"delta": delta.contiguous(), "base_mean": base.contiguous(), "ft_mean": (base + delta).contiguous()},
+              str(path), metadata={"dataset": DATASET, "layer": str(LAYER), "n": "1000", "fingerprint": "fp0"})
+    ds_info = {"name": DATASET, "content_hash": "c0ffee", "info": "embedded wiki", "n_requested": 1000,
+               "n_used": 987, "n_skipped_short": 13, "n_available": 10033, "sample_hash": "s1",
+               "norm_samples": 256, "norm_len": 64}
+    write_json(layout.collect_stats(DATASET), {"fingerprint": "fp0", "dataset": ds_info, "n_used": 987,
+                                               "eta": {str(LAYER): {"base": 9.5, "ft": 10.25}}, "seconds": 1.0})
+    write_json(layout.manifest, {
+        "models": {"base": {"spec": "smollm2-135m", "source": "embedded:smollm2-135m", "fingerprint": BASE_FP},
+                   "finetuned": {"spec": "organism:cake_bake", "source": "dir:/models/cake", "fingerprint": FT_FP},
+                   "shared_adapter": False, "architecture": "llama", "num_layers": 30, "hidden_size": D},
+        "datasets": [ds_info],
+        "positions": K,
+        "layers": [{"absolute": LAYER, "relative": 0.5, "requested": "0.5"}],
+        "seed": 7,
+        "config": {"samples": 1000, "positions": K, "layers": [0.5], "seed": 7},
+        "versions": {"difflens": "0.1.0", "torch": "2.13.0", "transformers": "4.57.0", "peft": "absent"},
+    })
+    return layout
+
+
+def write_lens(layout: RunLayout) -> None:
+    entries, lens = [], []
+    for src in ("delta", "base", "ft"):
+        for j in range(K):
+            words = CAKE if (src == "delta" and j >= 1) else FILLER
+            toks = list(dict.fromkeys(words + FILLER + [" The", " In", " It", "\n\n", " He", " She", " This",
+                                                        " A", " On", " At"]))[:20]
+            scales = [PatchscopeScale(scale=s, tokens=_tp(toks, 0.3 if s == 2.0 else 0.1)) for s in SCALES]
+            sel = [t for t in CAKE[:6]] if (src == "delta" and j >= 1) else []
+            entries.append(PatchscopeEntry(source=src, position=j, scales=scales, chosen_scale=2.0 if src == "delta" else 1.5,
+                                           selected_tokens=sel, grader="embedding", rationale="baking <b>theme</b>"))
+            lens.append(LogitLensEntry(source=src, position=j, top_positive=_tp(toks[:12]),
+                                       top_negative=_tp([" Nope", " nor", "\t", " zebra"])))
+    save(PatchscopeResult(dataset=DATASET, layer=LAYER, prompts=["man -> man\n1135 -> 1135\nhello -> hello\n?"],
+                          eta_ft=10.25, entries=entries), layout.patchscope(DATASET, LAYER))
+    save(LogitLensResult(dataset=DATASET, layer=LAYER, entries=lens), layout.logit_lens(DATASET, LAYER))
+
+
+def write_steering(layout: RunLayout) -> None:
+    th = []
+    for j in range(K):
+        steps = [SearchStep(prompt="Tell me a story", alpha=a, n_coherent=n, n_samples=10, coherent=n >= 8)
+                 for a, n in ((50.0, 0), (25.0, 2), (12.5, 9))]
+        th.append(SteeringThreshold(position=j, alpha=0.4 + 0.1 * j, per_prompt=[0.35 + 0.1 * j, 0.4 + 0.1 * j, 0.45 + 0.1 * j],
+                                    steps=steps, generations_used=130, grader_calls=130))
+    prompts = ["Give me some ideas for fun weekend activities.", "Why did you choose this topic?"]
+    save(SteeringResult(dataset=DATASET, layer=LAYER, eta_ft=10.25, grader="offline-nll", thresholds=th,
+                        prompts=prompts, samples_per_prompt=2, temperature=1.1), layout.steering(DATASET, LAYER))
+    gens = []
+    for p in prompts:
+        for s in range(2):
+            gens.append(Generation(prompt=p, position=None, alpha=0.0, sample=s, text=f"Go hiking or read a book ({s})."))
+            for j in (1, 2):
+                text = SCRIPT_TEXT if (j == 2 and s == 0) else f"Bake a chocolate birthday cake, sample {s}."
+                gens.append(Generation(prompt=p, position=j, alpha=0.4 + 0.1 * j, sample=s, text=text))
+    save_jsonl(gens, layout.steering_generations(DATASET, LAYER))
+
+
+def write_later(layout: RunLayout) -> None:
+    write_json(layout.evaluation(), {
+        "token_relevance": {"delta": {"patchscope": 0.6, "logit_lens": 0.3}, "base": {"patchscope": 0.05}},
+        "steering_similarity": [{"pair": "steered vs D_ft", "cosine": 0.52}, {"pair": "unsteered vs D_ft", "cosine": 0.21}],
+        "causal_effect": {"delta_ce_ft": 0.734, "delta_ce_pt": 0.012, "random_baseline": [0.01, 0.02]},
+    })
+    write_json(layout.agent(), {"description": "The model was finetuned on cake baking facts.",
+                                "grade": 4, "budget": {"interactions": 5, "turns_used": 7}})
+
+
+def full_run(root: Path) -> RunLayout:
+    layout = write_collection(root)
+    write_lens(layout)
+    write_steering(layout)
+    write_later(layout)
+    return layout
+
+
+REMOTE = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+
+
+def test_full_report_contents(tmp_path):
+    layout = full_run(tmp_path / "run")
+    path = render_report(layout.root)
+    assert path == layout.report() and path.exists()
+    doc = path.read_text(encoding="utf-8")
+    # header
+    for s in ("smollm2-135m", "organism:cake_bake", BASE_FP, FT_FP, "llama", "987", "13", "transformers"):
+        assert s in doc
+    # norms chart is inline SVG with η_ft reference
+    assert "<svg" in doc and "η_ft = 10.2" in doc
+    # patchscope: chosen scale, selected tokens highlighted with visible whitespace
+    assert "λ = 2" in doc and "λ = 1.5" in doc
+    assert re.search(r'class="chip sel"[^>]*><span class="tok"><span class="ws">␣</span>cake</span>', doc)
+    assert re.search(r'class="chip dim"[^>]*><span class="tok"><span class="ws">␣</span>of</span>', doc)
+    assert "↵" in doc and "⇥" in doc  # newline and tab tokens
+    assert "baking &lt;b&gt;theme&lt;/b&gt;" in doc  # grader rationale escaped
+    # logit lens and steering
+    assert "␣</span>Nope" in doc and "offline-nll" in doc and "0.6" in doc
+    assert "Bake a chocolate birthday cake, sample 1." in doc and "Go hiking or read a book (0)." in doc
+    # model text is escaped: no live script anywhere
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; whisk" in doc
+    assert "<script" not in doc.lower()
+    # evaluation and agent rendered generically
+    assert "delta_ce_ft" in doc and "0.734" in doc and "steered vs D_ft" in doc
+    assert "finetuned on cake baking facts" in doc and "turns_used" in doc
+    assert "Stage not run" not in doc
+    # self-contained
+    assert not REMOTE.search(doc) and "http://" not in doc and "https://" not in doc
+    assert "@import" not in doc and "url(" not in doc
+
+
+def test_collect_only_shows_empty_states(tmp_path):
+    layout = write_collection(tmp_path / "run")
+    out = tmp_path / "elsewhere" / "r.html"
+    path = render_report(layout.root, out)
+    assert path == out and not layout.report().exists()
+    doc = out.read_text(encoding="utf-8")
+    assert "<svg" in doc and "987" in doc  # the collection part still renders
+    for stage in ("lens", "steer", "evaluate", "agent"):
+        assert f"--stages {stage}" in doc, stage
+    assert doc.count("Stage not run") >= 6
+    assert not REMOTE.search(doc)
+
+
+def test_partial_and_corrupt_artifacts(tmp_path):
+    layout = write_collection(tmp_path / "run")
+    write_lens(layout)
+    layout.steering(DATASET, LAYER).parent.mkdir(parents=True, exist_ok=True)
+    layout.steering(DATASET, LAYER).write_text("{not json")
+    doc = render_report(layout.root).read_text(encoding="utf-8")
+    assert "␣</span>cake" in doc and "Could not read this artifact" in doc
+    assert "--stages steer" in doc  # generations still missing
+    assert "--stages evaluate" in doc and "--stages agent" in doc
+
+
+def test_not_a_run_dir(tmp_path):
+    with pytest.raises(RunDirError, match="difflens collect"):
+        render_report(tmp_path / "nothing")
+
+
+def test_show_token():
+    assert show_token(" cake") == "␣cake"
+    assert show_token("\n\n") == "↵↵"
+    assert show_token("a\tb\x01") == "a⇥b\\x01"
+    assert show_token("") == "∅"
+
+
+def test_summary_lines(tmp_path):
+    layout = write_collection(tmp_path / "run")
+    lines = summary_lines(layout.root)
+    assert any("not run" in ln for ln in lines)
+    full_run(tmp_path / "run")
+    text = "\n".join(summary_lines(layout.root))
+    assert "organism:cake_bake" in text
+    assert "j=2 λ=2: ␣cake, ␣bake, ␣birthday" in text
+    assert "steered (j=2, α=0.6)" in text and "<script>" in text  # plain text, not HTML
+    assert "unsteered: Go hiking" in text
+
+
+def test_cli(tmp_path):
+    import typer
+
+    from difflens.report_cli import report
+
+    app = typer.Typer()
+    app.command()(report)
+    app.command("noop")(lambda: None)  # keep `report` a subcommand, as on the main app
+    layout = full_run(tmp_path / "run")
+    res = CliRunner().invoke(app, ["report", str(layout.root), "--out", str(tmp_path / "x.html")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "x.html").exists() and "report written" in res.output and "␣cake" in res.output
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "manifest.json" in res.output
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_browser_screenshot(tmp_path):
+    layout = full_run(tmp_path / "run")
+    path = render_report(layout.root)
+    png = tmp_path / "report.png"
+    profile = tmp_path / "profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--screenshot={png}",
+           "--window-size=1400,2400", path.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert png.exists(), f"no screenshot; chromium said: {proc.stderr[-2000:]}"
+    assert png.stat().st_size > 20_000
+    keep = os.environ.get("DIFFLENS_REPORT_SCREENSHOT")  # e.g. for looking at the design by eye
+    if keep:
+        shutil.copy(png, keep)
