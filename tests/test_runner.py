@@ -1,0 +1,84 @@
+"""`difflens run`: config validation and resumption after an interrupted stage."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import save_tiny
+from difflens.errors import ConfigError, DifflensError
+from difflens.runner import Runner, load_config
+
+
+def _write(tmp_path, **fields):
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(fields))
+    return p
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "examples" / "run.yaml")
+    assert cfg.finetuned == "organism:cake_bake" and cfg.steering.search_iters == 10
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"out": "r", "finetuned": "x", "sampels": 5}, "sampels: unknown field"),
+    ({"out": "r", "finetuned": "x", "positions": 0}, "positions: Input should be greater than or equal to 1"),
+    ({"out": "r", "finetuned": "x", "grader": "gpt"}, "grader: Input should be 'offline' or 'llm'"),
+    ({"out": "r", "finetuned": "x", "steering": {"search_iter": 3}}, "steering.search_iter: unknown field"),
+    ({"out": "r"}, "finetuned: Field required"),
+    ({"out": "r", "finetuned": "x", "stages": ["collect", "dance"]}, "stages.1"),
+])
+def test_invalid_config_names_the_bad_field(tmp_path, fields, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, **fields))
+    assert needle in str(e.value)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_run_resumes_after_failed_stage(tmp_path, corpus_file, monkeypatch):
+    base, ft = save_tiny(tmp_path, "llama", 0), save_tiny(tmp_path, "llama", 1)
+    cfg_path = _write(tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft),
+                      datasets=[str(corpus_file)], samples=20, layers=[2], positions=3, batch_size=10,
+                      stages=["collect", "lens", "steer", "report"],
+                      steering={"positions": [1], "search_iters": 2, "refine_iters": 1, "search_samples": 2,
+                                "min_coherent": 1, "final_samples": 1, "max_new_tokens": 4,
+                                "prompts": ["tell me a story"]})
+    cfg = load_config(cfg_path)
+
+    import difflens.stages as stages
+
+    real = stages.find_threshold
+
+    def broken(*a, **k):
+        raise DifflensError("grader endpoint went away")
+
+    monkeypatch.setattr(stages, "find_threshold", broken)
+    with pytest.raises(DifflensError, match="went away"):
+        Runner(cfg, progress=False).run()
+    layout = Runner(cfg, progress=False).layout
+    collected = layout.collect_file(str(corpus_file), 2)
+    lens = layout.patchscope(str(corpus_file), 2)
+    assert collected.exists() and lens.exists() and not layout.steering(str(corpus_file), 2).exists()
+    # unsteered generations made before the failure were kept for the resumed run
+    partial = json.loads(layout.steering_partial(str(corpus_file), 2).read_text())
+    assert any(g["position"] is None for g in partial["generations"])
+    stamps = (collected.stat().st_mtime_ns, lens.stat().st_mtime_ns)
+
+    monkeypatch.setattr(stages, "find_threshold", real)
+    status = Runner(cfg, progress=False).run()
+    assert status == {"collect": "done", "lens": "done", "steer": "done", "report": "done"}
+    assert (collected.stat().st_mtime_ns, lens.stat().st_mtime_ns) == stamps  # not recomputed
+    assert layout.steering(str(corpus_file), 2).exists() and layout.report().exists()
+    assert "tell me a story" in layout.report().read_text()
