@@ -23,7 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-BASE = "smollm2-135m-instruct"
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import BASE, make_finetune  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -51,32 +53,6 @@ class PeakRSS:
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, rss_mb())
-
-
-def make_finetune(out: Path) -> Path:
-    """A short real finetune of the embedded model (20 AdamW steps on held-out wiki text)."""
-    import torch
-
-    from difflens.corpora import wiki_split
-    from difflens.models import load_model
-
-    lm = load_model(BASE)
-    model, tok = lm.model, lm.tokenizer
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    texts = [p["extract"] for p in wiki_split("heldout")[:160]]
-    torch.manual_seed(0)
-    for step in range(20):
-        batch = tok(texts[step * 8:(step + 1) * 8], return_tensors="pt", padding=True, truncation=True, max_length=64)
-        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def worker(method: str, ft: str, n: int, k: int, layer: float, anchor_len: int) -> dict:
