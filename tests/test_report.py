@@ -211,13 +211,8 @@ def test_summary_lines(tmp_path):
 
 
 def test_cli(tmp_path):
-    import typer
+    from difflens.cli import app
 
-    from difflens.report_cli import report
-
-    app = typer.Typer()
-    app.command()(report)
-    app.command("noop")(lambda: None)  # keep `report` a subcommand, as on the main app
     layout = full_run(tmp_path / "run")
     res = CliRunner().invoke(app, ["report", str(layout.root), "--out", str(tmp_path / "x.html")])
     assert res.exit_code == 0, res.output

@@ -1,23 +1,18 @@
 """The ``difflens`` command line (Typer)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import typer
-from rich.console import Console
+from .cli_util import console, fail as _fail
 from rich.table import Table
 
 from .errors import DifflensError
 
 app = typer.Typer(help="difflens: read finetuning objectives out of base-vs-finetuned activation differences.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-
-
-def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
-    raise typer.Exit(2)
 
 
 def _parse_layers(values: list[str]) -> list[float | int]:
@@ -87,14 +82,27 @@ def collect(
     console.print(f"run directory: {out}")
 
 
-def _grader_options(grader: str, llm_model: Optional[str], llm_base_url: str, llm_key_env: str):
-    from .llm import LLMClient, LLMConfig
+@contextlib.contextmanager
+def _open_run(run: Path, grader: str, llm_model: Optional[str], llm_base_url: str,
+              llm_key_env: str) -> Iterator[tuple[Any, Any, Any]]:
+    """The run's layout, its model pair and the graders; LLM usage is written when the block ends."""
+    from .layout import RunLayout, write_json
+    from .stages import graders_for, pair_from_run
 
+    client = None
     if grader == "llm":
+        from .llm import LLMClient, LLMConfig
+
         if not llm_model:
             raise typer.BadParameter("--grader llm needs --llm-model (and --llm-base-url / --llm-key-env)")
-        return LLMClient(LLMConfig(base_url=llm_base_url, model=llm_model, api_key_env=llm_key_env))
-    return None
+        client = LLMClient(LLMConfig(base_url=llm_base_url, model=llm_model, api_key_env=llm_key_env))
+    layout = RunLayout(run)
+    pair = pair_from_run(layout)
+    try:
+        yield layout, pair, graders_for(pair, grader, client)
+    finally:
+        if client is not None:
+            write_json(layout.llm_usage(), client.usage_summary())
 
 
 GRADER = typer.Option("offline", "--grader", help="offline (no API) or llm (OpenAI-compatible endpoint)")
@@ -112,17 +120,11 @@ def lens(
     llm_key_env: str = LLM_KEY,
 ) -> None:
     """Logit lens and Patchscope (with scale selection) on δ̄ and both baselines."""
-    from .layout import RunLayout
-    from .stages import LensConfig, graders_for, pair_from_run, run_lens
+    from .stages import LensConfig, run_lens
 
     try:
-        layout = RunLayout(run)
-        client = _grader_options(grader, llm_model, llm_base_url, llm_key_env)
-        pair = pair_from_run(layout)
-        res = run_lens(pair, layout, graders_for(pair, grader, client), LensConfig(positions=positions), layers=layer)
-        if client is not None:
-            from .layout import write_json
-            write_json(layout.llm_usage(), client.usage_summary())
+        with _open_run(run, grader, llm_model, llm_base_url, llm_key_env) as (layout, pair, graders):
+            res = run_lens(pair, layout, graders, LensConfig(positions=positions), layers=layer)
     except DifflensError as e:
         _fail(e)
         return
@@ -145,16 +147,13 @@ def steer(
     llm_key_env: str = LLM_KEY,
 ) -> None:
     """Coherence-threshold search and steered vs unsteered generations."""
-    from .layout import RunLayout
-    from .stages import graders_for, pair_from_run, run_steer
+    from .stages import run_steer
     from .steering import SteeringConfig
 
     try:
-        layout = RunLayout(run)
-        client = _grader_options(grader, llm_model, llm_base_url, llm_key_env)
-        pair = pair_from_run(layout)
         cfg = SteeringConfig(positions=positions, final_samples=samples, max_new_tokens=max_new_tokens)
-        res = run_steer(pair, layout, graders_for(pair, grader, client), cfg, layers=layer)
+        with _open_run(run, grader, llm_model, llm_base_url, llm_key_env) as (layout, pair, graders):
+            res = run_steer(pair, layout, graders, cfg, layers=layer)
     except DifflensError as e:
         _fail(e)
         return
@@ -205,22 +204,34 @@ def demo(
     console.print(f"report: [bold]{(cfg.out / 'report.html').resolve()}[/]  ({time.time() - t0:.0f}s)")
 
 
-def _mount_optional() -> None:
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="run directory (contains manifest.json)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output HTML file (default: RUN/report.html)"),
+    open_browser: bool = typer.Option(False, "--open", help="open the report in a web browser"),
+) -> None:
+    """Write one self-contained HTML report (tokens, charts, steered samples) for a run."""
+    from .report import render_report, summary_lines
+
     try:
-        from .report_cli import report as report_cmd
+        path = render_report(run, out)
+        lines = summary_lines(run)
+    except DifflensError as e:
+        _fail(e)
+        return
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    console.print(f"[green]✓[/] report written to {path}")
+    if open_browser:
+        import webbrowser
 
-        app.command("report")(report_cmd)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .organisms.cli import organism_app
-
-        app.add_typer(organism_app, name="organism", help="model organisms: list, show, train, ffa")
-    except ImportError:  # pragma: no cover
-        pass
+        if not webbrowser.open(path.resolve().as_uri()):
+            console.print(f"could not open a browser; open {path.resolve().as_uri()} yourself")
 
 
-_mount_optional()
+from .organisms.cli import organism_app  # noqa: E402  (sub-app; imports nothing heavy)
+
+app.add_typer(organism_app, name="organism", help="model organisms: list, show, train, ffa")
 
 
 def main() -> None:  # pragma: no cover

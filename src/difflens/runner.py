@@ -114,6 +114,7 @@ class Runner:
         self.progress = progress
         self._pair: Any = None
         self._graders: Any = None
+        self._client: Any = None
         self.status: dict[str, str] = {}
 
     @property
@@ -130,7 +131,8 @@ class Runner:
     @property
     def graders(self) -> Any:
         if self._graders is None:
-            self._graders = graders_for(self.pair, self.cfg.grader, _llm_client(self.cfg))
+            self._client = _llm_client(self.cfg)
+            self._graders = graders_for(self.pair, self.cfg.grader, self._client)
         return self._graders
 
     # -- stages ----------------------------------------------------------------------------
@@ -165,7 +167,16 @@ class Runner:
         return run
 
     def run(self) -> dict[str, str]:
+        """Run every configured stage in order; raises after reporting the first failure."""
         write_json(self.layout.run_config(), self.cfg.model_dump(mode="json"))
+        try:
+            self._run_stages()
+        finally:
+            if self._client is not None:
+                write_json(self.layout.llm_usage(), self._client.usage_summary())
+        return self.status
+
+    def _run_stages(self) -> None:
         for stage in self.cfg.stages:
             fn = getattr(self, f"stage_{stage}", None) or self._not_available(stage)
             t0 = time.time()
@@ -178,7 +189,6 @@ class Runner:
                 raise
             self.status[stage] = "done"
             self.console.print(f"[green]✓ {stage}[/] ({time.time() - t0:.0f}s) {summary}")
-        return self.status
 
 
 def demo_config(organism: str = "cake_bake", out: Path | None = None, *, base: str = "smollm2-135m-instruct") -> RunConfig:

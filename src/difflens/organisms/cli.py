@@ -9,19 +9,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
+from ..cli_util import console, fail as _fail
 from rich.table import Table
 
 from ..errors import DifflensError
 
 organism_app = typer.Typer(help="Model organisms: list, show, train (with mitigations) and FFA-evaluate.",
                            no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-
-
-def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
-    raise typer.Exit(2)
 
 
 def _overrides(lora: bool, steps: Optional[int], lr: Optional[float], mix: Optional[float],

@@ -319,27 +319,6 @@ def chat_example(messages: Sequence[dict[str, str]], tokenizer: Any, bos: list[i
     return TrainExample(ids[:seq_len], labels[:seq_len], source)
 
 
-def _read_jsonl(data: JsonlData) -> list[Any]:
-    path = Path(data.path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path}: organism data file not found; fix data.path in the spec.")
-    rows = []
-    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{ln} is not valid JSON ({e}).") from None
-        field = data.messages_field or data.text_field
-        if not isinstance(r, dict) or field not in r:
-            raise DataError(f"{path}:{ln} has no field '{field}'; fix data.text_field/messages_field.")
-        rows.append(r[field])
-    if not rows:
-        raise DataError(f"{path} contains no records.")
-    return rows
-
-
 def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] | None = None) -> list[Any]:
     """The organism's finetuning samples: texts (str) or conversations (message lists)."""
     from . import documents
@@ -362,8 +341,7 @@ def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] 
         rng.shuffle(texts)
         return texts[:n]
     if isinstance(data, JsonlData):
-        rows = _read_jsonl(data)
-        return rows[:n]
+        return list(documents.load_jsonl_data(spec))[:n]
     if isinstance(data, SdfLLMData):
         cache = organisms_cache() / spec.name / "sdf_llm_docs.jsonl"
         if cache.exists():
