@@ -218,3 +218,16 @@ def test_interrupted_run_resumes_and_rerun_is_noop(tmp_path, corpus_file):
     res2 = collect(pair, layout, changed, progress=False)[str(corpus_file)][0]
     assert calls["n"] > 0 and res2.n == 30
     assert json.loads(layout.collect_stats(str(corpus_file)).read_text())["n_used"] == 30
+
+
+def test_second_dataset_is_added_and_other_pair_refused(tmp_path, corpus_file):
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    layout = RunLayout(tmp_path / "run")
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": "the cat sat on the mat and the dog ran"}) + "\n" for _ in range(6)))
+    for ds in (str(corpus_file), str(other)):
+        collect(pair, layout, CollectConfig(datasets=[ds], samples=6, layers=[1], norm_samples=3), progress=False)
+    assert layout.collected_datasets() == [str(corpus_file), str(other)]
+    stranger = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 2)))
+    with pytest.raises(RunDirError, match="another model pair.*new --out"):
+        collect(stranger, layout, CollectConfig(datasets=[str(other)], samples=6, layers=[1]), progress=False)

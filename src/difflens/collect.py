@@ -152,6 +152,7 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
     K = cfg.positions
     results: dict[str, list[Collected]] = {}
     manifest_datasets = []
+    earlier = _earlier_datasets(layout, pair, K, layers)
     for corpus in corpora:
         fp = _stage_fp(pair, corpus, cfg, layers)
         stats_path = layout.collect_stats(corpus.name)
@@ -229,7 +230,8 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
     L = arch.num_layers
     write_json(layout.manifest, {
         "models": pair.describe(),
-        "datasets": manifest_datasets,
+        "datasets": [d for d in earlier if d["name"] not in {m["name"] for m in manifest_datasets}]
+        + manifest_datasets,
         "positions": K,
         "layers": [{"absolute": li, "relative": round(li / L, 4), "requested": str(r)}
                    for li, r in zip(layers, _requested_for(layers, cfg.layers, arch))],
@@ -238,6 +240,27 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
         "versions": versions(),
     })
     return results
+
+
+def _earlier_datasets(layout: RunLayout, pair: ModelPair, k: int, layers: list[int]) -> list[dict[str, Any]]:
+    """Datasets an earlier `collect` into the same run directory recorded (kept in the manifest
+    when positions and layers agree). A run directory belongs to one model pair: another pair is
+    refused before any compute."""
+    if not layout.manifest.exists():
+        return []
+    try:
+        old = read_json(layout.manifest)
+        old_models = old["models"]
+    except (RunDirError, KeyError):
+        return []
+    new = pair.describe()
+    for side in ("base", "finetuned"):
+        if old_models[side]["fingerprint"] != new[side]["fingerprint"]:
+            raise RunDirError(
+                f"{layout.root} holds results for another model pair ({side}: {old_models[side]['spec']}, "
+                f"fingerprint {old_models[side]['fingerprint']}); use a new --out directory.")
+    same_shape = old.get("positions") == k and [x["absolute"] for x in old.get("layers", [])] == layers
+    return list(old.get("datasets", [])) if same_shape else []
 
 
 def _requested_for(layers: list[int], requested: list[float | int], arch: Any) -> list[Any]:

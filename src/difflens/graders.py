@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -33,6 +34,23 @@ def clean_token(tok: str) -> str:
 def is_wordlike(tok: str) -> bool:
     w = clean_token(tok)
     return bool(_WORD.fullmatch(w)) and len(w) >= 3 and w.lower() not in STOPWORDS
+
+
+def embedder_lexicon(name: str = DEFAULT_EMBEDDER) -> frozenset[str]:
+    """Whole words known to the embedding model's tokenizer (e.g. BERT WordPiece vocabulary).
+
+    Used to tell real words ("cake", "vanilla") from word fragments ("landsl", "ceram") that a
+    language model's BPE vocabulary is full of; empty if the tokenizer exposes no vocabulary.
+    """
+    return _lexicon(name)
+
+
+@lru_cache(maxsize=4)
+def _lexicon(name: str) -> frozenset[str]:
+    from .embeddings import get_embedder
+
+    vocab = getattr(get_embedder(name).tokenizer, "vocab", None) or {}
+    return frozenset(w for w in vocab if w.isalpha() and len(w) >= 3)
 
 
 # ---- coherence ----------------------------------------------------------------------------------
@@ -134,7 +152,8 @@ def tournament(grader: ScaleGrader, candidates: dict[float, list[str]], batch: i
 class OfflineScaleGrader:
     """Picks the scale whose top tokens form the largest semantically coherent word cluster.
 
-    Tokens are filtered to word-like ones, embedded, and the coherent subset is the tokens whose
+    Tokens are filtered to real words (known to the embedding model's vocabulary; BPE fragments
+    such as "landsl" are dropped), embedded, and the coherent subset is the tokens whose
     cosine similarity to the subset's centroid exceeds ``min_sim`` (iterated to a fixed point).
     Score = (#coherent words) × (mean within-cluster similarity).
     """
@@ -145,9 +164,10 @@ class OfflineScaleGrader:
 
     def cluster(self, tokens: Sequence[str]) -> tuple[list[str], float]:
         words, seen = [], set()
+        lexicon = embedder_lexicon(self.embedder)
         for t in tokens:
             w = clean_token(t)
-            if is_wordlike(t) and w.lower() not in seen:
+            if is_wordlike(t) and w.lower() not in seen and (not lexicon or w.lower() in lexicon):
                 seen.add(w.lower())
                 words.append(t)
         if len(words) < 2:
