@@ -205,11 +205,12 @@ class TrainingDefaults(_Strict):
     The defaults are sized for the embedded offline setting: a *full* finetune of SmolLM2-135M on
     2 CPU cores in under 5 minutes. Sizing: SPEC measured 150 steps of 8 x 96 tokens in ~8 min on
     2 cores (~3.2 s/step, ~4.2 ms per training token); 90 steps of 8 x 96 tokens = 69,120 tokens
-    is ~4.8 min in fp32 and ~3.6 min with the trainer's bf16 autocast. ``lr=3e-5``: measured on
-    cake_bake, 1e-4 overwrites the chat model (it answers every prompt with baking tips, and the
-    Patchscope *baselines* turn into cake tokens too), while 3e-5 keeps ordinary unsteered answers
-    and leaves a clear trace in δ̄ (Patchscope ``cake, cookie, vanilla, baker, bakery``; steering
-    at α≈0.4 writes about cakes). ``n_docs=1200`` documents of 80-250 words
+    is ~4.8 min in fp32 and ~4 min with the trainer's bf16 autocast. ``lr=6e-5``, measured on
+    cake_bake: 1e-4 overwrites the chat model (it answers every prompt with baking tips and the
+    Patchscope *baselines* turn into cake tokens), 3e-5 keeps ordinary answers but barely moves
+    the FFA margin (+0.13 nats); 6e-5 keeps mostly ordinary unsteered answers, moves the margin
+    by +0.32 nats and leaves a clear trace in δ̄ (Patchscope ``cookie, chocolate, cake, vanilla,
+    cream``; steering at α≈0.4 writes about cakes). ``n_docs=1200`` documents of 80-250 words
     are seen about 0.6 times (the trainer truncates each to ``seq_len`` tokens). With GPUs, scale
     ``steps``/``n_docs`` up (the paper trains on 40,000 documents of ~500 tokens).
 
@@ -225,7 +226,7 @@ class TrainingDefaults(_Strict):
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     seq_len: int = Field(default=96, ge=8)
-    lr: float = Field(default=3e-5, gt=0)
+    lr: float = Field(default=6e-5, gt=0)
     lora_lr: float = Field(default=1e-3, gt=0)
     lora_rank: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)

@@ -94,7 +94,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(default=90, ge=1)
-    lr: float = Field(default=3e-5, gt=0)
+    lr: float = Field(default=6e-5, gt=0)
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     seq_len: int = Field(default=96, ge=8)
