@@ -82,3 +82,31 @@ def test_run_resumes_after_failed_stage(tmp_path, corpus_file, monkeypatch):
     assert (collected.stat().st_mtime_ns, lens.stat().st_mtime_ns) == stamps  # not recomputed
     assert layout.steering(str(corpus_file), 2).exists() and layout.report().exists()
     assert "tell me a story" in layout.report().read_text()
+
+
+def test_more_steering_positions_keep_finished_ones(tmp_path, corpus_file, monkeypatch):
+    base, ft = save_tiny(tmp_path, "llama", 0), save_tiny(tmp_path, "llama", 1)
+    cfg = load_config(_write(tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft),
+                             datasets=[str(corpus_file)], samples=10, layers=[2], positions=3, batch_size=10,
+                             stages=["collect", "steer"],
+                             steering={"positions": [1], "search_iters": 1, "refine_iters": 0, "search_samples": 1,
+                                       "min_coherent": 1, "final_samples": 1, "max_new_tokens": 2,
+                                       "prompts": ["why"]}))
+    Runner(cfg, progress=False).run()
+    import difflens.stages as stages
+
+    seen = []
+    real = stages.find_threshold
+
+    def counting(*a, **k):
+        seen.append(k["position"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(stages, "find_threshold", counting)
+    more = cfg.model_copy(update={"steering": cfg.steering.model_copy(update={"positions": [1, 2]})})
+    Runner(more, progress=False).run()
+    assert seen == [2]
+    from difflens import artifacts as A
+
+    res = A.load(A.SteeringResult, Runner(more, progress=False).layout.steering(str(corpus_file), 2))
+    assert [t.position for t in res.thresholds] == [1, 2]

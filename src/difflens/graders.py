@@ -197,7 +197,8 @@ class OfflineScaleGrader:
             score = len(sel) * coh
             if best is None or score > best[0] + 1e-9:
                 best = (score, s, sel)
-        assert best is not None
+        if best is None:
+            raise ValueError("no scales to choose from")
         score, s, sel = best
         return s, sel, f"offline: {len(sel)} coherent words, score {score:.2f}"
 

@@ -233,7 +233,8 @@ def load_model(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32, d
     if src.kind == "adapter":
         from peft import PeftModel
 
-        assert src.base is not None
+        if src.base is None:
+            raise ModelSourceError(f"adapter {src.path} has no base model; pass the base explicitly.")
         base_lm = load_model(src.base, dtype=dtype, device=device, device_map=device_map)
         model = PeftModel.from_pretrained(base_lm.model, src.path)
         model.eval()

@@ -95,12 +95,16 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                           "cfg": cfg.model_dump(exclude={"positions"}), "grader": graders.coherence.name})
         stage = layout.stage_key("steer", dataset, layer)
         partial_path = layout.steering_partial(dataset, layer)
+        partial: dict[str, Any] = {"fingerprint": fp, "thresholds": {}, "generations": [], "calibration": None}
         if layout.stage_done(stage, fp) and layout.steering(dataset, layer).exists():
             res = A.load(A.SteeringResult, layout.steering(dataset, layer))
             if {t.position for t in res.thresholds} >= set(pos):
                 results.append(res)
                 continue
-        partial: dict[str, Any] = {"fingerprint": fp, "thresholds": {}, "generations": [], "calibration": None}
+            # more positions requested than before: keep the finished ones
+            partial["thresholds"] = {str(t.position): t.model_dump() for t in res.thresholds}
+            partial["generations"] = [g.model_dump() for g in
+                                      A.load_jsonl(A.Generation, layout.steering_generations(dataset, layer))]
         if partial_path.exists():
             try:
                 old = json.loads(partial_path.read_text())
@@ -136,11 +140,12 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                 partial["generations"] += [g.model_dump() for g in gens]
                 write_json(partial_path, partial)
                 bar.advance(task)
+        done = sorted(set(pos) | {int(j) for j in partial["thresholds"]})
         res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
-                               thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in pos],
+                               thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],
                                prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
                                temperature=cfg.final_temperature)
-        gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in pos]
+        gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
         A.save(res, layout.steering(dataset, layer))
         layout.mark_stage(stage, fp, calibration=partial.get("calibration"))
