@@ -158,7 +158,7 @@ def main() -> None:
     floor = flops / (gflops * 1e9)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"matmul {gflops:.0f} GFLOP/s")
-    print(f"pair: {BASE} vs short finetune; N={args.samples}, k={args.k}, layer {ours['layer']}/{L}, "
+    print(f"pair: {BASE} vs {args.ft or 'a short finetune'}; N={args.samples}, k={args.k}, layer {ours['layer']}/{L}, "
           f"anchor prefix {args.anchor_len} tokens")
     print(f"{'method':<22}{'seconds':>10}{'peak MB over models':>22}")
     print(f"{'anchor-style':<22}{anchor['seconds']:>10.2f}{anchor['peak_mb']:>22.1f}")
