@@ -1,5 +1,5 @@
 """Benchmark: generations and grader calls of the steering threshold search per position, ours
-(early-stopping chunks 3+5+2 per tested α) vs the paper's schedule (10 samples per α: 10 iterations on
+(early stopping: 3 samples per tested α, the other 7 only if needed) vs the paper's schedule (10 samples per α: 10 iterations on
 [0, 100], then 5 on [0, 2α₁] for two more prompts), and the precision both reach.
 
     .venv/bin/python bench/steer.py [--ft organism:cake_bake] [--positions 1 2] [--max-new-tokens 32]

@@ -147,8 +147,9 @@ def test_early_stop_chunks_reach_the_same_verdict():
 
     from difflens.steering import early_stop_chunks
 
-    assert early_stop_chunks(10, 8) == [3, 5, 2]
+    assert early_stop_chunks(10, 8) == [3, 7]
     assert early_stop_chunks(4, 4) == [1, 3]
+    assert early_stop_chunks(2, 1) == [2]
     # exhaustively: deciding after chunks equals deciding on all 10 samples
     for verdicts in itertools.product([True, False], repeat=10):
         full = sum(verdicts) >= 8

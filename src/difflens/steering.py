@@ -4,9 +4,8 @@ A hook adds ``α · η_ft · δ̂_j`` to the finetuned model's layer-ℓ output 
 during batched generation (left padding). The strength is the largest coherent α found by binary
 search on [0, 100] (10 iterations, 10 samples at T=1.2, coherent if ≥ 8/10 pass), refined on two
 more prompts over [0, 2α₁] (5 iterations) and averaged. Each α is judged with early stopping:
-samples are drawn in chunks of 3, 5 and 2, and the search stops drawing as soon as the verdict of
-all 10 is certain (3 incoherent → incoherent; 8 coherent → coherent) — the same decision as 10
-samples, with fewer generations and grader calls.
+3 samples first, and only if they are not all incoherent the other 7 — the same decision as 10
+samples (coherent iff ≥ 8 pass), with fewer generations and grader calls.
 """
 from __future__ import annotations
 
@@ -117,17 +116,13 @@ class SearchCounter:
 def early_stop_chunks(n: int, need: int) -> list[int]:
     """Sample chunk sizes after each of which the verdict may already be certain.
 
-    With n=10, need=8: [3, 5, 2] — 3 incoherent of the first 3 decide "incoherent"; 8 coherent of
-    the first 8 decide "coherent"; otherwise all 10 are drawn.
+    With n=10, need=8: [3, 7] — if the first 3 are all incoherent the verdict "incoherent" is
+    certain (at most 2 may fail), otherwise the remaining 7 are drawn in one batch. Strengths far
+    above the threshold (most of the early binary-search steps on [0, 100]) cost 3 generations
+    instead of 10; two batches at most keep generation batched on CPUs.
     """
-    allowed_bad = n - need
-    first = min(n, allowed_bad + 1)
-    chunks = [first]
-    if need > first:
-        chunks.append(need - first)
-    if n > sum(chunks):
-        chunks.append(n - sum(chunks))
-    return chunks
+    first = min(n, n - need + 1)
+    return [first] + ([n - first] if n > first else [])
 
 
 def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha: float, *, layer: int,
