@@ -49,6 +49,7 @@ from .spec import (
     OrganismSpec,
     SdfLLMData,
     SdfOfflineData,
+    TrainingDefaults,
     WikiTopicData,
     load_spec,
 )
@@ -80,6 +81,9 @@ IGNORE = -100
 # ==================================================================================================
 
 
+_D = TrainingDefaults()
+
+
 class TrainConfig(BaseModel):
     """Finetuning hyper-parameters of one organism variant.
 
@@ -93,19 +97,20 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(default=90, ge=1)
-    lr: float = Field(default=6e-5, gt=0)
-    batch_size: int = Field(default=8, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    seq_len: int = Field(default=96, ge=8)
+    # defaults come from the spec-level TrainingDefaults, so one place sets them
+    steps: int = Field(default=_D.steps, ge=1)
+    lr: float = Field(default=_D.lr, gt=0)
+    batch_size: int = Field(default=_D.batch_size, ge=1)
+    grad_accum: int = Field(default=_D.grad_accum, ge=1)
+    seq_len: int = Field(default=_D.seq_len, ge=8)
     lora: bool = False
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    warmup_steps: int = Field(default=10, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    n_docs: int = Field(default=1200, ge=1)
+    lora_r: int = Field(default=_D.lora_rank, ge=1)
+    lora_alpha: int = Field(default=_D.lora_alpha, ge=1)
+    lora_dropout: float = Field(default=_D.lora_dropout, ge=0, lt=1)
+    warmup_steps: int = Field(default=_D.warmup_steps, ge=0)
+    weight_decay: float = Field(default=_D.weight_decay, ge=0)
+    max_grad_norm: float = Field(default=_D.max_grad_norm, gt=0)
+    n_docs: int = Field(default=_D.n_docs, ge=1)
     mix_ratio: float | None = Field(default=None, ge=0)
     assistant_only_loss: bool = True
     bf16: bool | None = None  # bf16 autocast of the forward pass (weights, optimizer stay fp32); None: auto
