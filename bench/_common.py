@@ -29,3 +29,16 @@ def make_finetune(out: Path, steps: int = 20) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def pair_and_collected(ft: str | None, workdir: Path, *, samples: int, norm_samples: int):
+    """The benched pair (a short finetune is made when ``ft`` is None) and its collected layer."""
+    from difflens.collect import CollectConfig, collect
+    from difflens.layout import RunLayout
+    from difflens.pair import load_pair
+
+    ft = ft or str(make_finetune(workdir / "ft"))
+    pair = load_pair(BASE, ft)
+    c = collect(pair, RunLayout(workdir / "run"), CollectConfig(samples=samples, norm_samples=norm_samples),
+                progress=False)["wiki"][0]
+    return pair, c, ft

@@ -14,27 +14,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import BASE, make_finetune  # noqa: E402
+from _common import BASE, pair_and_collected  # noqa: E402
 
 
 def main() -> None:
     import torch
 
-    from difflens.collect import CollectConfig, collect
     from difflens.graders import OfflineScaleGrader
-    from difflens.layout import RunLayout
     from difflens.lens import IDENTITY_PROMPTS, SCALES, patched_next_token_probs, patchscope_vector
-    from difflens.pair import load_pair
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--ft", default=None)
     ap.add_argument("--vectors", type=int, default=3)
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
-    ft = args.ft or str(make_finetune(Path(tmp.name) / "ft"))
-    pair = load_pair(BASE, ft)
-    c = collect(pair, RunLayout(Path(tmp.name) / "run"), CollectConfig(samples=200, norm_samples=32),
-                progress=False)["wiki"][0]
+    pair, c, ft = pair_and_collected(args.ft, Path(tmp.name), samples=200, norm_samples=32)
     grader = OfflineScaleGrader()
     grader.cluster(["cake", "oven"])  # load the embedding model outside the timing
 

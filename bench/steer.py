@@ -14,13 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import BASE, make_finetune  # noqa: E402
+from _common import BASE, pair_and_collected  # noqa: E402
 
 
 def main() -> None:
-    from difflens.collect import CollectConfig, collect
-    from difflens.layout import RunLayout
-    from difflens.pair import load_pair
     from difflens.stages import graders_for
     from difflens.steering import SteeringConfig, find_threshold, generate
 
@@ -30,10 +27,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
-    ft = args.ft or str(make_finetune(Path(tmp.name) / "ft"))
-    pair = load_pair(BASE, ft)
-    c = collect(pair, RunLayout(Path(tmp.name) / "run"), CollectConfig(samples=500, norm_samples=64),
-                progress=False)["wiki"][0]
+    pair, c, ft = pair_and_collected(args.ft, Path(tmp.name), samples=500, norm_samples=64)
     graders = graders_for(pair, "offline")
     base_cfg = SteeringConfig(max_new_tokens=args.max_new_tokens)
     calib = generate(pair, base_cfg.threshold_prompts, layer=c.layer, direction=None, alpha=0, eta=c.eta_ft, n=10,
