@@ -452,23 +452,27 @@ def _patch_cell(e: PatchscopeEntry) -> str:
     return head + body + extra
 
 
+def _source_grid(res: Any, cell: Callable[[Any], str]) -> str:
+    """A positions × (δ̄, h̄_base, h̄_ft) table of one lens result, each cell rendered by ``cell``."""
+    rows = []
+    for j in sorted({e.position for e in res.entries}):
+        cells = [f'<td class="pos">j = {j}</td>']
+        for src in SOURCES:
+            try:
+                cells.append(f"<td>{cell(res.get(src, j))}</td>")
+            except KeyError:
+                cells.append('<td><span class="muted">—</span></td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(f"<th>{SOURCE_LABEL[src]}</th>" for src in SOURCES)
+    return f'<table class="grid3"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
 def _patchscope_block(s: _Slice) -> str:
     if s.patch.error:
         return _error(s.patch.error)
     if not s.patch.ok:
         return _empty("lens", "(Patchscope)")
     res: PatchscopeResult = s.patch.value
-    positions = sorted({e.position for e in res.entries})
-    rows = []
-    for j in positions:
-        cells = [f'<td class="pos">j = {j}</td>']
-        for src in SOURCES:
-            try:
-                cells.append(f"<td>{_patch_cell(res.get(src, j))}</td>")
-            except KeyError:
-                cells.append('<td><span class="muted">—</span></td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{SOURCE_LABEL[src]}</th>" for src in SOURCES)
     prompts = "".join(f"<li><code>{esc(show_token(p))}</code></li>" for p in res.prompts)
     return (f'<p class="muted small">Top-{PATCHSCOPE_TOP} tokens at the chosen scale λ (the layer-{res.layer} output '
             f'at the last token of the identity prompts is replaced by λ · η_ft · v/‖v‖, η_ft = '
@@ -477,7 +481,7 @@ def _patchscope_block(s: _Slice) -> str:
             f'<span class="chip dim inline"><span class="tok">dimmed</span></span> ones were not. Bars: probability '
             f'relative to the top token; hover for exact values.</p>'
             f'<details class="prompts"><summary>identity prompts ({len(res.prompts)})</summary><ul>{prompts}</ul></details>'
-            f'<table class="grid3"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            + _source_grid(res, _patch_cell))
 
 
 def _lens_cell(pos: Sequence[TokenProb], neg: Sequence[TokenProb]) -> str:
@@ -493,20 +497,8 @@ def _lens_block(s: _Slice) -> str:
     if not s.lens.ok:
         return _empty("lens", "(logit lens)")
     res: LogitLensResult = s.lens.value
-    positions = sorted({e.position for e in res.entries})
-    rows = []
-    for j in positions:
-        cells = [f'<td class="pos">j = {j}</td>']
-        for src in SOURCES:
-            try:
-                e = res.get(src, j)
-                cells.append(f"<td>{_lens_cell(e.top_positive, e.top_negative)}</td>")
-            except KeyError:
-                cells.append('<td><span class="muted">—</span></td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{SOURCE_LABEL[src]}</th>" for src in SOURCES)
     return (f'<p class="muted small">Top-{LENS_TOP} tokens of softmax(W_U · final_norm(+v)) and, in red, of −v.</p>'
-            f'<table class="grid3"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            + _source_grid(res, lambda e: _lens_cell(e.top_positive, e.top_negative)))
 
 
 def _steer_threshold_block(s: _Slice) -> str:
