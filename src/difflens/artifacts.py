@@ -13,6 +13,17 @@ Source = Literal["delta", "base", "ft"]  # δ̄_j, h̄_base_j, h̄_ft_j
 SOURCES: tuple[Source, ...] = ("delta", "base", "ft")
 
 
+E = TypeVar("E")
+
+
+def _entry(entries: list[E], source: Source, position: int) -> E:
+    """The entry of ``entries`` for one source and position (KeyError if absent)."""
+    for e in entries:
+        if e.source == source and e.position == position:  # type: ignore[attr-defined]
+            return e
+    raise KeyError((source, position))
+
+
 class TokenProb(BaseModel):
     token: str
     token_id: int
@@ -34,10 +45,7 @@ class LogitLensResult(BaseModel):
     entries: list[LogitLensEntry]
 
     def get(self, source: Source, position: int) -> LogitLensEntry:
-        for e in self.entries:
-            if e.source == source and e.position == position:
-                return e
-        raise KeyError((source, position))
+        return _entry(self.entries, source, position)
 
 
 class PatchscopeScale(BaseModel):
@@ -74,10 +82,7 @@ class PatchscopeResult(BaseModel):
     entries: list[PatchscopeEntry]
 
     def get(self, source: Source, position: int) -> PatchscopeEntry:
-        for e in self.entries:
-            if e.source == source and e.position == position:
-                return e
-        raise KeyError((source, position))
+        return _entry(self.entries, source, position)
 
 
 class SearchStep(BaseModel):

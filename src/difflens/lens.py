@@ -113,8 +113,7 @@ def intersect_rank(probs: torch.Tensor, top: int = INTERSECT_TOP, keep: int = KE
     """Tokens in the top-``top`` of every prompt ([P, V] probs), ranked by mean probability."""
     P, V = probs.shape
     t = min(top, V)
-    member = torch.zeros(V, dtype=torch.bool)
-    member[:] = True
+    member = torch.ones(V, dtype=torch.bool)
     for p in range(P):
         in_top = torch.zeros(V, dtype=torch.bool)
         in_top[probs[p].topk(t).indices] = True
