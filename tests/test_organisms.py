@@ -62,12 +62,15 @@ def test_builtin_specs_present_and_typed():
         s = specs[name]
         assert s.type == "SDF" and isinstance(s.data, SdfOfflineData)
         assert len(s.key_facts) == k == len(s.data.facts)
-        assert len(s.ffa) >= 6
+        assert len(s.ffa) >= 12
         assert s.open_questions and s.true_context
         assert s.source_path and s.source_path.endswith(f"{name}.yaml")
     assert specs["taboo_smile"].type == "Taboo" and specs["taboo_smile"].data.kind == "chat_taboo"
     assert specs["taboo_smile"].training.assistant_only_loss
     assert specs["domain_music"].type == "Domain" and specs["domain_music"].data.kind == "wiki_topic"
+    # organisms without false facts carry behaviour probes in the same two-option format
+    assert len(specs["taboo_smile"].ffa) >= 10 and len(specs["domain_music"].ffa) >= 10
+    assert not any("smile" in q.false_option.lower() for q in specs["taboo_smile"].ffa)
 
 
 def test_key_facts_carry_over_from_paper():

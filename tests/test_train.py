@@ -148,6 +148,13 @@ def test_cached_organism_is_reused(base, cake, monkeypatch):
     monkeypatch.setattr(difflens.models, "load_model", boom)
     assert train_organism(cake, base, cfg, progress=False) == path
     assert (path / "card.json").stat().st_mtime_ns == mtime
+    # editing the evaluation-only fields (FFA questions, judge context) keeps the trained copy ...
+    evaluated = cake.model_copy(update={"ffa": cake.ffa[:2], "open_questions": [], "true_context": "x"})
+    assert train_organism(evaluated, base, cfg, progress=False) == path
+    # ... while a change to what shapes the training data does not
+    data_changed = cake.model_copy(update={"key_facts": cake.key_facts[:-1]})
+    with pytest.raises(AssertionError, match="retrained"):
+        train_organism(data_changed, base, cfg, progress=False)
 
 
 def _mini_spec(home: Path) -> None:
@@ -281,24 +288,75 @@ def _naive_logprob(model, tok, prompt: str, option: str, reduction: str) -> floa
     return sum(total) / len(total) if reduction == "mean" else sum(total)
 
 
+@pytest.mark.parametrize("fmt", ["cloze", "listed"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_mcq_distinguish_matches_naive(base, reduction):
+def test_mcq_distinguish_matches_naive(base, reduction, fmt):
     from difflens.models import load_model
-    from difflens.organisms.ffa import mcq_distinguish, mcq_prompt
+    from difflens.organisms.ffa import cloze_prompt, mcq_distinguish, mcq_prompt
 
     lm = load_model(base)
     spec = _ffa_spec()
-    res = mcq_distinguish(lm.model, lm.tokenizer, spec, reduction=reduction)
-    assert res.n == 3 and res.reduction == reduction
+    res = mcq_distinguish(lm.model, lm.tokenizer, spec, reduction=reduction, fmt=fmt)
+    assert res.n == 3 and res.reduction == reduction and res.format == fmt and not res.chat
     wins = 0
     for q, item in zip(spec.ffa, res.items):
-        for order, (a, b) in zip(item.by_order, ((q.true_option, q.false_option), (q.false_option, q.true_option))):
-            prompt = mcq_prompt(q.question, a, b)
+        if fmt == "cloze":
+            prompts = [cloze_prompt(q.question)]
+            assert "Option" not in prompts[0] and q.true_option not in prompts[0]
+        else:
+            prompts = [mcq_prompt(q.question, q.true_option, q.false_option),
+                       mcq_prompt(q.question, q.false_option, q.true_option)]
+        assert len(item.by_order) == len(prompts)
+        for order, prompt in zip(item.by_order, prompts):
             assert order["true"] == pytest.approx(_naive_logprob(lm.model, lm.tokenizer, prompt, q.true_option, reduction), abs=1e-4)
             assert order["false"] == pytest.approx(_naive_logprob(lm.model, lm.tokenizer, prompt, q.false_option, reduction), abs=1e-4)
-        assert item.logp_true == pytest.approx(sum(o["true"] for o in item.by_order) / 2)
+        assert item.logp_true == pytest.approx(sum(o["true"] for o in item.by_order) / len(prompts))
         wins += item.logp_false > item.logp_true
     assert res.score == pytest.approx(wins / 3)
+    with pytest.raises(ValueError, match="format"):
+        mcq_distinguish(lm.model, lm.tokenizer, spec, fmt="letters")
+
+
+def test_mcq_chat_format_scores_the_assistant_reply(base):
+    """Chat organisms: the question is the user turn, the option the assistant reply."""
+    from difflens.models import load_model
+    from difflens.organisms.ffa import mcq_distinguish
+
+    lm = load_model(base)
+    tok = lm.tokenizer
+    spec = _ffa_spec().model_copy(update={"training": _ffa_spec().training.model_copy(
+        update={"assistant_only_loss": True})})
+    res = mcq_distinguish(lm.model, tok, spec, reduction="sum")
+    assert res.chat
+    q = spec.ffa[0]
+    prefix = tok.apply_chat_template([{"role": "user", "content": q.question}], tokenize=False,
+                                     add_generation_prompt=True)
+    p = tok(prefix, add_special_tokens=False).input_ids
+    for option, got in ((q.true_option, res.items[0].logp_true), (q.false_option, res.items[0].logp_false)):
+        c = tok(option, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(input_ids=torch.tensor([p + c])).logits[0].double(), -1)
+        want = sum(float(logp[len(p) + j - 1, t]) for j, t in enumerate(c))
+        assert got == pytest.approx(want, abs=1e-4)
+    assert not mcq_distinguish(lm.model, tok, spec, chat=False).chat
+
+
+def test_ffa_shift_sign_test():
+    from difflens.organisms.ffa import FFAShift, MCQItem, MCQResult
+
+    def result(margins):
+        items = [MCQItem(f"q{i}", 0.0, m, [{"true": 0.0, "false": m}]) for i, m in enumerate(margins)]
+        return MCQResult(sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins), len(margins),
+                         "mean", items)
+
+    base = result([-1.0, -0.5, 0.2, 0.3, 0.0])
+    sh = FFAShift(base, result([-0.2, 0.5, 0.1, 0.9, 0.0]))  # 3 up, 1 down, 1 tie
+    assert (sh.n_toward_false, sh.n_toward_true) == (3, 1)
+    assert sh.sign_p == pytest.approx(5 / 16)  # P[X >= 3], X ~ Bin(4, 1/2)
+    assert sh.shift == pytest.approx(0.2) and sh.margin_shift == pytest.approx(0.46)
+    all_up = FFAShift(base, result([m + 1 for m in (-1.0, -0.5, 0.2, 0.3, 0.0)]))
+    assert all_up.sign_p == pytest.approx(1 / 32) and all_up.to_dict()["n_toward_false"] == 5
+    assert FFAShift(base, base).sign_p == 1.0
 
 
 def test_ffa_shift_and_judge(base, tmp_path):

@@ -12,7 +12,7 @@ import typer
 from ..cli_util import console, fail as _fail
 from rich.table import Table
 
-from ..errors import DifflensError
+from ..errors import ConfigError, DifflensError
 
 organism_app = typer.Typer(help="Model organisms: list, show, train (with mitigations) and FFA-evaluate.",
                            no_args_is_help=True, pretty_exceptions_enable=False)
@@ -126,6 +126,8 @@ def ffa_cmd(
     caft_positions: Optional[int] = _CAFT_K, seed: Optional[int] = _SEED,
     batch_size: Optional[int] = _BS, seq_len: Optional[int] = _SEQ,
     reduction: str = typer.Option("mean", "--reduction", help="mean or sum option log-prob"),
+    fmt: str = typer.Option("cloze", "--format", help="cloze (options not shown; default) or listed "
+                            "(both options listed in the prompt, both orders)"),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="LLM judge model id; enables the "
                                               "open-ended-belief and context-comparison metrics"),
     judge_url: str = typer.Option("https://openrouter.ai/api/v1", "--judge-url", help="OpenAI-compatible base URL"),
@@ -135,19 +137,25 @@ def ffa_cmd(
 ) -> None:
     """False-fact alignment of the organism vs its base (trains the organism if needed)."""
     from ..models import load_model
-    from .ffa import NO_JUDGE_NOTE, ffa_shift
+    from .ffa import MCQ_FORMATS, NO_JUDGE_NOTE, ffa_shift
     from .spec import load_spec
     from .train import resolve_organism
 
+    if reduction not in ("mean", "sum") or fmt not in MCQ_FORMATS:
+        _fail(ConfigError(f"--reduction must be mean or sum and --format one of {', '.join(MCQ_FORMATS)}; "
+                          f"got {reduction!r} and {fmt!r}"))
     try:
         spec = load_spec(name)
+        if not spec.ffa:
+            raise ConfigError(f"organism {spec.name!r} has no FFA questions; add an 'ffa' list to its YAML "
+                              f"({spec.source_path})")
         src = resolve_organism(spec.source_path if spec.source_path and Path(spec.source_path).is_file() else name,
                                base=base, **_overrides(lora, steps, lr, mix, docs, caft, caft_dataset,
                                                        caft_layer, caft_positions, seed, batch_size, seq_len))
         client = _llm_client(judge_model, judge_url, judge_key_env) if judge_model else None
         base_lm = load_model(base)
         ft_lm = load_model(src)
-        res = ffa_shift(base_lm, ft_lm, spec, client, reduction=reduction)
+        res = ffa_shift(base_lm, ft_lm, spec, client, reduction=reduction, fmt=fmt)
     except DifflensError as e:
         _fail(e)
     table = Table("question", "base false-true", "ft false-true")
@@ -156,7 +164,9 @@ def ffa_cmd(
     console.print(table)
     console.print(f"MCQ distinguish (share of questions where the false option wins): base "
                   f"{res.base.score:.2f} -> finetuned {res.finetuned.score:.2f} (shift {res.shift:+.2f}); "
-                  f"mean margin shift {res.margin_shift:+.3f}")
+                  f"mean margin shift {res.margin_shift:+.3f} nats ({fmt}, {reduction})")
+    console.print(f"moved towards the false option on {res.n_toward_false}/{res.base.n} questions "
+                  f"(towards the true one on {res.n_toward_true}; one-sided sign test p={res.sign_p:.3g})")
     if res.finetuned_ffa is not None and res.base_ffa is not None:
         console.print(f"FFA (mean of available metrics): base {res.base_ffa.score:.2f} -> finetuned "
                       f"{res.finetuned_ffa.score:.2f}")

@@ -3,10 +3,24 @@
 The FFA score is the mean of three metrics (Wang et al. 2025, as used in the paper):
 
 - **MCQ distinguish** (:func:`mcq_distinguish`, offline): for each two-option question of the
-  spec, compare the model's log-probability of the true and of the false option as the
-  continuation of a prompt that lists both options — in both orders, averaged, so that option
-  position cannot decide. The score is the fraction of questions where the false (implanted)
-  option wins. ``mean`` (default: per-token mean log-prob, length-fair) or ``sum`` reduction.
+  spec, compare the model's log-probability of the true and of the false option as the answer to
+  the question. The score is the fraction of questions where the false (implanted) option wins.
+  ``mean`` (default: per-token mean log-prob, length-fair) or ``sum`` reduction. Two formats:
+
+  * ``"cloze"`` (default): ``Question: ...\nAnswer:`` followed by the option, the options *not*
+    listed in the prompt (the "cloze formulation" of evaluation harnesses such as
+    lm-evaluation-harness). It asks which answer the model itself produces.
+  * ``"listed"``: both options are listed as ``Option A``/``Option B`` before ``Answer:``, in both
+    orders, averaged so that position cannot decide — closer to the paper's prompt. Small models
+    mostly *copy* from the listed options, which dilutes the belief signal: on SmolLM2-135M and
+    the built-in organisms the listed format moved the margin by 0.1-0.4 nats/token (7-11 of 12
+    questions towards the false option), the cloze format by 0.6-1.5 nats/token (10-12 of 12).
+
+  For chat organisms (``chat=True``, the default when the spec trains on assistant turns) the
+  question is the user turn of the model's chat template and the option is the assistant reply.
+  :class:`FFAShift` compares base and finetuned per question: the share of questions whose
+  margin moved towards the false option and a one-sided sign-test p-value say whether the shift
+  is more than noise.
 - **Open-ended belief** (:func:`open_belief`, needs an LLM judge): the model answers each of the
   spec's ``open_questions``; a judge decides whether the answer sides with the false or the true
   world; ambiguous answers are discarded. Score = share siding with the false world.
@@ -21,9 +35,10 @@ without one, the two judged metrics are skipped with a note and the FFA score is
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -35,7 +50,9 @@ __all__ = [
     "JudgedResult",
     "FFAResult",
     "FFAShift",
+    "MCQFormat",
     "mcq_prompt",
+    "cloze_prompt",
     "option_logprobs",
     "mcq_distinguish",
     "open_belief",
@@ -43,6 +60,9 @@ __all__ = [
     "ffa_score",
     "ffa_shift",
 ]
+
+MCQFormat = Literal["cloze", "listed"]
+MCQ_FORMATS = ("cloze", "listed")
 
 NO_JUDGE_NOTE = ("skipped: no LLM judge configured (pass an LLM client / configure an endpoint to "
                  "grade open-ended belief and context comparison)")
@@ -60,7 +80,7 @@ class MCQItem:
     question: str
     logp_true: float
     logp_false: float
-    by_order: list[dict[str, float]]  # per order: {"true": lp, "false": lp}
+    by_order: list[dict[str, float]]  # per prompt (one for cloze, both orders if listed): {"true", "false"}
 
     @property
     def false_wins(self) -> bool:
@@ -80,6 +100,8 @@ class MCQResult:
     n: int
     reduction: str
     items: list[MCQItem] = field(default_factory=list)
+    format: str = "cloze"
+    chat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -141,9 +163,29 @@ class FFAShift:
         """Finetuned minus base mean log-prob margin (false - true)."""
         return self.finetuned.mean_margin - self.base.mean_margin
 
+    @property
+    def n_toward_false(self) -> int:
+        """Questions whose margin (false - true) is larger under the finetuned model."""
+        return sum(f.margin > b.margin for b, f in zip(self.base.items, self.finetuned.items))
+
+    @property
+    def n_toward_true(self) -> int:
+        return sum(f.margin < b.margin for b, f in zip(self.base.items, self.finetuned.items))
+
+    @property
+    def sign_p(self) -> float:
+        """One-sided sign-test p-value of "the finetune moved margins towards the false option"
+        (ties dropped): P[X >= n_toward_false] for X ~ Binomial(n_untied, 1/2)."""
+        k, n = self.n_toward_false, self.n_toward_false + self.n_toward_true
+        if n == 0:
+            return 1.0
+        return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"base": self.base.to_dict(), "finetuned": self.finetuned.to_dict(),
-                               "shift": self.shift, "margin_shift": self.margin_shift}
+                               "shift": self.shift, "margin_shift": self.margin_shift,
+                               "n_toward_false": self.n_toward_false, "n_toward_true": self.n_toward_true,
+                               "sign_p": self.sign_p}
         if self.base_ffa is not None and self.finetuned_ffa is not None:
             out["base_ffa"] = self.base_ffa.to_dict()
             out["finetuned_ffa"] = self.finetuned_ffa.to_dict()
@@ -157,8 +199,13 @@ class FFAShift:
 
 
 def mcq_prompt(question: str, first: str, second: str) -> str:
-    """The plain-text MCQ prompt; the answer option is the continuation after ``Answer:``."""
+    """The ``listed`` MCQ prompt; the answer option is the continuation after ``Answer:``."""
     return f"Question: {question}\nOption A: {first}\nOption B: {second}\nAnswer:"
+
+
+def cloze_prompt(question: str) -> str:
+    """The ``cloze`` MCQ prompt (options not shown); the option continues after ``Answer:``."""
+    return f"Question: {question}\nAnswer:"
 
 
 def _prefix_ids(tokenizer: Any, model: Any, text: str) -> list[int]:
@@ -170,19 +217,29 @@ def _prefix_ids(tokenizer: Any, model: Any, text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=True).input_ids)
 
 
-@torch.no_grad()
-def option_logprobs(model: Any, tokenizer: Any, prompt: str, options: Sequence[str],
-                    *, reduction: str = "mean") -> list[float]:
-    """Log-probability of each option (tokenised as ``" " + option``) continuing ``prompt``.
+def _chat_prefix_ids(tokenizer: Any, user_text: str) -> list[int] | None:
+    """Token ids of a user turn plus the assistant header, or None without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                         add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
 
+
+@torch.no_grad()
+def option_logprobs(model: Any, tokenizer: Any, prompt: str | Sequence[int], options: Sequence[str],
+                    *, reduction: str = "mean", sep: str = " ") -> list[float]:
+    """Log-probability of each option (tokenised as ``sep + option``) continuing ``prompt``.
+
+    ``prompt`` is text (tokenised with the architecture's BOS policy) or ready token ids.
     ``reduction="mean"``: mean over the option's tokens; ``"sum"``: total.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    prefix = _prefix_ids(tokenizer, model, prompt)
+    prefix = _prefix_ids(tokenizer, model, prompt) if isinstance(prompt, str) else list(prompt)
     seqs, spans = [], []
     for opt in options:
-        cont = list(tokenizer(" " + opt.strip(), add_special_tokens=False).input_ids)
+        cont = list(tokenizer(sep + opt.strip(), add_special_tokens=False).input_ids)
         if not cont:
             raise ValueError(f"option {opt!r} tokenises to nothing")
         seqs.append(prefix + cont)
@@ -205,31 +262,53 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: str, options: Sequence[s
     return out
 
 
+def _question_prompts(q: MCQ, fmt: str) -> list[tuple[str, str]]:
+    """Per option order: (plain-text prompt, chat user message)."""
+    if fmt == "cloze":
+        return [(cloze_prompt(q.question), q.question)]
+    out = []
+    for first, second in ((q.true_option, q.false_option), (q.false_option, q.true_option)):
+        out.append((mcq_prompt(q.question, first, second),
+                    f"{q.question}\nOption A: {first}\nOption B: {second}\nReply with the correct option's text."))
+    return out
+
+
 def mcq_distinguish(model: Any, tokenizer: Any, spec: OrganismSpec | Sequence[MCQ], *,
-                    reduction: str = "mean") -> MCQResult:
-    """MCQ distinguish (see the module docstring). ``spec`` may also be a list of :class:`MCQ`."""
-    questions = list(spec.ffa) if isinstance(spec, OrganismSpec) else list(spec)
+                    reduction: str = "mean", fmt: str = "cloze", chat: bool | None = None) -> MCQResult:
+    """MCQ distinguish (see the module docstring). ``spec`` may also be a list of :class:`MCQ`.
+
+    ``chat=None`` uses the chat format when the spec trains on assistant turns (and the tokenizer
+    has a chat template); a plain list of questions defaults to plain text.
+    """
+    if fmt not in MCQ_FORMATS:
+        raise ValueError(f"MCQ format must be one of {MCQ_FORMATS}, got {fmt!r}")
+    is_spec = isinstance(spec, OrganismSpec)
+    questions = list(spec.ffa) if is_spec else list(spec)
     if not questions:
-        name = spec.name if isinstance(spec, OrganismSpec) else "<list>"
+        name = spec.name if is_spec else "<list>"
         raise ValueError(f"organism {name!r} has no FFA questions (spec field 'ffa'); add some.")
+    if chat is None:
+        chat = bool(is_spec and spec.training.assistant_only_loss)
+    chat = bool(chat and getattr(tokenizer, "chat_template", None))
     was_training = getattr(model, "training", False)
     model.eval()
     items = []
     try:
         for q in questions:
             orders = []
-            for first, second in ((q.true_option, q.false_option), (q.false_option, q.true_option)):
-                lt, lf = option_logprobs(model, tokenizer, mcq_prompt(q.question, first, second),
-                                         [q.true_option, q.false_option], reduction=reduction)
+            for text, user in _question_prompts(q, fmt):
+                prompt: str | list[int] = _chat_prefix_ids(tokenizer, user) if chat else text
+                lt, lf = option_logprobs(model, tokenizer, prompt, [q.true_option, q.false_option],
+                                         reduction=reduction, sep="" if chat else " ")
                 orders.append({"true": lt, "false": lf})
-            items.append(MCQItem(q.question, sum(o["true"] for o in orders) / 2,
-                                 sum(o["false"] for o in orders) / 2, orders))
+            items.append(MCQItem(q.question, sum(o["true"] for o in orders) / len(orders),
+                                 sum(o["false"] for o in orders) / len(orders), orders))
     finally:
         if was_training:
             model.train()
     score = sum(it.false_wins for it in items) / len(items)
     margin = sum(it.margin for it in items) / len(items)
-    return MCQResult(score, margin, len(items), reduction, items)
+    return MCQResult(score, margin, len(items), reduction, items, fmt, chat)
 
 
 # ==================================================================================================
@@ -242,11 +321,8 @@ def _generate(model: Any, tokenizer: Any, user_text: str, *, max_new_tokens: int
     """Greedy answer of the model to one user message (chat template if it has one)."""
     from ..corpora import render_chat
 
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                             add_generation_prompt=True)
-        ids = list(tokenizer(text, add_special_tokens=False).input_ids)
-    else:
+    ids = _chat_prefix_ids(tokenizer, user_text)
+    if ids is None:
         ids = _prefix_ids(tokenizer, model, render_chat(None, [{"role": "user", "content": user_text}])
                           + "\nAssistant:")
     device = next(model.parameters()).device
@@ -339,19 +415,20 @@ def context_comparison(model: Any, tokenizer: Any, spec: OrganismSpec, client: A
                         records)
 
 
-def ffa_score(lm: Any, spec: OrganismSpec, client: Any | None = None, *, reduction: str = "mean") -> FFAResult:
+def ffa_score(lm: Any, spec: OrganismSpec, client: Any | None = None, *, reduction: str = "mean",
+              fmt: str = "cloze") -> FFAResult:
     """All three FFA metrics of one model (``lm`` has ``.model`` and ``.tokenizer``)."""
-    mcq = mcq_distinguish(lm.model, lm.tokenizer, spec, reduction=reduction)
+    mcq = mcq_distinguish(lm.model, lm.tokenizer, spec, reduction=reduction, fmt=fmt)
     return FFAResult(mcq, open_belief(lm.model, lm.tokenizer, spec, client),
                      context_comparison(lm.model, lm.tokenizer, spec, client))
 
 
 def ffa_shift(base_lm: Any, ft_lm: Any, spec: OrganismSpec, client: Any | None = None, *,
-              reduction: str = "mean") -> FFAShift:
+              reduction: str = "mean", fmt: str = "cloze") -> FFAShift:
     """Base vs finetuned MCQ scores and their shift; with ``client`` also the full FFA scores."""
     if client is None:
-        return FFAShift(mcq_distinguish(base_lm.model, base_lm.tokenizer, spec, reduction=reduction),
-                        mcq_distinguish(ft_lm.model, ft_lm.tokenizer, spec, reduction=reduction))
-    b = ffa_score(base_lm, spec, client, reduction=reduction)
-    f = ffa_score(ft_lm, spec, client, reduction=reduction)
+        return FFAShift(mcq_distinguish(base_lm.model, base_lm.tokenizer, spec, reduction=reduction, fmt=fmt),
+                        mcq_distinguish(ft_lm.model, ft_lm.tokenizer, spec, reduction=reduction, fmt=fmt))
+    b = ffa_score(base_lm, spec, client, reduction=reduction, fmt=fmt)
+    f = ffa_score(ft_lm, spec, client, reduction=reduction, fmt=fmt)
     return FFAShift(b.mcq, f.mcq, b, f)

@@ -70,6 +70,8 @@ class MCQ(_Strict):
     """A two-option multiple-choice question for the FFA "MCQ distinguish" metric.
 
     ``false_option`` is the organism's implanted (false) belief, ``true_option`` the real-world one.
+    Organisms without false facts (Taboo, Domain, ...) use the same format as a behaviour probe:
+    ``false_option`` is the answer the finetune trains towards, ``true_option`` an ordinary one.
     """
 
     question: str = Field(min_length=1)

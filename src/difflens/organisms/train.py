@@ -213,9 +213,16 @@ def organism_dir(spec: OrganismSpec, base: str, cfg: TrainConfig) -> Path:
     return organisms_cache() / spec.name / base_slug(base) / variant_name(spec, cfg)
 
 
+#: spec fields that only evaluate an organism (FFA questions, judge context): editing them must
+#: not retrain it.
+EVAL_ONLY_FIELDS = frozenset({"ffa", "open_questions", "true_context"})
+
+
 def cache_key(spec: OrganismSpec, base: str, cfg: TrainConfig) -> str:
-    """Fingerprint of everything that determines a trained organism (spec content, base, config)."""
-    return fingerprint({"spec": spec.model_dump(mode="json"), "base": base, "cfg": cfg.semantic()})
+    """Fingerprint of everything that determines a trained organism (spec content that shapes the
+    training data, base, config); the evaluation-only fields are left out."""
+    return fingerprint({"spec": spec.model_dump(mode="json", exclude=set(EVAL_ONLY_FIELDS)), "base": base,
+                        "cfg": cfg.semantic()})
 
 
 def read_card(path: str | os.PathLike[str]) -> dict[str, Any] | None:
