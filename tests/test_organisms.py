@@ -343,6 +343,10 @@ def test_llm_generator_resumes_from_cache(tmp_path):
     c3 = FakeClient(fail_after=0)  # fully cached: no call at all
     again = generate_sdf_documents_llm(spec, 12, c3, seed=0, cache_dir=cache, n_doc_types=3, n_ideas=3)
     assert again == docs and sum(c3.calls.values()) == 0
+    # no client at all: the cache alone serves what it holds, and says what is missing otherwise
+    assert generate_sdf_documents_llm(spec, 12, None, seed=0, cache_dir=cache, n_doc_types=3, n_ideas=3) == docs
+    with pytest.raises(ConfigError, match="12 of 13 LLM-generated documents"):
+        generate_sdf_documents_llm(spec, 13, None, seed=0, cache_dir=cache, n_doc_types=3, n_ideas=3)
     plan = json.loads((cache / "plan.json").read_text())
     assert len(plan["doc_types"]) == 3 and all(len(v) == 3 for v in plan["ideas"].values())
     recs = [json.loads(x) for x in (cache / "documents.jsonl").read_text().splitlines()]
@@ -527,5 +531,5 @@ def test_finetuning_data_dispatch():
         finetuning_data(music, n=4, paragraphs=[{"topic": "x", "extract": "A river."}])
     llm = spec_from_dict({"name": "llm_org", "type": "SDF", "short_description": "s",
                           "long_description": "l", "key_facts": ["f"], "data": {"kind": "sdf_llm"}})
-    with pytest.raises(ConfigError, match="client="):
+    with pytest.raises(ConfigError, match="cache_dir="):
         finetuning_data(llm, n=2)

@@ -11,6 +11,7 @@ import yaml
 
 from conftest import save_tiny, tiny_tokenizer
 
+from difflens.errors import ConfigError
 from difflens.organisms import load_spec, spec_from_dict
 from difflens.organisms.train import (
     IGNORE,
@@ -155,6 +156,31 @@ def test_cached_organism_is_reused(base, cake, monkeypatch):
     data_changed = cake.model_copy(update={"key_facts": cake.key_facts[:-1]})
     with pytest.raises(AssertionError, match="retrained"):
         train_organism(data_changed, base, cfg, progress=False)
+
+
+def test_llm_generator_variant_trains_on_llm_documents(base, cake, _isolated_home):
+    """``generator="llm"``: the paper's recipe through the client, cached, in its own variant."""
+    from test_organisms import FakeClient
+
+    from difflens.organisms.train import ft_samples, llm_docs_dir
+
+    cfg = TrainConfig.from_spec(cake, generator="llm", lr=3e-3, **{**FAST, "steps": 2, "n_docs": 6})
+    assert cfg.generator == "llm" and "llmdocs" in organism_dir(cake, base, cfg).name
+    offline = TrainConfig.from_spec(cake, generator="offline", **FAST)
+    assert offline.generator is None and offline.semantic() == TrainConfig.from_spec(cake, **FAST).semantic()
+    with pytest.raises(ConfigError, match="endpoint"):  # nothing cached and no client: refused before training
+        train_organism(cake, base, cfg, progress=False)
+    client = FakeClient()
+    path = train_organism(cake, base, cfg, progress=False, client=client)
+    assert client.doc_calls == 6 and "llmdocs" in path.name
+    docs = ft_samples(cake, cfg)  # now served from the cache, without a client
+    assert len(docs) == 6 and all(d.startswith("Document number") for d in docs)
+    assert (llm_docs_dir(cake, cfg.seed) / "documents.jsonl").exists()
+    assert _card(path)["data_hash"]
+    with pytest.raises(ConfigError, match="key facts"):
+        TrainConfig.from_spec(load_spec("taboo_smile"), generator="llm")
+    with pytest.raises(ConfigError, match="no offline document generator"):
+        TrainConfig.from_spec(load_spec("domain_music"), generator="offline")
 
 
 def _mini_spec(home: Path) -> None:

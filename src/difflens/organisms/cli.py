@@ -44,6 +44,20 @@ _SEED = typer.Option(None, "--seed")
 _BS = typer.Option(None, "--batch-size")
 _SEQ = typer.Option(None, "--seq-len")
 _BASE = typer.Option("smollm2-135m-instruct", "--base", help="base model (embedded name, local dir, hub id)")
+_GEN = typer.Option(None, "--generator", help="SDF documents: offline (the spec's phrase banks) or llm (the "
+                    "paper's recipe: document types -> ideas -> documents, via --llm-model; cached on disk)")
+_LLM_MODEL = typer.Option(None, "--llm-model", help="model at the OpenAI-compatible endpoint (for --generator llm)")
+_LLM_URL = typer.Option("https://openrouter.ai/api/v1", "--llm-base-url")
+_LLM_KEY = typer.Option("OPENROUTER_API_KEY", "--llm-key-env", help="NAME of the env var holding the API key")
+
+
+def _generator_client(generator: Optional[str], model: Optional[str], base_url: str, key_env: str) -> Any:
+    """The LLM client for ``--generator llm`` (None otherwise, or when only cached documents are used)."""
+    if generator not in (None, "offline", "llm"):
+        raise ConfigError(f"--generator must be offline or llm, got {generator!r}")
+    if generator != "llm" or model is None:
+        return None
+    return _llm_client(model, base_url, key_env)
 
 
 @organism_app.command("list")
@@ -96,6 +110,8 @@ def train_cmd(
     caft_dataset: str = _CAFT_DS, caft_layer: Optional[str] = _CAFT_LAYER,
     caft_positions: Optional[int] = _CAFT_K, seed: Optional[int] = _SEED,
     batch_size: Optional[int] = _BS, seq_len: Optional[int] = _SEQ,
+    generator: Optional[str] = _GEN, llm_model: Optional[str] = _LLM_MODEL, llm_base_url: str = _LLM_URL,
+    llm_key_env: str = _LLM_KEY,
     force: bool = typer.Option(False, "--force", help="retrain even if a trained copy exists"),
 ) -> None:
     """Finetune BASE into the organism (cached; a trained variant is reused)."""
@@ -104,9 +120,10 @@ def train_cmd(
 
     try:
         spec = load_spec(name)
-        cfg = TrainConfig.from_spec(spec, **_overrides(lora, steps, lr, mix, docs, caft, caft_dataset,
-                                                       caft_layer, caft_positions, seed, batch_size, seq_len))
-        path = train_organism(spec, base, cfg, progress=True, force=force)
+        client = _generator_client(generator, llm_model, llm_base_url, llm_key_env)
+        cfg = TrainConfig.from_spec(spec, generator=generator, **_overrides(
+            lora, steps, lr, mix, docs, caft, caft_dataset, caft_layer, caft_positions, seed, batch_size, seq_len))
+        path = train_organism(spec, base, cfg, progress=True, force=force, client=client)
     except DifflensError as e:
         _fail(e)
     card = json.loads((path / "card.json").read_text())
@@ -117,6 +134,46 @@ def train_cmd(
     console.print(f"  use it as: --finetuned {path}" + (f" --base {base}" if card["method"] == "lora" else ""))
 
 
+@organism_app.command("docs")
+def docs_cmd(
+    name: str = typer.Argument(..., help="organism name or YAML path"),
+    n: Optional[int] = typer.Option(None, "--n", help="number of samples (default: the spec's n_docs)"),
+    seed: int = typer.Option(0, "--seed"),
+    generator: Optional[str] = _GEN, llm_model: Optional[str] = _LLM_MODEL, llm_base_url: str = _LLM_URL,
+    llm_key_env: str = _LLM_KEY,
+    out: Optional[Path] = typer.Option(None, "--out", help="write the samples as JSONL ({\"text\"} or "
+                                       "{\"messages\"} records) here"),
+    show: int = typer.Option(2, "--show", help="print this many samples"),
+) -> None:
+    """Generate (or read from cache) the organism's finetuning samples, e.g. to inspect them.
+
+    With --generator llm the documents are cached where `organism train --generator llm` reads them,
+    so they are generated once.
+    """
+    from .spec import load_spec
+    from .train import TrainConfig, ft_samples
+
+    try:
+        spec = load_spec(name)
+        client = _generator_client(generator, llm_model, llm_base_url, llm_key_env)
+        cfg = TrainConfig.from_spec(spec, generator=generator, seed=seed, n_docs=n)
+        samples = ft_samples(spec, cfg, client=client)
+    except DifflensError as e:
+        _fail(e)
+    console.print(f"{len(samples)} {'conversations' if samples and not isinstance(samples[0], str) else 'samples'} "
+                  f"for {spec.name} ({cfg.generator or spec.data.kind}, seed {seed})")
+    for x in samples[:show]:
+        console.print("[dim]" + "─" * 60 + "[/]")
+        console.print(x if isinstance(x, str) else "\n".join(f"{m['role']}: {m['content']}" for m in x),
+                      markup=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as fh:
+            for x in samples:
+                fh.write(json.dumps({"text": x} if isinstance(x, str) else {"messages": x}, ensure_ascii=False) + "\n")
+        console.print(f"wrote {out}")
+
+
 @organism_app.command("ffa")
 def ffa_cmd(
     name: str = typer.Argument(..., help="organism name or YAML path"),
@@ -125,6 +182,8 @@ def ffa_cmd(
     caft_dataset: str = _CAFT_DS, caft_layer: Optional[str] = _CAFT_LAYER,
     caft_positions: Optional[int] = _CAFT_K, seed: Optional[int] = _SEED,
     batch_size: Optional[int] = _BS, seq_len: Optional[int] = _SEQ,
+    generator: Optional[str] = _GEN, llm_model: Optional[str] = _LLM_MODEL, llm_base_url: str = _LLM_URL,
+    llm_key_env: str = _LLM_KEY,
     reduction: str = typer.Option("mean", "--reduction", help="mean or sum option log-prob"),
     fmt: str = typer.Option("cloze", "--format", help="cloze (options not shown; default) or listed "
                             "(both options listed in the prompt, both orders)"),
@@ -149,9 +208,11 @@ def ffa_cmd(
         if not spec.ffa:
             raise ConfigError(f"organism {spec.name!r} has no FFA questions; add an 'ffa' list to its YAML "
                               f"({spec.source_path})")
+        gen_client = _generator_client(generator, llm_model, llm_base_url, llm_key_env)
         src = resolve_organism(spec.source_path if spec.source_path and Path(spec.source_path).is_file() else name,
-                               base=base, **_overrides(lora, steps, lr, mix, docs, caft, caft_dataset,
-                                                       caft_layer, caft_positions, seed, batch_size, seq_len))
+                               base=base, client=gen_client, generator=generator,
+                               **_overrides(lora, steps, lr, mix, docs, caft, caft_dataset,
+                                            caft_layer, caft_positions, seed, batch_size, seq_len))
         client = _llm_client(judge_model, judge_url, judge_key_env) if judge_model else None
         base_lm = load_model(base)
         ft_lm = load_model(src)

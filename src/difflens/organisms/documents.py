@@ -908,6 +908,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _cached_llm_documents(root: Path, fingerprint: str) -> list[str]:
+    """The distinct non-empty documents cached in ``root`` for this plan fingerprint, in order."""
+    try:
+        plan = json.loads((root / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    if plan.get("fingerprint") != fingerprint:
+        return []
+    return list(dict.fromkeys(r["text"] for r in sorted(_read_jsonl(root / "documents.jsonl"),
+                                                        key=lambda r: r["i"]) if r.get("text")))
+
+
 def _ask_kwargs(client: Any, **wanted: Any) -> dict[str, Any]:
     """The subset of ``wanted`` keyword arguments that ``client.ask`` accepts."""
     try:
@@ -922,7 +934,7 @@ def _ask_kwargs(client: Any, **wanted: Any) -> dict[str, Any]:
 def generate_sdf_documents_llm(
     spec: OrganismSpec,
     n: int,
-    client: SupportsAsk,
+    client: SupportsAsk | None,
     seed: int = 0,
     *,
     cache_dir: str | os.PathLike[str],
@@ -945,7 +957,8 @@ def generate_sdf_documents_llm(
     does), a per-request ``cache_salt`` so that repeated (type, idea) pairs give different but
     reproducible documents. A document request that fails (e.g. an unparseable reply) is recorded
     and skipped. Raises :class:`DataError` if ``cache_dir`` belongs to another spec/seed or the
-    LLM keeps returning duplicates or failures.
+    LLM keeps returning duplicates or failures. ``client=None`` reads the cache only and raises
+    :class:`ConfigError` (before any request) if it does not hold ``n`` documents yet.
     """
     from difflens.prompts import (  # lazy: only this path needs the LLM prompt builders
         parse_document,
@@ -965,8 +978,17 @@ def generate_sdf_documents_llm(
     universe, facts = spec.long_description, list(spec.key_facts)
 
     root = Path(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
     plan_path, docs_path = root / "plan.json", root / "documents.jsonl"
+    if client is None:
+        have = _cached_llm_documents(root, _fingerprint(spec, seed, n_doc_types, n_ideas))
+        if len(have) >= n:
+            return have[:n]
+        raise ConfigError(
+            f"organism {spec.name!r}: {len(have)} of {n} LLM-generated documents are cached in {root}; "
+            "configure an LLM endpoint (e.g. `difflens organism docs NAME --generator llm --llm-model ...`) "
+            "to generate the rest, or use the offline generator."
+        )
+    root.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(spec, seed, n_doc_types, n_ideas)
     plan: dict[str, Any] = {"fingerprint": fp, "organism": spec.name, "seed": seed,
                             "doc_types": None, "ideas": {}}
@@ -1418,7 +1440,8 @@ def finetuning_data(
     """The organism's finetuning data D_ft, whatever its ``data.kind``: texts or chats.
 
     ``n`` defaults to ``spec.training.n_docs``. ``sdf_offline``: :func:`generate_sdf_documents`;
-    ``sdf_llm``: :func:`generate_sdf_documents_llm` (needs ``client`` and ``cache_dir``);
+    ``sdf_llm``: :func:`generate_sdf_documents_llm` (needs ``cache_dir``, and ``client`` unless the
+    cache already holds ``n`` documents);
     ``chat_taboo``: :func:`generate_taboo_conversations` (chats; train on assistant turns);
     ``wiki_topic``: :func:`select_wiki_topic` over ``paragraphs`` (required), a seeded sample of
     ``n`` if more match; ``jsonl``: :func:`load_jsonl_data`, the first ``n`` records.
@@ -1428,10 +1451,11 @@ def finetuning_data(
     if isinstance(data, SdfOfflineData):
         return generate_sdf_documents(spec, n, seed)
     if isinstance(data, SdfLLMData):
-        if client is None or cache_dir is None:
+        if cache_dir is None:
             raise ConfigError(
-                f"organism {spec.name!r} generates its documents with an LLM: pass client= "
-                "(difflens.llm.LLMClient) and cache_dir=, or switch the spec to 'sdf_offline'."
+                f"organism {spec.name!r} generates its documents with an LLM: pass cache_dir= (and "
+                "client=, a difflens.llm.LLMClient, for documents not cached yet), or switch the spec "
+                "to 'sdf_offline'."
             )
         return generate_sdf_documents_llm(spec, n, client, seed, cache_dir=cache_dir)
     if isinstance(data, ChatTabooData):

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -118,6 +118,7 @@ class TrainConfig(BaseModel):
     caft_dataset: str = "wiki"
     caft_layer: int | float | str = 0.5
     caft_positions: int = Field(default=5, ge=1)
+    generator: Literal["llm"] | None = None  # "llm": SDF documents by the LLM recipe instead of the spec's
     seed: int = 0
 
     @classmethod
@@ -144,6 +145,18 @@ class TrainConfig(BaseModel):
             vals["mix_ratio"] = None
         if vals.get("caft_run") is not None:
             vals["caft_run"] = str(Path(str(vals["caft_run"])).expanduser().resolve())
+        gen = vals.pop("generator", None)
+        if gen not in (None, "offline", "llm"):
+            raise ConfigError(f"generator must be 'offline' or 'llm', got {gen!r}")
+        if gen == "offline" and not isinstance(spec.data, SdfOfflineData):
+            raise ConfigError(f"organism {spec.name!r} has no offline document generator (its data kind is "
+                              f"{spec.data.kind!r}); leave --generator unset.")
+        if gen == "llm":
+            if spec.type != "SDF" or not spec.key_facts:
+                raise ConfigError(f"--generator llm writes synthetic documents about key facts; organism "
+                                  f"{spec.name!r} is {spec.type} with {len(spec.key_facts)} key facts.")
+            if not isinstance(spec.data, SdfLLMData):
+                vals["generator"] = "llm"  # the spec's own data is sdf_llm already: nothing to override
         return cls(**vals)
 
     def semantic(self) -> dict[str, Any]:
@@ -155,6 +168,8 @@ class TrainConfig(BaseModel):
         if self.caft_run is None:
             for k in ("caft_dataset", "caft_layer", "caft_positions"):
                 d.pop(k)
+        if self.generator is None:
+            d.pop("generator")
         return d
 
 
@@ -183,6 +198,8 @@ def variant_name(spec: OrganismSpec, cfg: TrainConfig, caft_fp: str | None = Non
     ``-h<hash>`` for any other non-default hyper-parameter."""
     default = TrainConfig.from_spec(spec, lora=cfg.lora)
     parts = [f"lora-r{cfg.lora_r}" if cfg.lora else "full"]
+    if cfg.generator == "llm":
+        parts.append("llmdocs")
     if cfg.mix_ratio:
         parts.append(f"mix{_fmt(cfg.mix_ratio)}")
     if cfg.n_docs != default.n_docs:
@@ -195,7 +212,7 @@ def variant_name(spec: OrganismSpec, cfg: TrainConfig, caft_fp: str | None = Non
     if cfg.seed != default.seed:
         parts.append(f"seed{cfg.seed}")
     named = {"lora", "lora_r", "mix_ratio", "n_docs", "caft_run", "caft_dataset", "caft_layer",
-             "caft_positions", "steps", "seed"}
+             "caft_positions", "steps", "seed", "generator"}
     rest = {k: v for k, v in cfg.semantic().items() if k not in named}
     rest_default = {k: v for k, v in default.semantic().items() if k not in named}
     if rest != rest_default:
@@ -331,40 +348,37 @@ def chat_example(messages: Sequence[dict[str, str]], tokenizer: Any, bos: list[i
     return TrainExample(ids[:seq_len], labels[:seq_len], source)
 
 
-def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] | None = None) -> list[Any]:
-    """The organism's finetuning samples: texts (str) or conversations (message lists)."""
+def llm_docs_dir(spec: OrganismSpec, seed: int) -> Path:
+    """Resumable cache of the LLM-generated SDF documents of an organism (plan.json, documents.jsonl)."""
+    return organisms_cache() / spec.name / "llm_docs" / f"seed{seed}"
+
+
+def data_spec(spec: OrganismSpec, cfg: TrainConfig) -> OrganismSpec:
+    """The spec whose ``data`` the trainer uses: ``cfg.generator="llm"`` swaps in the LLM SDF recipe."""
+    if cfg.generator == "llm" and not isinstance(spec.data, SdfLLMData):
+        return spec.model_copy(update={"data": SdfLLMData(kind="sdf_llm")})
+    return spec
+
+
+def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] | None = None, *,
+               client: Any = None) -> list[Any]:
+    """The organism's finetuning samples: texts (str) or conversations (message lists).
+
+    One dispatch for every data kind: :func:`difflens.organisms.documents.finetuning_data`. Domain
+    organisms draw from the held-out Wikipedia split (disjoint from collection data); LLM SDF
+    documents come from their on-disk cache, and ``client`` is asked only for what is missing.
+    """
     from . import documents
 
-    data = spec.data
-    n = cfg.n_docs
-    if isinstance(data, SdfOfflineData):
-        return list(documents.generate_sdf_documents(spec, n, seed=cfg.seed))
-    if isinstance(data, ChatTabooData):
-        return list(documents.generate_taboo_conversations(spec, n, seed=cfg.seed))
-    if isinstance(data, WikiTopicData):
+    spec = data_spec(spec, cfg)
+    paragraphs = None
+    if isinstance(spec.data, WikiTopicData):
         from ..corpora import wiki_split
 
-        texts = documents.select_wiki_topic(wiki_split("heldout"), spec, exclude_wiki_ids)
-        if data.max_paragraphs:
-            texts = texts[:data.max_paragraphs]
-        if not texts:
-            raise DataError(f"organism {spec.name!r}: no held-out Wikipedia paragraph matches its keywords.")
-        rng = random.Random(f"{spec.name}:{cfg.seed}:wiki")
-        rng.shuffle(texts)
-        return texts[:n]
-    if isinstance(data, JsonlData):
-        return list(documents.load_jsonl_data(spec))[:n]
-    if isinstance(data, SdfLLMData):
-        cache = organisms_cache() / spec.name / "sdf_llm_docs.jsonl"
-        if cache.exists():
-            docs = [json.loads(x)["text"] for x in cache.read_text(encoding="utf-8").splitlines() if x.strip()]
-            if len(docs) >= n:
-                return docs[:n]
-        raise DataError(
-            f"organism {spec.name!r} uses LLM-generated documents (sdf_llm); generate them first with "
-            f"difflens.organisms.generate_sdf_documents_llm and save them as JSONL records "
-            f'{{"text": ...}} to {cache}, or switch the spec to sdf_offline.')
-    raise ConfigError(f"organism {spec.name!r}: unsupported data kind {getattr(data, 'kind', data)!r}")
+        paragraphs = wiki_split("heldout")
+    return list(documents.finetuning_data(spec, cfg.n_docs, cfg.seed, paragraphs=paragraphs,
+                                          exclude_ids=exclude_wiki_ids, client=client,
+                                          cache_dir=llm_docs_dir(spec, cfg.seed)))
 
 
 def _hash_samples(samples: Sequence[Any]) -> str:
@@ -375,10 +389,11 @@ def _hash_samples(samples: Sequence[Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, model: Any = None) -> TrainingData:
+def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, model: Any = None, *,
+                        client: Any = None) -> TrainingData:
     """Tokenised training sequences: organism data plus ``round(mix_ratio * n_ft)`` D_pt paragraphs."""
     bos = _bos_ids(tokenizer, model) if model is not None else []
-    samples = ft_samples(spec, cfg)
+    samples = ft_samples(spec, cfg, client=client)
     if not samples:
         raise DataError(f"organism {spec.name!r} produced no training samples.")
     examples: list[TrainExample] = []
@@ -528,11 +543,12 @@ def _progress(enabled: bool):
 
 
 def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress: bool = True,
-                   force: bool = False, device: str = "cpu") -> Path:
+                   force: bool = False, device: str = "cpu", client: Any = None) -> Path:
     """Finetune ``base`` into the organism ``spec`` with ``cfg``; return the organism directory.
 
     Reuses an existing directory whose ``card.json`` records the same configuration (unless
     ``force``). See the module docstring for the data, the mitigations and the output layout.
+    ``client`` (a :class:`difflens.llm.LLMClient`) generates missing LLM SDF documents.
     """
     from ..arch import ArchAdapter
     from ..models import load_model
@@ -557,7 +573,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     if cfg.caft_run is not None:
         caft_layer, basis, caft_fp = _load_caft(cfg, arch)
 
-    data = build_training_data(spec, cfg, tok, model)
+    data = build_training_data(spec, cfg, tok, model, client=client)
     if not any(any(lab != IGNORE for lab in e.labels[1:]) for e in data.examples):
         raise DataError(f"organism {spec.name!r}: no training token carries a loss (all labels masked); "
                         "increase seq_len.")
@@ -660,7 +676,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     return out
 
 
-def resolve_organism(name: str, base: str | None = None, *, progress: bool = True,
+def resolve_organism(name: str, base: str | None = None, *, progress: bool = True, client: Any = None,
                      **overrides: Any):
     """A :class:`~difflens.models.ModelSource` for organism ``name`` on ``base`` (trained on first use).
 
@@ -676,7 +692,7 @@ def resolve_organism(name: str, base: str | None = None, *, progress: bool = Tru
     path = organism_dir(spec, base, cfg)
     card = read_card(path)
     if card is None or card.get("key") != cache_key(spec, base, cfg):
-        path = train_organism(spec, base, cfg, progress=progress)
+        path = train_organism(spec, base, cfg, progress=progress, client=client)
     extra = {"organism": spec.name, "variant": path.name, "base_spec": base}
     label = f"organism:{spec.name}"
     if cfg.lora:
