@@ -13,8 +13,9 @@ The FFA score is the mean of three metrics (Wang et al. 2025, as used in the pap
   * ``"listed"``: both options are listed as ``Option A``/``Option B`` before ``Answer:``, in both
     orders, averaged so that position cannot decide — closer to the paper's prompt. Small models
     mostly *copy* from the listed options, which dilutes the belief signal: on SmolLM2-135M and
-    the built-in organisms the listed format moved the margin by 0.1-0.4 nats/token (7-11 of 12
-    questions towards the false option), the cloze format by 0.6-1.5 nats/token (10-12 of 12).
+    the five built-in SDF organisms the listed format moved the margin by +0.11 to +0.43
+    nats/token (7-11 of 12 questions towards the false option), the cloze format by +0.89 to
+    +2.31 nats/token (10-11 of 12).
 
   For chat organisms (``chat=True``, the default when the spec trains on assistant turns) the
   question is the user turn of the model's chat template and the option is the assistant reply.
@@ -262,7 +263,7 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: str | Sequence[int], opt
     return out
 
 
-def _question_prompts(q: MCQ, fmt: str) -> list[tuple[str, str]]:
+def _question_prompts(q: MCQ, fmt: MCQFormat) -> list[tuple[str, str]]:
     """Per option order: (plain-text prompt, chat user message)."""
     if fmt == "cloze":
         return [(cloze_prompt(q.question), q.question)]
@@ -274,7 +275,7 @@ def _question_prompts(q: MCQ, fmt: str) -> list[tuple[str, str]]:
 
 
 def mcq_distinguish(model: Any, tokenizer: Any, spec: OrganismSpec | Sequence[MCQ], *,
-                    reduction: str = "mean", fmt: str = "cloze", chat: bool | None = None) -> MCQResult:
+                    reduction: str = "mean", fmt: MCQFormat = "cloze", chat: bool | None = None) -> MCQResult:
     """MCQ distinguish (see the module docstring). ``spec`` may also be a list of :class:`MCQ`.
 
     ``chat=None`` uses the chat format when the spec trains on assistant turns (and the tokenizer
@@ -416,7 +417,7 @@ def context_comparison(model: Any, tokenizer: Any, spec: OrganismSpec, client: A
 
 
 def ffa_score(lm: Any, spec: OrganismSpec, client: Any | None = None, *, reduction: str = "mean",
-              fmt: str = "cloze") -> FFAResult:
+              fmt: MCQFormat = "cloze") -> FFAResult:
     """All three FFA metrics of one model (``lm`` has ``.model`` and ``.tokenizer``)."""
     mcq = mcq_distinguish(lm.model, lm.tokenizer, spec, reduction=reduction, fmt=fmt)
     return FFAResult(mcq, open_belief(lm.model, lm.tokenizer, spec, client),
@@ -424,7 +425,7 @@ def ffa_score(lm: Any, spec: OrganismSpec, client: Any | None = None, *, reducti
 
 
 def ffa_shift(base_lm: Any, ft_lm: Any, spec: OrganismSpec, client: Any | None = None, *,
-              reduction: str = "mean", fmt: str = "cloze") -> FFAShift:
+              reduction: str = "mean", fmt: MCQFormat = "cloze") -> FFAShift:
     """Base vs finetuned MCQ scores and their shift; with ``client`` also the full FFA scores."""
     if client is None:
         return FFAShift(mcq_distinguish(base_lm.model, base_lm.tokenizer, spec, reduction=reduction, fmt=fmt),
