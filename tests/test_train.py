@@ -438,3 +438,60 @@ def test_organism_cli_list_show(base, _isolated_home):
     assert "organism ready" in res.output
     res = runner.invoke(organism_app, ["show", "no_such_organism"])
     assert res.exit_code == 2 and "unknown organism" in res.output
+
+
+class _DownJudge:
+    """A judge whose endpoint is down: every call raises LLMError."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def ask(self, messages, parse, **kw):
+        from difflens.errors import LLMError
+
+        self.calls += 1
+        raise LLMError("http://127.0.0.1:9/v1 unreachable after 5 attempts")
+
+
+def test_failing_judge_keeps_the_mcq_result(base):
+    from difflens.models import load_model
+    from difflens.organisms.ffa import ffa_shift
+
+    spec = _ffa_spec()
+    b = load_model(base)
+    judge = _DownJudge()
+    res = ffa_shift(b, b, spec, judge)
+    assert judge.calls == 1  # the first failure stops further judge calls (no second round of retries)
+    assert res.base.n == 3 and res.finetuned.n == 3  # MCQ results are all there
+    assert res.base_ffa.judge_failed and res.finetuned_ffa.judge_failed
+    assert "unreachable" in res.base_ffa.open_belief.note and "skipped" in res.finetuned_ffa.context.note
+    assert res.finetuned_ffa.score == res.finetuned.score  # mean over the metrics that ran
+
+
+def test_organism_cli_ffa(base, _isolated_home, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import difflens.organisms.cli as ocli
+
+    _mini_spec(_isolated_home)
+    runner = CliRunner()
+    out = tmp_path / "ffa.json"
+    res = runner.invoke(ocli.organism_app, ["ffa", "mini_cake", "--base", base, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "MCQ distinguish" in text and "(cloze, mean)" in text and "sign test" in text
+    saved = json.loads(out.read_text())
+    assert saved["finetuned"]["n"] == 12 and "sign_p" in saved and saved["finetuned"]["format"] == "cloze"
+    res = runner.invoke(ocli.organism_app, ["ffa", "mini_cake", "--base", base, "--format", "letters"])
+    assert res.exit_code == 2 and "--format" in res.output
+    res = runner.invoke(ocli.organism_app, ["ffa", "taboo_smile", "--base", base, "--steps", "1", "--docs", "2",
+                                            "--seq-len", "32", "--format", "listed"])
+    assert res.exit_code == 0, res.output  # chat organism: behaviour probes in the chat template
+    # a judge that fails: exit 2 with a clear error, and the MCQ results are still printed and written
+    monkeypatch.setattr(ocli, "_llm_client", lambda *a, **k: _DownJudge())
+    out.unlink()
+    res = runner.invoke(ocli.organism_app, ["ffa", "mini_cake", "--base", base, "--out", str(out),
+                                            "--judge-model", "m"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "MCQ distinguish" in text and "LLM judge failed" in text
+    assert json.loads(out.read_text())["finetuned_ffa"]["open_belief"]["failed"] is True

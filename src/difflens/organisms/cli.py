@@ -12,7 +12,7 @@ import typer
 from ..cli_util import console, fail as _fail
 from rich.table import Table
 
-from ..errors import ConfigError, DifflensError
+from ..errors import ConfigError, DifflensError, LLMError
 
 organism_app = typer.Typer(help="Model organisms: list, show, train (with mitigations) and FFA-evaluate.",
                            no_args_is_help=True, pretty_exceptions_enable=False)
@@ -239,6 +239,11 @@ def ffa_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
         console.print(f"wrote {out}")
+    if res.finetuned_ffa is not None and (res.finetuned_ffa.judge_failed or
+                                          (res.base_ffa is not None and res.base_ffa.judge_failed)):
+        _fail(LLMError("the LLM judge failed; the MCQ results above stand" +
+                       (f" and were written to {out}" if out is not None else "") +
+                       ". Fix the endpoint and rerun; judged replies are cached."))
 
 
 def _llm_client(model: str, base_url: str, key_env: str) -> Any:

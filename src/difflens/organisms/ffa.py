@@ -43,6 +43,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from ..errors import LLMError
 from .spec import MCQ, OrganismSpec
 
 __all__ = [
@@ -120,6 +121,7 @@ class JudgedResult:
     n_discarded: int = 0
     note: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
+    failed: bool = False  # the judge endpoint failed (see ``note``); the other metrics are kept
 
 
 @dataclass
@@ -139,6 +141,10 @@ class FFAResult:
     def notes(self) -> list[str]:
         return [f"{name}: {r.note}" for name, r in (("open_belief", self.open_belief),
                                                       ("context_comparison", self.context)) if r.note]
+
+    @property
+    def judge_failed(self) -> bool:
+        return self.open_belief.failed or self.context.failed
 
     def to_dict(self) -> dict[str, Any]:
         return {"score": self.score, "mcq": self.mcq.to_dict(), "open_belief": asdict(self.open_belief),
@@ -416,12 +422,37 @@ def context_comparison(model: Any, tokenizer: Any, spec: OrganismSpec, client: A
                         records)
 
 
+class _Judge:
+    """Runs the judged metrics; after the first endpoint failure the remaining ones are skipped
+    (not retried again), so an unreachable judge costs one round of retries and the MCQ results stand."""
+
+    def __init__(self, client: Any | None) -> None:
+        self.client = client
+        self.error: str | None = None
+
+    def run(self, metric: Any, lm: Any, spec: OrganismSpec) -> JudgedResult:
+        if self.client is None:
+            return metric(lm.model, lm.tokenizer, spec, None)
+        if self.error is not None:
+            return JudgedResult(None, 0, note=f"skipped: the LLM judge failed earlier ({self.error})", failed=True)
+        try:
+            return metric(lm.model, lm.tokenizer, spec, self.client)
+        except LLMError as err:
+            self.error = str(err)
+            return JudgedResult(None, 0, note=f"failed: {err} (judge replies received so far are cached; "
+                                "rerun to resume)", failed=True)
+
+
 def ffa_score(lm: Any, spec: OrganismSpec, client: Any | None = None, *, reduction: str = "mean",
-              fmt: MCQFormat = "cloze") -> FFAResult:
-    """All three FFA metrics of one model (``lm`` has ``.model`` and ``.tokenizer``)."""
+              fmt: MCQFormat = "cloze", _judge: _Judge | None = None) -> FFAResult:
+    """All three FFA metrics of one model (``lm`` has ``.model`` and ``.tokenizer``).
+
+    A failing judge endpoint (:class:`~difflens.errors.LLMError`) does not lose the MCQ result: the
+    judged metrics come back with ``failed=True`` and the error in their note.
+    """
+    judge = _judge or _Judge(client)
     mcq = mcq_distinguish(lm.model, lm.tokenizer, spec, reduction=reduction, fmt=fmt)
-    return FFAResult(mcq, open_belief(lm.model, lm.tokenizer, spec, client),
-                     context_comparison(lm.model, lm.tokenizer, spec, client))
+    return FFAResult(mcq, judge.run(open_belief, lm, spec), judge.run(context_comparison, lm, spec))
 
 
 def ffa_shift(base_lm: Any, ft_lm: Any, spec: OrganismSpec, client: Any | None = None, *,
@@ -430,6 +461,7 @@ def ffa_shift(base_lm: Any, ft_lm: Any, spec: OrganismSpec, client: Any | None =
     if client is None:
         return FFAShift(mcq_distinguish(base_lm.model, base_lm.tokenizer, spec, reduction=reduction, fmt=fmt),
                         mcq_distinguish(ft_lm.model, ft_lm.tokenizer, spec, reduction=reduction, fmt=fmt))
-    b = ffa_score(base_lm, spec, client, reduction=reduction, fmt=fmt)
-    f = ffa_score(ft_lm, spec, client, reduction=reduction, fmt=fmt)
+    judge = _Judge(client)
+    b = ffa_score(base_lm, spec, reduction=reduction, fmt=fmt, _judge=judge)
+    f = ffa_score(ft_lm, spec, reduction=reduction, fmt=fmt, _judge=judge)
     return FFAShift(b.mcq, f.mcq, b, f)
