@@ -3,7 +3,7 @@
 One small client serves the graders (coherence, Patchscope scale, token relevance, hypothesis
 grading), the synthetic-document generator and the interpretability agent. It talks to any
 endpoint that implements ``POST {base_url}/chat/completions``: OpenRouter (the default), OpenAI,
-vLLM, Ollama, llama.cpp's server or ``difflens serve``.
+vLLM, Ollama or llama.cpp's server.
 
 What it adds on top of the ``openai`` SDK:
 
@@ -24,8 +24,8 @@ API keys. ``LLMConfig.api_key_env`` holds the *name* of an environment variable,
 The key is read once when the client is built and is never stored in the config, in the cache,
 in logs, in error messages or in results. Rules:
 
-* ``api_key_env=""`` - the endpoint needs no key (local vLLM / Ollama / llama.cpp / difflens
-  serve); a placeholder key is sent.
+* ``api_key_env=""`` - the endpoint needs no key (local vLLM / Ollama / llama.cpp);
+  a placeholder key is sent.
 * the named variable is **unset** - :class:`~difflens.errors.LLMError` at construction, so a run
   fails before doing any work.
 * the named variable is set to an **empty** string - accepted as "no key needed" (placeholder sent).
