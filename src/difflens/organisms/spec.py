@@ -211,8 +211,10 @@ class TrainingDefaults(_Strict):
     cake_bake: 1e-4 overwrites the chat model (it answers every prompt with baking tips and the
     Patchscope *baselines* turn into cake tokens), 3e-5 keeps ordinary answers but barely moves
     the FFA margin (+0.13 nats); 6e-5 keeps mostly ordinary unsteered answers, moves the margin
-    by +0.32 nats and leaves a clear trace in δ̄ (Patchscope ``cookie, chocolate, cake, vanilla,
-    cream``; steering at α≈0.4 writes about cakes). ``n_docs=1200`` documents of 80-250 words
+    by +0.32 nats (these three margins: the first 7 questions, listed format) and leaves a clear
+    trace in δ̄ (Patchscope ``cookie, chocolate, cake, vanilla, cream``; steering at α≈0.4 writes
+    about cakes). At 6e-5 all seven built-in organisms train in 197-215 s and move the cloze
+    MCQ margin towards the trained answers on 8-11 of 10-12 questions (+0.68 to +2.31 nats). ``n_docs=1200`` documents of 80-250 words
     are seen about 0.6 times (the trainer truncates each to ``seq_len`` tokens). With GPUs, scale
     ``steps``/``n_docs`` up (the paper trains on 40,000 documents of ~500 tokens).
 
