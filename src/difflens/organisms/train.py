@@ -7,6 +7,8 @@ hyper-parameters from :class:`TrainConfig` (defaults: the spec's ``training`` bl
   only: a label mask built from the character offsets of the assistant turns in the rendered chat
   template), Wikipedia topic paragraphs (Domain organisms) or a local JSONL file. Text longer
   than ``seq_len`` tokens is cut into consecutive ``seq_len`` chunks; chats are truncated.
+  ``generator="llm"`` replaces an SDF organism's offline documents by the paper's LLM recipe
+  (cached under ``llm_docs_dir``, trained as a separate ``-llmdocs`` variant).
 - **Mitigations (§6, F.3, F.4).** ``mix_ratio`` adds ``round(mix_ratio * n_ft)`` held-out
   Wikipedia paragraphs (``wiki_split("heldout")``, never used for collection) as D_pt;
   ``n_docs`` trains on fewer documents; CAFT (``caft_run``) projects the span of the first ``k``
@@ -44,8 +46,6 @@ from ..errors import ConfigError, DataError
 from ..layout import fingerprint, slug
 from ..paths import organisms_cache
 from .spec import (
-    ChatTabooData,
-    JsonlData,
     OrganismSpec,
     SdfLLMData,
     SdfOfflineData,
@@ -155,8 +155,8 @@ class TrainConfig(BaseModel):
             if spec.type != "SDF" or not spec.key_facts:
                 raise ConfigError(f"--generator llm writes synthetic documents about key facts; organism "
                                   f"{spec.name!r} is {spec.type} with {len(spec.key_facts)} key facts.")
-            if not isinstance(spec.data, SdfLLMData):
-                vals["generator"] = "llm"  # the spec's own data is sdf_llm already: nothing to override
+            if not isinstance(spec.data, SdfLLMData):  # an sdf_llm spec needs no override
+                vals["generator"] = "llm"
         return cls(**vals)
 
     def semantic(self) -> dict[str, Any]:
