@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
 from .collect import CollectConfig, collect
+from .configfile import read_yaml
 from .errors import ConfigError, DifflensError
 from .layout import RunLayout, write_json
 from .stages import LensConfig, graders_for, run_lens, run_steer
@@ -81,10 +81,7 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"run config {p} does not exist (see examples/run.yaml for a documented example).")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"run config {p} is not valid YAML: {e}") from e
+    raw = read_yaml(p, "run config")
     if not isinstance(raw, dict):
         raise ConfigError(f"run config {p} must be a mapping of fields (got {type(raw).__name__}).")
     raw.update({k: v for k, v in overrides.items() if v is not None})

@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from difflens.configfile import read_yaml
 from difflens.errors import ConfigError
 from difflens.paths import organisms_cache
 
@@ -382,26 +382,6 @@ def spec_from_dict(raw: Any, where: str = "<dict>") -> OrganismSpec:
     return spec
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read organism spec ({err}). Check the path.") from None
-    try:
-        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(
-            f"{path}: YAML syntax error{where}: {problem}. Fix the YAML (check indentation and "
-            "quote strings that contain ':' or '#')."
-        ) from None
-
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _FILE_CACHE: dict[tuple[str, int, int], OrganismSpec] = {}
 
 
@@ -413,7 +393,7 @@ def _load_file(path: Path) -> OrganismSpec:
         raise ConfigError(f"{path}: cannot read organism spec ({err}). Check the path.") from None
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _FILE_CACHE:
-        _FILE_CACHE[key] = spec_from_dict(_read_yaml(path), where=str(path))
+        _FILE_CACHE[key] = spec_from_dict(read_yaml(path, "organism spec"), where=str(path))
     return _FILE_CACHE[key].model_copy(deep=True)
 
 
