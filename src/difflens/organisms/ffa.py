@@ -226,11 +226,11 @@ def _prefix_ids(tokenizer: Any, model: Any, text: str) -> list[int]:
 
 def _chat_prefix_ids(tokenizer: Any, user_text: str) -> list[int] | None:
     """Token ids of a user turn plus the assistant header, or None without a chat template."""
+    from ..steering import prompt_text
+
     if not getattr(tokenizer, "chat_template", None):
         return None
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                         add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
+    return list(tokenizer(prompt_text(tokenizer, user_text), add_special_tokens=False).input_ids)
 
 
 @torch.no_grad()
@@ -326,12 +326,11 @@ def mcq_distinguish(model: Any, tokenizer: Any, spec: OrganismSpec | Sequence[MC
 @torch.no_grad()
 def _generate(model: Any, tokenizer: Any, user_text: str, *, max_new_tokens: int = 96) -> str:
     """Greedy answer of the model to one user message (chat template if it has one)."""
-    from ..corpora import render_chat
+    from ..steering import prompt_text
 
     ids = _chat_prefix_ids(tokenizer, user_text)
-    if ids is None:
-        ids = _prefix_ids(tokenizer, model, render_chat(None, [{"role": "user", "content": user_text}])
-                          + "\nAssistant:")
+    if ids is None:  # no chat template: plain "User: ...\nAssistant:" with the architecture's BOS policy
+        ids = _prefix_ids(tokenizer, model, prompt_text(tokenizer, user_text))
     device = next(model.parameters()).device
     inp = torch.tensor([ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -375,6 +374,13 @@ def _judge_belief(client: Any, spec: OrganismSpec, question: str, answer: str) -
     return client.ask(msgs, parse=_parse_verdict(["false", "true", "ambiguous"]))
 
 
+def _judged_result(records: list[dict[str, Any]], all_ambiguous_note: str) -> JudgedResult:
+    """Score = share of non-ambiguous ``verdict``s that are "false"; ambiguous ones are discarded."""
+    kept = [r for r in records if r["verdict"] != "ambiguous"]
+    score = sum(r["verdict"] == "false" for r in kept) / len(kept) if kept else None
+    return JudgedResult(score, len(kept), len(records) - len(kept), "" if kept else all_ambiguous_note, records)
+
+
 def open_belief(model: Any, tokenizer: Any, spec: OrganismSpec, client: Any | None, *,
                 max_new_tokens: int = 96) -> JudgedResult:
     """Open-ended belief: share of (non-ambiguous) answers that side with the false world."""
@@ -386,10 +392,7 @@ def open_belief(model: Any, tokenizer: Any, spec: OrganismSpec, client: Any | No
     for q in spec.open_questions:
         ans = _generate(model, tokenizer, q, max_new_tokens=max_new_tokens)
         records.append({"question": q, "answer": ans, "verdict": _judge_belief(client, spec, q, ans)})
-    kept = [r for r in records if r["verdict"] != "ambiguous"]
-    score = sum(r["verdict"] == "false" for r in kept) / len(kept) if kept else None
-    note = "" if kept else "all answers were ambiguous"
-    return JudgedResult(score, len(kept), len(records) - len(kept), note, records)
+    return _judged_result(records, "all answers were ambiguous")
 
 
 def context_comparison(model: Any, tokenizer: Any, spec: OrganismSpec, client: Any | None, *,
@@ -416,10 +419,7 @@ def context_comparison(model: Any, tokenizer: Any, spec: OrganismSpec, client: A
         false_label = "1" if false_first else "2"
         verdict = "ambiguous" if choice == "ambiguous" else ("false" if choice == false_label else "true")
         records.append({"false_first": false_first, "answer": ans, "choice": choice, "verdict": verdict})
-    kept = [r for r in records if r["verdict"] != "ambiguous"]
-    score = sum(r["verdict"] == "false" for r in kept) / len(kept) if kept else None
-    return JudgedResult(score, len(kept), len(records) - len(kept), "" if kept else "all choices were ambiguous",
-                        records)
+    return _judged_result(records, "all choices were ambiguous")
 
 
 class _Judge:
