@@ -10,8 +10,8 @@ def make_finetune(out: Path, steps: int = 20) -> Path:
     """A short real finetune of the embedded model (AdamW steps on held-out wiki text)."""
     import torch
 
-    from difflens.corpora import wiki_split
-    from difflens.models import load_model
+    from difflens.data.corpora import wiki_split
+    from difflens.models.sources import load_model
 
     lm = load_model(BASE)
     model, tok = lm.model, lm.tokenizer
@@ -33,9 +33,9 @@ def make_finetune(out: Path, steps: int = 20) -> Path:
 
 def pair_and_collected(ft: str | None, workdir: Path, *, samples: int, norm_samples: int):
     """The benched pair (a short finetune is made when ``ft`` is None) and its collected layer."""
-    from difflens.collect import CollectConfig, collect
-    from difflens.layout import RunLayout
-    from difflens.pair import load_pair
+    from difflens.adl.collect import CollectConfig, collect
+    from difflens.run.layout import RunLayout
+    from difflens.models.pair import load_pair
 
     ft = ft or str(make_finetune(workdir / "ft"))
     pair = load_pair(BASE, ft)

@@ -58,11 +58,11 @@ class PeakRSS:
 def worker(method: str, ft: str, n: int, k: int, layer: float, anchor_len: int) -> dict:
     import torch
 
-    from difflens.arch import bos_prefix_ids
-    from difflens.collect import CollectConfig, collect
-    from difflens.corpora import load_corpus, sample_ids
-    from difflens.layout import RunLayout
-    from difflens.pair import load_pair
+    from difflens.models.tokens import bos_prefix_ids
+    from difflens.adl.collect import CollectConfig, collect
+    from difflens.data.corpora import load_corpus, sample_ids
+    from difflens.run.layout import RunLayout
+    from difflens.models.pair import load_pair
 
     pair = load_pair(BASE, ft)
     li = pair.arch.resolve_layer(layer)
@@ -112,8 +112,8 @@ def matmul_gflops() -> float:
 
 
 def layer_params() -> tuple[int, int]:
-    from difflens.arch import ArchAdapter
-    from difflens.models import load_model
+    from difflens.models.arch import ArchAdapter
+    from difflens.models.sources import load_model
 
     model = load_model(BASE).model
     arch = ArchAdapter(model)

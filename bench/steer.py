@@ -18,8 +18,8 @@ from _common import BASE, pair_and_collected  # noqa: E402
 
 
 def main() -> None:
-    from difflens.stages import graders_for
-    from difflens.steering import SteeringConfig, find_threshold, generate
+    from difflens.graders import graders_for
+    from difflens.adl.steering import SteeringConfig, find_threshold, generate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--ft", default=None)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import FAMILIES, tiny_model, tiny_tokenizer
-from difflens.arch import ArchAdapter, bos_prefix_ids, encode
+from difflens.models.arch import ArchAdapter
+from difflens.models.tokens import bos_prefix_ids, encode
 from difflens.errors import UnsupportedArchitectureError
 
 

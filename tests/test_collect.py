@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import save_tiny, tiny_tokenizer
-from difflens.arch import bos_prefix_ids
-from difflens.collect import CollectConfig, collect, load_collected
-from difflens.corpora import load_corpus, sample_ids
+from difflens.models.tokens import bos_prefix_ids
+from difflens.adl.collect import CollectConfig, collect, load_collected
+from difflens.data.corpora import load_corpus, sample_ids
 from difflens.errors import DataError, IncompatiblePairError, ModelSourceError, RunDirError
-from difflens.layout import RunLayout
-from difflens.pair import load_pair
+from difflens.run.layout import RunLayout
+from difflens.models.pair import load_pair
 
 
 def naive_means(pair, corpus_path, k, n, seed, layer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difflens.arch import ArchAdapter
-from difflens.models import load_model, resolve_source
+from difflens.models.arch import ArchAdapter
+from difflens.models.sources import load_model, resolve_source
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from conftest import save_tiny
-from difflens import artifacts as A
-from difflens.collect import CollectConfig, collect
-from difflens.graders import OfflineScaleGrader, repetition_score, tournament
-from difflens.layout import RunLayout
-from difflens.lens import IDENTITY_PROMPTS, SCALES, intersect_rank, logit_lens, patched_next_token_probs
-from difflens.pair import load_pair
-from difflens.steering import SteeringConfig, encode_prompts_left, generate, steering_hook
+from difflens.run import artifacts as A
+from difflens.adl.collect import CollectConfig, collect
+from difflens.graders import OfflineScaleGrader, tournament
+from difflens.graders.coherence import repetition_score
+from difflens.run.layout import RunLayout
+from difflens.adl.logit_lens import logit_lens
+from difflens.adl.patchscope import IDENTITY_PROMPTS, SCALES, intersect_rank, patched_next_token_probs
+from difflens.models.pair import load_pair
+from difflens.adl.steering import SteeringConfig, encode_prompts_left, generate, steering_hook
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def test_patched_forward_carries_the_vector(tiny_run):
         handle.remove()
     assert probs.shape[:2] == (2, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3))
-    from difflens.lens import _encode_prompts
+    from difflens.adl.patchscope import _encode_prompts
 
     enc = _encode_prompts(pair, IDENTITY_PROMPTS)
     unit = v / v.norm()
@@ -145,7 +147,7 @@ def test_steering_config_defaults_follow_paper():
 def test_early_stop_chunks_reach_the_same_verdict():
     import itertools
 
-    from difflens.steering import early_stop_chunks
+    from difflens.adl.steering import early_stop_chunks
 
     assert early_stop_chunks(10, 8) == [3, 7]
     assert early_stop_chunks(4, 4) == [1, 3]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from difflens.artifacts import (
+from difflens.run.artifacts import (
     Generation,
     LogitLensEntry,
     LogitLensResult,
@@ -28,7 +28,7 @@ from difflens.artifacts import (
     save_jsonl,
 )
 from difflens.errors import RunDirError
-from difflens.layout import RunLayout, write_json
+from difflens.run.layout import RunLayout, write_json
 from difflens.report import render_report, show_token, summary_lines
 
 K, D, LAYER, DATASET = 5, 8, 15, "wiki"

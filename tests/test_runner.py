@@ -8,7 +8,8 @@ import yaml
 
 from conftest import save_tiny
 from difflens.errors import ConfigError, DifflensError
-from difflens.runner import Runner, load_config
+from difflens.run.config import load_config
+from difflens.run.pipeline import Runner
 
 
 def _write(tmp_path, **fields):
@@ -57,7 +58,7 @@ def test_run_resumes_after_failed_stage(tmp_path, corpus_file, monkeypatch):
                                 "prompts": ["tell me a story"]})
     cfg = load_config(cfg_path)
 
-    import difflens.stages as stages
+    import difflens.run.stages as stages
 
     real = stages.find_threshold
 
@@ -93,7 +94,7 @@ def test_more_steering_positions_keep_finished_ones(tmp_path, corpus_file, monke
                                        "min_coherent": 1, "final_samples": 1, "max_new_tokens": 2,
                                        "prompts": ["why"]}))
     Runner(cfg, progress=False).run()
-    import difflens.stages as stages
+    import difflens.run.stages as stages
 
     seen = []
     real = stages.find_threshold
@@ -106,7 +107,7 @@ def test_more_steering_positions_keep_finished_ones(tmp_path, corpus_file, monke
     more = cfg.model_copy(update={"steering": cfg.steering.model_copy(update={"positions": [1, 2]})})
     Runner(more, progress=False).run()
     assert seen == [2]
-    from difflens import artifacts as A
+    from difflens.run import artifacts as A
 
     res = A.load(A.SteeringResult, Runner(more, progress=False).layout.steering(str(corpus_file), 2))
     assert [t.position for t in res.thresholds] == [1, 2]

@@ -13,12 +13,12 @@ from conftest import save_tiny, tiny_tokenizer
 
 from difflens.errors import ConfigError
 from difflens.organisms import load_spec, spec_from_dict
+from difflens.adl.interventions import project_out
 from difflens.organisms.train import (
     IGNORE,
     TrainConfig,
     build_training_data,
     caft_basis,
-    caft_projector,
     chat_example,
     organism_dir,
     read_card,
@@ -73,7 +73,7 @@ def test_full_finetune_loss_falls_and_card(base, cake):
 
 
 def test_lora_loss_falls_and_adapter_names_base(base, cake):
-    from difflens.models import load_model, resolve_source
+    from difflens.models.sources import load_model, resolve_source
 
     # a random-init tiny model has near-uniform logits that LoRA (frozen unembedding) can move only a little
     cfg = TrainConfig.from_spec(cake, lora=True, lr=3e-2, lora_r=8, **FAST)
@@ -137,7 +137,7 @@ def test_deterministic_by_seed(base, cake):
 
 
 def test_cached_organism_is_reused(base, cake, monkeypatch):
-    import difflens.models
+    import difflens.models.sources
 
     cfg = TrainConfig.from_spec(cake, lr=3e-3, **{**FAST, "steps": 3})
     path = train_organism(cake, base, cfg, progress=False)
@@ -146,7 +146,7 @@ def test_cached_organism_is_reused(base, cake, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("retrained a cached organism")
 
-    monkeypatch.setattr(difflens.models, "load_model", boom)
+    monkeypatch.setattr(difflens.models.sources, "load_model", boom)
     assert train_organism(cake, base, cfg, progress=False) == path
     assert (path / "card.json").stat().st_mtime_ns == mtime
     # editing the evaluation-only fields (FFA questions, judge context) keeps the trained copy ...
@@ -193,7 +193,7 @@ def _mini_spec(home: Path) -> None:
 
 
 def test_resolve_source_organism(base, _isolated_home):
-    from difflens.models import load_model, resolve_source
+    from difflens.models.sources import load_model, resolve_source
 
     _mini_spec(_isolated_home)
     src = resolve_source("organism:mini_cake", base=base)
@@ -216,7 +216,7 @@ def test_resolve_source_organism(base, _isolated_home):
 def _fake_run(root: Path, d: int, layer: int, k: int = 5, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
-    from difflens.layout import RunLayout, write_json
+    from difflens.run.layout import RunLayout, write_json
 
     g = torch.Generator().manual_seed(seed)
     lay = RunLayout(root)
@@ -228,16 +228,16 @@ def _fake_run(root: Path, d: int, layer: int, k: int = 5, seed: int = 0) -> Path
 
 
 def test_caft_projection_removes_component(base, cake, tmp_path, monkeypatch):
-    from difflens.arch import ArchAdapter
-    from difflens.models import load_model
+    from difflens.models.arch import ArchAdapter
+    from difflens.models.sources import load_model
     import difflens.organisms.train as train_mod
 
     lm = load_model(base)
     arch = ArchAdapter(lm.model)
     layer = arch.resolve_layer(0.5)
     run = _fake_run(tmp_path / "run", arch.hidden_size, layer, k=5)
-    from difflens.collect import load_collected
-    from difflens.layout import RunLayout
+    from difflens.adl.collect import load_collected
+    from difflens.run.layout import RunLayout
 
     delta = load_collected(RunLayout(run), "wiki", layer).delta
     q = caft_basis(delta, 3)
@@ -252,7 +252,7 @@ def test_caft_projection_removes_component(base, cake, tmp_path, monkeypatch):
             seen[name] = h.detach().clone()
         return fn
 
-    with arch.edit_layer(layer, caft_projector(q)), arch.edit_layer(layer, read("caft")):
+    with arch.edit_layer(layer, project_out(q)), arch.edit_layer(layer, read("caft")):
         lm.model(input_ids=ids)
     with arch.edit_layer(layer, read("plain")):
         lm.model(input_ids=ids)
@@ -262,7 +262,7 @@ def test_caft_projection_removes_component(base, cake, tmp_path, monkeypatch):
 
     # the trainer applies the projection in every training forward pass
     records: list[float] = []
-    real = train_mod.caft_projector
+    real = train_mod.project_out
 
     def spy(basis):
         fn = real(basis)
@@ -275,7 +275,7 @@ def test_caft_projection_removes_component(base, cake, tmp_path, monkeypatch):
             return out
         return wrapped
 
-    monkeypatch.setattr(train_mod, "caft_projector", spy)
+    monkeypatch.setattr(train_mod, "project_out", spy)
     cfg = TrainConfig.from_spec(cake, lr=3e-3, caft_run=str(run), caft_positions=5, **{**FAST, "steps": 3})
     path = train_organism(cake, base, cfg, progress=False)
     assert "caft-" in path.name
@@ -317,7 +317,7 @@ def _naive_logprob(model, tok, prompt: str, option: str, reduction: str) -> floa
 @pytest.mark.parametrize("fmt", ["cloze", "listed"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_mcq_distinguish_matches_naive(base, reduction, fmt):
-    from difflens.models import load_model
+    from difflens.models.sources import load_model
     from difflens.organisms.ffa import cloze_prompt, mcq_distinguish, mcq_prompt
 
     lm = load_model(base)
@@ -345,7 +345,7 @@ def test_mcq_distinguish_matches_naive(base, reduction, fmt):
 
 def test_mcq_chat_format_scores_the_assistant_reply(base):
     """Chat organisms: the question is the user turn, the option the assistant reply."""
-    from difflens.models import load_model
+    from difflens.models.sources import load_model
     from difflens.organisms.ffa import mcq_distinguish
 
     lm = load_model(base)
@@ -386,7 +386,7 @@ def test_ffa_shift_sign_test():
 
 
 def test_ffa_shift_and_judge(base, tmp_path):
-    from difflens.models import load_model
+    from difflens.models.sources import load_model
     from difflens.organisms.ffa import NO_JUDGE_NOTE, ffa_score, ffa_shift
 
     spec = _ffa_spec()
@@ -424,7 +424,7 @@ def test_ffa_shift_and_judge(base, tmp_path):
 def test_organism_cli_list_show(base, _isolated_home):
     from typer.testing import CliRunner
 
-    from difflens.organisms.cli import organism_app
+    from difflens.cli.organism import organism_app
 
     _mini_spec(_isolated_home)
     runner = CliRunner()
@@ -454,7 +454,7 @@ class _DownJudge:
 
 
 def test_failing_judge_keeps_the_mcq_result(base):
-    from difflens.models import load_model
+    from difflens.models.sources import load_model
     from difflens.organisms.ffa import ffa_shift
 
     spec = _ffa_spec()
@@ -471,7 +471,7 @@ def test_failing_judge_keeps_the_mcq_result(base):
 def test_organism_cli_ffa(base, _isolated_home, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import difflens.organisms.cli as ocli
+    import difflens.cli.organism as ocli
 
     _mini_spec(_isolated_home)
     runner = CliRunner()
@@ -488,7 +488,7 @@ def test_organism_cli_ffa(base, _isolated_home, tmp_path, monkeypatch):
                                             "--seq-len", "32", "--format", "listed"])
     assert res.exit_code == 0, res.output  # chat organism: behaviour probes in the chat template
     # a judge that fails: exit 2 with a clear error, and the MCQ results are still printed and written
-    monkeypatch.setattr(ocli, "_llm_client", lambda *a, **k: _DownJudge())
+    monkeypatch.setattr(ocli, "llm_client", lambda *a, **k: _DownJudge())
     out.unlink()
     res = runner.invoke(ocli.organism_app, ["ffa", "mini_cake", "--base", base, "--out", str(out),
                                             "--judge-model", "m"])

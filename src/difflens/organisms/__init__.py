@@ -8,7 +8,8 @@ Public API::
 """
 from __future__ import annotations
 
-from difflens.organisms.documents import (
+from ..models.sources import ModelSource, register_resolver
+from .documents import (
     COMMON_ENGLISH_WORDS,
     DEFAULT_GENRES,
     GENRES,
@@ -25,7 +26,7 @@ from difflens.organisms.documents import (
     select_wiki_topic,
     wiki_topic_indices,
 )
-from difflens.organisms.spec import (
+from .spec import (
     MCQ,
     ChatTabooData,
     DataSource,
@@ -77,3 +78,13 @@ __all__ = [
     "user_specs_dir",
     "wiki_topic_indices",
 ]
+
+
+def _resolve(name: str, base: str | None = None) -> ModelSource:
+    """``organism:NAME`` as a model source (trained on first use); the trainer is imported only then."""
+    from .train import resolve_organism
+
+    return resolve_organism(name, base=base)
+
+
+register_resolver("organism", _resolve)

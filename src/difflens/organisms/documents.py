@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from difflens.errors import ConfigError, DataError, DifflensError
-from difflens.organisms.spec import (
+from ..errors import ConfigError, DataError, DifflensError
+from .spec import (
     ChatTabooData,
     JsonlData,
     OrganismSpec,
@@ -960,7 +960,7 @@ def generate_sdf_documents_llm(
     LLM keeps returning duplicates or failures. ``client=None`` reads the cache only and raises
     :class:`ConfigError` (before any request) if it does not hold ``n`` documents yet.
     """
-    from difflens.prompts import (  # lazy: only this path needs the LLM prompt builders
+    from .generators.sdf_prompts import (  # lazy: only this path needs the LLM prompt builders
         parse_document,
         parse_list,
         sdf_doc_types_messages,

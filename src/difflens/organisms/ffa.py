@@ -44,6 +44,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..errors import LLMError
+from ..models.tokens import bos_for_model, chat_prompt_text, pad_id, pad_right
 from .spec import MCQ, OrganismSpec
 
 __all__ = [
@@ -216,21 +217,15 @@ def cloze_prompt(question: str) -> str:
 
 
 def _prefix_ids(tokenizer: Any, model: Any, text: str) -> list[int]:
-    try:
-        from ..arch import ArchAdapter, encode
-
-        return encode(tokenizer, ArchAdapter(model), text)
-    except Exception:  # noqa: BLE001 - unknown architecture: the tokenizer's own policy
-        return list(tokenizer(text, add_special_tokens=True).input_ids)
+    """Raw text under the architecture's BOS policy (the tokenizer's own for unknown architectures)."""
+    return bos_for_model(tokenizer, model) + list(tokenizer(text, add_special_tokens=True).input_ids)
 
 
 def _chat_prefix_ids(tokenizer: Any, user_text: str) -> list[int] | None:
     """Token ids of a user turn plus the assistant header, or None without a chat template."""
-    from ..steering import prompt_text
-
     if not getattr(tokenizer, "chat_template", None):
         return None
-    return list(tokenizer(prompt_text(tokenizer, user_text), add_special_tokens=False).input_ids)
+    return list(tokenizer(chat_prompt_text(tokenizer, user_text), add_special_tokens=False).input_ids)
 
 
 @torch.no_grad()
@@ -251,13 +246,7 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: str | Sequence[int], opt
             raise ValueError(f"option {opt!r} tokenises to nothing")
         seqs.append(prefix + cont)
         spans.append((len(prefix), len(prefix) + len(cont)))
-    T = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+    ids, mask = pad_right(seqs, pad_id(tokenizer))
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -326,11 +315,9 @@ def mcq_distinguish(model: Any, tokenizer: Any, spec: OrganismSpec | Sequence[MC
 @torch.no_grad()
 def _generate(model: Any, tokenizer: Any, user_text: str, *, max_new_tokens: int = 96) -> str:
     """Greedy answer of the model to one user message (chat template if it has one)."""
-    from ..steering import prompt_text
-
     ids = _chat_prefix_ids(tokenizer, user_text)
     if ids is None:  # no chat template: plain "User: ...\nAssistant:" with the architecture's BOS policy
-        ids = _prefix_ids(tokenizer, model, prompt_text(tokenizer, user_text))
+        ids = _prefix_ids(tokenizer, model, chat_prompt_text(tokenizer, user_text))
     device = next(model.parameters()).device
     inp = torch.tensor([ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -27,9 +27,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from difflens.configfile import read_yaml
-from difflens.errors import ConfigError
-from difflens.paths import organisms_cache
+from ..errors import ConfigError
+from ..files import read_yaml
+from ..run.layout import home
 
 __all__ = [
     "OrganismType",
@@ -321,7 +321,7 @@ def builtin_specs_dir() -> Path:
 
 def user_specs_dir() -> Path:
     """``$DIFFLENS_HOME/organisms/specs``: drop your own ``*.yaml`` organisms here."""
-    return organisms_cache() / "specs"
+    return home().user_specs
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -13,7 +13,7 @@ hyper-parameters from :class:`TrainConfig` (defaults: the spec's ``training`` bl
   Wikipedia paragraphs (``wiki_split("heldout")``, never used for collection) as D_pt;
   ``n_docs`` trains on fewer documents; CAFT (``caft_run``) projects the span of the first ``k``
   δ̄ vectors of a collected run out of the layer-ℓ output in every training forward pass.
-- **Output.** ``organisms_cache()/<name>/<base-slug>/<variant>/`` holds the model (full weights,
+- **Output.** ``$DIFFLENS_HOME/organisms/<name>/<base-slug>/<variant>/`` (:class:`difflens.run.layout.Home`) holds the model (full weights,
   or a LoRA adapter whose ``base_model_name_or_path`` is the base spec string), the tokenizer and
   ``card.json`` (config, data hash, loss curve, wall time). Training writes to a temporary
   directory that is renamed at the end, so a half-trained organism is never used; an organism
@@ -42,9 +42,11 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..adl.interventions import project_out
 from ..errors import ConfigError, DataError
-from ..layout import fingerprint, slug
-from ..paths import organisms_cache
+from ..models.arch import ArchAdapter, lora_targets
+from ..models.tokens import bos_for_model, pad_id, pad_right
+from ..run.layout import fingerprint, home, slug
 from .spec import (
     OrganismSpec,
     SdfLLMData,
@@ -61,7 +63,6 @@ __all__ = [
     "TrainingData",
     "build_training_data",
     "caft_basis",
-    "caft_projector",
     "cache_key",
     "bf16_is_fast",
     "organism_dir",
@@ -227,7 +228,7 @@ def base_slug(base: str) -> str:
 
 def organism_dir(spec: OrganismSpec, base: str, cfg: TrainConfig) -> Path:
     """Where the organism variant lives (whether or not it is trained yet)."""
-    return organisms_cache() / spec.name / base_slug(base) / variant_name(spec, cfg)
+    return home().organism(spec.name, base_slug(base), variant_name(spec, cfg))
 
 
 #: spec fields that only evaluate an organism (FFA questions, judge context): editing them must
@@ -284,15 +285,6 @@ class TrainingData:
         return sum(1 for e in self.examples if e.source == source)
 
 
-def _bos_ids(tokenizer: Any, model: Any) -> list[int]:
-    try:
-        from ..arch import ArchAdapter, bos_prefix_ids
-
-        return bos_prefix_ids(tokenizer, ArchAdapter(model))
-    except Exception:  # noqa: BLE001 - unknown architecture: use the tokenizer's own policy
-        return []
-
-
 def _text_examples(text: str, tokenizer: Any, bos: list[int], seq_len: int, source: str) -> list[TrainExample]:
     """A document as consecutive ``seq_len`` chunks (loss on every token; EOS at the end)."""
     ids = bos + list(tokenizer(text, add_special_tokens=True).input_ids)
@@ -316,7 +308,7 @@ def chat_example(messages: Sequence[dict[str, str]], tokenizer: Any, bos: list[i
     start of the content to the end of the turn are trained (the model learns to end its turn),
     every other token gets label ``-100``.
     """
-    from ..corpora import render_chat
+    from ..data.chat import render_chat
 
     msgs = list(messages)
     full = render_chat(tokenizer, msgs)
@@ -350,7 +342,7 @@ def chat_example(messages: Sequence[dict[str, str]], tokenizer: Any, bos: list[i
 
 def llm_docs_dir(spec: OrganismSpec, seed: int) -> Path:
     """Resumable cache of the LLM-generated SDF documents of an organism (plan.json, documents.jsonl)."""
-    return organisms_cache() / spec.name / "llm_docs" / f"seed{seed}"
+    return home().llm_docs(spec.name, seed)
 
 
 def data_spec(spec: OrganismSpec, cfg: TrainConfig) -> OrganismSpec:
@@ -373,7 +365,7 @@ def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] 
     spec = data_spec(spec, cfg)
     paragraphs = None
     if isinstance(spec.data, WikiTopicData):
-        from ..corpora import wiki_split
+        from ..data.corpora import wiki_split
 
         paragraphs = wiki_split("heldout")
     return list(documents.finetuning_data(spec, cfg.n_docs, cfg.seed, paragraphs=paragraphs,
@@ -392,7 +384,7 @@ def _hash_samples(samples: Sequence[Any]) -> str:
 def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, model: Any = None, *,
                         client: Any = None) -> TrainingData:
     """Tokenised training sequences: organism data plus ``round(mix_ratio * n_ft)`` D_pt paragraphs."""
-    bos = _bos_ids(tokenizer, model) if model is not None else []
+    bos = bos_for_model(tokenizer, model) if model is not None else []
     samples = ft_samples(spec, cfg, client=client)
     if not samples:
         raise DataError(f"organism {spec.name!r} produced no training samples.")
@@ -405,7 +397,7 @@ def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, mo
                                          assistant_only=cfg.assistant_only_loss, source="ft"))
     pt: list[str] = []
     if cfg.mix_ratio:
-        from ..corpora import wiki_split
+        from ..data.corpora import wiki_split
 
         n_pt = int(round(cfg.mix_ratio * len(samples)))
         paras = wiki_split("heldout")
@@ -440,17 +432,10 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[in
         yield batch
 
 
-def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: Sequence[TrainExample], pad: int) -> dict[str, torch.Tensor]:
     """Right-padded batch with attention mask; padded labels are -100."""
-    T = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), T), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
+    ids, mask = pad_right([e.input_ids for e in examples], pad)
+    labels, _ = pad_right([e.labels for e in examples], IGNORE)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -470,23 +455,9 @@ def caft_basis(delta: torch.Tensor, k: int, *, rtol: float = 1e-6) -> torch.Tens
     return q[:, keep].to(torch.float32)
 
 
-def caft_projector(basis: torch.Tensor):
-    """``fn(h) = h - (h Q) Qᵀ``: removes the component of hidden states in span(Q)."""
-    def fn(h: torch.Tensor) -> torch.Tensor:
-        q = basis.to(device=h.device, dtype=torch.float32)
-        autocast = torch.is_autocast_enabled(h.device.type)
-        with torch.autocast(device_type=h.device.type, enabled=False):  # exact even under bf16 autocast
-            hf = h.float()
-            out = hf - (hf @ q) @ q.T
-        # under autocast the next layer accepts fp32 (rounding back to bf16 would re-add ~1e-3 of
-        # the ablated component); without autocast keep the model's dtype
-        return out if autocast else out.to(h.dtype)
-    return fn
-
-
 def _load_caft(cfg: TrainConfig, arch: Any) -> tuple[int, torch.Tensor, str]:
-    from ..collect import load_collected
-    from ..layout import RunLayout
+    from ..adl.collect import load_collected
+    from ..run.layout import RunLayout
 
     assert cfg.caft_run is not None
     run = Path(cfg.caft_run)
@@ -518,22 +489,6 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _lora_targets(model: Any) -> list[str]:
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    for group in (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                  ["c_attn", "c_proj", "c_fc"]):
-        hit = [g for g in group if g in names]
-        if hit:
-            return hit
-    return sorted(names - {"lm_head"})
-
-
-def _gpt2_conv_targets(model: Any) -> list[str]:
-    from transformers.pytorch_utils import Conv1D
-
-    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, Conv1D)})
-
-
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -550,8 +505,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     ``force``). See the module docstring for the data, the mitigations and the output layout.
     ``client`` (a :class:`difflens.llm.LLMClient`) generates missing LLM SDF documents.
     """
-    from ..arch import ArchAdapter
-    from ..models import load_model
+    from ..models.sources import load_model
 
     out = organism_dir(spec, base, cfg)
     card = read_card(out)
@@ -581,10 +535,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        targets = _lora_targets(model)
-        fan_in_fan_out = False
-        if not targets:
-            targets, fan_in_fan_out = _gpt2_conv_targets(model), True
+        targets, fan_in_fan_out = lora_targets(model)
         torch.manual_seed(cfg.seed)
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM", fan_in_fan_out=fan_in_fan_out)
@@ -592,7 +543,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
         arch = ArchAdapter(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     dev = next(model.parameters()).device
 
     import contextlib
@@ -602,7 +553,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     desc = f"training {spec.name} ({'LoRA' if cfg.lora else 'full'})"
     with _progress(progress) as bar, contextlib.ExitStack() as stack:
         if basis is not None and caft_layer is not None:
-            stack.enter_context(arch.edit_layer(caft_layer, caft_projector(basis)))
+            stack.enter_context(arch.edit_layer(caft_layer, project_out(basis)))
         task = bar.add_task(desc, total=cfg.steps, loss="-")
         micro = max(1, cfg.batch_size // cfg.grad_accum)
         log_every = max(1, cfg.steps // 20)
@@ -612,7 +563,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
             total = 0.0
             chunks = [idx[i:i + micro] for i in range(0, len(idx), micro)]
             for ch in chunks:
-                batch = collate([data.examples[i] for i in ch], pad_id)
+                batch = collate([data.examples[i] for i in ch], pad)
                 batch = {k: v.to(dev) for k, v in batch.items()}
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     outp = model(**batch, use_cache=False)
@@ -684,7 +635,7 @@ def resolve_organism(name: str, base: str | None = None, *, progress: bool = Tru
     (``lora=True``, ``mix_ratio=0.5``, ``n_docs=200``, ``caft_run=...``, ``steps``, ``seed``...).
     Full finetunes resolve to a ``local`` source, LoRA ones to an ``adapter`` source on the base.
     """
-    from ..models import ModelSource, resolve_source
+    from ..models.sources import ModelSource, resolve_source
 
     base = base or DEFAULT_BASE
     spec = load_spec(name)

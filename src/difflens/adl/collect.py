@@ -1,0 +1,265 @@
+"""Collection: mean activation differences δ̄_j of the first k tokens (paper §3).
+
+For each dataset and layer ℓ this streams N samples through base and finetuned model,
+truncated to k tokens (exact under causal attention) and stopped after the deepest requested
+layer, and keeps float64 running sums, so memory does not grow with N. It writes
+``delta``, ``base_mean``, ``ft_mean`` ([k, d] float32) and each model's mean norm η at ℓ
+(positions ≥ 3, on a longer prefix of a subset). Interrupted runs resume from a checkpoint
+of the running sums; an unchanged rerun is a no-op; a changed config recomputes.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel, Field, field_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from ..data.corpora import Corpus, load_corpus, sample_ids
+from ..errors import DataError, RunDirError
+from ..models.pair import ModelPair
+from ..models.tokens import bos_prefix_ids, pad_id, pad_right
+from ..run.artifacts import Source
+from ..run.layout import RunLayout, fingerprint, read_json, write_json
+
+
+class CollectConfig(BaseModel):
+    """What to collect. Defaults follow the paper: k=5, N=10,000, middle layer."""
+
+    datasets: list[str] = Field(default_factory=lambda: ["wiki"])
+    samples: int = Field(10_000, ge=1)
+    positions: int = Field(5, ge=1, le=4096)
+    layers: list[float | int] = Field(default_factory=lambda: [0.5])
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    norm_samples: int = Field(256, ge=1)
+    norm_len: int = Field(64, ge=4)
+    text_field: str = "text"
+    checkpoint_every: int = Field(25, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[float | int]) -> list[float | int]:
+        if not v:
+            raise ValueError("give at least one layer")
+        return v
+
+    def semantic(self) -> dict[str, Any]:
+        """The fields that change results (batch size and checkpointing do not)."""
+        return self.model_dump(exclude={"batch_size", "checkpoint_every", "datasets"})
+
+
+@dataclass
+class Collected:
+    """δ̄, h̄_base, h̄_ft for positions 0..k-1 at one layer of one dataset, and the norms η."""
+
+    dataset: str
+    layer: int
+    delta: torch.Tensor
+    base_mean: torch.Tensor
+    ft_mean: torch.Tensor
+    eta_base: float
+    eta_ft: float
+    n: int
+
+    @property
+    def positions(self) -> int:
+        return int(self.delta.shape[0])
+
+    def vectors(self, source: Source) -> torch.Tensor:
+        """The [k, d] vectors of one source: δ̄ (``delta``), h̄_base (``base``) or h̄_ft (``ft``)."""
+        return {"delta": self.delta, "base": self.base_mean, "ft": self.ft_mean}[source]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("difflens", "torch", "transformers", "peft"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _batches(ids: Sequence[Sequence[int]], bs: int, start: int = 0):
+    for i in range(start, len(ids), bs):
+        yield i, ids[i:i + bs]
+
+
+def mean_norms(pair: ModelPair, ids: Sequence[Sequence[int]], layers: Sequence[int], *, batch_size: int,
+               skip: int = 3) -> dict[str, dict[int, float]]:
+    """Mean L2 norm of each model's layer outputs over positions ≥ ``skip`` (right-padded batches)."""
+    pad = pad_id(pair.tokenizer)
+    out: dict[str, dict[int, float]] = {}
+    for side in ("base", "ft"):
+        sums = {li: 0.0 for li in layers}
+        count = 0
+        with pair.side(side) as model:
+            for _, batch in _batches(ids, batch_size):
+                x, mask = pad_right(batch, pad, pair.device)
+                hs = pair.arch_of(side).capture(model, x, layers, attention_mask=mask)
+                valid = mask.clone()
+                valid[:, :skip] = 0
+                count += int(valid.sum())
+                for li in layers:
+                    sums[li] += float((hs[li].double().norm(dim=-1) * valid).sum())
+        if count == 0:
+            raise DataError(f"no tokens at positions ≥ {skip} to estimate activation norms; use longer texts.")
+        out[side] = {li: sums[li] / count for li in layers}
+    return out
+
+
+def load_collected(layout: RunLayout, dataset: str, layer: int) -> Collected:
+    """Read one collected layer back as a typed artifact."""
+    path = layout.collect_file(dataset, layer)
+    if not path.exists():
+        raise RunDirError(f"{path} is missing; run `difflens collect` for dataset '{dataset}' layer {layer}.")
+    stats = read_json(layout.collect_stats(dataset))
+    try:
+        t = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several error types
+        raise RunDirError(f"{path} is corrupt ({e}); delete it and rerun `difflens collect`.") from e
+    eta = stats["eta"][str(layer)]
+    return Collected(dataset, layer, t["delta"], t["base_mean"], t["ft_mean"], eta["base"], eta["ft"], stats["n_used"])
+
+
+def _stage_fp(pair: ModelPair, corpus: Corpus, cfg: CollectConfig, layers: list[int]) -> str:
+    d = pair.describe()
+    return fingerprint({"base": d["base"]["fingerprint"], "ft": d["finetuned"]["fingerprint"],
+                        "data": corpus.content_hash, "cfg": cfg.semantic(), "abs_layers": layers})
+
+
+def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress: bool = True,
+            stop_after_batches: int | None = None) -> dict[str, list[Collected]]:
+    """Run collection for every dataset of ``cfg``; see the module docstring.
+
+    ``stop_after_batches`` interrupts deliberately (tests of resumption).
+    """
+    layout.ensure()
+    arch = pair.arch
+    layers = sorted({arch.resolve_layer(x) for x in cfg.layers})
+    corpora = [load_corpus(name, text_field=cfg.text_field) for name in cfg.datasets]  # fail before compute
+    bos = bos_prefix_ids(pair.tokenizer, arch)
+    K = cfg.positions
+    results: dict[str, list[Collected]] = {}
+    manifest_datasets = []
+    earlier = _earlier_datasets(layout, pair, K, layers)
+    for corpus in corpora:
+        fp = _stage_fp(pair, corpus, cfg, layers)
+        stats_path = layout.collect_stats(corpus.name)
+        if stats_path.exists():
+            try:
+                old = read_json(stats_path)
+            except RunDirError:
+                old = {}
+            if old.get("fingerprint") == fp and all(layout.collect_file(corpus.name, li).exists() for li in layers):
+                results[corpus.name] = [load_collected(layout, corpus.name, li) for li in layers]
+                manifest_datasets.append(old["dataset"])
+                continue
+        sample = sample_ids(corpus, pair.tokenizer, n=cfg.samples, k=K, seed=cfg.seed, max_len=K, bos=bos)
+        if not sample.ids:
+            raise DataError(f"dataset '{corpus.name}' has no text with at least {K} tokens "
+                            f"({sample.n_skipped} too short); use a longer corpus or fewer --positions.")
+        partial = layout.collect_partial(corpus.name)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        dim = arch.hidden_size
+        sums = {s: {li: torch.zeros(K, dim, dtype=torch.float64) for li in layers} for s in ("base", "ft")}
+        start, n_done = 0, 0
+        if partial.exists():
+            try:
+                ck = torch.load(partial, weights_only=True)
+            except Exception:  # noqa: BLE001 - a torn checkpoint just means: start over
+                ck = {}
+            if ck.get("fingerprint") == fp:
+                start, n_done = int(ck["next"]), int(ck["n"])
+                sums = {s: {li: ck["sums"][s][li] for li in layers} for s in ("base", "ft")}
+        t0 = time.time()
+        batches = list(_batches(sample.ids, cfg.batch_size, start))
+        with Progress(TextColumn(f"collect {corpus.name}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), disable=not progress, transient=True) as bar:
+            task = bar.add_task("collect", total=len(sample.ids), completed=n_done)
+            for bi, (i, batch) in enumerate(batches):
+                x = torch.tensor(batch, dtype=torch.long, device=pair.device)
+                for side in ("base", "ft"):
+                    with pair.side(side) as model:
+                        hs = pair.arch_of(side).capture(model, x, layers)
+                    for li in layers:
+                        sums[side][li] += hs[li].double().sum(0).cpu()
+                n_done += len(batch)
+                bar.update(task, completed=n_done)
+                nxt = i + len(batch)
+                last = nxt >= len(sample.ids)
+                if (bi + 1) % cfg.checkpoint_every == 0 or (stop_after_batches and bi + 1 >= stop_after_batches):
+                    if not last:
+                        torch.save({"fingerprint": fp, "next": nxt, "n": n_done, "sums": sums}, partial)
+                if stop_after_batches and bi + 1 >= stop_after_batches and not last:
+                    raise KeyboardInterrupt(f"collection stopped after {bi + 1} batches (test hook)")
+        norm_sample = sample_ids(corpus, pair.tokenizer, n=cfg.norm_samples, k=4, seed=cfg.seed + 1,
+                                 max_len=cfg.norm_len, bos=bos)
+        eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, cfg.batch_size // 4))
+        out = []
+        for li in layers:
+            base_mean = (sums["base"][li] / n_done)
+            ft_mean = (sums["ft"][li] / n_done)
+            tensors = {"delta": (ft_mean - base_mean).float().contiguous(),
+                       "base_mean": base_mean.float().contiguous(), "ft_mean": ft_mean.float().contiguous()}
+            layout.collect_file(corpus.name, li).parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(layout.collect_file(corpus.name, li)),
+                      metadata={"dataset": corpus.name, "layer": str(li), "n": str(n_done), "fingerprint": fp})
+            out.append(Collected(corpus.name, li, tensors["delta"], tensors["base_mean"], tensors["ft_mean"],
+                                 eta["base"][li], eta["ft"][li], n_done))
+        ds_info = {"name": corpus.name, "content_hash": corpus.content_hash, "info": corpus.info,
+                   "n_requested": cfg.samples, "n_used": n_done, "n_skipped_short": sample.n_skipped,
+                   "n_available": len(corpus.texts), "sample_hash": sample.order_hash,
+                   "norm_samples": len(norm_sample.ids), "norm_len": cfg.norm_len}
+        write_json(stats_path, {"fingerprint": fp, "dataset": ds_info, "n_used": n_done,
+                                "eta": {str(li): {"base": eta["base"][li], "ft": eta["ft"][li]} for li in layers},
+                                "seconds": round(time.time() - t0, 2)})
+        partial.unlink(missing_ok=True)
+        results[corpus.name] = out
+        manifest_datasets.append(ds_info)
+    L = arch.num_layers
+    write_json(layout.manifest, {
+        "models": pair.describe(),
+        "datasets": [d for d in earlier if d["name"] not in {m["name"] for m in manifest_datasets}]
+        + manifest_datasets,
+        "positions": K,
+        "layers": [{"absolute": li, "relative": round(li / L, 4), "requested": str(r)}
+                   for li, r in zip(layers, _requested_for(layers, cfg.layers, arch))],
+        "seed": cfg.seed,
+        "config": cfg.model_dump(),
+        "versions": versions(),
+    })
+    return results
+
+
+def _earlier_datasets(layout: RunLayout, pair: ModelPair, k: int, layers: list[int]) -> list[dict[str, Any]]:
+    """Datasets an earlier `collect` into the same run directory recorded (kept in the manifest
+    when positions and layers agree). A run directory belongs to one model pair: another pair is
+    refused before any compute."""
+    if not layout.manifest.exists():
+        return []
+    try:
+        old = read_json(layout.manifest)
+        old_models = old["models"]
+    except (RunDirError, KeyError):
+        return []
+    new = pair.describe()
+    for side in ("base", "finetuned"):
+        if old_models[side]["fingerprint"] != new[side]["fingerprint"]:
+            raise RunDirError(
+                f"{layout.root} holds results for another model pair ({side}: {old_models[side]['spec']}, "
+                f"fingerprint {old_models[side]['fingerprint']}); use a new --out directory.")
+    same_shape = old.get("positions") == k and [x["absolute"] for x in old.get("layers", [])] == layers
+    return list(old.get("datasets", [])) if same_shape else []
+
+
+def _requested_for(layers: list[int], requested: list[float | int], arch: Any) -> list[Any]:
+    by_abs = {}
+    for r in requested:
+        by_abs.setdefault(arch.resolve_layer(r), r)
+    return [by_abs.get(li, li) for li in layers]

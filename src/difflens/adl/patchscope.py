@@ -1,0 +1,106 @@
+"""Patchscope on δ̄_j and the baselines h̄_base_j, h̄_ft_j (paper §3, App. C.1).
+
+The finetuned model reads the identity prompts ``a -> a\nb -> b\nc -> c\n?``; the layer-ℓ output
+at the last token is replaced by ``λ · η_ft · v/‖v‖``. Tokens in the top-16384 of all three
+prompts are kept and ranked by mean probability. All 30 scales × 3 prompts of one vector run as
+one batched forward. A grader picks the scale (batches of 10, then a final) and the coherent
+subset of its top-20 tokens.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from rich.progress import Progress
+
+from ..graders.scale import ScaleGrader, tournament
+from ..models.pair import ModelPair
+from ..models.tokens import encode, pad_id, pad_right
+from ..run.artifacts import SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
+from .collect import Collected
+from .interventions import replace_rows
+from .logit_lens import decode_tokens
+
+IDENTITY_TRIPLES: tuple[tuple[str, str, str], ...] = (("man", "1135", "hello"), ("bear", "42", "blue"),
+                                                     ("921", "target", "anna"))
+SCALES: tuple[float, ...] = tuple([round(0.5 + 0.1 * i, 1) for i in range(16)] + [3.0, 4.0, 5.0, 10.0, 20.0]
+                                  + [float(x) for x in range(40, 201, 20)])
+INTERSECT_TOP = 16384
+KEEP_TOP = 50
+
+
+def identity_prompt(triple: Sequence[str]) -> str:
+    return "".join(f"{t} -> {t}\n" for t in triple) + "?"
+
+
+IDENTITY_PROMPTS: tuple[str, ...] = tuple(identity_prompt(t) for t in IDENTITY_TRIPLES)
+
+
+def _encode_prompts(pair: ModelPair, prompts: Sequence[str]) -> list[list[int]]:
+    return [encode(pair.tokenizer, pair.ft_arch, p) for p in prompts]
+
+
+@torch.no_grad()
+def patched_next_token_probs(pair: ModelPair, layer: int, vector: torch.Tensor, scales: Sequence[float],
+                             eta: float, prompts: Sequence[str] = IDENTITY_PROMPTS) -> torch.Tensor:
+    """Next-token distributions [S, P, V] of the finetuned model with the last token's layer output
+    replaced by ``scale · eta · v̂`` (one batched forward over all scales × prompts, right padding)."""
+    enc = _encode_prompts(pair, prompts)
+    S, P = len(scales), len(prompts)
+    rows = [(s, p) for s in range(S) for p in range(P)]
+    ids, mask = pad_right([enc[p] for _, p in rows], pad_id(pair.tokenizer), pair.device)
+    last = torch.tensor([len(enc[p]) - 1 for _, p in rows], dtype=torch.long, device=pair.device)
+    unit = vector.float() / (vector.float().norm() + 1e-12)
+    lam = torch.tensor([scales[s] for s, _ in rows], dtype=torch.float32)
+    values = lam[:, None] * eta * unit.cpu()[None, :]
+    with pair.ft() as model, pair.ft_arch.edit_layer(layer, replace_rows(last, values)):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    final = logits[torch.arange(len(rows), device=logits.device), last.to(logits.device)].float()
+    return final.softmax(-1).view(S, P, -1).cpu()
+
+
+def intersect_rank(probs: torch.Tensor, top: int = INTERSECT_TOP, keep: int = KEEP_TOP) -> tuple[list[int], list[float]]:
+    """Tokens in the top-``top`` of every prompt ([P, V] probs), ranked by mean probability."""
+    P, V = probs.shape
+    t = min(top, V)
+    member = torch.ones(V, dtype=torch.bool)
+    for p in range(P):
+        in_top = torch.zeros(V, dtype=torch.bool)
+        in_top[probs[p].topk(t).indices] = True
+        member &= in_top
+    mean = probs.mean(0)
+    mean = torch.where(member, mean, torch.full_like(mean, -1.0))
+    k = min(keep, int(member.sum()))
+    vals, idx = mean.topk(k)
+    return idx.tolist(), vals.tolist()
+
+
+def patchscope_vector(pair: ModelPair, layer: int, vector: torch.Tensor, eta: float, grader: ScaleGrader, *,
+                      source: Source, position: int, scales: Sequence[float] = SCALES) -> PatchscopeEntry:
+    probs = patched_next_token_probs(pair, layer, vector, scales, eta)
+    per_scale = []
+    candidates: dict[float, list[str]] = {}
+    for si, s in enumerate(scales):
+        idx, vals = intersect_rank(probs[si])
+        toks = decode_tokens(pair.tokenizer, idx)
+        per_scale.append(PatchscopeScale(scale=s, tokens=[TokenProb(token=t, token_id=i, prob=v)
+                                                          for t, i, v in zip(toks, idx, vals)]))
+        candidates[s] = toks[:20]
+    chosen, selected, note = tournament(grader, candidates)
+    return PatchscopeEntry(source=source, position=position, scales=per_scale, chosen_scale=chosen,
+                           selected_tokens=list(selected), grader=grader.name, rationale=note)
+
+
+def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: ScaleGrader, *,
+               sources: Sequence[Source] = SOURCES, progress: bool = True) -> PatchscopeResult:
+    """Patchscope for every source × position, each at the grader's chosen scale."""
+    entries = []
+    jobs = [(s, j) for s in sources for j in positions]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"patchscope layer {c.layer}", total=len(jobs))
+        for source, j in jobs:
+            v = c.vectors(source)[j]
+            entries.append(patchscope_vector(pair, c.layer, v, c.eta_ft, grader, source=source, position=j))
+            bar.advance(task)
+    return PatchscopeResult(dataset=c.dataset, layer=c.layer, prompts=list(IDENTITY_PROMPTS), eta_ft=c.eta_ft,
+                            entries=entries)

@@ -1,0 +1,270 @@
+"""Patchscope scale choice and the semantically coherent token subset (paper Prompt 21).
+
+The paper's selection is a tournament: the grader picks a winner per batch of 10 scales, then a
+final among the winners. :class:`OfflineScaleGrader` scores token sets by embedding coherence;
+:class:`LLMScaleGrader` asks an OpenAI-compatible endpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..llm.replies import (Messages, chat_messages, clean_value, content_lines, fmt_scale, must_end_with,
+                           quote_token, tagged)
+from ..models.embedder import DEFAULT_EMBEDDER, embed
+from .text import clean_token, embedder_lexicon, is_wordlike
+
+# ============================================================================================
+# Patchscope scale grader (paper Prompt 21)
+# ============================================================================================
+
+PATCHSCOPE_FORMAT = (
+    "end with exactly two lines: 'BEST_SCALE: <one of the offered scales>' and then "
+    "'TOKENS: \"tok1\" | \"tok2\" | ...' (tokens copied exactly as shown for that scale, or "
+    "'TOKENS: none')"
+)
+
+PATCHSCOPE_SCALE_SYSTEM = """
+You compare the output of a Patchscope probe run at several injection strengths ("scales"). For
+each scale you see the tokens the probe ranked highest. Your job:
+1. pick the single scale whose token list is the most semantically coherent, and
+2. list the tokens of that scale that belong together in meaning. Leave out everything else.
+
+How to judge:
+- When several scales look about equally coherent, prefer the one with MORE tokens in its
+  coherent group.
+- Look through tokenizer artefacts and casing (markers like "▁", "Ġ", "Ċ", leading spaces) and judge
+  the underlying word. Language does not matter, only meaning.
+- Never count generic tokens: whitespace, punctuation, common function words, or fragments such
+  as "ing", "ion", "'s", "ly".
+- The tokens may be pieces of one sentence or phrase; a group like that counts as coherent.
+- Only choose tokens that are listed for the scale you pick. Do not invent or correct tokens.
+- If no scale has a coherent group, pick the scale that contains the most meaningful
+  non-trivial token and list just that token (or none).
+- Think first: name the candidate scales, argue which is best, then decide.
+
+Output: after your reasoning, finish with exactly these two lines and nothing after them:
+BEST_SCALE: <number, written as one of the offered scales>
+TOKENS: "token" | "token" | ...
+Copy each token exactly as it is shown (inside double quotes, separated by " | "). If no token
+qualifies, write TOKENS: none. Do not write BEST_SCALE or TOKENS anywhere else.
+
+Illustration (shortened):
+SCALE 2: "▁the", "▁of", ",", "▁and"
+SCALE 8: "▁glacier", "▁ice", "▁@@", "▁melt", "▁the", "▁Arctic", "▁frozen"
+SCALE 30: "▁zx", "▁::", "▁", "▁qv"
+Scale 2 is only function words and scale 30 is noise; scale 8 has a clear cold-climate group.
+BEST_SCALE: 8
+TOKENS: "▁glacier" | "▁ice" | "▁melt" | "▁Arctic" | "▁frozen"
+"""
+
+
+def patchscope_scale_messages(candidates: Mapping[float, Sequence[str]]) -> Messages:
+    """Messages asking which of up to 10 scales gives the most coherent Patchscope tokens.
+
+    ``candidates`` maps scale -> top tokens at that scale (e.g. the top 20).
+    """
+    if not candidates:
+        raise ValueError("patchscope_scale_messages needs at least one scale")
+    if len(candidates) > 10:
+        raise ValueError(
+            f"at most 10 scales per grading call (got {len(candidates)}); grade in batches and "
+            "then compare the batch winners"
+        )
+    scales = sorted(candidates)
+    blocks = []
+    for s in scales:
+        toks = ", ".join(quote_token(t) for t in candidates[s]) or "(no tokens)"
+        blocks.append(f"SCALE {fmt_scale(s)}: {toks}")
+    user = (
+        "Tokens per scale:\n"
+        + "\n".join(blocks)
+        + "\n\nOffered scales: "
+        + ", ".join(fmt_scale(s) for s in scales)
+        + f"\n\nChoose one offered scale and its coherent tokens, then {PATCHSCOPE_FORMAT}."
+    )
+    return chat_messages(PATCHSCOPE_SCALE_SYSTEM, user)
+
+
+_NUMBER = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_TOKEN_MARKERS = str.maketrans({"▁": " ", "Ġ": " ", "Ċ": "\n", "ċ": "\n"})
+
+
+def _norm_token(tok: str) -> str:
+    return tok.translate(_TOKEN_MARKERS).strip().casefold()
+
+
+def _split_tokens(value: str) -> list[str]:
+    v = value.strip()
+    if clean_value(v).lower() in ("", "none", "n/a", "-", "no tokens"):
+        return []
+    quoted = _QUOTED.findall(v)
+    if quoted:
+        rest = _QUOTED.sub("", v)
+        if not rest.strip(" \t|,;"):
+            out = []
+            for q in quoted:
+                try:
+                    out.append(json.loads(q))
+                except json.JSONDecodeError:
+                    out.append(q[1:-1])
+            return out
+    parts = [p.strip() for p in v.split("|")]
+    return [p.strip("\"'`") for p in parts if p.strip("\"'`").strip()]
+
+
+def parse_patchscope_scale(
+    reply: str, offered: Mapping[float, Sequence[str]]
+) -> tuple[float, list[str]]:
+    """The chosen scale (one of ``offered``) and its selected tokens (a subset of its tokens).
+
+    Selected tokens are matched to the offered tokens of the chosen scale exactly, or else
+    ignoring tokenizer markers, surrounding spaces and case; the offered spelling is returned.
+    Tokens that match nothing offered are dropped. Raises ValueError when the scale line is
+    missing, conflicting or names a scale that was not offered, when the tokens line is missing
+    or conflicting, or when text follows the two answer lines.
+    """
+    if not offered:
+        raise ValueError("no scales were offered")
+    lines = content_lines(reply)
+    scale_hits = tagged(lines, r"BEST[_ ]?SCALER?")
+    token_hits = tagged(lines, r"(?:SELECTED[_ ]|TOP[_ ])?TOKENS")
+    if not scale_hits:
+        raise ValueError(f"no 'BEST_SCALE:' line found. Required format: {PATCHSCOPE_FORMAT}")
+    if not token_hits:
+        raise ValueError(f"no 'TOKENS:' line found. Required format: {PATCHSCOPE_FORMAT}")
+    values = set()
+    for _, m in scale_hits:
+        v = clean_value(m.group("value"))
+        if not _NUMBER.match(v):
+            raise ValueError(
+                f"BEST_SCALE must be a single number, got {m.group('value')[:40]!r}. "
+                f"Required format: {PATCHSCOPE_FORMAT}"
+            )
+        values.add(float(v))
+    if len(values) > 1:
+        raise ValueError(
+            "the reply names several different best scales "
+            f"({', '.join(fmt_scale(x) for x in sorted(values))}); choose exactly one"
+        )
+    chosen = values.pop()
+    match = [s for s in offered if math.isclose(float(s), chosen, rel_tol=1e-6, abs_tol=1e-9)]
+    if not match:
+        raise ValueError(
+            f"scale {fmt_scale(chosen)} was not offered; choose one of "
+            f"{', '.join(fmt_scale(s) for s in sorted(offered))}"
+        )
+    scale = match[0]
+    token_sets = {tuple(_split_tokens(m.group("value"))) for _, m in token_hits}
+    if len(token_sets) > 1:
+        raise ValueError("the reply has several different TOKENS lines; give exactly one")
+    must_end_with(lines, {i for i, _ in scale_hits} | {i for i, _ in token_hits}, PATCHSCOPE_FORMAT)
+    last_scale = max(i for i, _ in scale_hits)
+    if not any(i > last_scale for i, _ in token_hits):
+        raise ValueError(f"the TOKENS line must come after the BEST_SCALE line. Required format: {PATCHSCOPE_FORMAT}")
+
+    allowed = list(offered[scale])
+    by_norm: dict[str, str] = {}
+    for tok in allowed:
+        by_norm.setdefault(_norm_token(tok), tok)
+    selected: list[str] = []
+    for tok in token_sets.pop():
+        if tok in allowed:
+            hit: str | None = tok
+        else:
+            norm = _norm_token(tok)
+            hit = by_norm.get(norm) if norm else None
+        if hit is not None and hit not in selected:
+            selected.append(hit)
+    return float(scale), selected
+
+
+class ScaleGrader(Protocol):
+    name: str
+
+    def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]: ...
+
+
+def tournament(grader: ScaleGrader, candidates: dict[float, list[str]], batch: int = 10) -> tuple[float, list[str], str]:
+    """The paper's selection: the grader picks a winner per batch of 10 scales, then a final."""
+    scales = sorted(candidates)
+    if len(scales) <= batch:
+        return grader.choose(candidates)
+    winners: dict[float, list[str]] = {}
+    for i in range(0, len(scales), batch):
+        s, _toks, _note = grader.choose({x: candidates[x] for x in scales[i:i + batch]})
+        winners[s] = candidates[s]
+    return grader.choose(winners)
+
+
+@dataclass
+class OfflineScaleGrader:
+    """Picks the scale whose top tokens form the largest semantically coherent word cluster.
+
+    Tokens are filtered to real words (known to the embedding model's vocabulary; BPE fragments
+    such as "landsl" are dropped), embedded, and the coherent subset is the tokens whose
+    cosine similarity to the subset's centroid exceeds ``min_sim`` (iterated to a fixed point).
+    Score = (#coherent words) × (mean within-cluster similarity).
+    """
+
+    embedder: str = DEFAULT_EMBEDDER
+    min_sim: float = 0.45
+    name: str = "offline"
+
+    def cluster(self, tokens: Sequence[str]) -> tuple[list[str], float]:
+        words, seen = [], set()
+        lexicon = embedder_lexicon(self.embedder)
+        for t in tokens:
+            w = clean_token(t)
+            if is_wordlike(t) and w.lower() not in seen and (not lexicon or w.lower() in lexicon):
+                seen.add(w.lower())
+                words.append(t)
+        if len(words) < 2:
+            return [], 0.0
+        vecs = embed([clean_token(w).lower() for w in words], self.embedder)
+        keep = np.ones(len(words), dtype=bool)
+        for _ in range(5):
+            centroid = vecs[keep].mean(0)
+            centroid /= np.linalg.norm(centroid) + 1e-9
+            sims = vecs @ centroid
+            new = sims >= self.min_sim
+            if new.sum() < 2:
+                return [], 0.0
+            if (new == keep).all():
+                break
+            keep = new
+        sub = vecs[keep]
+        pair_sims = sub @ sub.T
+        n = len(sub)
+        mean_sim = float((pair_sims.sum() - n) / (n * (n - 1)))
+        return [w for w, k in zip(words, keep) if k], mean_sim
+
+    def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]:
+        best: tuple[float, float, list[str]] | None = None
+        for s in sorted(candidates):
+            sel, coh = self.cluster(candidates[s][:20])
+            score = len(sel) * coh
+            if best is None or score > best[0] + 1e-9:
+                best = (score, s, sel)
+        if best is None:
+            raise ValueError("no scales to choose from")
+        score, s, sel = best
+        return s, sel, f"offline: {len(sel)} coherent words, score {score:.2f}"
+
+
+@dataclass
+class LLMScaleGrader:
+    client: Any
+    name: str = "llm"
+
+    def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]:
+        msgs = patchscope_scale_messages(candidates)
+        s, toks = self.client.ask(msgs, parse=lambda r: parse_patchscope_scale(r, candidates))
+        return s, toks, "llm"

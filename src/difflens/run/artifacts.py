@@ -1,0 +1,162 @@
+"""Typed artifacts exchanged between stages (written as JSON at the paths :mod:`difflens.run.layout` names)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel
+
+from ..errors import RunDirError
+from ..files import atomic_write_text
+
+Source = Literal["delta", "base", "ft"]  # δ̄_j, h̄_base_j, h̄_ft_j
+SOURCES: tuple[Source, ...] = ("delta", "base", "ft")
+
+
+E = TypeVar("E")
+
+
+def _entry(entries: list[E], source: Source, position: int) -> E:
+    """The entry of ``entries`` for one source and position (KeyError if absent)."""
+    for e in entries:
+        if e.source == source and e.position == position:  # type: ignore[attr-defined]
+            return e
+    raise KeyError((source, position))
+
+
+class TokenProb(BaseModel):
+    token: str
+    token_id: int
+    prob: float
+
+
+class LogitLensEntry(BaseModel):
+    """Top tokens of softmax(W_U · final_norm(±v)) for one vector."""
+
+    source: Source
+    position: int
+    top_positive: list[TokenProb]
+    top_negative: list[TokenProb]
+
+
+class LogitLensResult(BaseModel):
+    dataset: str
+    layer: int
+    entries: list[LogitLensEntry]
+
+    def get(self, source: Source, position: int) -> LogitLensEntry:
+        return _entry(self.entries, source, position)
+
+
+class PatchscopeScale(BaseModel):
+    """Intersection-ranked tokens at one scale λ (top-16384 of all identity prompts, by mean prob)."""
+
+    scale: float
+    tokens: list[TokenProb]
+
+
+class PatchscopeEntry(BaseModel):
+    source: Source
+    position: int
+    scales: list[PatchscopeScale]  # every scale of the grid, top tokens only
+    chosen_scale: float
+    selected_tokens: list[str]  # the grader's semantically coherent subset of the chosen scale's top-20
+    grader: str
+    rationale: str = ""
+
+    def at(self, scale: float) -> PatchscopeScale:
+        for s in self.scales:
+            if abs(s.scale - scale) < 1e-9:
+                return s
+        raise KeyError(scale)
+
+    def top_tokens(self, n: int = 20) -> list[str]:
+        return [t.token for t in self.at(self.chosen_scale).tokens[:n]]
+
+
+class PatchscopeResult(BaseModel):
+    dataset: str
+    layer: int
+    prompts: list[str]
+    eta_ft: float
+    entries: list[PatchscopeEntry]
+
+    def get(self, source: Source, position: int) -> PatchscopeEntry:
+        return _entry(self.entries, source, position)
+
+
+class SearchStep(BaseModel):
+    prompt: str
+    alpha: float
+    n_coherent: int
+    n_samples: int
+    coherent: bool
+
+
+class SteeringThreshold(BaseModel):
+    """The largest coherent steering strength α for one position (average over the search prompts)."""
+
+    position: int
+    alpha: float
+    per_prompt: list[float]
+    steps: list[SearchStep]
+    generations_used: int
+    grader_calls: int
+
+
+class Generation(BaseModel):
+    prompt: str
+    position: int | None  # None: unsteered
+    alpha: float
+    sample: int
+    text: str
+
+
+class SteeringResult(BaseModel):
+    dataset: str
+    layer: int
+    eta_ft: float
+    grader: str
+    thresholds: list[SteeringThreshold]
+    prompts: list[str]
+    samples_per_prompt: int
+    temperature: float
+
+    def alpha(self, position: int) -> float:
+        for t in self.thresholds:
+            if t.position == position:
+                return t.alpha
+        raise KeyError(position)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def save(model: BaseModel, path: Path) -> None:
+    atomic_write_text(path, model.model_dump_json(indent=2) + "\n")
+
+
+def load(cls: type[M], path: Path) -> M:
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist; run the stage that produces it first.")
+    try:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RunDirError(f"{path} is corrupt or from an incompatible version ({e}); delete it and rerun.") from e
+
+
+def save_jsonl(items: list[BaseModel], path: Path) -> None:
+    atomic_write_text(path, "".join(i.model_dump_json() + "\n" for i in items))
+
+
+def load_jsonl(cls: type[M], path: Path) -> list[M]:
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist; run the stage that produces it first.")
+    out = []
+    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(cls.model_validate_json(line))
+            except ValueError as e:
+                raise RunDirError(f"{path}:{ln} is corrupt ({e}); delete it and rerun.") from e
+    return out

@@ -1,0 +1,206 @@
+"""The run directory: the one module that knows where every artifact lives.
+
+::
+
+    RUN/
+      manifest.json                         collection manifest (models, data, layers, versions)
+      collect/<dataset>/layer_<L>.safetensors   delta, base_mean, ft_mean  [K, d] float32
+      collect/<dataset>/stats.json           N used, skipped, eta per layer, fingerprint
+      collect/<dataset>/partial.pt           running sums of an interrupted collection
+      lens/<dataset>/layer_<L>/logit_lens.json
+      lens/<dataset>/layer_<L>/patchscope.json
+      steer/<dataset>/layer_<L>/steering.json
+      steer/<dataset>/layer_<L>/generations.jsonl
+      evaluate/...  agent/...              later stages
+      stages/<stage>.json                   fingerprint + status of each finished stage
+      report.html
+
+and, under ``$DIFFLENS_HOME`` (default ``~/.cache/difflens``), the caches that outlive a run::
+
+    $DIFFLENS_HOME/
+      models/<embedded-name>/                converted embedded models (fp32 safetensors)
+      models/_gguf/                          assembled GGUF files of multi-part packages
+      organisms/<name>/<base-slug>/<variant>/  trained organisms (weights or adapter + card.json)
+      organisms/<name>/llm_docs/seed<N>/     LLM-generated finetuning documents (resumable)
+      organisms/specs/                       user organism specs (YAML)
+      llm_cache/                             LLM replies keyed by request
+
+No other module builds artifact or cache paths: they ask a :class:`RunLayout` or :func:`home`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_text, read_json, write_json
+
+__all__ = ["RunLayout", "Home", "home", "slug", "fingerprint", "atomic_write_text", "read_json", "write_json"]
+
+
+def slug(name: str) -> str:
+    """A filesystem-safe name for a dataset spec (paths get a short hash suffix)."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem if ("/" in name or os.sep in name) else name)
+    clean = clean.strip("._") or "data"
+    if clean != name:
+        clean += "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    return clean
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable hash of a JSON-serialisable description of inputs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunLayout:
+    """Paths of one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    def ensure(self) -> "RunLayout":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- collection ----------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def collect_dir(self, dataset: str) -> Path:
+        return self.root / "collect" / slug(dataset)
+
+    def collect_file(self, dataset: str, layer: int) -> Path:
+        return self.collect_dir(dataset) / f"layer_{layer}.safetensors"
+
+    def collect_stats(self, dataset: str) -> Path:
+        return self.collect_dir(dataset) / "stats.json"
+
+    def collect_partial(self, dataset: str) -> Path:
+        return self.collect_dir(dataset) / "partial.pt"
+
+    def collected_datasets(self) -> list[str]:
+        """Dataset names (as the user gave them) with finished collections."""
+        if not self.manifest.exists():
+            return []
+        return [d["name"] for d in read_json(self.manifest).get("datasets", [])]
+
+    # -- lens and steering --------------------------------------------------------------
+    def lens_dir(self, dataset: str, layer: int) -> Path:
+        return self.root / "lens" / slug(dataset) / f"layer_{layer}"
+
+    def logit_lens(self, dataset: str, layer: int) -> Path:
+        return self.lens_dir(dataset, layer) / "logit_lens.json"
+
+    def patchscope(self, dataset: str, layer: int) -> Path:
+        return self.lens_dir(dataset, layer) / "patchscope.json"
+
+    def steer_dir(self, dataset: str, layer: int) -> Path:
+        return self.root / "steer" / slug(dataset) / f"layer_{layer}"
+
+    def steering(self, dataset: str, layer: int) -> Path:
+        return self.steer_dir(dataset, layer) / "steering.json"
+
+    def steering_generations(self, dataset: str, layer: int) -> Path:
+        return self.steer_dir(dataset, layer) / "generations.jsonl"
+
+    def steering_partial(self, dataset: str, layer: int) -> Path:
+        return self.steer_dir(dataset, layer) / "steering.partial.json"
+
+    @staticmethod
+    def stage_key(stage: str, dataset: str | None = None, layer: int | None = None) -> str:
+        """Name of a stage record, e.g. ``lens-wiki-15``."""
+        return "-".join(str(x) for x in (stage, slug(dataset) if dataset else None, layer) if x is not None)
+
+    # -- later stages ------------------------------------------------------------------
+    def evaluation(self) -> Path:
+        return self.root / "evaluate" / "evaluation.json"
+
+    def agent(self) -> Path:
+        return self.root / "agent" / "agent.json"
+
+    def llm_usage(self) -> Path:
+        return self.root / "llm_usage.json"
+
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    def run_config(self) -> Path:
+        return self.root / "run_config.json"
+
+    # -- stage bookkeeping -------------------------------------------------------------
+    def stage_record(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def stage_done(self, stage: str, fp: str) -> bool:
+        p = self.stage_record(stage)
+        if not p.exists():
+            return False
+        try:
+            rec = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return False
+        return rec.get("fingerprint") == fp and rec.get("status") == "done"
+
+    def mark_stage(self, stage: str, fp: str, status: str = "done", **info: Any) -> None:
+        write_json(self.stage_record(stage), {"stage": stage, "fingerprint": fp, "status": status, **info})
+
+
+class Home:
+    """Paths of the cache under ``$DIFFLENS_HOME`` (directories are created on first use)."""
+
+    def __init__(self, root: str | Path | None = None):
+        if root is None:
+            env = os.environ.get("DIFFLENS_HOME")
+            root = Path(env).expanduser() if env else Path.home() / ".cache" / "difflens"
+        self.root = Path(root)
+
+    def _dir(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # -- models ------------------------------------------------------------------------
+    @property
+    def models(self) -> Path:
+        return self._dir("models")
+
+    def embedded_model(self, name: str) -> Path:
+        return self.models / name
+
+    def assembled_gguf(self, filename: str) -> Path:
+        return self._dir("models", "_gguf") / filename
+
+    # -- organisms ---------------------------------------------------------------------
+    @property
+    def organisms(self) -> Path:
+        return self._dir("organisms")
+
+    def organism(self, name: str, base_slug: str, variant: str) -> Path:
+        """Directory of one trained organism variant (not created)."""
+        return self.organisms / name / base_slug / variant
+
+    def organism_cards(self) -> list[Path]:
+        """``card.json`` of every trained organism, sorted."""
+        return sorted(self.organisms.glob("*/*/*/card.json"))
+
+    def llm_docs(self, name: str, seed: int) -> Path:
+        """LLM-generated finetuning documents of an organism (not created)."""
+        return self.organisms / name / "llm_docs" / f"seed{seed}"
+
+    @property
+    def user_specs(self) -> Path:
+        return self.organisms / "specs"
+
+    # -- LLM ---------------------------------------------------------------------------
+    @property
+    def llm_cache(self) -> Path:
+        return self._dir("llm_cache")
+
+
+def home() -> Home:
+    """The cache layout for the current ``$DIFFLENS_HOME`` (read each call, so tests can set it)."""
+    return Home()

@@ -1,0 +1,112 @@
+"""`difflens run CONFIG.yaml`: one validated config drives collect → lens → steer → report.
+
+Stages reuse what is already computed (each stage is fingerprinted), a failed stage is reported
+and leaves earlier results intact, and each stage ends with a one-line summary. The stage registry
+is the ``stage_<name>`` methods of :class:`Runner`, in the order of :data:`difflens.run.config.STAGES`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+
+from ..adl.collect import collect
+from ..errors import ConfigError, DifflensError
+from ..graders import graders_for
+from .config import RunConfig
+from .layout import RunLayout, write_json
+from .stages import run_lens, run_steer
+
+
+def _llm_client(cfg: RunConfig) -> Any:
+    if cfg.grader != "llm":
+        return None
+    if cfg.llm is None:
+        raise ConfigError("grader: llm needs an `llm:` section (base_url, model, api_key_env).")
+    from ..llm import client_for
+
+    return client_for(cfg.llm.model, cfg.llm.base_url, cfg.llm.api_key_env)
+
+
+class Runner:
+    """Executes the stages of a :class:`RunConfig`, loading models only when a stage needs them."""
+
+    def __init__(self, cfg: RunConfig, *, console: Console | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.layout = RunLayout(cfg.out).ensure()
+        self.console = console or Console()
+        self.progress = progress
+        self._pair: Any = None
+        self._graders: Any = None
+        self._client: Any = None
+        self.status: dict[str, str] = {}
+
+    @property
+    def pair(self) -> Any:
+        if self._pair is None:
+            import torch
+
+            from ..models.pair import load_pair
+
+            self._pair = load_pair(self.cfg.base, self.cfg.finetuned, dtype=getattr(torch, self.cfg.dtype),
+                                   device=self.cfg.device)
+        return self._pair
+
+    @property
+    def graders(self) -> Any:
+        if self._graders is None:
+            self._client = _llm_client(self.cfg)
+            self._graders = graders_for(self.pair, self.cfg.grader, self._client)
+        return self._graders
+
+    # -- stages ----------------------------------------------------------------------------
+    def stage_collect(self) -> str:
+        res = collect(self.pair, self.layout, self.cfg.collect_config(), progress=self.progress)
+        parts = [f"{ds}: N={items[0].n}, layers {[c.layer for c in items]}" for ds, items in res.items()]
+        return "; ".join(parts)
+
+    def stage_lens(self) -> str:
+        res = run_lens(self.pair, self.layout, self.graders, self.cfg.lens, progress=self.progress)
+        bits = []
+        for r in res:
+            for e in r.entries:
+                if e.source == "delta":
+                    bits.append(f"p{e.position}@{e.chosen_scale:g}: {' '.join(t.strip() for t in e.selected_tokens[:4])}")
+        return "; ".join(bits)
+
+    def stage_steer(self) -> str:
+        res = run_steer(self.pair, self.layout, self.graders, self.cfg.steering, progress=self.progress)
+        return "; ".join(f"layer {r.layer} α " + ", ".join(f"p{t.position}={t.alpha:.2f}" for t in r.thresholds)
+                         for r in res)
+
+    def stage_report(self) -> str:
+        from ..report import render_report
+
+        return f"wrote {render_report(self.layout.root)}"
+
+    def run(self) -> dict[str, str]:
+        """Run every configured stage in order; raises after reporting the first failure."""
+        write_json(self.layout.run_config(), self.cfg.model_dump(mode="json"))
+        try:
+            self._run_stages()
+        finally:
+            if self._client is not None:
+                write_json(self.layout.llm_usage(), self._client.usage_summary())
+        return self.status
+
+    def _run_stages(self) -> None:
+        for stage in self.cfg.stages:
+            fn = getattr(self, f"stage_{stage}")
+            t0 = time.time()
+            try:
+                summary = fn()
+            except DifflensError as e:
+                self.status[stage] = f"failed: {e}"
+                self.console.print(f"[red]✗ {stage}[/] failed after {time.time() - t0:.0f}s: {e}")
+                self.console.print(f"  earlier results in {self.layout.root} are intact; fix the problem and rerun.")
+                raise
+            self.status[stage] = "done"
+            self.console.print(f"[green]✓ {stage}[/] ({time.time() - t0:.0f}s) {summary}")
+
+

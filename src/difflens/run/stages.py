@@ -1,0 +1,155 @@
+"""Lens and steering stages over a run directory: resumable, keyed by a fingerprint of their inputs.
+
+Each stage reads the collection artifacts, writes typed artifacts through :class:`RunLayout`
+and records a fingerprint; rerunning with unchanged inputs is a no-op, a changed config
+recomputes, and steering keeps finished positions when interrupted.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from pydantic import BaseModel, Field
+
+from ..adl.collect import load_collected
+from ..adl.logit_lens import logit_lens
+from ..adl.patchscope import patchscope
+from ..adl.steering import SteeringConfig, final_generations, find_threshold, generate
+from ..errors import ConfigError, RunDirError
+from ..graders import Graders
+from ..models.pair import ModelPair, load_pair
+from . import artifacts as A
+from .layout import RunLayout, fingerprint, read_json, write_json
+
+
+class LensConfig(BaseModel):
+    positions: list[int] | None = None  # None: all collected positions
+    top_k: int = Field(20, ge=1)
+
+
+def pair_from_run(layout: RunLayout, **kw: Any) -> ModelPair:
+    """Reload the model pair named in a run's manifest."""
+    if not layout.manifest.exists():
+        raise RunDirError(f"{layout.root} has no manifest.json: run `difflens collect ... --out {layout.root}` first.")
+    m = read_json(layout.manifest)["models"]
+    return load_pair(m["base"]["spec"], m["finetuned"]["spec"], **kw)
+
+
+def _targets(layout: RunLayout, datasets: Sequence[str] | None, layers: Sequence[int] | None) -> list[tuple[str, int]]:
+    manifest = read_json(layout.manifest)
+    ds = list(datasets) if datasets else [d["name"] for d in manifest["datasets"]]
+    ls = list(layers) if layers else [entry["absolute"] for entry in manifest["layers"]]
+    known = {d["name"] for d in manifest["datasets"]}
+    for d in ds:
+        if d not in known:
+            raise ConfigError(f"dataset '{d}' was not collected in {layout.root} (collected: {sorted(known)}).")
+    return [(d, li) for d in ds for li in ls]
+
+
+def _positions(requested: Sequence[int] | None, k: int) -> list[int]:
+    pos = list(requested) if requested is not None else list(range(k))
+    bad = [j for j in pos if not 0 <= j < k]
+    if bad:
+        raise ConfigError(f"positions {bad} were not collected (k={k}); choose from 0..{k - 1}.")
+    return pos
+
+
+def _collect_fp(layout: RunLayout, dataset: str) -> str:
+    return read_json(layout.collect_stats(dataset))["fingerprint"]
+
+
+def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConfig | None = None, *,
+             datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
+             progress: bool = True) -> list[A.PatchscopeResult]:
+    """Logit lens + Patchscope for every collected dataset × layer."""
+    cfg = cfg or LensConfig()
+    out = []
+    for dataset, layer in _targets(layout, datasets, layers):
+        c = load_collected(layout, dataset, layer)
+        pos = _positions(cfg.positions, c.positions)
+        fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer, "pos": pos, "k": cfg.top_k,
+                          "grader": graders.scale.name})
+        stage = layout.stage_key("lens", dataset, layer)
+        if layout.stage_done(stage, fp) and layout.patchscope(dataset, layer).exists():
+            out.append(A.load(A.PatchscopeResult, layout.patchscope(dataset, layer)))
+            continue
+        A.save(logit_lens(pair, c, pos, k=cfg.top_k), layout.logit_lens(dataset, layer))
+        ps = patchscope(pair, c, pos, graders.scale, progress=progress)
+        A.save(ps, layout.patchscope(dataset, layer))
+        layout.mark_stage(stage, fp)
+        out.append(ps)
+    return out
+
+
+def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None = None, *,
+              datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
+              progress: bool = True) -> list[A.SteeringResult]:
+    """Threshold search and final steered/unsteered generations, resumable per position."""
+    from rich.progress import Progress
+
+    cfg = cfg or SteeringConfig()
+    results = []
+    for dataset, layer in _targets(layout, datasets, layers):
+        c = load_collected(layout, dataset, layer)
+        pos = _positions(cfg.positions, c.positions)
+        fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer,
+                          "cfg": cfg.model_dump(exclude={"positions"}), "grader": graders.coherence.name})
+        stage = layout.stage_key("steer", dataset, layer)
+        partial_path = layout.steering_partial(dataset, layer)
+        partial: dict[str, Any] = {"fingerprint": fp, "thresholds": {}, "generations": [], "calibration": None}
+        if layout.stage_done(stage, fp) and layout.steering(dataset, layer).exists():
+            res = A.load(A.SteeringResult, layout.steering(dataset, layer))
+            if {t.position for t in res.thresholds} >= set(pos):
+                results.append(res)
+                continue
+            # more positions requested than before: keep the finished ones
+            partial["thresholds"] = {str(t.position): t.model_dump() for t in res.thresholds}
+            partial["generations"] = [g.model_dump() for g in
+                                      A.load_jsonl(A.Generation, layout.steering_generations(dataset, layer))]
+        if partial_path.exists():
+            try:
+                old = json.loads(partial_path.read_text())
+                if old.get("fingerprint") == fp:
+                    partial = old
+            except json.JSONDecodeError:
+                pass
+        calibrate = getattr(graders.coherence, "calibrate", None)
+        if not any(g["position"] is None for g in partial["generations"]):
+            unsteered = final_generations(pair, layer=layer, position=None, direction=None, alpha=0.0,
+                                          eta=c.eta_ft, cfg=cfg)
+            partial["generations"] += [g.model_dump() for g in unsteered]
+            write_json(partial_path, partial)
+        if callable(calibrate):
+            if partial.get("calibration_texts") is None:
+                texts = generate(pair, cfg.threshold_prompts, layer=layer, direction=None, alpha=0.0, eta=c.eta_ft,
+                                 n=cfg.search_samples, temperature=cfg.search_temperature,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 99)
+                partial["calibration_texts"] = [t for ts in texts for t in ts]
+                write_json(partial_path, partial)
+            calibrate(partial["calibration_texts"] + [g["text"] for g in partial["generations"]
+                                                      if g["position"] is None])
+            partial["calibration"] = getattr(graders.coherence, "calibration", None)
+        todo = [j for j in pos if str(j) not in partial["thresholds"]]
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"steering layer {layer}", total=len(pos), completed=len(pos) - len(todo))
+            for j in todo:
+                th = find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
+                                    eta=c.eta_ft, cfg=cfg)
+                gens = final_generations(pair, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
+                                         eta=c.eta_ft, cfg=cfg)
+                partial["thresholds"][str(j)] = th.model_dump()
+                partial["generations"] += [g.model_dump() for g in gens]
+                write_json(partial_path, partial)
+                bar.advance(task)
+        done = sorted(set(pos) | {int(j) for j in partial["thresholds"]})
+        res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
+                               thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],
+                               prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
+                               temperature=cfg.final_temperature)
+        gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
+        A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
+        A.save(res, layout.steering(dataset, layer))
+        layout.mark_stage(stage, fp, calibration=partial.get("calibration"))
+        partial_path.unlink(missing_ok=True)
+        results.append(res)
+    return results
