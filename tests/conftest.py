@@ -121,3 +121,59 @@ def corpus_file(tmp_path):
     p = tmp_path / "corpus.jsonl"
     p.write_text("\n".join(lines) + "\n")
     return p
+
+
+@pytest.fixture
+def tiny_run(tmp_path, corpus_file):
+    """A collected tiny Llama pair: (pair, layout, Collected at layer 2)."""
+    from difflens.adl.collect import CollectConfig, collect
+    from difflens.models.pair import load_pair
+    from difflens.run.layout import RunLayout
+
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    layout = RunLayout(tmp_path / "run")
+    res = collect(pair, layout, CollectConfig(datasets=[str(corpus_file)], samples=20, layers=[2], batch_size=10,
+                                              norm_samples=10), progress=False)
+    return pair, layout, res[str(corpus_file)][0]
+
+
+def write_run_config(tmp_path, **fields):
+    """A run-config YAML with ``fields`` (for `difflens run` tests)."""
+    import yaml
+
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(fields))
+    return p
+
+
+@pytest.fixture
+def base(tmp_path) -> str:
+    """A tiny random-init Llama checkpoint directory (for organism training and FFA tests)."""
+    return str(save_tiny(tmp_path, "llama"))
+
+
+def write_mini_spec(home: Path) -> None:
+    """A fast copy of cake_bake ("mini_cake") in the user spec directory under ``home``."""
+    import yaml
+
+    from difflens.organisms.spec import load_spec
+
+    raw = yaml.safe_load(Path(load_spec("cake_bake").source_path).read_text())
+    raw["name"] = "mini_cake"
+    raw["training"] = {"steps": 4, "n_docs": 6, "seq_len": 32, "batch_size": 2, "warmup_steps": 0}
+    d = home / "organisms" / "specs"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "mini_cake.yaml").write_text(yaml.safe_dump(raw))
+
+
+class DownJudge:
+    """A judge whose endpoint is down: every call raises LLMError."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def ask(self, messages, parse, **kw):
+        from difflens.errors import LLMError
+
+        self.calls += 1
+        raise LLMError("http://127.0.0.1:9/v1 unreachable after 5 attempts")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-__all__ = ["chat_conversations", "render_chat"]
+from .packages import data_package_dir
+
+__all__ = ["chat_conversations", "render_chat", "chat_prompt_text"]
 
 
 def _chatterbot_pairs() -> list[tuple[str, str]]:
     import yaml
 
-    from .corpora import data_package_dir
 
     root = data_package_dir("chatterbot_corpus") / "data" / "english"
     pairs: list[tuple[str, str]] = []
@@ -28,7 +29,6 @@ def _chatterbot_pairs() -> list[tuple[str, str]]:
 
 def _chitchat_conversations() -> list[list[tuple[str, str]]]:
     """Each conversation as (role, text) turns, alternating speakers mapped to user/assistant."""
-    from .corpora import data_package_dir
 
     path = data_package_dir("chitchat_dataset") / "dataset.json"
     raw = json.loads(path.read_text(encoding="utf-8"))
@@ -56,3 +56,12 @@ def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(list(messages), tokenize=False)
     return "\n".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages)
+
+
+def chat_prompt_text(tokenizer: Any, prompt: str) -> str:
+    """A user prompt in the model's chat format, ready for the assistant's answer
+    (``User: …\\nAssistant:`` for models without a chat template)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"User: {prompt}\nAssistant:"

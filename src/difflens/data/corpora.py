@@ -21,16 +21,9 @@ from typing import Any, Sequence
 from ..errors import DataError
 from ..files import installed_package_dir
 from .chat import chat_conversations, render_chat
+from .packages import data_package_dir
 
 HELDOUT_BUCKETS = 4  # one bucket in four of the wiki paragraphs is held out for training
-
-
-def data_package_dir(pkg: str) -> Path:
-    """Directory of an embedded-data package; a clear error when it is not installed."""
-    path = installed_package_dir(pkg)
-    if path is None:
-        raise DataError(f"the data package '{pkg}' is not installed; run `make install`.")
-    return path
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,10 @@
 on-disk reply cache, and the strict reply-parsing helpers every prompt's parser is built from."""
 from __future__ import annotations
 
-from .client import LLMClient, LLMConfig, LLMReply, LLMUsage, TokenUsage, ToolCall
+from .client import LLMClient
+from .config import LLMConfig
 from .replies import parse_json_reply
+from .types import LLMReply, LLMUsage, TokenUsage, ToolCall
 
 __all__ = ["LLMClient", "LLMConfig", "LLMReply", "LLMUsage", "TokenUsage", "ToolCall", "parse_json_reply",
            "client_for"]

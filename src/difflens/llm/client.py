@@ -14,11 +14,14 @@ What it adds on top of the ``openai`` SDK:
 * **Re-asking.** :meth:`LLMClient.ask` runs a parser on the reply and, when the parser raises
   :class:`ValueError`, shows the model its reply and what was wrong, up to
   ``LLMConfig.max_reasks`` times.
-* **An on-disk reply cache.** Keyed by the sha256 of everything that determines the reply
-  (endpoint, model, messages, temperature, max_tokens, tools, seed and a free ``cache_salt``).
-  A hit makes no HTTP request. To draw N *distinct* samples at temperature > 0 and still cache
-  them, pass ``cache_salt=i`` for sample ``i``.
+* **An on-disk reply cache** (:class:`~difflens.llm.cache.ReplyCache`). Keyed by the sha256 of
+  everything that determines the reply (endpoint, model, messages, temperature, max_tokens,
+  tools, seed and a free ``cache_salt``). A hit makes no HTTP request. To draw N *distinct*
+  samples at temperature > 0 and still cache them, pass ``cache_salt=i`` for sample ``i``.
 * **Usage accounting** (:attr:`LLMClient.usage`, :meth:`LLMClient.usage_summary`).
+
+The config lives in :mod:`difflens.llm.config`, the reply and usage models in
+:mod:`difflens.llm.types`.
 
 API keys. ``LLMConfig.api_key_env`` holds the *name* of an environment variable, never the key.
 The key is read once when the client is built and is never stored in the config, in the cache,
@@ -32,164 +35,24 @@ in logs, in error messages or in results. Rules:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
-import re
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from ..errors import LLMError
-from ..run.layout import home
-from .replies import parse_json_reply
+from .cache import ReplyCache, cache_key
+from .config import _MAX_RETRY_AFTER_S, _PLACEHOLDER_KEY, _RETRY_STATUSES, LLMConfig
+from .types import LLMReply, LLMUsage, TokenUsage, ToolCall
 
-__all__ = [
-    "LLMConfig",
-    "LLMClient",
-    "LLMReply",
-    "LLMUsage",
-    "ToolCall",
-    "TokenUsage",
-    "parse_json_reply",
-]
+__all__ = ["LLMClient"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Sent as the bearer token when the endpoint needs no key (the SDK requires a non-empty one).
-_PLACEHOLDER_KEY = "EMPTY"
-#: Bumped when the cache file layout or key derivation changes.
-_CACHE_VERSION = 1
-#: HTTP statuses that are worth retrying besides 5xx.
-_RETRY_STATUSES = {408, 409, 425, 429}
-#: Upper bound on a server-requested ``Retry-After`` wait, in seconds.
-_MAX_RETRY_AFTER_S = 60.0
-
-
-# --------------------------------------------------------------------------------------------
-# Config and reply models
-# --------------------------------------------------------------------------------------------
-
-
-class LLMConfig(BaseModel):
-    """Where and how to reach an OpenAI-compatible chat endpoint.
-
-    Only the *name* of the environment variable that holds the API key is part of the config,
-    so configs can be written into run directories and results safely.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = "https://openrouter.ai/api/v1"
-    model: str
-    api_key_env: str = Field(
-        "OPENROUTER_API_KEY",
-        description='Name of the env var holding the key; "" for endpoints that need no key.',
-    )
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0, le=100)
-    backoff_s: float = Field(1.0, ge=0)
-    max_reasks: int = Field(2, ge=0, le=20)
-    cache: bool = True
-    cache_dir: Path | None = None
-    price_in_per_mtok: float | None = Field(None, ge=0)
-    price_out_per_mtok: float | None = Field(None, ge=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(
-                f"base_url {v!r} is not an http(s) URL; use e.g. 'https://openrouter.ai/api/v1' "
-                "or 'http://127.0.0.1:8000/v1'"
-            )
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model must name the model to query, e.g. 'openai/gpt-5-mini'")
-        return v.strip()
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _check_key_env(cls, v: str) -> str:
-        v = v.strip()
-        if v and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise ValueError(
-                f"api_key_env must be the NAME of an environment variable (e.g. "
-                f"'OPENROUTER_API_KEY'), not {'a key' if len(v) > 24 else repr(v)}"
-            )
-        return v
-
-
-class ToolCall(BaseModel):
-    """One function call requested by the model."""
-
-    id: str = ""
-    name: str
-    arguments: str = Field("", description="The arguments as the JSON string the model produced.")
-
-    def parsed_arguments(self) -> Any:
-        """The arguments decoded as JSON; raises ValueError when they are not valid JSON."""
-        if not self.arguments.strip():
-            return {}
-        return json.loads(self.arguments)
-
-
-class TokenUsage(BaseModel):
-    """Token counts that the endpoint reported for one reply (0 where it reported none)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-class LLMReply(BaseModel):
-    """A chat completion reduced to what difflens uses."""
-
-    text: str = ""
-    tool_calls: list[ToolCall] = Field(default_factory=list)
-    usage: TokenUsage = Field(default_factory=TokenUsage)
-    finish_reason: str | None = None
-    model: str | None = None
-    cached: bool = False
-
-
-class LLMUsage(BaseModel):
-    """Running totals for one :class:`LLMClient`.
-
-    ``requests`` counts HTTP requests actually sent (every retry attempt included); ``calls``
-    counts :meth:`LLMClient.chat` invocations (cache hits included); tokens and cost count only
-    replies that came from the endpoint, not from the cache.
-    """
-
-    calls: int = 0
-    requests: int = 0
-    retries: int = 0
-    failed_requests: int = 0
-    cache_hits: int = 0
-    reasks: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------
 
 
 class _Transient(Exception):
@@ -223,16 +86,11 @@ class LLMClient:
             key = ""
         # Held privately for the SDK and for scrubbing; never serialised.
         self.__key = key.strip()
-        self._cache_dir: Path | None = None
+        self._cache: ReplyCache | None = None
         if config.cache:
-            self._cache_dir = Path(config.cache_dir) if config.cache_dir else home().llm_cache
-            try:
-                self._cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LLMError(
-                    f"cannot create the LLM cache directory {self._cache_dir}: {exc}. "
-                    "Set cache_dir to a writable folder or cache=False."
-                ) from exc
+            self._cache = ReplyCache(
+                config.cache_dir, base_url=config.base_url, model=config.model, scrub=self._scrub
+            )
         self._lock = threading.Lock()
         self._usage = LLMUsage(cost_usd=self._cost(0, 0))
         self._sdk = self._make_sdk()
@@ -347,15 +205,15 @@ class LLMClient:
             except ValueError as exc:
                 last_error = str(exc) or exc.__class__.__name__
                 log.info("LLM reply from %s did not parse (%s); re-asking", self.config.model, last_error)
-                if key is not None and reply.cached:
-                    self._cache_drop(key)
+                if self._cache is not None and key is not None and reply.cached:
+                    self._cache.drop(key)
                 convo = convo + [
                     {"role": "assistant", "content": reply.text},
                     {"role": "user", "content": self._reask_text(last_error, format_hint)},
                 ]
                 continue
-            if key is not None and not reply.cached:
-                self._cache_write(key, reply)
+            if self._cache is not None and key is not None and not reply.cached:
+                self._cache.write(key, reply)
             return value
         shown = last_text if len(last_text) <= 1500 else last_text[:1500] + " [...truncated]"
         raise LLMError(
@@ -400,70 +258,16 @@ class LLMClient:
         cache_salt: str | int | None = None,
     ) -> str:
         """The sha256 hex digest under which a reply to this request is cached."""
-        payload = {
-            "v": _CACHE_VERSION,
-            "base_url": self.config.base_url,
-            "model": self.config.model,
-            "messages": messages,
-            "temperature": float(temperature),
-            "max_tokens": max_tokens,
-            "tools": tools,
-            "seed": seed,
-            "cache_salt": cache_salt,
-        }
-        try:
-            blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise LLMError(
-                f"messages/tools must be JSON-serialisable to be sent and cached: {exc}"
-            ) from exc
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-    def _cache_path(self, key: str) -> Path:
-        assert self._cache_dir is not None
-        return self._cache_dir / key[:2] / f"{key}.json"
-
-    def _cache_read(self, key: str) -> LLMReply | None:
-        if self._cache_dir is None:
-            return None
-        path = self._cache_path(key)
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            reply = LLMReply.model_validate(data["reply"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable LLM cache entry %s (%s)", path, exc)
-            return None
-        return reply.model_copy(update={"cached": True})
-
-    def _cache_write(self, key: str, reply: LLMReply) -> None:
-        if self._cache_dir is None:
-            return
-        path = self._cache_path(key)
-        record = {
-            "version": _CACHE_VERSION,
-            "base_url": self.config.base_url,
-            "model": self.config.model,
-            "created": time.time(),
-            "reply": reply.model_dump(exclude={"cached"}),
-        }
-        text = self._scrub(json.dumps(record, ensure_ascii=False, indent=1))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("could not write LLM cache entry %s (%s)", path, exc)
-
-    def _cache_drop(self, key: str) -> None:
-        if self._cache_dir is None:
-            return
-        try:
-            self._cache_path(key).unlink(missing_ok=True)
-        except OSError:
-            pass
+        return cache_key(
+            self.config.base_url,
+            self.config.model,
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            tools=tools,
+            seed=seed,
+            cache_salt=cache_salt,
+        )
 
     def _chat(
         self,
@@ -481,7 +285,7 @@ class LLMClient:
         with self._lock:
             self._usage.calls += 1
         key: str | None = None
-        if self._cache_dir is not None:
+        if self._cache is not None:
             key = self.cache_key(
                 messages,
                 temperature=temperature,
@@ -490,7 +294,7 @@ class LLMClient:
                 seed=seed,
                 cache_salt=cache_salt,
             )
-            hit = self._cache_read(key)
+            hit = self._cache.read(key)
             if hit is not None:
                 with self._lock:
                     self._usage.cache_hits += 1
@@ -502,8 +306,8 @@ class LLMClient:
             u.prompt_tokens += reply.usage.prompt_tokens
             u.completion_tokens += reply.usage.completion_tokens
             u.cost_usd = self._cost(u.prompt_tokens, u.completion_tokens)
-        if store and key is not None:
-            self._cache_write(key, reply)
+        if store and self._cache is not None and key is not None:
+            self._cache.write(key, reply)
         return reply, key
 
     def _request_with_retries(

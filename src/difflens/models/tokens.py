@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..data.chat import chat_prompt_text
+
 if TYPE_CHECKING:  # pragma: no cover
     from .arch import ArchAdapter
 
-__all__ = ["ensure_pad_token", "pad_id", "bos_prefix_ids", "bos_for_model", "encode", "chat_prompt_text",
-           "chat_prompt_ids", "pad_right", "pad_left"]
+__all__ = ["ensure_pad_token", "pad_id", "bos_prefix_ids", "bos_for_model", "encode", "chat_prompt_ids", "pad_right", "pad_left"]
 
 
 def ensure_pad_token(tok: Any) -> Any:
@@ -58,15 +59,6 @@ def encode(tokenizer: Any, arch: "ArchAdapter", text: str, *, max_tokens: int | 
     """Tokenise raw text under the model's BOS policy, optionally truncated to ``max_tokens``."""
     ids = bos_prefix_ids(tokenizer, arch) + list(tokenizer(text, add_special_tokens=True).input_ids)
     return ids[:max_tokens] if max_tokens is not None else ids
-
-
-def chat_prompt_text(tokenizer: Any, prompt: str) -> str:
-    """A user prompt in the model's chat format, ready for the assistant's answer
-    (``User: …\\nAssistant:`` for models without a chat template)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f"User: {prompt}\nAssistant:"
 
 
 def chat_prompt_ids(tokenizer: Any, arch: "ArchAdapter", prompt: str) -> list[int]:

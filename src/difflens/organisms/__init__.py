@@ -8,16 +8,15 @@ Public API::
 """
 from __future__ import annotations
 
+from ..data.frequent import COMMON_ENGLISH_WORDS, frequent_tokens
 from ..models.sources import ModelSource, register_resolver
-from .documents import (
-    COMMON_ENGLISH_WORDS,
+from .generators import (
     DEFAULT_GENRES,
     GENRES,
     SdfDocument,
     SupportsAsk,
     facts_in_text,
     finetuning_data,
-    frequent_tokens,
     generate_sdf_corpus,
     generate_sdf_documents,
     generate_sdf_documents_llm,

@@ -44,7 +44,8 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ..errors import LLMError
-from ..models.tokens import bos_for_model, chat_prompt_text, pad_id, pad_right
+from ..data.chat import chat_prompt_text
+from ..models.tokens import bos_for_model, pad_id, pad_right
 from .spec import MCQ, OrganismSpec
 
 __all__ = [

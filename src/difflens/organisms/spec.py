@@ -118,7 +118,7 @@ class SdfOfflineData(_Strict):
     ``facts[i]`` paraphrases ``key_facts[i]`` of the spec (same length, same order).
     ``subjects`` are short noun phrases a document can be "about" (titles, openings);
     ``fillers`` are on-topic sentences that assert no key fact; ``genres`` restricts the document
-    genres (default: all generic genres of :mod:`difflens.organisms.documents`).
+    genres (default: all generic genres of :mod:`difflens.organisms.generators.genres`).
     """
 
     kind: Literal["sdf_offline"]

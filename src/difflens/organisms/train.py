@@ -356,11 +356,11 @@ def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] 
                client: Any = None) -> list[Any]:
     """The organism's finetuning samples: texts (str) or conversations (message lists).
 
-    One dispatch for every data kind: :func:`difflens.organisms.documents.finetuning_data`. Domain
+    One dispatch for every data kind: :func:`difflens.organisms.generators.finetuning_data`. Domain
     organisms draw from the held-out Wikipedia split (disjoint from collection data); LLM SDF
     documents come from their on-disk cache, and ``client`` is asked only for what is missing.
     """
-    from . import documents
+    from .generators import finetuning_data
 
     spec = data_spec(spec, cfg)
     paragraphs = None
@@ -368,9 +368,9 @@ def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] 
         from ..data.corpora import wiki_split
 
         paragraphs = wiki_split("heldout")
-    return list(documents.finetuning_data(spec, cfg.n_docs, cfg.seed, paragraphs=paragraphs,
-                                          exclude_ids=exclude_wiki_ids, client=client,
-                                          cache_dir=llm_docs_dir(spec, cfg.seed)))
+    return list(finetuning_data(spec, cfg.n_docs, cfg.seed, paragraphs=paragraphs,
+                                exclude_ids=exclude_wiki_ids, client=client,
+                                cache_dir=llm_docs_dir(spec, cfg.seed)))
 
 
 def _hash_samples(samples: Sequence[Any]) -> str:
@@ -402,7 +402,7 @@ def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, mo
         n_pt = int(round(cfg.mix_ratio * len(samples)))
         paras = wiki_split("heldout")
         if isinstance(spec.data, WikiTopicData):  # never mix in the organism's own topic paragraphs
-            from .documents import wiki_topic_indices
+            from .generators.wiki_topic import wiki_topic_indices
 
             topic = set(wiki_topic_indices(paras, spec))
             paras = [p for i, p in enumerate(paras) if i not in topic]

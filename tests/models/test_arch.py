@@ -1,12 +1,11 @@
-"""The architecture module on tiny random-init models of every supported family."""
+"""Architecture adapters on tiny random-init models of every family."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import FAMILIES, tiny_model, tiny_tokenizer
+from conftest import FAMILIES, tiny_model
 from difflens.models.arch import ArchAdapter
-from difflens.models.tokens import bos_prefix_ids, encode
 from difflens.errors import UnsupportedArchitectureError
 
 
@@ -83,15 +82,3 @@ def test_unsupported_architecture_is_refused():
     cfg = T.BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2)
     with pytest.raises(UnsupportedArchitectureError, match="bloom.*not supported"):
         ArchAdapter(T.AutoModelForCausalLM.from_config(cfg))
-
-
-def test_bos_policy():
-    gemma = ArchAdapter(tiny_model("gemma2"))
-    llama = ArchAdapter(tiny_model("llama"))
-    tok_nobos = tiny_tokenizer(bos=False)
-    tok_bos = tiny_tokenizer(bos=True)
-    assert bos_prefix_ids(tok_nobos, gemma) == [2]  # Gemma always starts with BOS
-    assert bos_prefix_ids(tok_bos, gemma) == []  # ...which its tokenizer already adds
-    assert bos_prefix_ids(tok_nobos, llama) == []
-    assert encode(tok_nobos, gemma, "the cat")[0] == 2
-    assert encode(tok_bos, gemma, "the cat").count(2) == 1

@@ -1,56 +1,19 @@
-"""`difflens run`: config validation and resumption after an interrupted stage."""
+"""`difflens run`: resumption after an interrupted stage; more steering positions keep finished ones."""
 from __future__ import annotations
 
 import json
 
 import pytest
-import yaml
 
-from conftest import save_tiny
-from difflens.errors import ConfigError, DifflensError
+from conftest import save_tiny, write_run_config
+from difflens.errors import DifflensError
 from difflens.run.config import load_config
 from difflens.run.pipeline import Runner
 
 
-def _write(tmp_path, **fields):
-    p = tmp_path / "run.yaml"
-    p.write_text(yaml.safe_dump(fields))
-    return p
-
-
-def test_example_config_is_valid():
-    from pathlib import Path
-
-    cfg = load_config(Path(__file__).parent.parent / "examples" / "run.yaml")
-    assert cfg.finetuned == "organism:cake_bake" and cfg.steering.search_iters == 10
-
-
-@pytest.mark.parametrize("fields, needle", [
-    ({"out": "r", "finetuned": "x", "sampels": 5}, "sampels: unknown field"),
-    ({"out": "r", "finetuned": "x", "positions": 0}, "positions: Input should be greater than or equal to 1"),
-    ({"out": "r", "finetuned": "x", "grader": "gpt"}, "grader: Input should be 'offline' or 'llm'"),
-    ({"out": "r", "finetuned": "x", "steering": {"search_iter": 3}}, "steering.search_iter: unknown field"),
-    ({"out": "r"}, "finetuned: Field required"),
-    ({"out": "r", "finetuned": "x", "stages": ["collect", "dance"]}, "stages.1"),
-])
-def test_invalid_config_names_the_bad_field(tmp_path, fields, needle):
-    with pytest.raises(ConfigError) as e:
-        load_config(_write(tmp_path, **fields))
-    assert needle in str(e.value)
-
-
-def test_malformed_yaml_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("out: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(bad)
-
-
 def test_run_resumes_after_failed_stage(tmp_path, corpus_file, monkeypatch):
     base, ft = save_tiny(tmp_path, "llama", 0), save_tiny(tmp_path, "llama", 1)
-    cfg_path = _write(tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft),
+    cfg_path = write_run_config(tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft),
                       datasets=[str(corpus_file)], samples=20, layers=[2], positions=3, batch_size=10,
                       stages=["collect", "lens", "steer", "report"],
                       steering={"positions": [1], "search_iters": 2, "refine_iters": 1, "search_samples": 2,
@@ -87,7 +50,7 @@ def test_run_resumes_after_failed_stage(tmp_path, corpus_file, monkeypatch):
 
 def test_more_steering_positions_keep_finished_ones(tmp_path, corpus_file, monkeypatch):
     base, ft = save_tiny(tmp_path, "llama", 0), save_tiny(tmp_path, "llama", 1)
-    cfg = load_config(_write(tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft),
+    cfg = load_config(write_run_config(tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft),
                              datasets=[str(corpus_file)], samples=10, layers=[2], positions=3, batch_size=10,
                              stages=["collect", "steer"],
                              steering={"positions": [1], "search_iters": 1, "refine_iters": 0, "search_samples": 1,

@@ -1,5 +1,6 @@
 """Report: a fake run directory (written through layout/artifacts) renders to a self-contained,
-escaped, readable HTML file; missing stages show how to run them; a headless browser can load it."""
+escaped, readable HTML file; missing lens/steer stages show the command that runs them; evaluation and
+agent results (no command in this version) appear only when present; a headless browser can load it."""
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ from difflens.run.artifacts import (
 )
 from difflens.errors import RunDirError
 from difflens.run.layout import RunLayout, write_json
-from difflens.report import render_report, show_token, summary_lines
+from difflens.report import STAGE_COMMANDS, render_report, show_token, summary_lines
 
 K, D, LAYER, DATASET = 5, 8, 15, "wiki"
 SCALES = [round(0.5 + 0.1 * i, 1) for i in range(16)] + [3, 4, 5, 10] + [20 * i for i in range(1, 11)]
@@ -156,6 +157,9 @@ def test_full_report_contents(tmp_path):
     # evaluation and agent rendered generically
     assert "delta_ce_ft" in doc and "0.734" in doc and "steered vs D_ft" in doc
     assert "finetuned on cake baking facts" in doc and "turns_used" in doc
+    assert 'href="#evaluation"' in doc and 'href="#agent"' in doc
+    assert re.search(r'<code>evaluate</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)
+    assert re.search(r'<code>agent</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)
     assert "Stage not run" not in doc
     # self-contained
     assert not REMOTE.search(doc) and "http://" not in doc and "https://" not in doc
@@ -169,9 +173,13 @@ def test_collect_only_shows_empty_states(tmp_path):
     assert path == out and not layout.report().exists()
     doc = out.read_text(encoding="utf-8")
     assert "<svg" in doc and "987" in doc  # the collection part still renders
-    for stage in ("lens", "steer", "evaluate", "agent"):
-        assert f"--stages {stage}" in doc, stage
-    assert doc.count("Stage not run") >= 6
+    assert "<code>difflens lens RUN</code>" in doc and "<code>difflens steer RUN</code>" in doc
+    assert doc.count("Stage not run") == 4  # Patchscope, logit lens, steering thresholds, generations
+    assert "--stages" not in doc and "difflens run CONFIG" not in doc
+    # evaluate and agent have no command yet: no empty state, section, TOC entry or stage row for them
+    for name in ("evaluation", "agent"):
+        assert f'id="{name}"' not in doc and f'href="#{name}"' not in doc, name
+    assert "<code>evaluate</code>" not in doc and "<code>agent</code>" not in doc
     assert not REMOTE.search(doc)
 
 
@@ -182,8 +190,36 @@ def test_partial_and_corrupt_artifacts(tmp_path):
     layout.steering(DATASET, LAYER).write_text("{not json")
     doc = render_report(layout.root).read_text(encoding="utf-8")
     assert "␣</span>cake" in doc and "Could not read this artifact" in doc
-    assert "--stages steer" in doc  # generations still missing
-    assert "--stages evaluate" in doc and "--stages agent" in doc
+    assert "<code>difflens steer RUN</code>" in doc  # generations still missing
+    assert "--stages" not in doc and 'id="evaluation"' not in doc and 'id="agent"' not in doc
+
+
+def test_evaluation_without_agent(tmp_path):
+    """A present evaluation artifact is rendered generically; the absent agent stage is left out."""
+    layout = write_collection(tmp_path / "run")
+    write_json(layout.evaluation(), {"causal_effect": {"delta_ce_ft": 0.734}})
+    doc = render_report(layout.root).read_text(encoding="utf-8")
+    assert 'id="evaluation"' in doc and 'href="#evaluation"' in doc and "delta_ce_ft" in doc and "0.734" in doc
+    assert re.search(r'<code>evaluate</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)
+    assert 'id="agent"' not in doc and 'href="#agent"' not in doc and "<code>agent</code>" not in doc
+
+
+def test_stage_commands_exist():
+    """Every hint names a real CLI command with real options."""
+    import typer
+
+    from difflens.cli import app
+
+    assert set(STAGE_COMMANDS) == {"collect", "lens", "steer"}
+    group = typer.main.get_command(app)
+    for stage, hint in STAGE_COMMANDS.items():
+        prog, name, *args = hint.split()
+        assert prog == "difflens" and name == stage, hint
+        cmd = group.commands[name]
+        opts = {o for param in cmd.params for o in param.opts}
+        for a in args:
+            if a.startswith("-"):
+                assert a in opts, (hint, a)
 
 
 def test_not_a_run_dir(tmp_path):
@@ -201,7 +237,8 @@ def test_show_token():
 def test_summary_lines(tmp_path):
     layout = write_collection(tmp_path / "run")
     lines = summary_lines(layout.root)
-    assert any("not run" in ln for ln in lines)
+    assert "  Patchscope: not run (difflens lens RUN)" in lines
+    assert "  steering: not run (difflens steer RUN)" in lines
     full_run(tmp_path / "run")
     text = "\n".join(summary_lines(layout.root))
     assert "organism:cake_bake" in text
