@@ -10,6 +10,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from llm_server import llm_env, server  # noqa: E402,F401  (fixtures for the LLM tests)
+
 WORDS = ("the a an of to in and is was for on with as by at from it that this be are were cake bake oven "
          "butter sugar flour water cat dog sat mat ran city river music song king war year people world "
          "one two three four five six seven eight nine ten red blue green hello man bear target anna "

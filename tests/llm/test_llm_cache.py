@@ -3,25 +3,16 @@ server (see llm_server.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from llm_server import MSGS, SECRET, ScriptedServer, llm_env, make_client, serving
+from llm_server import MSGS, SECRET, make_client
 
 from difflens.errors import LLMError
 from difflens.llm import LLMReply, TokenUsage
 from difflens.llm.cache import ReplyCache, cache_key
 
 
-@pytest.fixture()
-def server() -> Iterator[ScriptedServer]:
-    yield from serving()
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    llm_env(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("llm_env")
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from llm_server import KEY_ENV, MSGS, SECRET, ScriptedServer, completion, free_port, llm_env, make_client, serving
+from llm_server import KEY_ENV, MSGS, SECRET, completion, free_port, make_client
 
 from difflens.errors import LLMError
 from difflens.llm import LLMClient, LLMConfig, LLMReply
 
 
-@pytest.fixture()
-def server() -> Iterator[ScriptedServer]:
-    yield from serving()
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    llm_env(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("llm_env")
 
 
 # --------------------------------------------------------------------------------------------

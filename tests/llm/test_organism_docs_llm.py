@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from llm_server import KEY_ENV, ScriptedServer, llm_env, serving
+from llm_server import KEY_ENV
 
 
-@pytest.fixture()
-def server() -> Iterator[ScriptedServer]:
-    yield from serving()
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    llm_env(monkeypatch, tmp_path)
+pytestmark = pytest.mark.usefixtures("llm_env")
 
 
 def test_organism_docs_llm_generator_through_an_endpoint(server, tmp_path, monkeypatch):

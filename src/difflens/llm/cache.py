@@ -96,27 +96,9 @@ class ReplyCache:
     def __repr__(self) -> str:
         return f"ReplyCache({str(self.directory)!r}, base_url={self.base_url!r}, model={self.model!r})"
 
-    def key(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        seed: int | None = None,
-        cache_salt: str | int | None = None,
-    ) -> str:
-        """:func:`cache_key` for this cache's endpoint and model."""
-        return cache_key(
-            self.base_url,
-            self.model,
-            messages,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            tools=tools,
-            seed=seed,
-            cache_salt=cache_salt,
-        )
+    def key(self, messages: list[dict[str, Any]], **request: Any) -> str:
+        """:func:`cache_key` for this cache's endpoint and model (``request``: its keyword arguments)."""
+        return cache_key(self.base_url, self.model, messages, **request)
 
     def path(self, key: str) -> Path:
         """The file that holds (or would hold) the reply cached under ``key``."""

@@ -247,27 +247,10 @@ class LLMClient:
             text = text.replace(self.__key, "***")
         return text
 
-    def cache_key(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        seed: int | None = None,
-        cache_salt: str | int | None = None,
-    ) -> str:
-        """The sha256 hex digest under which a reply to this request is cached."""
-        return cache_key(
-            self.config.base_url,
-            self.config.model,
-            messages,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            tools=tools,
-            seed=seed,
-            cache_salt=cache_salt,
-        )
+    def cache_key(self, messages: list[dict[str, Any]], **request: Any) -> str:
+        """The sha256 hex digest under which a reply to this request is cached (see
+        :func:`difflens.llm.cache.cache_key` for the request's keyword arguments)."""
+        return cache_key(self.config.base_url, self.config.model, messages, **request)
 
     def _chat(
         self,

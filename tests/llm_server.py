@@ -24,7 +24,7 @@ import pytest
 
 from difflens.llm import LLMClient, LLMConfig
 
-__all__ = ["SECRET", "KEY_ENV", "MSGS", "completion", "ScriptedServer", "serving", "llm_env",
+__all__ = ["SECRET", "KEY_ENV", "MSGS", "completion", "ScriptedServer", "server", "llm_env",
            "make_client", "free_port"]
 
 SECRET = "sk-test-DO-NOT-LEAK-4b1f9e7c"
@@ -135,15 +135,18 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
-def serving() -> Iterator[ScriptedServer]:
-    """Body of each test module's ``server`` fixture: a fresh server, closed afterwards."""
+@pytest.fixture()
+def server() -> Iterator[ScriptedServer]:
+    """A fresh scripted loopback server, closed afterwards."""
     s = ScriptedServer()
     yield s
     s.close()
 
 
+@pytest.fixture()
 def llm_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Body of each test module's autouse ``_env`` fixture."""
+    """The API key in its variable, an isolated DIFFLENS_HOME, and no proxy for loopback traffic
+    (test modules use it with ``pytestmark = pytest.mark.usefixtures("llm_env")``)."""
     monkeypatch.setenv(KEY_ENV, SECRET)
     monkeypatch.setenv("DIFFLENS_HOME", str(tmp_path / "home"))
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
