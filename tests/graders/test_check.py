@@ -98,4 +98,4 @@ def test_cli_json_and_bad_kind(tmp_path):
     res = CliRunner().invoke(app, ["graders", "check", "vibes", str(p)])
     assert res.exit_code == 2 and "unknown grader kind" in res.output
     res = CliRunner().invoke(app, ["graders", "check", "coherence", str(tmp_path / "none.jsonl")])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
