@@ -51,3 +51,49 @@ def test_intersection_and_ranking_hand_made():
     idx, vals = intersect_rank(probs, top=5, keep=3)
     assert idx == [1, 0, 2]  # everything kept, ranked by mean probability
     assert vals == sorted(vals, reverse=True)
+
+
+def test_random_control_has_delta_norm_and_is_deterministic(tiny_run):
+    _, _, c = tiny_run
+    r = c.vectors("random")
+    assert torch.allclose(r.norm(dim=-1), c.delta.norm(dim=-1), rtol=1e-5)
+    assert torch.equal(r, c.vectors("random"))
+    cos = torch.nn.functional.cosine_similarity(r, c.delta, dim=-1)
+    assert cos.abs().max() < 0.9  # a different direction
+
+
+def test_patchscope_through_the_base_model_patches_the_base(tiny_run):
+    pair, _, c = tiny_run
+    v = c.delta[2]
+    via_base = patched_next_token_probs(pair, 2, v, [1.0], c.eta_base, side="base")
+    via_ft = patched_next_token_probs(pair, 2, v, [1.0], c.eta_base, side="ft")
+    assert not torch.allclose(via_base, via_ft)  # two different models read the same vector
+    # the base side equals patching the base model by hand
+    from difflens.adl.interventions import replace_rows
+    from difflens.adl.patchscope import _encode_prompts
+
+    enc = _encode_prompts(pair, IDENTITY_PROMPTS[:1])
+    ids = torch.tensor(enc)
+    val = (c.eta_base * v / v.norm())[None]
+    with pair.base() as m, pair.arch_of("base").edit_layer(2, replace_rows(torch.tensor([ids.shape[1] - 1]), val)):
+        manual = m(input_ids=ids).logits[0, -1].float().softmax(-1)
+    assert torch.allclose(via_base[0, 0], manual, atol=1e-5)
+
+
+def test_lens_stores_controls_and_unpatched(tiny_run):
+    from difflens.adl.patchscope import patchscope, unpatched_tokens
+    from difflens.graders import OfflineScaleGrader
+
+    pair, _, c = tiny_run
+    res = patchscope(pair, c, [1], OfflineScaleGrader(), progress=False)
+    assert {e.source for e in res.entries} == {"delta", "base", "ft", "delta_via_base", "random"}
+    assert res.eta_base == c.eta_base and res.unpatched == unpatched_tokens(pair)
+    # unpatched = the finetuned model's own next tokens, each prompt run alone (no padding), ranked alike
+    from difflens.adl.patchscope import _encode_prompts
+
+    with pair.ft() as m:
+        probs = torch.stack([m(input_ids=torch.tensor([e])).logits[0, -1].float().softmax(-1)
+                             for e in _encode_prompts(pair, IDENTITY_PROMPTS)])
+    idx, vals = intersect_rank(probs)
+    assert [t.token_id for t in res.unpatched] == idx
+    assert [t.prob for t in res.unpatched] == pytest.approx(vals, rel=1e-4)

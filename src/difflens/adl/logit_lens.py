@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from ..models.pair import ModelPair
-from ..run.artifacts import SOURCES, LogitLensEntry, LogitLensResult, TokenProb
+from ..run.artifacts import SOURCES, LogitLensEntry, LogitLensResult, Source, TokenProb
 from .collect import Collected
 
 __all__ = ["logit_lens", "top_tokens", "decode_tokens"]
@@ -28,12 +28,16 @@ def top_tokens(tokenizer: Any, probs: torch.Tensor, k: int) -> list[TokenProb]:
 
 
 @torch.no_grad()
-def logit_lens(pair: ModelPair, c: Collected, positions: Sequence[int], *, k: int = 20) -> LogitLensResult:
-    """Top tokens of the logit lens for +v and −v, v ∈ {δ̄_j, h̄_base_j, h̄_ft_j}."""
+def logit_lens(pair: ModelPair, c: Collected, positions: Sequence[int], *, k: int = 20,
+               sources: Sequence[Source] = (*SOURCES, "random")) -> LogitLensResult:
+    """Top tokens of the logit lens for +v and −v, v ∈ {δ̄_j, h̄_base_j, h̄_ft_j} and the control
+    ``random`` (a random vector of δ̄_j's norm)."""
     entries = []
     with pair.ft():
         arch = pair.ft_arch
-        for source in SOURCES:
+        for source in sources:
+            if source == "delta_via_base":
+                raise ValueError("the logit lens reads through the finetuned model only")
             v = c.vectors(source)[list(positions)].to(pair.device)
             pos_probs = arch.unembed(v).softmax(-1).cpu()
             neg_probs = arch.unembed(-v).softmax(-1).cpu()

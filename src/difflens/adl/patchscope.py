@@ -16,7 +16,7 @@ from rich.progress import Progress
 from ..graders.scale import ScaleGrader, tournament
 from ..models.pair import ModelPair
 from ..models.tokens import encode, pad_id, pad_right
-from ..run.artifacts import SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
+from ..run.artifacts import CONTROLS, SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
 from .collect import Collected
 from .interventions import replace_rows
 from .logit_lens import decode_tokens
@@ -42,9 +42,10 @@ def _encode_prompts(pair: ModelPair, prompts: Sequence[str]) -> list[list[int]]:
 
 @torch.no_grad()
 def patched_next_token_probs(pair: ModelPair, layer: int, vector: torch.Tensor, scales: Sequence[float],
-                             eta: float, prompts: Sequence[str] = IDENTITY_PROMPTS) -> torch.Tensor:
-    """Next-token distributions [S, P, V] of the finetuned model with the last token's layer output
-    replaced by ``scale · eta · v̂`` (one batched forward over all scales × prompts, right padding)."""
+                             eta: float, prompts: Sequence[str] = IDENTITY_PROMPTS, *, side: str = "ft") -> torch.Tensor:
+    """Next-token distributions [S, P, V] of the finetuned (``side="ft"``) or base model with the last
+    token's layer output replaced by ``scale · eta · v̂`` (one batched forward over all scales ×
+    prompts, right padding)."""
     enc = _encode_prompts(pair, prompts)
     S, P = len(scales), len(prompts)
     rows = [(s, p) for s in range(S) for p in range(P)]
@@ -53,7 +54,7 @@ def patched_next_token_probs(pair: ModelPair, layer: int, vector: torch.Tensor, 
     unit = vector.float() / (vector.float().norm() + 1e-12)
     lam = torch.tensor([scales[s] for s, _ in rows], dtype=torch.float32)
     values = lam[:, None] * eta * unit.cpu()[None, :]
-    with pair.ft() as model, pair.ft_arch.edit_layer(layer, replace_rows(last, values)):
+    with pair.side(side) as model, pair.arch_of(side).edit_layer(layer, replace_rows(last, values)):
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     final = logits[torch.arange(len(rows), device=logits.device), last.to(logits.device)].float()
     return final.softmax(-1).view(S, P, -1).cpu()
@@ -75,9 +76,25 @@ def intersect_rank(probs: torch.Tensor, top: int = INTERSECT_TOP, keep: int = KE
     return idx.tolist(), vals.tolist()
 
 
+@torch.no_grad()
+def unpatched_tokens(pair: ModelPair, prompts: Sequence[str] = IDENTITY_PROMPTS, *, keep: int = KEEP_TOP
+                     ) -> list[TokenProb]:
+    """The control with nothing patched: the finetuned model's own next tokens on the identity
+    prompts, intersected and ranked like Patchscope's."""
+    enc = _encode_prompts(pair, prompts)
+    ids, mask = pad_right(enc, pad_id(pair.tokenizer), pair.device)
+    last = torch.tensor([len(e) - 1 for e in enc], dtype=torch.long)
+    with pair.ft() as model:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    probs = logits[torch.arange(len(enc)), last.to(logits.device)].float().softmax(-1).cpu()
+    idx, vals = intersect_rank(probs, keep=keep)
+    return [TokenProb(token=t, token_id=i, prob=v) for t, i, v in zip(decode_tokens(pair.tokenizer, idx), idx, vals)]
+
+
 def patchscope_vector(pair: ModelPair, layer: int, vector: torch.Tensor, eta: float, grader: ScaleGrader, *,
-                      source: Source, position: int, scales: Sequence[float] = SCALES) -> PatchscopeEntry:
-    probs = patched_next_token_probs(pair, layer, vector, scales, eta)
+                      source: Source, position: int, scales: Sequence[float] = SCALES,
+                      side: str = "ft") -> PatchscopeEntry:
+    probs = patched_next_token_probs(pair, layer, vector, scales, eta, side=side)
     per_scale = []
     candidates: dict[float, list[str]] = {}
     for si, s in enumerate(scales):
@@ -92,15 +109,23 @@ def patchscope_vector(pair: ModelPair, layer: int, vector: torch.Tensor, eta: fl
 
 
 def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: ScaleGrader, *,
-               sources: Sequence[Source] = SOURCES, progress: bool = True) -> PatchscopeResult:
-    """Patchscope for every source × position, each at the grader's chosen scale."""
+               sources: Sequence[Source] = (*SOURCES, *CONTROLS), progress: bool = True) -> PatchscopeResult:
+    """Patchscope for every source × position, each at the grader's chosen scale.
+
+    Besides δ̄ and the baselines h̄_base, h̄_ft, the default ``sources`` include the controls a reader
+    needs to tell what is specific to the difference: ``delta_via_base`` (δ̄ patched into the *base*
+    model, scaled by η_base) and ``random`` (a random vector of δ̄'s norm); the unpatched identity
+    prompt's own tokens are stored as ``unpatched``.
+    """
     entries = []
     jobs = [(s, j) for s in sources for j in positions]
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"patchscope layer {c.layer}", total=len(jobs))
         for source, j in jobs:
             v = c.vectors(source)[j]
-            entries.append(patchscope_vector(pair, c.layer, v, c.eta_ft, grader, source=source, position=j))
+            via_base = source == "delta_via_base"
+            entries.append(patchscope_vector(pair, c.layer, v, c.eta_base if via_base else c.eta_ft, grader,
+                                             source=source, position=j, side="base" if via_base else "ft"))
             bar.advance(task)
     return PatchscopeResult(dataset=c.dataset, layer=c.layer, prompts=list(IDENTITY_PROMPTS), eta_ft=c.eta_ft,
-                            entries=entries)
+                            eta_base=c.eta_base, entries=entries, unpatched=unpatched_tokens(pair))

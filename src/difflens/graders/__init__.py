@@ -19,7 +19,7 @@ from .coherence import CoherenceGrader, LLMCoherence, OfflineCoherence
 from .relevance import LLMRelevance, OfflineRelevance, RelevanceGrader
 from .scale import LLMScaleGrader, OfflineScaleGrader, ScaleGrader, tournament
 
-__all__ = ["Graders", "make_graders", "graders_for", "CoherenceGrader", "OfflineCoherence", "LLMCoherence",
+__all__ = ["Graders", "make_graders", "graders_for", "grader_identity", "CoherenceGrader", "OfflineCoherence", "LLMCoherence",
            "ScaleGrader", "OfflineScaleGrader", "LLMScaleGrader", "tournament", "RelevanceGrader",
            "OfflineRelevance", "LLMRelevance"]
 
@@ -52,3 +52,12 @@ def graders_for(pair: Any, backend: str, llm: Any = None) -> Graders:
     if backend == "offline":
         return make_graders("offline", model=pair.ft_lm.model, tokenizer=pair.tokenizer)
     return make_graders(backend, client=llm)
+
+
+def grader_identity(grader: Any) -> dict[str, Any]:
+    """Everything that changes a grader's verdicts (backend, models, embedder, thresholds; never an
+    API key) — part of every stage fingerprint, so a changed grader recomputes what it judged."""
+    ident = getattr(grader, "identity", None)
+    if callable(ident):
+        return {"class": type(grader).__name__, **ident()}
+    return {"class": type(grader).__name__, "name": getattr(grader, "name", "?")}

@@ -24,7 +24,11 @@ from .gather import STAGE_COMMANDS, Norms, Slice, gather
 from .style import CSS
 from .text import WS_MARKS, esc, fmt, fmt_scale, show_token
 
-SOURCE_LABEL = {"delta": "δ̄", "base": "h̄<sub>base</sub>", "ft": "h̄<sub>ft</sub>"}
+SOURCE_LABEL = {"delta": "δ̄", "base": "h̄<sub>base</sub>", "ft": "h̄<sub>ft</sub>",
+                "delta_via_base": "δ̄ through the base model <span class='ctl'>control</span>",
+                "random": "random vector, ‖δ̄‖ <span class='ctl'>control</span>"}
+#: Column order: δ̄, then its controls beside it, then the baselines.
+COLUMN_ORDER = ("delta", "delta_via_base", "random", "base", "ft")
 PATCHSCOPE_TOP = 20
 LENS_TOP = 10
 
@@ -223,18 +227,22 @@ def _patch_cell(e: PatchscopeEntry) -> str:
 
 
 def _source_grid(res: Any, cell: Callable[[Any], str]) -> str:
-    """A positions × (δ̄, h̄_base, h̄_ft) table of one lens result, each cell rendered by ``cell``."""
+    """A positions × sources table of one lens result (δ̄, its controls where computed, h̄_base, h̄_ft),
+    each cell rendered by ``cell``."""
+    present = {e.source for e in res.entries}
+    columns = [src for src in COLUMN_ORDER if src in SOURCES or src in present]
     rows = []
     for j in sorted({e.position for e in res.entries}):
         cells = [f'<td class="pos">j = {j}</td>']
-        for src in SOURCES:
+        for src in columns:
             try:
                 cells.append(f"<td>{cell(res.get(src, j))}</td>")
             except KeyError:
                 cells.append('<td><span class="muted">—</span></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{SOURCE_LABEL[src]}</th>" for src in SOURCES)
-    return f'<table class="grid3"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    head = "".join(f"<th>{SOURCE_LABEL[src]}</th>" for src in columns)
+    return (f'<table class="grid3 cols{len(columns)}"><thead><tr><th></th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 def _patchscope_block(s: Slice) -> str:
@@ -251,7 +259,19 @@ def _patchscope_block(s: Slice) -> str:
             f'<span class="chip dim inline"><span class="tok">dimmed</span></span> ones were not. Bars: probability '
             f'relative to the top token; hover for exact values.</p>'
             f'<details class="prompts"><summary>identity prompts ({len(res.prompts)})</summary><ul>{prompts}</ul></details>'
-            + _source_grid(res, _patch_cell))
+            + _controls_note(res) + _source_grid(res, _patch_cell))
+
+
+def _controls_note(res: PatchscopeResult) -> str:
+    """What the controls are, and the unpatched prompt's own tokens (the floor every column sits on)."""
+    if not res.unpatched and not any(e.source in ("delta_via_base", "random") for e in res.entries):
+        return ""
+    unpatched = (f'<div class="lensrow"><span class="plabel">unpatched</span>{_chips(res.unpatched[:PATCHSCOPE_TOP])}'
+                 f'</div>' if res.unpatched else "")
+    return ('<div class="controls"><p class="muted small"><b>Controls.</b> Tokens that also appear for a random '
+            'vector, for δ̄ read through the base model, or with nothing patched are not evidence about the '
+            'finetuning: the finetuned model produces them anyway. Only what δ̄ shows beyond its controls is '
+            'specific to the difference.</p>' + unpatched + '</div>')
 
 
 def _lens_cell(pos: Sequence[TokenProb], neg: Sequence[TokenProb]) -> str:
@@ -313,11 +333,14 @@ def _steer_gen_block(s: Slice) -> str:
     prompts: list[str] = []
     unsteered: dict[str, list[Generation]] = defaultdict(list)
     steered: dict[int, dict[str, list[Generation]]] = defaultdict(lambda: defaultdict(list))
+    control: dict[int, dict[str, list[Generation]]] = defaultdict(lambda: defaultdict(list))
     for g in gens:
         if g.prompt not in prompts:
             prompts.append(g.prompt)
         if g.position is None:
             unsteered[g.prompt].append(g)
+        elif g.control:
+            control[g.position][g.prompt].append(g)
         else:
             steered[g.position][g.prompt].append(g)
     out = []
@@ -328,6 +351,7 @@ def _steer_gen_block(s: Slice) -> str:
         positions_iter = list(positions)
     for k, j in enumerate(positions_iter):
         by_prompt = steered[j] if j is not None else {}
+        by_prompt_ctl = control[j] if j is not None and j in control else {}
         alphas = sorted({g.alpha for p in by_prompt.values() for g in p})
         alpha_txt = ", ".join(fmt(a, 3) for a in alphas) or "—"
         label = f"Steering with δ̄ of position j = {j} · α = {alpha_txt}" if j is not None else "Unsteered samples"
@@ -335,20 +359,26 @@ def _steer_gen_block(s: Slice) -> str:
         for p in prompts:
             un = sorted(unsteered.get(p, []), key=lambda g: g.sample)
             st = sorted(by_prompt.get(p, []), key=lambda g: g.sample)
-            n = max(len(un), len(st))
+            ct = sorted(by_prompt_ctl.get(p, []), key=lambda g: g.sample)
+            n = max(len(un), len(st), len(ct))
             rows = []
             for i in range(n):
                 u = f'<div class="gen">{esc(un[i].text)}</div>' if i < len(un) else '<span class="muted">—</span>'
                 v = f'<div class="gen steered">{esc(st[i].text)}</div>' if i < len(st) else '<span class="muted">—</span>'
-                rows.append(f"<tr><td>{u}</td><td>{v}</td></tr>")
+                c = ((f'<td><div class="gen control">{esc(ct[i].text)}</div></td>' if i < len(ct)
+                      else '<td><span class="muted">—</span></td>') if by_prompt_ctl else "")
+                rows.append(f"<tr><td>{u}</td><td>{v}</td>{c}</tr>")
+            ctl_head = "<th>random direction, same α·η <span class='ctl'>control</span></th>" if by_prompt_ctl else ""
             cards.append(f'<div class="prompt"><div class="ptext"><span class="plabel">prompt</span> {esc(p)}</div>'
-                         f'<table class="sbs"><thead><tr><th>unsteered</th><th>steered (j = {esc(j)})</th></tr></thead>'
-                         f'<tbody>{"".join(rows)}</tbody></table></div>')
+                         f'<table class="sbs"><thead><tr><th>unsteered</th><th>steered (j = {esc(j)})</th>{ctl_head}'
+                         f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
         opened = " open" if k == 0 else ""
         out.append(f'<details class="steerpos"{opened}><summary>{esc(label)} '
                    f'<span class="muted small">({len(prompts)} prompts)</span></summary>{"".join(cards)}</details>')
-    return ('<p class="muted small">Finetuned model with and without steering, samples side by side. '
-            'One block per steered position; click to expand.</p>' + "".join(out))
+    return ('<p class="muted small">Finetuned model with and without steering, samples side by side; where '
+            'computed, the control steers along a random direction with the same strength α·η — what any '
+            'push of that size does, without δ̄. One block per steered position; click to expand.</p>'
+            + "".join(out))
 
 
 def _slice_section(s: Slice) -> str:

@@ -105,4 +105,8 @@ ol{margin:2px 0;padding-left:22px}
 footer{margin-top:40px;color:var(--muted);font-size:12px}
 @media (max-width:900px){.layout{grid-template-columns:1fr}nav.toc{position:static;height:auto;border:0}}
 @media print{nav.toc{display:none}.layout{display:block}details{display:block}}
+.ctl { font-size: 10px; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; color: #6b5b95;
+       background: #efeaf8; border-radius: 3px; padding: 0 4px; margin-left: 4px; white-space: nowrap; }
+.controls { border-left: 3px solid #d9cff0; padding: 2px 10px; margin: 8px 0 12px; }
+.gen.control { background: #f6f3fb; }
 """

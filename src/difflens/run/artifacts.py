@@ -9,8 +9,11 @@ from pydantic import BaseModel
 from ..errors import RunDirError
 from ..files import atomic_write_text
 
-Source = Literal["delta", "base", "ft"]  # δ̄_j, h̄_base_j, h̄_ft_j
+# δ̄_j, h̄_base_j, h̄_ft_j, and the controls read beside them: δ̄_j read through the *base* model
+# (Patchscope) and a random vector of δ̄_j's norm (seeded per layer and position).
+Source = Literal["delta", "base", "ft", "delta_via_base", "random"]
 SOURCES: tuple[Source, ...] = ("delta", "base", "ft")
+CONTROLS: tuple[Source, ...] = ("delta_via_base", "random")
 
 
 E = TypeVar("E")
@@ -80,6 +83,8 @@ class PatchscopeResult(BaseModel):
     prompts: list[str]
     eta_ft: float
     entries: list[PatchscopeEntry]
+    eta_base: float | None = None  # the scale unit of the `delta_via_base` control
+    unpatched: list[TokenProb] = []  # the finetuned model on the identity prompts, nothing patched (control)
 
     def get(self, source: Source, position: int) -> PatchscopeEntry:
         return _entry(self.entries, source, position)
@@ -110,6 +115,7 @@ class Generation(BaseModel):
     alpha: float
     sample: int
     text: str
+    control: str | None = None  # "random": a random direction at the same α·η as δ̄ at `position`
 
 
 class SteeringResult(BaseModel):

@@ -16,7 +16,7 @@ from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import patchscope
 from ..adl.steering import SteeringConfig, final_generations, find_threshold, generate
 from ..errors import ConfigError, RunDirError
-from ..graders import Graders
+from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, load_pair
 from . import artifacts as A
 from .layout import RunLayout, fingerprint, read_json, write_json
@@ -25,6 +25,7 @@ from .layout import RunLayout, fingerprint, read_json, write_json
 class LensConfig(BaseModel):
     positions: list[int] | None = None  # None: all collected positions
     top_k: int = Field(20, ge=1)
+    controls: bool = True  # Patchscope of δ̄ through the base model, a random vector, the unpatched prompt
 
 
 def pair_from_run(layout: RunLayout, **kw: Any) -> ModelPair:
@@ -68,13 +69,15 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
         fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer, "pos": pos, "k": cfg.top_k,
-                          "grader": graders.scale.name})
+                          "grader": grader_identity(graders.scale), "controls": cfg.controls})
         stage = layout.stage_key("lens", dataset, layer)
         if layout.stage_done(stage, fp) and layout.patchscope(dataset, layer).exists():
             out.append(A.load(A.PatchscopeResult, layout.patchscope(dataset, layer)))
             continue
-        A.save(logit_lens(pair, c, pos, k=cfg.top_k), layout.logit_lens(dataset, layer))
-        ps = patchscope(pair, c, pos, graders.scale, progress=progress)
+        controls = tuple(A.CONTROLS) if cfg.controls else ()
+        A.save(logit_lens(pair, c, pos, k=cfg.top_k, sources=(*A.SOURCES, *(("random",) if controls else ()))),
+               layout.logit_lens(dataset, layer))
+        ps = patchscope(pair, c, pos, graders.scale, sources=(*A.SOURCES, *controls), progress=progress)
         A.save(ps, layout.patchscope(dataset, layer))
         layout.mark_stage(stage, fp)
         out.append(ps)
@@ -93,7 +96,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
         fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer,
-                          "cfg": cfg.model_dump(exclude={"positions"}), "grader": graders.coherence.name})
+                          "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(graders.coherence)})
         stage = layout.stage_key("steer", dataset, layer)
         partial_path = layout.steering_partial(dataset, layer)
         partial: dict[str, Any] = {"fingerprint": fp, "thresholds": {}, "generations": [], "calibration": None}
@@ -137,6 +140,10 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                     eta=c.eta_ft, cfg=cfg)
                 gens = final_generations(pair, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
                                          eta=c.eta_ft, cfg=cfg)
+                if getattr(cfg, "random_control", True):  # a random direction at the same α·η: what steering does without δ̄
+                    gens += [g.model_copy(update={"control": "random"}) for g in
+                             final_generations(pair, layer=layer, position=j, direction=c.vectors("random")[j],
+                                               alpha=th.alpha, eta=c.eta_ft, cfg=cfg)]
                 partial["thresholds"][str(j)] = th.model_dump()
                 partial["generations"] += [g.model_dump() for g in gens]
                 write_json(partial_path, partial)
