@@ -1,17 +1,20 @@
-"""Collection: δ̄ equals a naive full-forward computation; η; bad inputs; runs resume."""
+"""Collection: δ̄ equals a naive full-forward computation (plain text, and chat data from the
+assistant's reply); η; bad inputs; runs resume; shortfalls warn."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import WORDS, save_tiny
 from difflens.models.tokens import bos_prefix_ids
-from difflens.adl.collect import CollectConfig, collect, load_collected
+from difflens.adl.collect import CHAT_SAMPLING, CollectConfig, _stage_fp, collect, load_collected
+from difflens.data.chat import render_chat
 from difflens.data.corpora import load_corpus, sample_ids
 from difflens.errors import DataError, ModelSourceError, RunDirError
-from difflens.run.layout import RunLayout
+from difflens.run.layout import RunLayout, fingerprint
 from difflens.models.pair import load_pair
 
 
@@ -157,3 +160,152 @@ def test_second_dataset_is_added_and_other_pair_refused(tmp_path, corpus_file):
     stranger = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 2)))
     with pytest.raises(RunDirError, match="another model pair.*new --out"):
         collect(stranger, layout, CollectConfig(datasets=[str(other)], samples=6, layers=[1]), progress=False)
+
+
+BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} \n{% endfor %}"
+                "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+@pytest.fixture
+def chat_file(tmp_path):
+    """Conversations with user turns of varied length (so prefixes differ), some replies shorter
+    than k=5 tokens, later turns, and a few without any assistant reply."""
+    rng = random.Random(0)
+    pool = [w for w in WORDS if w not in ("\n", "?", "", "->")]
+
+    def say(lo, hi):
+        return " ".join(rng.choice(pool) for _ in range(rng.randint(lo, hi)))
+
+    rows = []
+    for i in range(60):
+        msgs = [{"role": "user", "content": say(1, 20)}]
+        if i % 15 != 7:
+            msgs.append({"role": "assistant", "content": say(2, 10)})
+            if i % 3 == 0:
+                msgs += [{"role": "user", "content": say(1, 5)}, {"role": "assistant", "content": say(1, 5)}]
+        rows.append(json.dumps({"messages": msgs}))
+    p = tmp_path / "chat.jsonl"
+    p.write_text("\n".join(rows) + "\n")
+    return p
+
+
+def naive_chat_means(pair, corpus_path, k, n, seed, layer, bos):
+    """Independent reference: the seeded selection redone by hand, each WHOLE conversation (all
+    turns) tokenised and run untruncated, sliced at the start of its first assistant reply."""
+    tok = pair.tokenizer
+    convs = load_corpus(str(corpus_path)).texts
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    acc = {"base": [], "ft": []}
+    for i in order:
+        msgs = convs[i]
+        turn = next((t for t, m in enumerate(msgs) if t > 0 and m["role"] == "assistant"), None)
+        if turn is None or len(tok(msgs[turn]["content"], add_special_tokens=False).input_ids) < k:
+            continue
+        head = tok(render_chat(tok, msgs[:turn], add_generation_prompt=True), add_special_tokens=False).input_ids
+        full = tok(render_chat(tok, msgs), add_special_tokens=False).input_ids
+        lead = bos if full[:1] != bos else []
+        start = len(lead) + len(head)
+        x = torch.tensor([lead + full])
+        for side in ("base", "ft"):
+            with pair.side(side) as m, torch.no_grad():
+                hs = m(input_ids=x, output_hidden_states=True).hidden_states
+            acc[side].append(hs[layer + 1][0, start:start + k].double())
+        if len(acc["base"]) == n:
+            break
+    return torch.stack(acc["base"]).mean(0), torch.stack(acc["ft"]).mean(0), len(acc["base"])
+
+
+@pytest.mark.parametrize("family,template", [("llama", None), ("gemma2", None), ("gemma2", BOS_TEMPLATE)])
+def test_chat_delta_is_taken_at_the_reply(tmp_path, chat_file, family, template):
+    pair = load_pair(str(save_tiny(tmp_path, family, 0)), str(save_tiny(tmp_path, family, 1)))
+    if template:
+        pair.tokenizer.chat_template = template  # a template that writes BOS itself
+    layout = RunLayout(tmp_path / "run")
+    cfg = CollectConfig(datasets=[str(chat_file)], samples=16, positions=5, layers=[2], batch_size=4,
+                        norm_samples=6, norm_len=6)
+    got = collect(pair, layout, cfg, progress=False)[str(chat_file)][0]
+    bos = [2] if pair.arch.uses_bos else []
+    base, ft, n = naive_chat_means(pair, chat_file, 5, 16, 0, 2, bos)
+    assert got.n == n == 16
+    torch.testing.assert_close(got.base_mean.double(), base, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.ft_mean.double(), ft, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.delta.double(), ft - base, rtol=1e-5, atol=1e-5)
+    # η: mean norm over the reply positions (≥ 3) of the norm sample
+    norm = sample_ids(load_corpus(str(chat_file)), pair.tokenizer, n=6, k=4, seed=1, max_len=6,
+                      bos=bos_prefix_ids(pair.tokenizer, pair.arch), chat_bos=bos)
+    assert min(norm.starts) > 3 and all(row.count(2) == (1 if bos else 0) for row in norm.ids)
+    norms = []
+    for ids, st in zip(norm.ids, norm.starts):
+        with torch.no_grad():
+            hs = pair.base_lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        norms.extend(hs[3][0, st:].norm(dim=-1).tolist())
+    assert got.eta_base == pytest.approx(sum(norms) / len(norms), rel=1e-5)
+    ds = json.loads(layout.manifest.read_text())["datasets"][0]
+    assert ds["positions_from"] == "assistant_reply" and ds["chat_sampling"] == CHAT_SAMPLING
+    assert ds["n_skipped_short"] > 0 and ds["shortfall"] == 0
+
+
+def test_fingerprint_plain_text_unchanged_chat_recomputes(tmp_path, corpus_file, chat_file):
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    cfg = CollectConfig(samples=8, layers=[1], norm_samples=4)
+    d = pair.describe()
+
+    def before(corpus):  # the fingerprint as runs written before chat sampling changed recorded it
+        return fingerprint({"base": d["base"]["fingerprint"], "ft": d["finetuned"]["fingerprint"],
+                            "data": corpus.content_hash, "cfg": cfg.semantic(), "abs_layers": [1]})
+
+    plain, chat = load_corpus(str(corpus_file)), load_corpus(str(chat_file))
+    assert _stage_fp(pair, plain, cfg, [1]) == before(plain)
+    assert _stage_fp(pair, chat, cfg, [1]) != before(chat)
+    # a chat collection recorded under the old fingerprint is recomputed
+    layout = RunLayout(tmp_path / "run")
+    cfg = cfg.model_copy(update={"datasets": [str(chat_file)]})
+    collect(pair, layout, cfg, progress=False)
+    stats_path = layout.collect_stats(str(chat_file))
+    stats = json.loads(stats_path.read_text())
+    stats["fingerprint"] = before(chat)
+    stats_path.write_text(json.dumps(stats))
+    calls = {"n": 0}
+    orig = pair.arch.capture
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return orig(*a, **k)
+
+    pair.arch.capture = counting  # type: ignore[method-assign]
+    collect(pair, layout, cfg, progress=False)
+    assert calls["n"] > 0 and json.loads(stats_path.read_text())["fingerprint"] == _stage_fp(pair, chat, cfg, [1])
+
+
+def test_shortfall_warns_and_is_recorded(tmp_path, corpus_file, capsys):
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    layout = RunLayout(tmp_path / "run")
+    name = str(corpus_file)
+    cfg = CollectConfig(datasets=[name], samples=500, layers=[1], norm_samples=4)
+    got = collect(pair, layout, cfg, progress=False)[name][0]
+    ds = json.loads(layout.collect_stats(name).read_text())["dataset"]
+    used, short = ds["n_used"], ds["n_skipped_short"]
+    assert got.n == used and used + short == 120 and short > 0  # every text was looked at
+    assert (ds["n_requested"], ds["shortfall"]) == (500, 500 - used)
+    assert json.loads(layout.manifest.read_text())["datasets"][0] == ds
+    line = f"{name}: 500 samples requested, {used} usable (of 120 records; {short} too short) — using {used}"
+    assert line in capsys.readouterr().err
+    collect(pair, layout, cfg, progress=False)  # a no-op rerun says it again
+    assert line in capsys.readouterr().err
+    collect(pair, layout, cfg.model_copy(update={"samples": 50}), progress=False)
+    assert "requested" not in capsys.readouterr().err
+    ds = json.loads(layout.collect_stats(name).read_text())["dataset"]
+    assert (ds["n_requested"], ds["n_used"], ds["shortfall"]) == (50, 50, 0)
+
+
+def test_chat_shortfall_counts_conversations_without_reply(tmp_path, chat_file, capsys):
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    layout = RunLayout(tmp_path / "run")
+    collect(pair, layout, CollectConfig(datasets=[str(chat_file)], samples=100, layers=[1], norm_samples=4),
+            progress=False)
+    ds = json.loads(layout.manifest.read_text())["datasets"][0]
+    assert ds["n_skipped_no_reply"] == 4 and ds["n_used"] + ds["n_skipped_short"] + 4 == 60
+    assert ds["shortfall"] == 100 - ds["n_used"]
+    assert (f"{chat_file}: 100 samples requested, {ds['n_used']} usable (of 60 records; {ds['n_skipped_short']} too short, "
+            f"4 without an assistant reply) — using {ds['n_used']}") in capsys.readouterr().err

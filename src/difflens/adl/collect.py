@@ -6,10 +6,18 @@ layer, and keeps float64 running sums, so memory does not grow with N. It writes
 ``delta``, ``base_mean``, ``ft_mean`` ([k, d] float32) and each model's mean norm η at ℓ
 (positions ≥ 3, on a longer prefix of a subset). Interrupted runs resume from a checkpoint
 of the running sums; an unchanged rerun is a no-op; a changed config recomputes.
+
+Positions count from each sample's start (:class:`~difflens.data.corpora.TokenSample`): the
+start of a plain text, or the start of the assistant's reply in a conversation, whose rendered
+context is fed as a prefix. Rows of different lengths are right-padded and the k positions from
+each row's start gathered; η on chat data averages the reply positions (≥ 3) only.
+A dataset with fewer usable samples than requested is collected on what it has, with a warning
+on stderr and the shortfall recorded in its stats and the manifest.
 """
 from __future__ import annotations
 
 import importlib.metadata as md
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -71,8 +79,25 @@ class Collected:
         return int(self.delta.shape[0])
 
     def vectors(self, source: Source) -> torch.Tensor:
-        """The [k, d] vectors of one source: δ̄ (``delta``), h̄_base (``base``) or h̄_ft (``ft``)."""
+        """The [k, d] vectors of one source: δ̄ (``delta`` and ``delta_via_base``), h̄_base (``base``),
+        h̄_ft (``ft``) or the control ``random``: per position a random direction with δ̄_j's norm,
+        seeded by layer and position (the same vectors every time)."""
+        if source == "random":
+            return random_like(self.delta, seed=self.layer)
+        if source == "delta_via_base":
+            return self.delta
         return {"delta": self.delta, "base": self.base_mean, "ft": self.ft_mean}[source]
+
+
+def random_like(rows: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """For each row a random Gaussian direction scaled to that row's norm (deterministic by ``seed``
+    and row index)."""
+    out = torch.empty_like(rows, dtype=torch.float32)
+    for j in range(rows.shape[0]):
+        g = torch.Generator().manual_seed(1_000_003 * (seed + 1) + j)
+        r = torch.randn(rows.shape[1], generator=g)
+        out[j] = r / r.norm() * rows[j].float().norm()
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -90,20 +115,48 @@ def _batches(ids: Sequence[Sequence[int]], bs: int, start: int = 0):
         yield i, ids[i:i + bs]
 
 
+def _length_order(ids: Sequence[Sequence[int]]) -> list[int]:
+    """Sample indices in batching order: as sampled when all rows have one length (plain text),
+    else by length (stable), so that right-padded batches of chat rows waste little."""
+    if len({len(r) for r in ids}) <= 1:
+        return list(range(len(ids)))
+    return sorted(range(len(ids)), key=lambda i: len(ids[i]))
+
+
+def _batch_input(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of one length as they are (no mask); rows of different lengths right-padded with a mask
+    (under causal attention the padding never reaches the real positions)."""
+    if len({len(r) for r in rows}) == 1:
+        return torch.tensor([list(r) for r in rows], dtype=torch.long, device=device), None
+    return pad_right(rows, pad, device)
+
+
+def _window(h: torch.Tensor, starts: Sequence[int], k: int) -> torch.Tensor:
+    """``h[b, starts[b]:starts[b] + k]`` for every row b: the [B, k, d] activations of the sampled positions."""
+    if h.shape[1] == k and not any(starts):
+        return h
+    idx = torch.tensor(list(starts), device=h.device).unsqueeze(1) + torch.arange(k, device=h.device)
+    return h[torch.arange(h.shape[0], device=h.device).unsqueeze(1), idx]
+
+
 def mean_norms(pair: ModelPair, ids: Sequence[Sequence[int]], layers: Sequence[int], *, batch_size: int,
-               skip: int = 3) -> dict[str, dict[int, float]]:
-    """Mean L2 norm of each model's layer outputs over positions ≥ ``skip`` (right-padded batches)."""
+               skip: int = 3, starts: Sequence[int] | None = None) -> dict[str, dict[int, float]]:
+    """Mean L2 norm of each model's layer outputs over positions ≥ ``skip`` (right-padded batches);
+    with ``starts``, over positions ≥ max(skip, starts[i]) of row i (the reply of a chat sample)."""
     pad = pad_id(pair.tokenizer)
     out: dict[str, dict[int, float]] = {}
     for side in ("base", "ft"):
         sums = {li: 0.0 for li in layers}
         count = 0
         with pair.side(side) as model:
-            for _, batch in _batches(ids, batch_size):
+            for i, batch in _batches(ids, batch_size):
                 x, mask = pad_right(batch, pad, pair.device)
                 hs = pair.arch_of(side).capture(model, x, layers, attention_mask=mask)
                 valid = mask.clone()
                 valid[:, :skip] = 0
+                if starts is not None:
+                    for r, s in enumerate(starts[i:i + len(batch)]):
+                        valid[r, :s] = 0
                 count += int(valid.sum())
                 for li in layers:
                     sums[li] += float((hs[li].double().norm(dim=-1) * valid).sum())
@@ -127,10 +180,43 @@ def load_collected(layout: RunLayout, dataset: str, layer: int) -> Collected:
     return Collected(dataset, layer, t["delta"], t["base_mean"], t["ft_mean"], eta["base"], eta["ft"], stats["n_used"])
 
 
+# How a conversation is sampled; part of the fingerprint of chat data only (plain-text fingerprints,
+# and so earlier plain-text runs, are unchanged). Bump when chat sampling changes.
+CHAT_SAMPLING = "first-assistant-reply/v1"
+
+
 def _stage_fp(pair: ModelPair, corpus: Corpus, cfg: CollectConfig, layers: list[int]) -> str:
     d = pair.describe()
-    return fingerprint({"base": d["base"]["fingerprint"], "ft": d["finetuned"]["fingerprint"],
-                        "data": corpus.content_hash, "cfg": cfg.semantic(), "abs_layers": layers})
+    what = {"base": d["base"]["fingerprint"], "ft": d["finetuned"]["fingerprint"],
+            "data": corpus.content_hash, "cfg": cfg.semantic(), "abs_layers": layers}
+    if corpus.is_chat:
+        what["chat_sampling"] = CHAT_SAMPLING
+    return fingerprint(what)
+
+
+def _chat_bos(tokenizer: Any, arch: Any) -> list[int]:
+    """The BOS that text rendered with a chat template must start with — the policy of
+    :func:`difflens.models.tokens.chat_prompt_ids`: the template's own special tokens are kept, and
+    an architecture trained with BOS gets it where the template does not write it."""
+    if arch.uses_bos and tokenizer.bos_token_id is not None:
+        return [int(tokenizer.bos_token_id)]
+    return []
+
+
+def _shortfall(ds: dict[str, Any]) -> int:
+    return max(0, int(ds.get("n_requested", 0)) - int(ds.get("n_used", 0)))
+
+
+def _warn_shortfall(ds: dict[str, Any]) -> None:
+    """One line on stderr when a dataset has fewer usable samples than requested."""
+    if not ds.get("shortfall"):
+        return
+    why = [f"{ds.get('n_skipped_short', 0)} too short"]
+    if ds.get("n_skipped_no_reply"):
+        why.append(f"{ds['n_skipped_no_reply']} without an assistant reply")
+    print(f"warning: {ds['name']}: {ds['n_requested']} samples requested, {ds['n_used']} usable "
+          f"(of {ds.get('n_available', '?')} records; {', '.join(why)}) — using {ds['n_used']}",
+          file=sys.stderr, flush=True)
 
 
 def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress: bool = True,
@@ -144,6 +230,8 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
     layers = sorted({arch.resolve_layer(x) for x in cfg.layers})
     corpora = [load_corpus(name, text_field=cfg.text_field) for name in cfg.datasets]  # fail before compute
     bos = bos_prefix_ids(pair.tokenizer, arch)
+    chat_bos = _chat_bos(pair.tokenizer, arch)
+    pad = pad_id(pair.tokenizer)
     K = cfg.positions
     results: dict[str, list[Collected]] = {}
     manifest_datasets = []
@@ -158,12 +246,26 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                 old = {}
             if old.get("fingerprint") == fp and all(layout.collect_file(corpus.name, li).exists() for li in layers):
                 results[corpus.name] = [load_collected(layout, corpus.name, li) for li in layers]
-                manifest_datasets.append(old["dataset"])
+                ds_old = dict(old["dataset"])
+                ds_old.setdefault("shortfall", _shortfall(ds_old))  # runs written before it was recorded
+                _warn_shortfall(ds_old)
+                manifest_datasets.append(ds_old)
                 continue
-        sample = sample_ids(corpus, pair.tokenizer, n=cfg.samples, k=K, seed=cfg.seed, max_len=K, bos=bos)
+        sample = sample_ids(corpus, pair.tokenizer, n=cfg.samples, k=K, seed=cfg.seed, max_len=K, bos=bos,
+                            chat_bos=chat_bos)
         if not sample.ids:
-            raise DataError(f"dataset '{corpus.name}' has no text with at least {K} tokens "
-                            f"({sample.n_skipped} too short); use a longer corpus or fewer --positions.")
+            what = "assistant reply" if corpus.is_chat else "text"
+            extra = f", {sample.n_no_reply} without an assistant reply" if sample.n_no_reply else ""
+            raise DataError(f"dataset '{corpus.name}' has no {what} with at least {K} tokens "
+                            f"({sample.n_skipped} too short{extra}); use a longer corpus or fewer --positions.")
+        ds_info = {"name": corpus.name, "content_hash": corpus.content_hash, "info": corpus.info,
+                   "n_requested": cfg.samples, "n_used": len(sample.ids), "n_skipped_short": sample.n_skipped,
+                   "n_available": len(corpus.texts), "sample_hash": sample.order_hash}
+        if corpus.is_chat:
+            ds_info.update({"n_skipped_no_reply": sample.n_no_reply, "positions_from": "assistant_reply",
+                            "chat_sampling": CHAT_SAMPLING})
+        ds_info["shortfall"] = _shortfall(ds_info)
+        _warn_shortfall(ds_info)
         partial = layout.collect_partial(corpus.name)
         partial.parent.mkdir(parents=True, exist_ok=True)
         dim = arch.hidden_size
@@ -178,17 +280,20 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                 start, n_done = int(ck["next"]), int(ck["n"])
                 sums = {s: {li: ck["sums"][s][li] for li in layers} for s in ("base", "ft")}
         t0 = time.time()
-        batches = list(_batches(sample.ids, cfg.batch_size, start))
+        order = _length_order(sample.ids)
+        batches = list(_batches(order, cfg.batch_size, start))
         with Progress(TextColumn(f"collect {corpus.name}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), disable=not progress, transient=True) as bar:
             task = bar.add_task("collect", total=len(sample.ids), completed=n_done)
-            for bi, (i, batch) in enumerate(batches):
-                x = torch.tensor(batch, dtype=torch.long, device=pair.device)
+            for bi, (i, members) in enumerate(batches):
+                batch = [sample.ids[j] for j in members]
+                starts = [sample.starts[j] for j in members]
+                x, mask = _batch_input(batch, pad, pair.device)
                 for side in ("base", "ft"):
                     with pair.side(side) as model:
-                        hs = pair.arch_of(side).capture(model, x, layers)
+                        hs = pair.arch_of(side).capture(model, x, layers, attention_mask=mask)
                     for li in layers:
-                        sums[side][li] += hs[li].double().sum(0).cpu()
+                        sums[side][li] += _window(hs[li], starts, K).double().sum(0).cpu()
                 n_done += len(batch)
                 bar.update(task, completed=n_done)
                 nxt = i + len(batch)
@@ -199,8 +304,9 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                 if stop_after_batches and bi + 1 >= stop_after_batches and not last:
                     raise KeyboardInterrupt(f"collection stopped after {bi + 1} batches (test hook)")
         norm_sample = sample_ids(corpus, pair.tokenizer, n=cfg.norm_samples, k=4, seed=cfg.seed + 1,
-                                 max_len=cfg.norm_len, bos=bos)
-        eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, cfg.batch_size // 4))
+                                 max_len=cfg.norm_len, bos=bos, chat_bos=chat_bos)
+        eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, cfg.batch_size // 4),
+                         starts=norm_sample.starts if corpus.is_chat else None)
         out = []
         for li in layers:
             base_mean = (sums["base"][li] / n_done)
@@ -212,10 +318,7 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                       metadata={"dataset": corpus.name, "layer": str(li), "n": str(n_done), "fingerprint": fp})
             out.append(Collected(corpus.name, li, tensors["delta"], tensors["base_mean"], tensors["ft_mean"],
                                  eta["base"][li], eta["ft"][li], n_done))
-        ds_info = {"name": corpus.name, "content_hash": corpus.content_hash, "info": corpus.info,
-                   "n_requested": cfg.samples, "n_used": n_done, "n_skipped_short": sample.n_skipped,
-                   "n_available": len(corpus.texts), "sample_hash": sample.order_hash,
-                   "norm_samples": len(norm_sample.ids), "norm_len": cfg.norm_len}
+        ds_info.update({"norm_samples": len(norm_sample.ids), "norm_len": cfg.norm_len})
         write_json(stats_path, {"fingerprint": fp, "dataset": ds_info, "n_used": n_done,
                                 "eta": {str(li): {"base": eta["base"][li], "ft": eta["ft"][li]} for li in layers},
                                 "seconds": round(time.time() - t0, 2)})
