@@ -1,0 +1,67 @@
+"""Stages: a grader's identity is part of the fingerprint — changing the LLM model, the embedder or a
+threshold recomputes the stage it judged; an unchanged grader reuses the result."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import difflens.run.stages as stages
+from difflens.graders import Graders, grader_identity
+from difflens.graders.scale import LLMScaleGrader
+from difflens.run.stages import LensConfig, run_lens
+
+
+@dataclass
+class FakeClientConfig:
+    model: str
+    base_url: str = "http://127.0.0.1:9/v1"
+
+
+@dataclass
+class FakeClient:
+    config: FakeClientConfig
+
+
+@dataclass
+class PicksFirst:
+    """A scale grader whose identity includes an LLM model name and a threshold."""
+
+    model: str
+    threshold: float = 0.5
+    name: str = "llm"
+
+    def identity(self):
+        return {"backend": "llm", "model": self.model, "threshold": self.threshold}
+
+    def choose(self, candidates):
+        s = min(candidates)
+        return s, candidates[s][:3], "first"
+
+
+def test_llm_model_name_is_in_the_identity():
+    a = grader_identity(LLMScaleGrader(FakeClient(FakeClientConfig("openai/gpt-5-mini"))))
+    b = grader_identity(LLMScaleGrader(FakeClient(FakeClientConfig("google/gemini-2.5-flash"))))
+    assert a != b and "gpt-5-mini" in str(a) and "gemini" in str(b)
+
+
+def test_changing_the_grader_recomputes_lens_and_only_then(tiny_run, monkeypatch):
+    pair, layout, _ = tiny_run
+    calls = []
+    real = stages.patchscope
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(stages, "patchscope", counting)
+    cfg = LensConfig(positions=[1], controls=False)
+
+    def graders(model, threshold=0.5):
+        return Graders(coherence=None, scale=PicksFirst(model, threshold), relevance=None)
+
+    run_lens(pair, layout, graders("model-a"), cfg, progress=False)
+    run_lens(pair, layout, graders("model-a"), cfg, progress=False)
+    assert len(calls) == 1  # unchanged grader: reused
+    run_lens(pair, layout, graders("model-b"), cfg, progress=False)
+    assert len(calls) == 2  # another LLM model: recomputed
+    run_lens(pair, layout, graders("model-b", threshold=0.6), cfg, progress=False)
+    assert len(calls) == 3  # another threshold: recomputed
