@@ -1,10 +1,12 @@
-"""Steering: α=0 is a no-op, pad positions are not steered, the paper's defaults, early stopping."""
+"""Steering: α=0 is a no-op, pad positions are not steered, per-row α's in one batch, the paper's
+defaults, early stopping, the batched search on a real (tiny) model."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from difflens.adl.steering import (STEERING_PROMPTS, THRESHOLD_PROMPTS, SteeringConfig, encode_prompts_left, generate,
-                                   steering_hook)
+from difflens.adl.steering import (STEERING_PROMPTS, THRESHOLD_PROMPTS, SteeringConfig, encode_prompts_left,
+                                   find_threshold, generate, generate_rows, steering_hook, steering_vectors)
 
 
 def test_alpha_zero_steering_is_a_noop(tiny_run):
@@ -30,6 +32,74 @@ def test_pad_positions_are_not_steered(tiny_run):
     diff = steered - clean
     torch.testing.assert_close(diff[mask == 0], torch.zeros_like(diff[mask == 0]))
     torch.testing.assert_close(diff[mask == 1], add.expand(int(mask.sum()), -1), rtol=1e-5, atol=1e-5)
+
+
+def test_per_row_vectors_differ_by_row_and_leave_pads_untouched(tiny_run):
+    pair, _, c = tiny_run
+    prompts = ["why", "tell me a story about the cat", "why", "give me some ideas"]
+    ids, mask = encode_prompts_left(pair, prompts)
+    assert (mask == 0).any()
+    alphas = [0.0, 1.0, 2.5, 4.0]
+    add = steering_vectors(c.delta[0], alphas, c.eta_ft)
+    assert add.shape == (4, pair.arch.hidden_size)
+    unit = c.delta[0].float() / c.delta[0].float().norm()
+    for b, a in enumerate(alphas):
+        torch.testing.assert_close(add[b], a * c.eta_ft * unit)
+    clean = pair.ft_arch.capture(pair.ft_lm.model, ids, [2], attention_mask=mask)[2]
+    with steering_hook(pair, 2, add, mask):
+        steered = pair.ft_arch.capture(pair.ft_lm.model, ids, [2], attention_mask=mask)[2]
+    diff = steered - clean
+    torch.testing.assert_close(diff[mask == 0], torch.zeros_like(diff[mask == 0]))
+    for b in range(4):
+        real = mask[b] == 1
+        torch.testing.assert_close(diff[b][real], add[b].expand(int(real.sum()), -1), rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(diff[1][-1], diff[2][-1])  # the added vector really differs by row
+    with pytest.raises(ValueError):
+        with steering_hook(pair, 2, add[:3], mask):
+            pass
+
+
+def test_mixed_alpha_batch_equals_single_alpha_batches(tiny_run):
+    """Row b of a batch with several α's is the row b of a batch steered by α_b throughout (same
+    seed, same prompts, same padding): the per-row sampling noise does not depend on other rows."""
+    pair, _, c = tiny_run
+    with torch.no_grad():
+        pair.ft_lm.model.lm_head.weight.mul_(100)
+    prompts = ["tell me a story", "why", "tell me a story", "why"]
+    alphas = [0.0, 0.0, 40.0, 40.0]
+    kw = dict(layer=2, direction=c.delta[0], eta=c.eta_ft, temperature=1.0, max_new_tokens=8, seed=3)
+    mixed = generate_rows(pair, prompts, alphas, **kw)
+    low = generate_rows(pair, prompts, [0.0] * 4, **kw)
+    high = generate_rows(pair, prompts, [40.0] * 4, **kw)
+    assert mixed[:2] == low[:2] and mixed[2:] == high[2:]
+    assert mixed[2:] != low[2:]
+    # generate() (one α for all rows) is generate_rows with a constant α
+    assert sum(generate(pair, prompts, alpha=40.0, n=1, **kw), []) == high
+
+
+def test_batched_search_on_a_real_model(tiny_run):
+    pair, _, c = tiny_run
+    with torch.no_grad():
+        pair.ft_lm.model.lm_head.weight.mul_(100)
+
+    class LengthGrader:  # deterministic: coherent iff the text has a few words
+        name = "len"
+        calls = 0
+
+        def grade(self, texts):
+            self.calls += 1
+            return [len(t.split()) >= 3 for t in texts]
+
+    cfg = SteeringConfig(search_iters=3, refine_iters=0, search_samples=2, min_coherent=1, max_new_tokens=4)
+    kw = dict(layer=2, position=0, direction=c.delta[0], eta=c.eta_ft, progress=False)
+    g = LengthGrader()
+    batched = find_threshold(pair, g, cfg=cfg.model_copy(update={"grid": 3}), **kw)
+    assert g.calls == 2 and len(batched.steps) == 2 + 2  # 2 α's per round: 3·3 = 9 ≥ 2^3
+    assert batched == find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 3}), **kw)
+    # grid 1 without refinement prompts: the paper's α's, seeds and samples, hence its verdicts
+    one = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 1}), **kw)
+    paper = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"search": "paper"}), **kw)
+    assert one == paper
 
 
 def test_steering_config_defaults_follow_paper():

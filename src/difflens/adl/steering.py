@@ -1,20 +1,45 @@
 """Steering with δ̄_j (paper §3, App. C.3).
 
 A hook adds ``α · η_ft · δ̂_j`` to the finetuned model's layer-ℓ output at every non-pad position
-during batched generation (left padding). The strength is the largest coherent α found by binary
-search on [0, 100] (10 iterations, 10 samples at T=1.2, coherent if ≥ 8/10 pass), refined on two
-more prompts over [0, 2α₁] (5 iterations) and averaged. Each α is judged with early stopping:
-3 samples first, and only if they are not all incoherent the other 7 — the same decision as 10
-samples (coherent iff ≥ 8 pass), with fewer generations and grader calls.
+during batched generation (left padding). The strength α is the largest coherent one: a tested α
+is coherent if ≥ 8 of 10 samples at T=1.2 pass the coherence grader. Two search schedules reach
+the paper's precision (``alpha_max / 2^search_iters`` for the first prompt, ``2α₁ / 2^refine_iters``
+for the other two; the threshold is the mean of the three prompts' values):
+
+- ``search="paper"`` — the paper's sequential binary search: 10 iterations on [0, 100] for the
+  first prompt, then 5 on [0, 2α₁] for each of the two others; one α (10 samples) per generation
+  call, 20 sequential rounds. ``early_stop`` draws 3 samples first and the other 7 only if the 3
+  are not all incoherent (the same verdict; fewer generations, but more, smaller batches).
+- ``search="batched"`` (default) — every round tests a grid of up to ``grid`` evenly spaced α's
+  inside each prompt's current bracket, all samples of all α's of all active prompts in ONE
+  ``model.generate`` call (a per-row steering vector) and one grader call; the bracket shrinks
+  by the grid size + 1 per round. The two refinement prompts start as soon as the first prompt
+  has a coherent α (their range [0, 2α₁] is capped by twice the first prompt's upper bound
+  meanwhile), so all three prompts share rounds. ``grid=10``: 3 rounds for the first prompt
+  (11·11·9 ≥ 2^10), 3-4 in all instead of 20, for ~2.5x the generations; ``grid=1``: the three
+  prompts bisected side by side, 10-13 rounds for ~1.1x the generations. Which is faster depends
+  on what a round costs against a generation (:func:`default_grid`, the default by device).
+
+The bracket is narrowed by a step fit to the round's verdicts (:func:`narrow`): for a monotone
+pattern (coherent …, incoherent …) the new bracket is [largest coherent α, smallest incoherent α];
+a non-monotone pattern (sampling noise near the threshold) takes the split with the fewest
+disagreeing verdicts, the lowest one on ties. At T=1.2 the 10-sample verdict is itself random over
+a band of α's (several units wide for a real organism), so two searches with different sample
+draws — the two schedules, or one schedule with two seeds — agree to within that band, not to
+the 0.1 resolution; with a deterministic grader both land within the resolution of the true
+threshold (tests/adl/test_threshold_search.py).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..graders.coherence import CoherenceGrader
 from ..models.pair import ModelPair
@@ -67,20 +92,37 @@ class SteeringConfig(BaseModel):
     max_new_tokens: int = Field(128, ge=1)
     prompts: list[str] = Field(default_factory=lambda: list(STEERING_PROMPTS))
     threshold_prompts: list[str] = Field(default_factory=lambda: list(THRESHOLD_PROMPTS))
-    early_stop: bool = True
+    search: Literal["batched", "paper"] = "batched"
+    grid: int | None = Field(None, ge=1)  # batched: most α's per prompt and round; None: by device (default_grid)
+    early_stop: bool = False  # paper schedule only: 3 samples first, the other 7 only if needed
+    random_control: bool = True  # also steer along a random direction at the same α·η (final samples)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_early_stop(cls, data: Any) -> Any:
+        """Configs written before ``search`` existed: ``early_stop: true`` was the fast schedule
+        (now ``batched``), ``early_stop: false`` the paper's fixed 10 samples (``paper``)."""
+        if isinstance(data, dict) and "search" not in data and data.get("early_stop") is not None:
+            data = {**data, "search": "batched" if data["early_stop"] else "paper"}
+        return data
 
 
 @contextlib.contextmanager
 def steering_hook(pair: ModelPair, layer: int, add: torch.Tensor | None, prompt_mask: torch.Tensor) -> Iterator[None]:
-    """Add ``add`` ([d]) to layer ``layer``'s output at every non-pad position.
+    """Add ``add`` to layer ``layer``'s output at every non-pad position.
 
-    The prefill step sees the padded prompt (``prompt_mask`` [B, T]); later decode steps see only
-    new, real tokens.
+    ``add`` is one vector [d] for every row, or one per batch row [B, d] (several α's in one
+    batch). The prefill step sees the padded prompt (``prompt_mask`` [B, T]) and leaves pad
+    positions untouched; later decode steps see only new, real tokens.
     """
     if add is None:
         yield
         return
+    if add.dim() == 2:
+        if add.shape[0] != prompt_mask.shape[0]:
+            raise ValueError(f"per-row steering vectors {tuple(add.shape)} for a batch of {prompt_mask.shape[0]}")
+        add = add[:, None, :]  # [B, 1, d]: broadcast over positions
     with pair.ft_arch.edit_layer(layer, add_edit(add, prompt_mask)):
         yield
 
@@ -91,37 +133,79 @@ def encode_prompts_left(pair: ModelPair, prompts: Sequence[str]) -> tuple[torch.
     return pad_left(rows, pad_id(pair.tokenizer), pair.device)
 
 
+def steering_vectors(direction: torch.Tensor, alphas: Sequence[float], eta: float) -> torch.Tensor:
+    """``α_b · η · v̂`` for every row ``b`` ([B, d], float32)."""
+    unit = direction.float() / (direction.float().norm() + 1e-12)
+    scale = torch.tensor([float(a) * eta for a in alphas], dtype=torch.float32, device=unit.device)
+    return scale[:, None] * unit[None, :]
+
+
 @torch.no_grad()
-def generate(pair: ModelPair, prompts: Sequence[str], *, layer: int, direction: torch.Tensor | None, alpha: float,
-             eta: float, n: int, temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
-    """``n`` samples per prompt from the finetuned model steered by α·η·v̂ (None: unsteered)."""
+def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[float] | None, *, layer: int,
+                  direction: torch.Tensor | None, eta: float, temperature: float, max_new_tokens: int,
+                  seed: int) -> list[str]:
+    """One sample per row: row ``b`` answers ``prompts[b]`` steered by ``alphas[b]·η·v̂``, all rows in
+    one ``generate`` call (None direction or alphas: unsteered)."""
     tok = pair.tokenizer
-    ids, mask = encode_prompts_left(pair, [p for p in prompts for _ in range(n)])
+    ids, mask = encode_prompts_left(pair, prompts)
     add = None
-    if direction is not None:
-        unit = direction.float() / (direction.float().norm() + 1e-12)
-        add = alpha * eta * unit
+    if direction is not None and alphas is not None:
+        if len(alphas) != len(prompts):
+            raise ValueError(f"{len(alphas)} steering strengths for {len(prompts)} rows")
+        add = steering_vectors(direction, alphas, eta)
     torch.manual_seed(seed)
     with pair.ft() as model, steering_hook(pair, layer, add, mask):
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
                              top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    gen = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+def generate(pair: ModelPair, prompts: Sequence[str], *, layer: int, direction: torch.Tensor | None, alpha: float,
+             eta: float, n: int, temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """``n`` samples per prompt from the finetuned model steered by α·η·v̂ (None: unsteered)."""
+    rows = [p for p in prompts for _ in range(n)]
+    gen = generate_rows(pair, rows, [alpha] * len(rows), layer=layer, direction=direction, eta=eta,
+                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     return [gen[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
 @dataclass
 class SearchCounter:
     generations: int = 0
-    grader_calls: int = 0
+    grader_calls: int = 0  # texts judged (one LLM request each for the LLM grader)
+    rounds: int = 0  # sequential generate + grade rounds
+
+
+# ============================================================================================
+# Progress lines for log files
+# ============================================================================================
+
+
+class _Log:
+    """``[difflens] ...`` lines on stderr (the trainer's style) when progress is on: by default
+    only when stderr is not a terminal, i.e. when a rich progress bar would be invisible."""
+
+    def __init__(self, progress: bool | None, what: str):
+        self.on = (not sys.stderr.isatty()) if progress is None else progress
+        self.what = what
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.on:
+            print(f"[difflens] {self.what}: {msg} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr,
+                  flush=True)
+
+
+# ============================================================================================
+# The paper's sequential schedule
+# ============================================================================================
 
 
 def early_stop_chunks(n: int, need: int) -> list[int]:
     """Sample chunk sizes after each of which the verdict may already be certain.
 
     With n=10, need=8: [3, 7] — if the first 3 are all incoherent the verdict "incoherent" is
-    certain (at most 2 may fail), otherwise the remaining 7 are drawn in one batch. Strengths far
-    above the threshold (most of the early binary-search steps on [0, 100]) cost 3 generations
-    instead of 10; two batches at most keep generation batched on CPUs.
+    certain (at most 2 may fail), otherwise the remaining 7 are drawn in one batch.
     """
     first = min(n, n - need + 1)
     return [first] + ([n - first] if n > first else [])
@@ -139,6 +223,7 @@ def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha:
                          temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens, seed=seed + ci)[0]
         counter.generations += m
         counter.grader_calls += m
+        counter.rounds += 1
         drawn += m
         verdicts = grader.grade(texts)
         ok += sum(verdicts)
@@ -150,7 +235,7 @@ def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha:
 
 def binary_search(pair: ModelPair, grader: CoherenceGrader, prompt: str, *, lo: float, hi: float, iters: int,
                   layer: int, direction: torch.Tensor, eta: float, cfg: SteeringConfig, seed: int,
-                  counter: SearchCounter) -> tuple[float, list[SearchStep]]:
+                  counter: SearchCounter, log: Callable[[str], None] | None = None) -> tuple[float, list[SearchStep]]:
     """Largest coherent α in [lo, hi] to a precision of (hi-lo)/2^iters."""
     steps = []
     for it in range(iters):
@@ -162,25 +247,192 @@ def binary_search(pair: ModelPair, grader: CoherenceGrader, prompt: str, *, lo: 
             lo = mid
         else:
             hi = mid
+        if log:
+            log(f"round {counter.rounds}, {prompt[:24]!r} α={mid:.3g} {ok}/{drawn} → [{lo:.4g}, {hi:.4g}], "
+                f"{counter.generations} generations")
     return lo, steps
 
 
-def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, position: int, direction: torch.Tensor,
-                   eta: float, cfg: SteeringConfig) -> SteeringThreshold:
-    """The paper's three-prompt coherence-threshold search for one position."""
-    counter = SearchCounter()
+def paper_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, direction: torch.Tensor, eta: float,
+                    cfg: SteeringConfig, counter: SearchCounter,
+                    log: Callable[[str], None] | None = None) -> tuple[list[float], list[SearchStep]]:
+    """The paper's sequential schedule: per-prompt thresholds and every tested α."""
     prompts = cfg.threshold_prompts
     a1, steps = binary_search(pair, grader, prompts[0], lo=0.0, hi=cfg.alpha_max, iters=cfg.search_iters,
-                              layer=layer, direction=direction, eta=eta, cfg=cfg, seed=cfg.seed, counter=counter)
+                              layer=layer, direction=direction, eta=eta, cfg=cfg, seed=cfg.seed, counter=counter,
+                              log=log)
     alphas = [a1]
     for pi, p in enumerate(prompts[1:], 1):
         if cfg.refine_iters == 0:
             break
         a, more = binary_search(pair, grader, p, lo=0.0, hi=2 * a1, iters=cfg.refine_iters, layer=layer,
-                                direction=direction, eta=eta, cfg=cfg, seed=cfg.seed + 7919 * pi, counter=counter)
+                                direction=direction, eta=eta, cfg=cfg, seed=cfg.seed + 7919 * pi, counter=counter,
+                                log=log)
         alphas.append(a)
         steps += more
-    return SteeringThreshold(position=position, alpha=sum(alphas) / len(alphas), per_prompt=alphas, steps=steps,
+    return alphas, steps
+
+
+# ============================================================================================
+# The batched schedule
+# ============================================================================================
+
+_EPS = 1e-9
+
+
+def grid_size(width: float, tol: float, grid: int) -> int:
+    """How many α's to test inside a bracket of ``width`` this round (0: already within ``tol``).
+
+    The fewest rounds that reach ``tol`` with at most ``grid`` α's per round, with the α's spread
+    evenly over those rounds (width 100, tol 100/2^10, grid 10: 10, 9, 9 — not 10, 10, 10).
+    """
+    if width <= tol * (1 + _EPS):
+        return 0
+    if tol <= 0:
+        return grid
+    factor = width / tol  # > 1
+    rounds = max(1, math.ceil(math.log(factor) / math.log(grid + 1) - _EPS))
+    return max(1, min(grid, math.ceil(factor ** (1 / rounds) - _EPS) - 1))
+
+
+def grid_points(lo: float, hi: float, g: int) -> list[float]:
+    """``g`` evenly spaced α's strictly inside (lo, hi)."""
+    return [lo + (hi - lo) * k / (g + 1) for k in range(1, g + 1)]
+
+
+def narrow(lo: float, hi: float, alphas: Sequence[float], verdicts: Sequence[bool]) -> tuple[float, float]:
+    """The new bracket from one round's verdicts at ``alphas`` (ascending, inside (lo, hi)).
+
+    ``lo`` counts as coherent and ``hi`` as incoherent. The split between neighbouring points
+    with the fewest verdicts on the wrong side wins (coherent above it or incoherent below it),
+    the lowest such split on ties. A monotone pattern gives [largest coherent α, smallest
+    incoherent α]; all coherent gives [last α, hi]; all incoherent [lo, first α]; an isolated
+    incoherent verdict among coherent ones (or vice versa) is outvoted by its neighbours, a tie
+    (e.g. ✓ ✗ ✓ ✗) keeps the lower, conservative bracket below the first incoherent α.
+    """
+    if len(alphas) != len(verdicts):
+        raise ValueError(f"{len(alphas)} α's but {len(verdicts)} verdicts")
+    if list(alphas) != sorted(alphas):
+        raise ValueError("α's must be ascending")
+    pts = [lo, *alphas, hi]
+    v = [bool(x) for x in verdicts]
+    # split b: alphas[:b] on the coherent side, alphas[b:] on the incoherent side
+    wrong = sum(v)  # b = 0: every coherent verdict is on the wrong side
+    best, best_b = wrong, 0
+    for b in range(1, len(v) + 1):
+        wrong += -1 if v[b - 1] else 1
+        if wrong < best:
+            best, best_b = wrong, b
+    return pts[best_b], pts[best_b + 1]
+
+
+def default_grid(pair: ModelPair | None) -> int:
+    """α's per prompt and round when ``SteeringConfig.grid`` is None: 1 on a CPU, 10 on an accelerator.
+
+    Measured for a SmolLM2-135M pair, 32 new tokens: on 2 CPU threads a ``generate`` call costs
+    about 1.6 s + 0.2 s per row and the offline grader 0.11 s per text, so compute, not the number
+    of rounds, sets the wall time, and every α beyond bisection's one per round costs more than the
+    round it saves (grid 1: the three prompts bisected side by side, 10-13 rounds instead of 20,
+    about 15% less wall time than the paper's schedule; grid 3: about the same as the paper;
+    grid 10: 1.6x). On an H100 a call costs about 1.1 s for 10 to 1000 rows: there rounds are the
+    cost and a wide grid pays (3-4 rounds), the more so with a grader that judges a batch at once.
+    """
+    dev = getattr(pair, "device", None)
+    return 1 if dev is None or torch.device(dev).type == "cpu" else 10
+
+
+@dataclass
+class _Bracket:
+    """One threshold prompt's search state."""
+
+    prompt: str
+    lo: float
+    hi: float
+    steps: list[SearchStep] = field(default_factory=list)
+    started: bool = True
+
+
+def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, direction: torch.Tensor, eta: float,
+                      cfg: SteeringConfig, counter: SearchCounter,
+                      log: Callable[[str], None] | None = None) -> tuple[list[float], list[SearchStep]]:
+    """The batched schedule (see the module docstring): per-prompt thresholds and every tested α."""
+    prompts = cfg.threshold_prompts
+    n, need = cfg.search_samples, cfg.min_coherent
+    grid = cfg.grid or default_grid(pair)
+    first = _Bracket(prompts[0], 0.0, cfg.alpha_max)
+    tol1 = cfg.alpha_max / 2 ** cfg.search_iters
+    refine = [_Bracket(p, 0.0, 0.0, started=False) for p in prompts[1:]] if cfg.refine_iters > 0 else []
+    shrink = 2.0 ** -cfg.refine_iters
+
+    def plan() -> list[tuple[_Bracket, list[float]]]:
+        out = []
+        g = grid_size(first.hi - first.lo, tol1, grid)
+        if g:
+            out.append((first, grid_points(first.lo, first.hi, g)))
+        done1 = g == 0
+        for b in refine:
+            # the paper searches [0, 2α₁] to 2α₁/2^refine_iters: while α₁ ∈ [lo₁, hi₁] is open,
+            # cap the range at 2·hi₁ and aim for the finer 2·lo₁/2^refine_iters
+            cap = 2 * (first.lo if done1 else first.hi)
+            if not b.started:
+                if not (done1 or first.lo > 0):
+                    continue
+                b.started, b.hi = True, cap
+            b.hi = min(b.hi, cap)
+            b.lo = min(b.lo, b.hi)
+            gb = grid_size(b.hi - b.lo, 2 * first.lo * shrink, grid)
+            if gb:
+                out.append((b, grid_points(b.lo, b.hi, gb)))
+        return out
+
+    for _ in range(10_000):  # every round shrinks some bracket at least twofold: ends long before
+        todo = plan()
+        if not todo:
+            break
+        rows = [(b.prompt, a) for b, points in todo for a in points for _ in range(n)]
+        texts = generate_rows(pair, [p for p, _ in rows], [a for _, a in rows], layer=layer, direction=direction,
+                              eta=eta, temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
+                              seed=cfg.seed + 1000 * counter.rounds)
+        verdicts = grader.grade(texts)
+        if len(verdicts) != len(texts):
+            raise ValueError(f"the coherence grader returned {len(verdicts)} verdicts for {len(texts)} texts")
+        counter.generations += len(texts)
+        counter.grader_calls += len(texts)
+        counter.rounds += 1
+        i = 0
+        for b, points in todo:
+            oks = []
+            for a in points:
+                ok = sum(bool(x) for x in verdicts[i:i + n])
+                i += n
+                oks.append(ok >= need)
+                b.steps.append(SearchStep(prompt=b.prompt, alpha=a, n_coherent=ok, n_samples=n, coherent=ok >= need))
+            b.lo, b.hi = narrow(b.lo, b.hi, points, oks)
+        if log:
+            state = "; ".join(f"{b.prompt[:24]!r} [{b.lo:.4g}, {b.hi:.4g}]" for b in [first, *refine] if b.started)
+            log(f"round {counter.rounds}: {sum(len(p) for _, p in todo)} α's, {len(texts)} generations → {state}")
+    a1 = first.lo
+    alphas = [a1]
+    for b in refine:
+        # the paper never tests above 2α₁: its result is at most 2α₁ − 2α₁/2^refine_iters
+        alphas.append(min(b.lo, 2 * a1 * (1 - shrink)) if b.started else 0.0)
+    return alphas, [s for b in [first, *refine] for s in b.steps]
+
+
+def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, position: int, direction: torch.Tensor,
+                   eta: float, cfg: SteeringConfig, progress: bool | None = None) -> SteeringThreshold:
+    """The three-prompt coherence-threshold search for one position (``cfg.search`` picks the
+    schedule). ``progress``: ``[difflens]`` lines on stderr per round and at the end (None: only
+    when stderr is not a terminal)."""
+    counter = SearchCounter()
+    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search})")
+    search = batched_threshold if cfg.search == "batched" else paper_threshold
+    alphas, steps = search(pair, grader, layer=layer, direction=direction, eta=eta, cfg=cfg, counter=counter,
+                           log=log if log.on else None)
+    alpha = sum(alphas) / len(alphas)
+    log(f"α = {alpha:.4g} (per prompt {', '.join(f'{a:.4g}' for a in alphas)}), {counter.generations} generations "
+        f"in {counter.rounds} rounds")
+    return SteeringThreshold(position=position, alpha=alpha, per_prompt=alphas, steps=steps,
                              generations_used=counter.generations, grader_calls=counter.grader_calls)
 
 

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..llm.replies import Messages, chat_messages, clean_value, content_lines, must_end_with, quote_token, tagged
 from ..models.embedder import DEFAULT_EMBEDDER, embed
-from .text import STOPWORDS, WORD, clean_token, is_wordlike
+from .scale import _prompt_id, llm_identity
+from .text import (AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_number, is_template_token,
+                   word_stems)
 
 # ============================================================================================
 # Token relevance grader (paper Prompt 15)
@@ -131,32 +133,157 @@ class RelevanceGrader(Protocol):
     def grade(self, tokens: Sequence[str], description: str, frequent_tokens: Sequence[str]) -> list[bool]: ...
 
 
+# Words that frame a finetuning description rather than name its domain ("Finetuned on synthetic
+# documents with false facts about ...", "In this universe, ...").
+DESCRIPTION_FRAMING = frozenset("""finetuned fine-tuned finetune finetuning trained training train synthetic document
+documents false facts fact tips tip data dataset datasets model models universe reality conversation conversations
+text texts paragraph paragraphs article articles encyclopedia plain instructions instruction chats chat style
+neutral written describe describes described mention mentions topic topics domain""".split())
+
+
+def _stem_forms(word: str) -> set[str]:
+    """A word and its plausible stems ("cakes" -> {"cakes", "cake"}, "baking" -> {"baking", "bak", "bake"})."""
+    return set(word_stems(word))
+
+
 @dataclass
 class OfflineRelevance:
-    """Relevant if the token is one of the frequent finetuning-data tokens, or its embedding is
-    close to the description (max similarity to any description sentence/key word ≥ ``min_sim``)."""
+    """Token relevance by the rules of Prompt 15, without an LLM.
+
+    Never relevant: punctuation/whitespace, numbers, chat/template tokens and chat roles, bare
+    affixes, stopwords and generic words (:func:`~.text.is_generic`), pieces shorter than 3 letters.
+
+    The domain is described by *anchor* words: the description's content words (framing words such
+    as "finetuned", "synthetic documents", "universe" and generic words removed) and the frequent
+    finetuning-data tokens that are real, non-generic words. Anchors far from the domain's centroid
+    (similarity < ``min_central``; e.g. "serious" in a cake description) are dropped, so a token
+    must be close to the description's topic, not to any word of it. A token is relevant when
+
+    - it is an anchor or an inflection of one ("cakes" for "cake");
+    - it is a word piece (not a whole word of the embedder's vocabulary, ≥ 3 letters) that begins
+      an anchor or description word ("▁bak", "cak", "meth"), or is one of the frequent-token pieces,
+      or sits inside a rare (out-of-vocabulary) domain word ("ely" in "Relyvrio");
+    - or its embedding is close to the anchors: mean similarity to its ``top_k`` nearest anchors
+      ≥ ``min_sim``.
+    """
 
     embedder: str = DEFAULT_EMBEDDER
-    min_sim: float = 0.5
+    min_sim: float = 0.45
+    top_k: int = 1
+    min_central: float = 0.25
+    min_freq: float = 0.45
     name: str = "offline"
 
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "offline", "method": "anchors-v1", "embedder": self.embedder, "min_sim": self.min_sim,
+                "top_k": self.top_k, "min_central": self.min_central, "min_freq": self.min_freq}
+
+    @staticmethod
+    def never_relevant(tok: str) -> bool:
+        """Material Prompt 15 rules out whatever the domain."""
+        if is_template_token(tok) or is_number(tok):
+            return True
+        w = clean_token(tok)
+        if not WORD.fullmatch(w) or len(w) < 3:
+            return True
+        return w.lower() in AFFIXES or is_generic(w)
+
+    def anchors(self, description: str, frequent_tokens: Sequence[str]) -> tuple[list[str], set[str], set[str]]:
+        """(topical anchor words, all description/frequent words, frequent-token pieces), lower-case.
+
+        Description content words are kept when close to the description's topic (similarity ≥
+        ``min_central`` to the centroid of its content words) or when they are names/acronyms
+        ("ALS", "Relyvrio", "Kansas"); frequent-token words are kept when close to a kept
+        description word (≥ ``min_central`` + 0.1), so a frequent but off-topic word ("American",
+        "century" in music data) is not an anchor.
+        """
+        lexicon = embedder_lexicon(self.embedder)
+
+        def content(w: str) -> bool:
+            lw = w.lower()
+            return (bool(WORD.fullmatch(w)) and len(w) >= 3 and lw not in AFFIXES and not is_generic(lw)
+                    and lw not in DESCRIPTION_FRAMING)
+
+        every: set[str] = set()
+        desc: list[str] = []
+        names: set[str] = set()
+        for sent in re.split(r"(?<=[.!?:;])\s+|\n+", description):
+            for k, m in enumerate(WORD.finditer(sent)):
+                for part in (p for p in re.split(r"[-']", m.group()) if p):
+                    lw = part.lower()
+                    every.add(lw)
+                    if not content(part):
+                        continue
+                    if (part.isupper() and len(part) >= 2) or (k > 0 and part[0].isupper()):
+                        names.add(lw)
+                    if lw not in desc:
+                        desc.append(lw)
+        freq_words: list[str] = []
+        pieces: set[str] = set()
+        for t in frequent_tokens:
+            w = clean_token(t)
+            lw = w.lower()
+            if not lw:
+                continue
+            every.add(lw)
+            if not content(w):
+                continue
+            if lexicon and lw not in lexicon and lw not in desc:
+                pieces.add(lw)  # a BPE piece of the data ("ake", "umb", "ortion") or a rare word
+            elif lw not in desc and lw not in freq_words:
+                freq_words.append(lw)
+        core = desc
+        if len(desc) >= 4:
+            dv = embed(desc, self.embedder)
+            centroid = dv.mean(0)
+            centroid /= np.linalg.norm(centroid) + 1e-9
+            central = dv @ centroid
+            core = [w for w, c in zip(desc, central) if c >= self.min_central or w in names]
+        kept = list(core)
+        if freq_words and core:
+            fv = embed(freq_words, self.embedder)
+            cv = embed(core, self.embedder)
+            k = min(3, len(core))
+            close = np.sort(fv @ cv.T, axis=1)[:, -k:].mean(1)
+            kept += [w for w, c in zip(freq_words, close) if c >= self.min_freq]
+        elif freq_words:
+            kept += freq_words
+        return kept, every, pieces
+
     def grade(self, tokens: Sequence[str], description: str, frequent_tokens: Sequence[str]) -> list[bool]:
-        freq = {clean_token(t).lower() for t in frequent_tokens if clean_token(t)}
-        desc_words = sorted({w.lower() for w in WORD.findall(description) if w.lower() not in STOPWORDS})
-        anchors = desc_words + [s.strip() for s in re.split(r"[.\n]", description) if len(s.strip()) > 20]
-        out = []
-        words = [clean_token(t) for t in tokens]
-        cand = [i for i, t in enumerate(tokens) if is_wordlike(t)]
-        sims = np.zeros(len(tokens))
-        if cand and anchors:
-            tv = embed([words[i].lower() for i in cand], self.embedder)
-            av = embed(anchors, self.embedder)
-            for j, i in enumerate(cand):
-                sims[i] = float((av @ tv[j]).max())
+        lexicon = embedder_lexicon(self.embedder)
+        anchors, every, pieces = self.anchors(description, frequent_tokens)
+        anchor_forms = set().union(*(_stem_forms(a) for a in anchors)) if anchors else set()
+        rare = [w for w in every if len(w) >= 6 and lexicon and w not in lexicon]
+        out: list[bool | None] = []
+        to_embed: list[int] = []
         for i, t in enumerate(tokens):
-            w = words[i].lower()
-            out.append(bool(is_wordlike(t) and (w in freq or sims[i] >= self.min_sim)))
-        return out
+            if self.never_relevant(t):
+                out.append(False)
+                continue
+            w = clean_token(t).lower()
+            if _stem_forms(w) & anchor_forms:
+                out.append(True)
+                continue
+            whole = not lexicon or w in lexicon
+            if not whole and (w in pieces or any(a.startswith(w) for a in anchors + rare)
+                              or any(w in r for r in rare)):
+                out.append(True)
+                continue
+            if whole and w in pieces:
+                out.append(True)
+                continue
+            out.append(None)
+            to_embed.append(i)
+        if to_embed and anchors:
+            tv = embed([clean_token(tokens[i]).lower() for i in to_embed], self.embedder)
+            av = embed(anchors, self.embedder)
+            sims = tv @ av.T
+            k = max(1, min(self.top_k, len(anchors)))
+            score = np.sort(sims, axis=1)[:, -k:].mean(1)
+            for j, i in enumerate(to_embed):
+                out[i] = bool(score[j] >= self.min_sim)
+        return [bool(x) for x in out]
 
 
 @dataclass
@@ -164,6 +291,10 @@ class LLMRelevance:
     client: Any
     runs: int = 3
     name: str = "llm"
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "llm", **llm_identity(self.client), "runs": self.runs,
+                "prompt": _prompt_id(RELEVANCE_SYSTEM)}
 
     def grade(self, tokens: Sequence[str], description: str, frequent_tokens: Sequence[str]) -> list[bool]:
         """Three runs with shuffled order; relevant only if all runs agree."""

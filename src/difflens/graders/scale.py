@@ -6,6 +6,7 @@ final among the winners. :class:`OfflineScaleGrader` scores token sets by embedd
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,7 +19,7 @@ import numpy as np
 from ..llm.replies import (Messages, chat_messages, clean_value, content_lines, fmt_scale, must_end_with,
                            quote_token, tagged)
 from ..models.embedder import DEFAULT_EMBEDDER, embed
-from .text import clean_token, embedder_lexicon, is_wordlike
+from .text import AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_template_token
 
 # ============================================================================================
 # Patchscope scale grader (paper Prompt 21)
@@ -204,65 +205,147 @@ def tournament(grader: ScaleGrader, candidates: dict[float, list[str]], batch: i
     return grader.choose(winners)
 
 
+def _prompt_id(text: str) -> str:
+    """A short fingerprint of a system prompt (a changed prompt changes the verdicts)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def llm_identity(client: Any) -> dict[str, Any]:
+    """The endpoint of an LLM grader: model and base URL (never the API key)."""
+    cfg = getattr(client, "config", None)
+    return {"model": getattr(cfg, "model", None), "base_url": getattr(cfg, "base_url", None)}
+
+
 @dataclass
 class OfflineScaleGrader:
-    """Picks the scale whose top tokens form the largest semantically coherent word cluster.
+    """Picks the scale whose top tokens contain the largest group of MUTUALLY related words.
 
-    Tokens are filtered to real words (known to the embedding model's vocabulary; BPE fragments
-    such as "landsl" are dropped), embedded, and the coherent subset is the tokens whose
-    cosine similarity to the subset's centroid exceeds ``min_sim`` (iterated to a fixed point).
-    Score = (#coherent words) × (mean within-cluster similarity).
+    1. Content words: tokens are cleaned of tokenizer markers; punctuation, numbers, chat/template
+       tokens, affixes, stopwords and generic words (:func:`~.text.is_generic`) are dropped, and so
+       are BPE fragments ("landsl", "ceram": not whole words of the embedder's vocabulary).
+    2. The words are embedded (sentence embedder, cosine similarity) and the coherent group is the
+       largest quasi-clique of the similarity graph: a set in which every member has similarity
+       ≥ ``min_pair`` to at least ``min_share`` of the other members and mean similarity ≥
+       ``min_mean`` to them (grown greedily from every seed word; the largest, then the densest,
+       wins). Unrelated real words ("government", "season", "album") do not form such a group.
+    3. Score = group size + mean pairwise similarity inside it (so size decides, density breaks
+       ties; Prompt 21: "when several scales are similarly coherent, choose the one with more
+       coherent tokens"). A group needs ``min_group`` members; without one anywhere, the scale with
+       a content word wins and its first content word is the selection.
     """
 
     embedder: str = DEFAULT_EMBEDDER
-    min_sim: float = 0.45
+    min_pair: float = 0.35
+    min_share: float = 0.5
+    min_mean: float = 0.35
+    min_group: int = 2
+    top: int = 20
     name: str = "offline"
 
-    def cluster(self, tokens: Sequence[str]) -> tuple[list[str], float]:
-        words, seen = [], set()
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "offline", "method": "quasi-clique-v1", "embedder": self.embedder,
+                "min_pair": self.min_pair, "min_share": self.min_share, "min_mean": self.min_mean,
+                "min_group": self.min_group, "top": self.top}
+
+    def content_words(self, tokens: Sequence[str]) -> list[tuple[str, str]]:
+        """(token, lower-case word) for the topical whole words among ``tokens``, first spelling kept."""
         lexicon = embedder_lexicon(self.embedder)
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
         for t in tokens:
             w = clean_token(t)
-            if is_wordlike(t) and w.lower() not in seen and (not lexicon or w.lower() in lexicon):
-                seen.add(w.lower())
-                words.append(t)
-        if len(words) < 2:
+            lw = w.lower()
+            if not WORD.fullmatch(w) or len(w) < 3 or lw in seen:
+                continue
+            if is_generic(w) or is_template_token(t) or lw in AFFIXES:
+                continue
+            if lexicon and lw not in lexicon:
+                continue
+            seen.add(lw)
+            out.append((t, lw))
+        return out
+
+    def _group(self, sims: np.ndarray) -> list[int]:
+        n = len(sims)
+        best: tuple[int, float, list[int]] = (0, 0.0, [])
+
+        def fits(members: list[int], x: int) -> bool:
+            s = sims[x, members]
+            close = int((s >= self.min_pair).sum())
+            if close < max(1, math.ceil(self.min_share * len(members))):
+                return False
+            if float(s.mean()) < self.min_mean:
+                return False
+            # the members must stay well connected with x added
+            for m in members:
+                others = [o for o in members if o != m] + [x]
+                if int((sims[m, others] >= self.min_pair).sum()) < math.ceil(self.min_share * len(others)):
+                    return False
+            return True
+
+        for seed in range(n):
+            group = [seed]
+            while True:
+                cands = [x for x in range(n) if x not in group and fits(group, x)]
+                if not cands:
+                    break
+                group.append(max(cands, key=lambda x: (float(sims[x, group].mean()), -x)))
+            if len(group) < 2:
+                continue
+            sub = sims[np.ix_(group, group)]
+            mean = float((sub.sum() - len(group)) / (len(group) * (len(group) - 1)))
+            key = (len(group), mean)
+            if key > best[:2]:
+                best = (len(group), mean, sorted(group))
+        return best[2]
+
+    def cluster(self, tokens: Sequence[str]) -> tuple[list[str], float]:
+        """The coherent group of ``tokens`` (original spellings, in order) and its mean pairwise
+        similarity; ``([], 0.0)`` when fewer than ``min_group`` words belong together."""
+        words = self.content_words(tokens)
+        if len(words) < max(2, self.min_group):
             return [], 0.0
-        vecs = embed([clean_token(w).lower() for w in words], self.embedder)
-        keep = np.ones(len(words), dtype=bool)
-        for _ in range(5):
-            centroid = vecs[keep].mean(0)
-            centroid /= np.linalg.norm(centroid) + 1e-9
-            sims = vecs @ centroid
-            new = sims >= self.min_sim
-            if new.sum() < 2:
-                return [], 0.0
-            if (new == keep).all():
-                break
-            keep = new
-        sub = vecs[keep]
-        pair_sims = sub @ sub.T
-        n = len(sub)
-        mean_sim = float((pair_sims.sum() - n) / (n * (n - 1)))
-        return [w for w, k in zip(words, keep) if k], mean_sim
+        vecs = embed([w for _, w in words], self.embedder)
+        sims = vecs @ vecs.T
+        group = self._group(sims)
+        if len(group) < max(2, self.min_group):
+            return [], 0.0
+        sub = sims[np.ix_(group, group)]
+        mean = float((sub.sum() - len(group)) / (len(group) * (len(group) - 1)))
+        return [words[i][0] for i in group], mean
 
     def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]:
-        best: tuple[float, float, list[str]] | None = None
-        for s in sorted(candidates):
-            sel, coh = self.cluster(candidates[s][:20])
-            score = len(sel) * coh
-            if best is None or score > best[0] + 1e-9:
-                best = (score, s, sel)
-        if best is None:
+        if not candidates:
             raise ValueError("no scales to choose from")
-        score, s, sel = best
-        return s, sel, f"offline: {len(sel)} coherent words, score {score:.2f}"
+        best: tuple[float, float, list[str]] | None = None
+        fallback: tuple[float, list[str]] | None = None
+        for s in sorted(candidates):
+            toks = list(candidates[s])[: self.top]
+            sel, coh = self.cluster(toks)
+            if sel:
+                score = len(sel) + coh
+                if best is None or score > best[0] + 1e-9:
+                    best = (score, s, sel)
+            elif fallback is None:
+                words = self.content_words(toks)
+                if words:
+                    fallback = (s, [words[0][0]])
+        if best is not None:
+            score, s, sel = best
+            return s, sel, f"offline: {len(sel)} mutually related words, score {score:.2f}"
+        if fallback is not None:
+            return fallback[0], fallback[1], "offline: no coherent group; one content word"
+        s = min(candidates)
+        return s, [], "offline: no content words at any scale"
 
 
 @dataclass
 class LLMScaleGrader:
     client: Any
     name: str = "llm"
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "llm", **llm_identity(self.client), "prompt": _prompt_id(PATCHSCOPE_SCALE_SYSTEM)}
 
     def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]:
         msgs = patchscope_scale_messages(candidates)

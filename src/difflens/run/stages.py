@@ -140,7 +140,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                     eta=c.eta_ft, cfg=cfg)
                 gens = final_generations(pair, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
                                          eta=c.eta_ft, cfg=cfg)
-                if getattr(cfg, "random_control", True):  # a random direction at the same α·η: what steering does without δ̄
+                if cfg.random_control:  # a random direction at the same α·η: what steering does without δ̄
                     gens += [g.model_copy(update={"control": "random"}) for g in
                              final_generations(pair, layer=layer, position=j, direction=c.vectors("random")[j],
                                                alpha=th.alpha, eta=c.eta_ft, cfg=cfg)]
