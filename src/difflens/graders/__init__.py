@@ -33,12 +33,17 @@ class Graders:
 
 
 def make_graders(backend: str, *, model: Any = None, tokenizer: Any = None, client: Any = None,
-                 embedder: str = DEFAULT_EMBEDDER) -> Graders:
-    """Graders for ``backend`` ∈ {offline, llm}. ``llm`` needs a client (difflens.llm.LLMClient)."""
+                 embedder: str = DEFAULT_EMBEDDER, scope: Any = None) -> Graders:
+    """Graders for ``backend`` ∈ {offline, llm}. ``llm`` needs a client (difflens.llm.LLMClient).
+
+    Offline coherence scores text under the reference ``model``; ``scope`` (a context manager
+    factory such as ``pair.base``) is entered around scoring, e.g. to switch a shared adapter off.
+    """
     if backend == "offline":
         if model is None or tokenizer is None:
             raise ConfigError("offline coherence grading needs a reference model and tokenizer.")
-        return Graders(OfflineCoherence(model, tokenizer), OfflineScaleGrader(embedder), OfflineRelevance(embedder))
+        return Graders(OfflineCoherence(model, tokenizer, scope=scope), OfflineScaleGrader(embedder),
+                       OfflineRelevance(embedder))
     if backend == "llm":
         if client is None:
             raise ConfigError("grader backend 'llm' needs an endpoint: set --llm-model/--llm-base-url "
@@ -48,9 +53,11 @@ def make_graders(backend: str, *, model: Any = None, tokenizer: Any = None, clie
 
 
 def graders_for(pair: Any, backend: str, llm: Any = None) -> Graders:
-    """Graders for a model pair: offline coherence uses the finetuned model (unsteered) as its reference."""
+    """Graders for a model pair. Offline coherence scores text under the *base* model (the finetuned
+    model finds its own domain's word salad predictable) and is calibrated on the finetuned model's
+    unsteered answers by the steering stage."""
     if backend == "offline":
-        return make_graders("offline", model=pair.ft_lm.model, tokenizer=pair.tokenizer)
+        return make_graders("offline", model=pair.base_lm.model, tokenizer=pair.tokenizer, scope=pair.base)
     return make_graders(backend, client=llm)
 
 
