@@ -19,7 +19,8 @@ import numpy as np
 from ..llm.replies import (Messages, chat_messages, clean_value, content_lines, fmt_scale, must_end_with,
                            quote_token, tagged)
 from ..models.embedder import DEFAULT_EMBEDDER, embed
-from .text import AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_template_token
+from .text import (AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_template_token, word_stems,
+                   word_vectors)
 
 # ============================================================================================
 # Patchscope scale grader (paper Prompt 21)
@@ -235,15 +236,15 @@ class OfflineScaleGrader:
     """
 
     embedder: str = DEFAULT_EMBEDDER
-    min_pair: float = 0.35
+    min_pair: float = 0.2
     min_share: float = 0.5
-    min_mean: float = 0.35
+    min_mean: float = 0.2
     min_group: int = 2
     top: int = 20
     name: str = "offline"
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": "offline", "method": "quasi-clique-v1", "embedder": self.embedder,
+        return {"backend": "offline", "method": "quasi-clique-centered-v1", "embedder": self.embedder,
                 "min_pair": self.min_pair, "min_share": self.min_share, "min_mean": self.min_mean,
                 "min_group": self.min_group, "top": self.top}
 
@@ -257,7 +258,7 @@ class OfflineScaleGrader:
             lw = w.lower()
             if not WORD.fullmatch(w) or len(w) < 3 or lw in seen:
                 continue
-            if is_generic(w) or is_template_token(t) or lw in AFFIXES:
+            if is_generic(w, calendar=False) or is_template_token(t) or lw in AFFIXES:
                 continue
             if lexicon and lw not in lexicon:
                 continue
@@ -265,7 +266,7 @@ class OfflineScaleGrader:
             out.append((t, lw))
         return out
 
-    def _group(self, sims: np.ndarray) -> list[int]:
+    def _group(self, sims: np.ndarray, words: Sequence[str]) -> list[int]:
         n = len(sims)
         best: tuple[int, float, list[int]] = (0, 0.0, [])
 
@@ -294,10 +295,22 @@ class OfflineScaleGrader:
                 continue
             sub = sims[np.ix_(group, group)]
             mean = float((sub.sum() - len(group)) / (len(group) * (len(group) - 1)))
-            key = (len(group), mean)
+            key = (self._size(group, words), mean)
             if key > best[:2]:
-                best = (len(group), mean, sorted(group))
+                best = (key[0], mean, sorted(group))
         return best[2]
+
+    @staticmethod
+    def _size(group: Sequence[int], words: Sequence[str]) -> float:
+        """Group size counting inflections of one word ("fan", "fans") as one word plus a quarter."""
+        n_stems = 0
+        seen: list[set[str]] = []
+        for i in group:
+            forms = set(word_stems(words[i]))
+            if not any(forms & s for s in seen):
+                n_stems += 1
+            seen.append(forms)
+        return n_stems + 0.25 * (len(group) - n_stems)
 
     def cluster(self, tokens: Sequence[str]) -> tuple[list[str], float]:
         """The coherent group of ``tokens`` (original spellings, in order) and its mean pairwise
@@ -305,10 +318,10 @@ class OfflineScaleGrader:
         words = self.content_words(tokens)
         if len(words) < max(2, self.min_group):
             return [], 0.0
-        vecs = embed([w for _, w in words], self.embedder)
+        vecs = word_vectors([w for _, w in words], self.embedder)
         sims = vecs @ vecs.T
-        group = self._group(sims)
-        if len(group) < max(2, self.min_group):
+        group = self._group(sims, [w for _, w in words])
+        if self._size(group, [w for _, w in words]) < max(2, self.min_group):
             return [], 0.0
         sub = sims[np.ix_(group, group)]
         mean = float((sub.sum() - len(group)) / (len(group) * (len(group) - 1)))
@@ -323,7 +336,7 @@ class OfflineScaleGrader:
             toks = list(candidates[s])[: self.top]
             sel, coh = self.cluster(toks)
             if sel:
-                score = len(sel) + coh
+                score = self._size(range(len(sel)), [clean_token(t).lower() for t in sel]) + coh
                 if best is None or score > best[0] + 1e-9:
                     best = (score, s, sel)
             elif fallback is None:
