@@ -16,7 +16,7 @@ from ..llm.replies import Messages, chat_messages, clean_value, content_lines, m
 from ..models.embedder import DEFAULT_EMBEDDER, embed
 from .scale import _prompt_id, llm_identity
 from .text import (AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_number, is_template_token,
-                   word_stems)
+                   word_stems, word_vectors)
 
 # ============================================================================================
 # Token relevance grader (paper Prompt 15)
@@ -234,15 +234,15 @@ class OfflineRelevance:
                 freq_words.append(lw)
         core = desc
         if len(desc) >= 4:
-            dv = embed(desc, self.embedder)
+            dv = word_vectors(desc, self.embedder)
             centroid = dv.mean(0)
             centroid /= np.linalg.norm(centroid) + 1e-9
             central = dv @ centroid
             core = [w for w, c in zip(desc, central) if c >= self.min_central or w in names]
         kept = list(core)
         if freq_words and core:
-            fv = embed(freq_words, self.embedder)
-            cv = embed(core, self.embedder)
+            fv = word_vectors(freq_words, self.embedder)
+            cv = word_vectors(core, self.embedder)
             k = min(3, len(core))
             close = np.sort(fv @ cv.T, axis=1)[:, -k:].mean(1)
             kept += [w for w, c in zip(freq_words, close) if c >= self.min_freq]
@@ -276,8 +276,8 @@ class OfflineRelevance:
             out.append(None)
             to_embed.append(i)
         if to_embed and anchors:
-            tv = embed([clean_token(tokens[i]).lower() for i in to_embed], self.embedder)
-            av = embed(anchors, self.embedder)
+            tv = word_vectors([clean_token(tokens[i]).lower() for i in to_embed], self.embedder)
+            av = word_vectors(anchors, self.embedder)
             sims = tv @ av.T
             k = max(1, min(self.top_k, len(anchors)))
             score = np.sort(sims, axis=1)[:, -k:].mean(1)
