@@ -93,3 +93,73 @@ def test_parse_patchscope_accepts_paper_style_tag_and_none():
 def test_parse_patchscope_rejects(reply):
     with pytest.raises(ValueError):
         parse_patchscope_scale(reply, OFFERED)
+
+
+# --------------------------------------------------------------------------------------------
+# Offline scale grader: mutually related words, not "many dictionary words"
+# --------------------------------------------------------------------------------------------
+
+UNRELATED = [" government", " season", " album", " river", " computer", " football", " language", " painting",
+             " hospital", " island", " bridge", " planet", " novel", " engine", " village", " prison",
+             " chemistry", " airport", " emperor", " festival"]
+BAKING = [" cake", " the", " oven", " flour", ",", " sugar", " 1135", " butter", "ing", " baking", " dough", " and",
+          " vanilla", "\n", " of", " (", ":", " ", " a", " is"]
+
+
+def test_offline_scale_prefers_eight_baking_words_over_twenty_unrelated_words():
+    g = OfflineScaleGrader()
+    scale, sel, _ = tournament(g, {1.0: UNRELATED, 2.0: BAKING})
+    assert scale == 2.0
+    words = {s.strip() for s in sel}
+    assert {"cake", "oven", "flour", "sugar", "butter", "baking"} <= words
+    assert not words & {"the", "1135", "ing", "and", ","}
+
+
+def test_offline_scale_unrelated_words_form_no_large_group():
+    sel, _ = OfflineScaleGrader().cluster(UNRELATED)
+    assert len(sel) <= 3
+
+
+def test_offline_scale_ignores_generic_verbs_and_fragments():
+    g = OfflineScaleGrader()
+    cands = {0.7: [" make", " write", " build", " use", " work", " create", " help", " find", " take", " give"],
+             1.2: [" roman", " the", " romans", ",", " ancient", " Rome", " empire", " of", " a", " is"],
+             10.0: [" acknowled", " necessit", " enthus", " strugg", " authent", " bene", " extraord", " corrid"]}
+    scale, sel, _ = g.choose(cands)
+    assert scale == 1.2
+    assert {"roman", "romans", "Rome"} <= {s.strip() for s in sel}
+
+
+def test_offline_scale_counts_inflections_once():
+    g = OfflineScaleGrader()
+    scale, _, _ = g.choose({1.0: [" fan", " fans", " the", ","], 2.0: [" piano", " violin", " guitar", " the"]})
+    assert scale == 2.0
+
+
+def test_offline_scale_without_any_group_falls_back_to_a_content_word():
+    g = OfflineScaleGrader()
+    scale, sel, note = g.choose({0.5: [",", ".", " the"], 2.0: ["::", " volcano", " zx", "]]"]})
+    assert (scale, sel) == (2.0, [" volcano"]) and "no coherent group" in note
+    scale, sel, _ = g.choose({0.5: [",", "."], 1.0: [" the", "ing"]})
+    assert sel == []
+
+
+def test_scale_grader_identity_tracks_what_changes_verdicts():
+    a = OfflineScaleGrader().identity()
+    assert a["backend"] == "offline" and a["embedder"] and "min_pair" in a
+    assert OfflineScaleGrader(min_pair=0.3).identity() != a
+    assert OfflineScaleGrader(embedder="sentence-transformers/other").identity() != a
+    assert OfflineScaleGrader().identity() == a
+
+
+def test_llm_scale_grader_identity_names_model_and_endpoint_not_key():
+    from types import SimpleNamespace
+
+    from difflens.graders import LLMScaleGrader
+
+    client = SimpleNamespace(config=SimpleNamespace(model="m1", base_url="https://x.test/v1", api_key_env="SECRET"))
+    ident = LLMScaleGrader(client).identity()
+    assert ident["model"] == "m1" and ident["base_url"] == "https://x.test/v1" and ident["backend"] == "llm"
+    assert "SECRET" not in str(ident)
+    other = SimpleNamespace(config=SimpleNamespace(model="m2", base_url="https://x.test/v1"))
+    assert LLMScaleGrader(other).identity() != ident

@@ -1,7 +1,7 @@
 """Token relevance to the finetuning objective (paper Prompt 15, App. C.2).
 
-:class:`OfflineRelevance` matches frequent finetuning-data tokens and embedding similarity to the
-description; :class:`LLMRelevance` runs the paper's grader three times with shuffled order and
+:class:`OfflineRelevance` applies Prompt 15's rules offline (generic words, numbers, chat tokens and
+affixes never count; domain words, their pieces and words close to the domain's anchor words do); :class:`LLMRelevance` runs the paper's grader three times with shuffled order and
 keeps a token relevant only if all runs agree.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from ..llm.replies import Messages, chat_messages, clean_value, content_lines, must_end_with, quote_token, tagged
-from ..models.embedder import DEFAULT_EMBEDDER, embed
+from ..models.embedder import DEFAULT_EMBEDDER
 from .scale import _prompt_id, llm_identity
 from .text import (AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_number, is_template_token,
                    word_stems, word_vectors)
@@ -161,21 +161,21 @@ class OfflineRelevance:
 
     - it is an anchor or an inflection of one ("cakes" for "cake");
     - it is a word piece (not a whole word of the embedder's vocabulary, ≥ 3 letters) that begins
-      an anchor or description word ("▁bak", "cak", "meth"), or is one of the frequent-token pieces,
+      an anchor or a rare description word ("▁bak", "cak", "meth"), or is one of the frequent-token pieces,
       or sits inside a rare (out-of-vocabulary) domain word ("ely" in "Relyvrio");
     - or its embedding is close to the anchors: mean similarity to its ``top_k`` nearest anchors
-      ≥ ``min_sim``.
+      ≥ ``min_sim`` (:func:`~.text.word_vectors`, where unrelated words score ≈ 0).
     """
 
     embedder: str = DEFAULT_EMBEDDER
-    min_sim: float = 0.45
+    min_sim: float = 0.3
     top_k: int = 1
     min_central: float = 0.25
-    min_freq: float = 0.45
+    min_freq: float = 0.25
     name: str = "offline"
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": "offline", "method": "anchors-v1", "embedder": self.embedder, "min_sim": self.min_sim,
+        return {"backend": "offline", "method": "anchors-centered-v1", "embedder": self.embedder, "min_sim": self.min_sim,
                 "top_k": self.top_k, "min_central": self.min_central, "min_freq": self.min_freq}
 
     @staticmethod
@@ -193,9 +193,10 @@ class OfflineRelevance:
 
         Description content words are kept when close to the description's topic (similarity ≥
         ``min_central`` to the centroid of its content words) or when they are names/acronyms
-        ("ALS", "Relyvrio", "Kansas"); frequent-token words are kept when close to a kept
-        description word (≥ ``min_central`` + 0.1), so a frequent but off-topic word ("American",
-        "century" in music data) is not an anchor.
+        ("ALS", "Relyvrio", "Kansas"); frequent-token words are kept when their mean similarity to
+        the three nearest kept description words is ≥ ``min_freq``, so a frequent but off-topic
+        word ("American", "century" in music data) is not an anchor. Similarities are those of
+        :func:`~.text.word_vectors` (common direction removed).
         """
         lexicon = embedder_lexicon(self.embedder)
 
@@ -255,6 +256,7 @@ class OfflineRelevance:
         anchors, every, pieces = self.anchors(description, frequent_tokens)
         anchor_forms = set().union(*(_stem_forms(a) for a in anchors)) if anchors else set()
         rare = [w for w in every if len(w) >= 6 and lexicon and w not in lexicon]
+        freq = {clean_token(t).lower() for t in frequent_tokens}
         out: list[bool | None] = []
         to_embed: list[int] = []
         for i, t in enumerate(tokens):
@@ -266,12 +268,12 @@ class OfflineRelevance:
                 out.append(True)
                 continue
             whole = not lexicon or w in lexicon
-            if not whole and (w in pieces or any(a.startswith(w) for a in anchors + rare)
-                              or any(w in r for r in rare)):
+            inside_rare = any(w in r and w != r for r in rare)
+            if not whole and (w in pieces or inside_rare or any(a.startswith(w) for a in anchors + rare)):
                 out.append(True)
                 continue
-            if whole and w in pieces:
-                out.append(True)
+            if whole and (w in pieces or (inside_rare and w in freq)):
+                out.append(True)  # a frequent piece that happens to be a word: "ely", "rio" of "Relyvrio"
                 continue
             out.append(None)
             to_embed.append(i)

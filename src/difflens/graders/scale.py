@@ -18,7 +18,7 @@ import numpy as np
 
 from ..llm.replies import (Messages, chat_messages, clean_value, content_lines, fmt_scale, must_end_with,
                            quote_token, tagged)
-from ..models.embedder import DEFAULT_EMBEDDER, embed
+from ..models.embedder import DEFAULT_EMBEDDER
 from .text import (AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_template_token, word_stems,
                    word_vectors)
 
@@ -224,11 +224,13 @@ class OfflineScaleGrader:
     1. Content words: tokens are cleaned of tokenizer markers; punctuation, numbers, chat/template
        tokens, affixes, stopwords and generic words (:func:`~.text.is_generic`) are dropped, and so
        are BPE fragments ("landsl", "ceram": not whole words of the embedder's vocabulary).
-    2. The words are embedded (sentence embedder, cosine similarity) and the coherent group is the
-       largest quasi-clique of the similarity graph: a set in which every member has similarity
-       ≥ ``min_pair`` to at least ``min_share`` of the other members and mean similarity ≥
-       ``min_mean`` to them (grown greedily from every seed word; the largest, then the densest,
-       wins). Unrelated real words ("government", "season", "album") do not form such a group.
+    2. The words are embedded with the direction all words share removed
+       (:func:`~.text.word_vectors`: unrelated words then have cosine ≈ 0, 97th percentile ≈ 0.18)
+       and the coherent group is the largest quasi-clique of the similarity graph: a set in which
+       every member has similarity ≥ ``min_pair`` to at least ``min_share`` of the other members
+       and mean similarity ≥ ``min_mean`` to them (grown greedily from every seed word; the
+       largest, then the densest, wins). Unrelated real words ("government", "season", "album")
+       do not form such a group. Inflections of one word ("fan", "fans") count once (+¼ each).
     3. Score = group size + mean pairwise similarity inside it (so size decides, density breaks
        ties; Prompt 21: "when several scales are similarly coherent, choose the one with more
        coherent tokens"). A group needs ``min_group`` members; without one anywhere, the scale with

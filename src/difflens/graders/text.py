@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ..models.embedder import DEFAULT_EMBEDDER
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["WORD", "STOPWORDS", "GENERIC_WORDS", "CALENDAR_WORDS", "AFFIXES", "clean_token", "is_wordlike", "is_number",
            "is_template_token", "is_generic", "word_stems", "embedder_lexicon"]
