@@ -37,7 +37,7 @@ class CountingGrader:
 
 
 def main() -> None:
-    from difflens.adl.steering import SteeringConfig, default_grid, find_threshold, generate
+    from difflens.adl.steering import SteeringConfig, default_grid, find_threshold, generate, required_coherent
     from difflens.graders import graders_for
 
     ap = argparse.ArgumentParser()
@@ -55,7 +55,11 @@ def main() -> None:
     base_cfg = SteeringConfig(max_new_tokens=args.max_new_tokens)
     calib = generate(pair, base_cfg.threshold_prompts, layer=c.layer, direction=None, alpha=0, eta=c.eta_ft, n=10,
                      temperature=1.2, max_new_tokens=args.max_new_tokens, seed=99)
-    graders.coherence.calibrate([t for ts in calib for t in ts])
+    calib = [t for ts in calib for t in ts]
+    graders.coherence.calibrate(calib)
+    pass_rate = sum(graders.coherence.grade(calib)) / len(calib)
+    need = required_coherent(base_cfg, pass_rate)
+    base_cfg = base_cfg.model_copy(update={"min_coherent": need})
     schedules = [("paper", {"search": "paper", "early_stop": False})]
     if args.early_stop:
         schedules.append(("paper early-stop", {"search": "paper", "early_stop": True}))
@@ -63,7 +67,8 @@ def main() -> None:
         grid = g or default_grid(pair)
         schedules.append((f"batched grid {grid}", {"search": "batched", "grid": grid}))
     print(f"pair {BASE} vs {'short finetune' if not args.ft else ft} on {pair.device}, layer {c.layer}, "
-          f"max_new_tokens {args.max_new_tokens}, offline coherence grader")
+          f"max_new_tokens {args.max_new_tokens}, offline coherence grader; unsteered pass rate {pass_rate:.2f} "
+          f"→ a tested α needs ≥ {need}/{base_cfg.search_samples} coherent")
     head = (f"{'pos':>4} {'schedule':<18}{'alpha':>8}  {'per prompt':<24}{'gens':>6}{'graded':>8}{'rounds':>8}"
             f"{'wall s':>9}{'cpu s':>9}{'wall/paper':>12}")
     print(head)

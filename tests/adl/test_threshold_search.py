@@ -236,3 +236,13 @@ def test_default_grid_by_device():
     assert steering.default_grid(SimpleNamespace(device=torch.device("cpu"))) == 1
     assert steering.default_grid(SimpleNamespace(device=torch.device("cuda"))) == 10
     assert steering.default_grid(None) == 1
+
+
+@pytest.mark.parametrize("rate, need", [(1.0, 8), (0.95, 8), (0.875, 7), (0.7, 6), (0.6, 5), (0.1, 1), (0.0, 1),
+                                        (None, 8)])
+def test_required_coherent_is_relative_to_the_unsteered_pass_rate(rate, need):
+    from difflens.adl.steering import required_coherent
+
+    assert required_coherent(SteeringConfig(), rate) == need
+    # the paper's absolute rule ignores the pass rate
+    assert required_coherent(SteeringConfig(coherence_reference="absolute"), rate) == 8

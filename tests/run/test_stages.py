@@ -65,3 +65,38 @@ def test_changing_the_grader_recomputes_lens_and_only_then(tiny_run, monkeypatch
     assert len(calls) == 2  # another LLM model: recomputed
     run_lens(pair, layout, graders("model-b", threshold=0.6), cfg, progress=False)
     assert len(calls) == 3  # another threshold: recomputed
+
+
+@dataclass
+class PassesEveryOther:
+    """A coherence grader passing every second text it sees, whatever it says (a 50% pass rate)."""
+
+    name: str = "alternating"
+
+    def identity(self):
+        return {"backend": "test", "kind": "alternating"}
+
+    def grade(self, texts):
+        return [i % 2 == 0 for i in range(len(texts))]
+
+
+def test_steering_bar_is_relative_to_unsteered_pass_rate_and_recorded(tiny_run):
+    from difflens.adl.steering import SteeringConfig
+    from difflens.run.stages import run_steer
+
+    pair, layout, _ = tiny_run
+    graders = Graders(coherence=PassesEveryOther(), scale=None, relevance=None)
+    cfg = SteeringConfig(positions=[0], search_iters=2, refine_iters=0, search_samples=4, min_coherent=4,
+                         final_samples=1, max_new_tokens=3, prompts=["hi"], random_control=False)
+    [res] = run_steer(pair, layout, graders, cfg, progress=False)
+    assert res.unsteered_pass_rate == 0.5
+    assert res.min_coherent == 2  # ceil(4 · 0.5): the paper's 4/4 would fail every α, even 0
+    [th] = res.thresholds
+    assert th.min_coherent == 2
+    assert all(s.coherent == (s.n_coherent >= 2) for s in th.steps)
+    assert th.alpha > 0  # 2 of every 4 pass: each tested α is coherent under the relative bar
+
+    absolute = cfg.model_copy(update={"coherence_reference": "absolute"})
+    [res] = run_steer(pair, layout, graders, absolute, progress=False)
+    assert res.min_coherent == 4 and res.unsteered_pass_rate == 0.5
+    assert res.thresholds[0].alpha == 0.0  # nothing reaches 4/4

@@ -20,6 +20,10 @@ for the other two; the threshold is the mean of the three prompts' values):
   prompts bisected side by side, 10-13 rounds for ~1.1x the generations. Which is faster depends
   on what a round costs against a generation (:func:`default_grid`, the default by device).
 
+Coherent means ≥ ``min_coherent`` of ``search_samples`` by default relative to how often the
+unsteered model's own samples pass the grader (:func:`required_coherent`): the paper's 8/10 when
+they all pass, fewer for a small model whose unsteered text at T=1.2 is often incoherent itself.
+
 The bracket is narrowed by a step fit to the round's verdicts (:func:`narrow`): for a monotone
 pattern (coherent …, incoherent …) the new bracket is [largest coherent α, smallest incoherent α];
 a non-monotone pattern (sampling noise near the threshold) takes the split with the fewest
@@ -86,6 +90,9 @@ class SteeringConfig(BaseModel):
     refine_iters: int = Field(5, ge=0)
     search_samples: int = Field(10, ge=1)
     min_coherent: int = Field(8, ge=1)
+    # "unsteered": a tested α passes with ≥ min_coherent/search_samples of the UNSTEERED pass rate
+    # (required_coherent); "absolute": the paper's fixed ≥ min_coherent of search_samples
+    coherence_reference: Literal["unsteered", "absolute"] = "unsteered"
     search_temperature: float = 1.2
     final_samples: int = Field(5, ge=1)
     final_temperature: float = 1.1
@@ -419,13 +426,30 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
     return alphas, [s for b in [first, *refine] for s in b.steps]
 
 
+def required_coherent(cfg: SteeringConfig, unsteered_pass_rate: float | None) -> int:
+    """How many of ``search_samples`` steered samples must pass for a tested α to count as coherent.
+
+    The paper requires 8 of 10. That presumes a grader that passes (nearly) every unsteered sample,
+    as a GPT-class judge does for 1B-32B chat models. A 135M model at T=1.2 writes incoherent text
+    on its own a third of the time, so 8/10 fails already at α=0 and the search collapses to α≈0.
+    With ``coherence_reference="unsteered"`` the bar is relative: a steered α must keep
+    ``min_coherent/search_samples`` (80%) of the unsteered pass rate, i.e.
+    ``ceil(min_coherent · pass_rate)`` samples. At a pass rate of 1 this is the paper's rule exactly.
+    """
+    if cfg.coherence_reference == "absolute" or unsteered_pass_rate is None:
+        return cfg.min_coherent
+    rate = min(max(float(unsteered_pass_rate), 0.0), 1.0)
+    return max(1, min(cfg.min_coherent, math.ceil(cfg.min_coherent * rate - 1e-9)))
+
+
 def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, position: int, direction: torch.Tensor,
                    eta: float, cfg: SteeringConfig, progress: bool | None = None) -> SteeringThreshold:
     """The three-prompt coherence-threshold search for one position (``cfg.search`` picks the
     schedule). ``progress``: ``[difflens]`` lines on stderr per round and at the end (None: only
     when stderr is not a terminal)."""
     counter = SearchCounter()
-    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search})")
+    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search}, "
+                         f"≥{cfg.min_coherent}/{cfg.search_samples} coherent)")
     search = batched_threshold if cfg.search == "batched" else paper_threshold
     alphas, steps = search(pair, grader, layer=layer, direction=direction, eta=eta, cfg=cfg, counter=counter,
                            log=log if log.on else None)
@@ -433,7 +457,8 @@ def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, posi
     log(f"α = {alpha:.4g} (per prompt {', '.join(f'{a:.4g}' for a in alphas)}), {counter.generations} generations "
         f"in {counter.rounds} rounds")
     return SteeringThreshold(position=position, alpha=alpha, per_prompt=alphas, steps=steps,
-                             generations_used=counter.generations, grader_calls=counter.grader_calls)
+                             generations_used=counter.generations, grader_calls=counter.grader_calls,
+                             min_coherent=cfg.min_coherent)
 
 
 def final_generations(pair: ModelPair, *, layer: int, position: int | None, direction: torch.Tensor | None,

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["COMMON_ENGLISH_WORDS", "frequent_tokens"]
+__all__ = ["COMMON_ENGLISH_WORDS", "frequent_tokens", "token_counts"]
 
 COMMON_ENGLISH_WORDS: frozenset[str] = frozenset(
     """
@@ -50,8 +50,20 @@ def frequent_tokens(
     k: int = 100,
     common: set[str] | frozenset[str] | None = None,
     min_chars: int = 2,
+    min_count: int = 1,
 ) -> list[str]:
-    """The ``k`` most frequent tokens of ``texts``, excluding common English words.
+    counts = token_counts(texts, tokenizer, common=common, min_chars=min_chars)
+    return [t for t, c in counts.most_common(k) if c >= min_count]
+
+
+def token_counts(
+    texts: Iterable[str],
+    tokenizer: Any,
+    common: set[str] | frozenset[str] | None = None,
+    min_chars: int = 2,
+) -> Counter[str]:
+    """Counts of the normalised tokens of ``texts`` (see :func:`frequent_tokens`, which keeps the
+    ``k`` most frequent: the ``k`` most frequent tokens of ``texts``, excluding common English words).
 
     ``tokenizer`` is a HF tokenizer (``.tokenize``; tokens are turned into text with
     ``convert_tokens_to_string`` when available) or any object with ``.tokenize`` / a callable
@@ -59,7 +71,8 @@ def frequent_tokens(
     whitespace stripped); tokens without a letter or digit, shorter than ``min_chars`` (single
     letters and digits of split words), or whose lower-cased form is in ``common`` (default
     :data:`COMMON_ENGLISH_WORDS`) are dropped. Counts of tokens with the same
-    normalized form are merged; ties keep first-seen order. Returns normalized token strings.
+    normalized form are merged; ties keep first-seen order; tokens seen fewer than ``min_count``
+    times are dropped (paper App. C.2: count ≥ 10). Returns normalized token strings.
     """
     common_set = {c.lower() for c in (COMMON_ENGLISH_WORDS if common is None else common)}
     tok = _tokenize_fn(tokenizer)
@@ -89,4 +102,4 @@ def frequent_tokens(
             if len(s) < min_chars or not any(c.isalnum() for c in s) or s.lower() in common_set:
                 continue
             counts[s] += 1
-    return [t for t, _ in counts.most_common(k)]
+    return counts

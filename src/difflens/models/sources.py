@@ -267,6 +267,28 @@ def load_model(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32, d
     return LoadedModel(model, ensure_pad_token(tok), src, fingerprint_source(src))
 
 
+def load_tokenizer(spec: str | ModelSource, *, base: str | None = None) -> Any:
+    """The tokenizer of a model source, without loading its weights (an adapter's is its base's)."""
+    import transformers
+
+    src = spec if isinstance(spec, ModelSource) else resolve_source(spec, base=base)
+    if src.kind == "adapter":
+        if src.base is None:
+            raise ModelSourceError(f"adapter {src.path} has no base model; pass the base explicitly.")
+        return load_tokenizer(src.base)
+    try:
+        if src.kind == "embedded":
+            tok = transformers.AutoTokenizer.from_pretrained(str(materialize_embedded(src.path)), local_files_only=True)
+        elif src.kind == "gguf":
+            p = Path(src.path)
+            tok = transformers.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        else:
+            tok = transformers.AutoTokenizer.from_pretrained(src.path, local_files_only=src.kind == "local")
+    except OSError as e:
+        raise ModelSourceError(f"cannot load the tokenizer of {src.describe()}: {e}") from e
+    return ensure_pad_token(tok)
+
+
 def list_models() -> list[dict[str, str]]:
     """Embedded models (with whether they are converted yet) and other cached models."""
     rows = []

@@ -291,6 +291,19 @@ def _lens_block(s: Slice) -> str:
             + _source_grid(res, lambda e: _lens_cell(e.top_positive, e.top_negative)))
 
 
+def _coherence_bar(res: SteeringResult) -> str:
+    """How a tested α was judged coherent: the bar and the unsteered pass rate it is relative to."""
+    if res.min_coherent is None:
+        return ""
+    n = res.thresholds[0].steps[0].n_samples if res.thresholds and res.thresholds[0].steps else None
+    bar = f" A tested α counted as coherent with ≥ {esc(res.min_coherent)}" + (f"/{esc(n)}" if n else "")
+    bar += " coherent samples"
+    if res.unsteered_pass_rate is not None:
+        bar += (f"; the unsteered model's own samples pass {esc(fmt(100 * res.unsteered_pass_rate, 3))}% of the "
+                f"time at the search temperature")
+    return bar + "."
+
+
 def _steer_threshold_block(s: Slice) -> str:
     if s.steer.error:
         return _error(s.steer.error)
@@ -317,7 +330,7 @@ def _steer_threshold_block(s: Slice) -> str:
     return (f'<p class="muted small">Largest coherent α per position (bars: mean over search prompts; dots: each '
             f'prompt). Steering adds α · η_ft · δ̂_j (η_ft = {esc(fmt(res.eta_ft, 4))}) at every position of layer '
             f'{esc(res.layer)}. Coherence grader: {esc(res.grader)}; final samples: {esc(res.samples_per_prompt)} per '
-            f'prompt at T = {esc(fmt(res.temperature, 3))}.</p>'
+            f'prompt at T = {esc(fmt(res.temperature, 3))}.{_coherence_bar(res)}</p>'
             f'<div class="chartrow">{chart}{table}</div>'
             f'<details><summary>binary-search steps</summary>{"".join(steps)}</details>')
 

@@ -107,6 +107,7 @@ class SteeringThreshold(BaseModel):
     steps: list[SearchStep]
     generations_used: int
     grader_calls: int
+    min_coherent: int | None = None  # samples of each tested α that had to pass (None: written before it was recorded)
 
 
 class Generation(BaseModel):
@@ -127,6 +128,9 @@ class SteeringResult(BaseModel):
     prompts: list[str]
     samples_per_prompt: int
     temperature: float
+    # share of unsteered samples (threshold prompts, search temperature) the coherence grader passes
+    unsteered_pass_rate: float | None = None
+    min_coherent: int | None = None  # required coherent samples per tested α (steering.required_coherent)
 
     def alpha(self, position: int) -> float:
         for t in self.thresholds:

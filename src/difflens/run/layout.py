@@ -116,8 +116,20 @@ class RunLayout:
         return "-".join(str(x) for x in (stage, slug(dataset) if dataset else None, layer) if x is not None)
 
     # -- later stages ------------------------------------------------------------------
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
     def evaluation(self) -> Path:
-        return self.root / "evaluate" / "evaluation.json"
+        """``eval/summary.json``: the evaluation summary (schema: :mod:`difflens.eval.summary`)."""
+        return self.eval_dir() / "summary.json"
+
+    def eval_part(self, dataset: str, layer: int, part: str) -> Path:
+        """One finished evaluation part (with its fingerprint), reused while its inputs are unchanged."""
+        return self.eval_dir() / "parts" / f"{slug(dataset)}-{layer}-{part}.json"
+
+    def eval_cache(self) -> Path:
+        """Per-run caches of evaluation inputs (frequent tokens of D_ft, …)."""
+        return self.eval_dir() / "cache"
 
     def agent(self) -> Path:
         return self.root / "agent" / "agent.json"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import patchscope
-from ..adl.steering import SteeringConfig, final_generations, find_threshold, generate
+from ..adl.steering import SteeringConfig, final_generations, find_threshold, generate, required_coherent
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, load_pair
@@ -122,22 +122,30 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                           eta=c.eta_ft, cfg=cfg)
             partial["generations"] += [g.model_dump() for g in unsteered]
             write_json(partial_path, partial)
+        if partial.get("calibration_texts") is None:
+            # unsteered answers to the threshold prompts at the search temperature: the offline
+            # grader's calibration and the reference pass rate of the relative coherence bar
+            texts = generate(pair, cfg.threshold_prompts, layer=layer, direction=None, alpha=0.0, eta=c.eta_ft,
+                             n=cfg.search_samples, temperature=cfg.search_temperature,
+                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 99)
+            partial["calibration_texts"] = [t for ts in texts for t in ts]
+            write_json(partial_path, partial)
         if callable(calibrate):
-            if partial.get("calibration_texts") is None:
-                texts = generate(pair, cfg.threshold_prompts, layer=layer, direction=None, alpha=0.0, eta=c.eta_ft,
-                                 n=cfg.search_samples, temperature=cfg.search_temperature,
-                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 99)
-                partial["calibration_texts"] = [t for ts in texts for t in ts]
-                write_json(partial_path, partial)
             calibrate(partial["calibration_texts"] + [g["text"] for g in partial["generations"]
                                                       if g["position"] is None])
             partial["calibration"] = getattr(graders.coherence, "calibration", None)
+        if partial.get("unsteered_pass_rate") is None:
+            verdicts = graders.coherence.grade(partial["calibration_texts"])
+            partial["unsteered_pass_rate"] = sum(map(bool, verdicts)) / max(len(verdicts), 1)
+            write_json(partial_path, partial)
+        need = required_coherent(cfg, partial.get("unsteered_pass_rate"))
+        search_cfg = cfg.model_copy(update={"min_coherent": need})
         todo = [j for j in pos if str(j) not in partial["thresholds"]]
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"steering layer {layer}", total=len(pos), completed=len(pos) - len(todo))
             for j in todo:
                 th = find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
-                                    eta=c.eta_ft, cfg=cfg)
+                                    eta=c.eta_ft, cfg=search_cfg)
                 gens = final_generations(pair, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
                                          eta=c.eta_ft, cfg=cfg)
                 if cfg.random_control:  # a random direction at the same α·η: what steering does without δ̄
@@ -152,7 +160,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
                                thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],
                                prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
-                               temperature=cfg.final_temperature)
+                               temperature=cfg.final_temperature,
+                               unsteered_pass_rate=partial.get("unsteered_pass_rate"), min_coherent=need)
         gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
         A.save(res, layout.steering(dataset, layer))

@@ -1,0 +1,134 @@
+"""``difflens evaluate RUN``: token relevance, steering similarity, causal effect, identification."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import ConfigError, DifflensError
+from .options import GRADER, LLM_KEY, LLM_MODEL, LLM_URL, console, fail, llm_client
+
+PARTS_HELP = "parts to compute (repeatable): relevance, similarity, causal, identification (default: all)"
+
+
+def resolve_ft(layout: Any, organism: Optional[str], ft_data: Optional[Path], description: Optional[str]) -> Any:
+    """D_ft and the true description from the options, else from the run's organism model; None if
+    neither names any (the parts that need them are then skipped)."""
+    from ..eval.ftdata import ft_data_from_file, ft_data_from_spec, organism_of_run
+    from ..files import read_json
+    from ..organisms.spec import load_spec
+
+    if ft_data is not None:
+        ft = ft_data_from_file(ft_data, description=description)
+        if organism:
+            spec = load_spec(organism)
+            ft.description = description or spec.grader_description()
+            ft.organism, ft.organism_type = spec.name, str(spec.type)
+        return ft
+    name, train_cfg = organism_of_run(read_json(layout.manifest))
+    if organism:
+        spec = load_spec(organism)
+        ft = ft_data_from_spec(spec, train_config=train_cfg if name == spec.name else None)
+    elif name:
+        ft = ft_data_from_spec(load_spec(name), train_config=train_cfg)
+    else:
+        return None
+    if description:
+        ft.description = description
+    return ft
+
+
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="run directory (after collect, lens, steer)"),
+    organism: Optional[str] = typer.Option(None, "--organism", help="organism NAME or SPEC.yaml: D_ft and the true "
+                                           "description (default: the run's organism:NAME model, if any)"),
+    ft_data: Optional[Path] = typer.Option(None, "--ft-data", help="D_ft as .jsonl/.json/.parquet/.txt "
+                                           "(chat records: assistant turns only)"),
+    description: Optional[str] = typer.Option(None, "--description", help="the true finetuning objective"),
+    candidates: Optional[list[Path]] = typer.Option(None, "--candidates", help="extra organism YAMLs or "
+                                                    "directories for identification (repeatable)"),
+    parts: Optional[list[str]] = typer.Option(None, "--part", help=PARTS_HELP),
+    quick: bool = typer.Option(False, "--quick", help="laptop size: 16 texts × 64 tokens and 16 random "
+                               "directions for the causal effect, 200 similarity samples"),
+    causal_texts: Optional[int] = typer.Option(None, "--causal-texts", help="texts per dataset for ΔCE (default 64)"),
+    causal_random: Optional[int] = typer.Option(None, "--causal-random", help="random-difference baseline "
+                                                "vectors (default 64)"),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="sentence-transformers model name or path "
+                                           "(default: the embedded all-MiniLM-L6-v2)"),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", help="absolute layers (default: all collected)"),
+    grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
+    llm_key_env: str = LLM_KEY,
+) -> None:
+    """The paper's quantitative evaluations of a run → RUN/eval/summary.json (shown in the report)."""
+    from ..eval.evaluate import PARTS, EvalConfig, evaluate
+    from ..files import write_json
+    from ..graders.relevance import LLMRelevance, OfflineRelevance
+    from ..run.layout import RunLayout
+    from ..run.stages import pair_from_run
+
+    client = None
+    try:
+        layout = RunLayout(run)
+        if not layout.manifest.exists():
+            raise ConfigError(f"{run} is not a run directory (no manifest.json): run `difflens collect` first.")
+        bad = [p for p in parts or [] if p not in PARTS]
+        if bad:
+            raise ConfigError(f"unknown part(s) {bad}: choose from {', '.join(PARTS)}.")
+        if grader not in ("offline", "llm"):
+            raise ConfigError(f"unknown grader backend '{grader}': use 'offline' or 'llm'.")
+        if grader == "llm":
+            client = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="--grader llm")
+        kw: dict[str, Any] = {"candidates": [str(c) for c in candidates or []]}
+        if parts:
+            kw["parts"] = parts
+        if embedder:
+            kw["embedder"] = embedder
+        cfg = EvalConfig.quick(**kw) if quick else EvalConfig(**kw)
+        causal = {k: v for k, v in (("n_texts", causal_texts), ("n_random", causal_random)) if v is not None}
+        if causal:
+            cfg = cfg.model_copy(update={"causal": cfg.causal.model_copy(update=causal)})
+        ft = resolve_ft(layout, organism, ft_data, description)
+        rel = LLMRelevance(client) if client is not None else OfflineRelevance(cfg.embedder)
+        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=lambda: pair_from_run(layout),
+                           layers=layer)
+    except DifflensError as e:
+        fail(e)
+        return
+    finally:
+        if client is not None:
+            write_json(RunLayout(run).llm_usage(), client.usage_summary())
+    _print(summary)
+    console.print(f"summary: {RunLayout(run).evaluation()} (render it with `difflens report {run}`)")
+
+
+def _print(summary: Any) -> None:
+    for reason in sorted(set(summary.skipped.items())):
+        console.print(f"[yellow]skipped[/] {reason[0]}: {reason[1]}")
+    for le in summary.layers():
+        title = f"{le.dataset} layer {le.layer}"
+        for part, why in le.skipped.items():
+            console.print(f"[yellow]skipped[/] {part} ({title}): {why}")
+        if le.relevance:
+            t = Table("source", "method", "per position (% relevant)", "max", title=f"token relevance, {title}")
+            for src, per in le.relevance.items():
+                for m, r in per.items():
+                    t.add_row(src, m, " ".join(f"{x:.0f}" for x in r.per_position), f"{r.max:.0f}")
+            console.print(t)
+        if le.steering_similarity:
+            t = Table("pair", "mean cos", "std", title=f"steering similarity, {title}")
+            for k, s in le.steering_similarity.items():
+                t.add_row(k, f"{s.mean:.3f}", f"{s.std:.3f}")
+            console.print(t)
+        if le.causal:
+            c = le.causal
+            t = Table("data", "ΔCE per position (δ̄_j)", "random mean ± std", title=f"causal effect (nats/token), {title}")
+            for d in ("ft", "pt"):
+                t.add_row(d, " ".join(f"{x:+.3f}" for x in c.delta[d]),
+                          f"{c.random[d]['mean']:+.3f} ± {c.random[d]['std']:.3f}")
+            console.print(t)
+        if le.identification:
+            i = le.identification
+            console.print(f"identification ({title}): true objective ranked {i.adl_rank}/{i.n_candidates} from ADL "
+                          f"evidence, {i.blackbox_rank}/{i.n_candidates} from unsteered samples only")

@@ -1,0 +1,1 @@
+"""Evaluation of ADL results (paper §3-§6)."""

@@ -1,0 +1,299 @@
+"""``difflens evaluate``: the paper's quantitative evaluations over a run directory.
+
+Per collected dataset × layer, four parts, each resumable on its own (``RUN/eval/parts/``, keyed
+by a fingerprint of its inputs — artifacts, D_ft, grader identity, settings):
+
+- ``relevance``      token relevance of Patchscope / logit-lens tokens (:mod:`.relevance`);
+- ``similarity``     steering similarity of steered / unsteered / random-direction texts (:mod:`.similarity`);
+- ``causal``         ΔCE of replacing δ̄_j's component by the base model's (:mod:`.causal`);
+- ``identification`` rank of the true objective among candidates by embedding (:mod:`.identify`).
+
+A part whose inputs are missing (no D_ft, no lens or steering results) is skipped with the reason
+recorded in the summary — never filled with a made-up number. Results go to ``RUN/eval/summary.json``
+(:mod:`.summary`).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from pydantic import BaseModel, Field
+
+from ..errors import DifflensError
+from ..files import read_json, write_json
+from ..models.embedder import DEFAULT_EMBEDDER
+from ..run import artifacts as A
+from ..run.layout import RunLayout, fingerprint
+from .causal import CausalConfig, CausalResult
+from .ftdata import FtData, chat_assistant_texts, frequent_ft_tokens
+from .relevance import MethodRelevance, token_relevance
+from .similarity import Stat
+from .summary import EvalSummary, IdentificationResult, LayerEval
+
+__all__ = ["EvalConfig", "PARTS", "evaluate"]
+
+Part = Literal["relevance", "similarity", "causal", "identification"]
+PARTS: tuple[Part, ...] = ("relevance", "similarity", "causal", "identification")
+
+
+class EvalConfig(BaseModel):
+    parts: list[Part] = Field(default_factory=lambda: list(PARTS))
+    top_k: int = Field(20, ge=1)
+    frequent_k: int = Field(100, ge=1)
+    frequent_min_count: int = Field(10, ge=1)
+    similarity_samples: int = Field(500, ge=2)
+    embedder: str = DEFAULT_EMBEDDER
+    causal: CausalConfig = Field(default_factory=CausalConfig)
+    candidates: list[str] = Field(default_factory=list)  # extra organism YAMLs / directories
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "EvalConfig":
+        """A laptop-sized evaluation: fewer texts and random vectors for the causal effect, 200
+        similarity samples. Minutes instead of tens of minutes on 2 CPU cores for a 135M pair."""
+        causal = CausalConfig(n_texts=16, max_len=64, n_random=16)
+        return cls(similarity_samples=200, causal=causal, **kw)
+
+
+def _file_hash(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class _Log:
+    """``[difflens] evaluate …`` lines on stderr (also into a log file)."""
+
+    def __init__(self, on: bool):
+        self.on, self.t0 = on, time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.on:
+            print(f"[difflens] evaluate: {msg} ({time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _cached(layout: RunLayout, dataset: str, layer: int, part: str, fp: str) -> Any | None:
+    path = layout.eval_part(dataset, layer, part)
+    if not path.exists():
+        return None
+    try:
+        rec = read_json(path)
+    except (ValueError, OSError):
+        return None
+    return rec.get("value") if rec.get("fingerprint") == fp else None
+
+
+def _store(layout: RunLayout, dataset: str, layer: int, part: str, fp: str, value: Any) -> None:
+    write_json(layout.eval_part(dataset, layer, part), {"fingerprint": fp, "value": value})
+
+
+def _generations(layout: RunLayout, dataset: str, layer: int) -> list[A.Generation] | None:
+    path = layout.steering_generations(dataset, layer)
+    return A.load_jsonl(A.Generation, path) if path.exists() else None
+
+
+def _load(model: type[A.M], path: Path) -> A.M | None:
+    return A.load(model, path) if path.exists() else None
+
+
+def _targets(layout: RunLayout, datasets: Sequence[str] | None, layers: Sequence[int] | None) -> list[tuple[str, int]]:
+    from ..run.stages import _targets as targets
+
+    return targets(layout, datasets, layers)
+
+
+def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = None, cfg: EvalConfig | None = None,
+             pair_loader: Callable[[], Any] | None = None, datasets: Sequence[str] | None = None,
+             layers: Sequence[int] | None = None, progress: bool = True) -> EvalSummary:
+    """Evaluate a run; write and return ``RUN/eval/summary.json``.
+
+    ``ft``: D_ft and the true description (None: the parts that need them are skipped).
+    ``relevance_grader``: the token-relevance grader (None: relevance skipped). ``pair_loader``:
+    returns the model pair, called only if the causal effect must be computed.
+    """
+    cfg = cfg or EvalConfig()
+    log = _Log(progress)
+    if not layout.manifest.exists():
+        from ..errors import RunDirError
+
+        raise RunDirError(f"{layout.root} is not a run directory (no manifest.json): run `difflens collect` first.")
+    targets = _targets(layout, datasets, layers)
+    summary = EvalSummary(ft_data=ft.describe() if ft else None, organism=ft.organism if ft else None,
+                          description=ft.description if ft else None, embedder=cfg.embedder)
+    description = ft.description if ft else None
+    if ft is None:
+        for p in ("relevance", "similarity", "causal", "identification"):
+            summary.skipped[p] = ("no finetuning data: pass --organism NAME, or --ft-data FILE with --description, "
+                                  "or evaluate a run of an organism:NAME model")
+    elif not description:
+        summary.skipped["relevance"] = "no true description: pass --description TEXT"
+        summary.skipped["identification"] = "no true description: pass --description TEXT"
+    if relevance_grader is None and "relevance" not in summary.skipped:
+        summary.skipped["relevance"] = "no relevance grader configured"
+    for p in PARTS:
+        if p not in cfg.parts:
+            summary.skipped.setdefault(p, "not requested (--parts)")
+    frequent: list[str] = []
+    pair: list[Any] = []  # loaded on first use
+
+    def get_pair() -> Any:
+        if not pair:
+            if pair_loader is None:
+                raise DifflensError("the causal effect needs the model pair, but no loader was given")
+            log("loading the model pair")
+            pair.append(pair_loader())
+        return pair[0]
+
+    if ft is not None and "relevance" not in summary.skipped:
+        from ..graders import grader_identity
+
+        tok = _tokenizer(layout)
+        frequent = frequent_ft_tokens(ft, tok, k=cfg.frequent_k, min_count=cfg.frequent_min_count,
+                                      cache_dir=layout.eval_cache())
+        summary.frequent_tokens = frequent
+        summary.graders["relevance"] = grader_identity(relevance_grader)
+
+    chat_texts: list[str] | None = None
+    for dataset, layer in targets:
+        le = LayerEval(dataset=dataset, layer=layer)
+        ps = _load(A.PatchscopeResult, layout.patchscope(dataset, layer))
+        ll = _load(A.LogitLensResult, layout.logit_lens(dataset, layer))
+        gens = _generations(layout, dataset, layer)
+        lens_fp = [_file_hash(layout.patchscope(dataset, layer)), _file_hash(layout.logit_lens(dataset, layer))]
+        gens_fp = _file_hash(layout.steering_generations(dataset, layer))
+
+        # ---- relevance -------------------------------------------------------------------
+        if "relevance" not in summary.skipped:
+            if ps is None and ll is None:
+                le.skipped["relevance"] = "no lens results: run `difflens lens RUN` first"
+            else:
+                fp = fingerprint({"lens": lens_fp, "grader": summary.graders["relevance"], "desc": description,
+                                  "frequent": frequent, "k": cfg.top_k})
+                val = _cached(layout, dataset, layer, "relevance", fp)
+                if val is None:
+                    log(f"token relevance, {dataset} layer {layer}")
+                    rel = token_relevance(ps, ll, relevance_grader, description or "", frequent, k=cfg.top_k)
+                    val = {s: {m: r.model_dump() for m, r in per.items()} for s, per in rel.items()}
+                    _store(layout, dataset, layer, "relevance", fp, val)
+                le.relevance = {s: {m: MethodRelevance(**r) for m, r in per.items()} for s, per in val.items()}
+
+        # ---- steering similarity -----------------------------------------------------------
+        if "similarity" not in summary.skipped:
+            if not gens:
+                le.skipped["similarity"] = "no steering generations: run `difflens steer RUN` first"
+            else:
+                fp = fingerprint({"gens": gens_fp, "ft": ft.content_hash, "embedder": cfg.embedder,
+                                  "n": cfg.similarity_samples, "seed": cfg.seed})
+                val = _cached(layout, dataset, layer, "similarity", fp)
+                if val is None:
+                    log(f"steering similarity, {dataset} layer {layer}")
+                    if chat_texts is None:
+                        chat_texts = chat_assistant_texts(cfg.similarity_samples, seed=cfg.seed)
+                    val = _similarity(gens, ft, chat_texts, cfg)
+                    _store(layout, dataset, layer, "similarity", fp, val)
+                le.steering_similarity = {k: Stat(**v) for k, v in val["pooled"].items()}
+                le.steering_similarity_per_position = {j: {k: Stat(**v) for k, v in per.items()}
+                                                       for j, per in val["per_position"].items()}
+
+        # ---- causal effect -----------------------------------------------------------------
+        if "causal" not in summary.skipped:
+            fp = fingerprint({"collect": read_json(layout.collect_stats(dataset))["fingerprint"], "layer": layer,
+                              "ft": ft.content_hash, "cfg": cfg.causal.model_dump()})
+            val = _cached(layout, dataset, layer, "causal", fp)
+            if val is None:
+                log(f"causal effect, {dataset} layer {layer} ({cfg.causal.n_random} random directions)")
+                val = _causal(get_pair(), layout, dataset, layer, ft, cfg, progress).model_dump()
+                _store(layout, dataset, layer, "causal", fp, val)
+            le.causal = CausalResult(**val)
+
+        # ---- identification ----------------------------------------------------------------
+        if "identification" not in summary.skipped:
+            if ps is None or not gens:
+                le.skipped["identification"] = "needs both lens results and steering generations"
+            else:
+                from .identify import candidate_descriptions
+
+                cands = candidate_descriptions(cfg.candidates)
+                true = ft.organism if ft.organism in cands else "(true description)"
+                if true not in cands:
+                    cands[true] = description or ""
+                fp = fingerprint({"lens": lens_fp, "gens": gens_fp, "cands": sorted(cands.items()), "true": true,
+                                  "embedder": cfg.embedder})
+                val = _cached(layout, dataset, layer, "identification", fp)
+                if val is None:
+                    log(f"objective identification, {dataset} layer {layer} ({len(cands)} candidates)")
+                    val = _identification(ps, gens, cands, true, cfg).model_dump()
+                    _store(layout, dataset, layer, "identification", fp, val)
+                le.identification = IdentificationResult(**val)
+        summary.results.setdefault(dataset, {})[str(layer)] = le
+    write_json(layout.evaluation(), summary.model_dump(mode="json"))
+    log(f"wrote {layout.evaluation()}")
+    return summary
+
+
+def _tokenizer(layout: RunLayout) -> Any:
+    """The pair's tokenizer (the base model's), loaded without the weights."""
+    from ..models.sources import load_tokenizer
+
+    return load_tokenizer(read_json(layout.manifest)["models"]["base"]["spec"])
+
+
+def _similarity(gens: Sequence[A.Generation], ft: FtData, chat: Sequence[str], cfg: EvalConfig) -> dict[str, Any]:
+    from .similarity import per_position, steering_similarity
+
+    unsteered = [g.text for g in gens if g.position is None]
+    steered = [g.text for g in gens if g.position is not None and g.control is None]
+    random = [g.text for g in gens if g.position is not None and g.control == "random"]
+    by_pos: dict[int, list[str]] = {}
+    for g in gens:
+        if g.position is not None and g.control is None:
+            by_pos.setdefault(g.position, []).append(g.text)
+    kw = dict(embedder=cfg.embedder, max_samples=cfg.similarity_samples, seed=cfg.seed)
+    pooled = steering_similarity(steered, unsteered, ft.texts, chat, random=random, **kw)
+    per = per_position(by_pos, unsteered, ft.texts, chat, **kw)
+    return {"pooled": {k: v.model_dump() for k, v in pooled.items()},
+            "per_position": {str(j): {k: v.model_dump() for k, v in d.items()} for j, d in per.items()}}
+
+
+def _causal(pair: Any, layout: RunLayout, dataset: str, layer: int, ft: FtData, cfg: EvalConfig,
+            progress: bool) -> CausalResult:
+    import random
+
+    from ..adl.collect import load_collected
+    from ..data.chat import chat_conversations, render_chat
+    from ..data.corpora import load_corpus
+    from ..models.tokens import encode
+    from .causal import causal_effect
+
+    c = load_collected(layout, dataset, layer)
+    n, L = cfg.causal.n_texts, cfg.causal.max_len
+    rng = random.Random(f"causal:{cfg.seed}")
+    ft_texts = rng.sample(ft.texts, min(len(ft.texts), n))
+    pt_pool = [t for t in load_corpus("wiki").texts if isinstance(t, str)]
+    pt_texts = rng.sample(pt_pool, min(len(pt_pool), n))
+    convs = chat_conversations()
+    chats = [render_chat(pair.tokenizer, conv) for conv in rng.sample(convs, min(len(convs), max(n, 32)))]
+
+    def ids(texts: Sequence[str]) -> list[list[int]]:
+        return [encode(pair.tokenizer, pair.arch, t, max_tokens=L) for t in texts]
+
+    return causal_effect(pair, layer, c.delta, ids(ft_texts), ids(pt_texts), ids(chats), cfg.causal,
+                         progress=progress)
+
+
+def _identification(ps: A.PatchscopeResult, gens: Sequence[A.Generation], cands: dict[str, str], true: str,
+                    cfg: EvalConfig) -> IdentificationResult:
+    from .identify import identification
+
+    positions = sorted({e.position for e in ps.entries if e.source == "delta"})
+    tokens = [" ".join(ps.get("delta", j).selected_tokens or ps.get("delta", j).top_tokens(cfg.top_k))
+              for j in positions]
+    steered = [g.text for g in gens if g.position is not None and g.control is None]
+    unsteered = [g.text for g in gens if g.position is None]
+    adl = identification([t for t in tokens if t.strip()] + steered, cands, true, embedder=cfg.embedder)
+    bb = identification(unsteered, cands, true, embedder=cfg.embedder)
+    return IdentificationResult(adl_rank=adl.rank, blackbox_rank=bb.rank, n_candidates=adl.n_candidates, true=true,
+                                adl_scores=adl.scores, blackbox_scores=bb.scores)

@@ -1,0 +1,79 @@
+"""The evaluation summary ``RUN/eval/summary.json`` (typed; path owned by :class:`RunLayout`).
+
+Schema (version 1)::
+
+    {
+      "schema_version": 1,
+      "ft_data": {"name", "organism", "type", "source", "n_texts", "hash"} | null,
+      "organism": str | null, "description": str | null,
+      "frequent_tokens": [str],                 # the relevance grader's D_ft context
+      "graders": {"relevance": {...identity}}, "embedder": str,
+      "skipped": {part: reason},                # parts skipped for the whole run (e.g. no D_ft)
+      "results": {dataset: {layer: {
+          "dataset", "layer",
+          "relevance": {source: {method: {"positions": [j], "per_position": [%], "max": %,
+                                          "tokens": {j: [[token, relevant]]}}}},
+                       # source ∈ delta, base, ft, delta_via_base, random; method ∈ patchscope, logit_lens
+          "steering_similarity": {"steered_vs_ft", "unsteered_vs_ft", "random_vs_ft", "ft_self",
+                                  "steered_vs_chat", "unsteered_vs_chat": {"mean", "std", "n"}},
+                       # steered: all positions' samples pooled; "n" counts text pairs
+          "steering_similarity_per_position": {j: {same keys}},
+          "causal": {"layer", "positions", "delta": {"ft": [ΔCE per position], "pt": [...]},
+                     "random": {"ft": {"mean", "std"}, "pt": {...}}, "random_values": {...},
+                     "n_texts": {...}, "n_tokens": {...}},
+          "identification": {"adl_rank", "blackbox_rank", "n_candidates", "true",
+                             "adl_scores": {name: sim}, "blackbox_scores": {name: sim}},
+          "skipped": {part: reason}}}}
+    }
+
+Percentages are 0-100; ΔCE in nats per token (positive: removing the direction's component from
+the finetuned model hurts its loss on that data); ranks start at 1 (ties count against the truth).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .causal import CausalResult
+from .relevance import MethodRelevance
+from .similarity import Stat
+
+__all__ = ["EvalSummary", "LayerEval", "IdentificationResult", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+
+class IdentificationResult(BaseModel):
+    adl_rank: int
+    blackbox_rank: int
+    n_candidates: int
+    true: str
+    adl_scores: dict[str, float] = {}
+    blackbox_scores: dict[str, float] = {}
+
+
+class LayerEval(BaseModel):
+    dataset: str
+    layer: int
+    relevance: dict[str, dict[str, MethodRelevance]] | None = None
+    steering_similarity: dict[str, Stat] | None = None
+    steering_similarity_per_position: dict[str, dict[str, Stat]] | None = None
+    causal: CausalResult | None = None
+    identification: IdentificationResult | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)
+
+
+class EvalSummary(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    ft_data: dict[str, Any] | None = None
+    organism: str | None = None
+    description: str | None = None
+    frequent_tokens: list[str] = Field(default_factory=list)
+    graders: dict[str, Any] = Field(default_factory=dict)
+    embedder: str | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)
+    results: dict[str, dict[str, LayerEval]] = Field(default_factory=dict)
+
+    def layers(self) -> list[LayerEval]:
+        return [le for per in self.results.values() for le in per.values()]
