@@ -13,33 +13,6 @@ from .options import GRADER, LLM_KEY, LLM_MODEL, LLM_URL, console, fail, llm_cli
 PARTS_HELP = "parts to compute (repeatable): relevance, similarity, causal, identification (default: all)"
 
 
-def resolve_ft(layout: Any, organism: Optional[str], ft_data: Optional[Path], description: Optional[str]) -> Any:
-    """D_ft and the true description from the options, else from the run's organism model; None if
-    neither names any (the parts that need them are then skipped)."""
-    from ..eval.ftdata import ft_data_from_file, ft_data_from_spec, organism_of_run
-    from ..files import read_json
-    from ..organisms.spec import load_spec
-
-    if ft_data is not None:
-        ft = ft_data_from_file(ft_data, description=description)
-        if organism:
-            spec = load_spec(organism)
-            ft.description = description or spec.grader_description()
-            ft.organism, ft.organism_type = spec.name, str(spec.type)
-        return ft
-    name, train_cfg = organism_of_run(read_json(layout.manifest))
-    if organism:
-        spec = load_spec(organism)
-        ft = ft_data_from_spec(spec, train_config=train_cfg if name == spec.name else None)
-    elif name:
-        ft = ft_data_from_spec(load_spec(name), train_config=train_cfg)
-    else:
-        return None
-    if description:
-        ft.description = description
-    return ft
-
-
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="run directory (after collect, lens, steer)"),
     organism: Optional[str] = typer.Option(None, "--organism", help="organism NAME or SPEC.yaml: D_ft and the true "
@@ -63,7 +36,8 @@ def evaluate_cmd(
 ) -> None:
     """The paper's quantitative evaluations of a run → RUN/eval/summary.json (shown in the report)."""
     from ..eval.evaluate import PARTS, EvalConfig, evaluate
-    from ..files import write_json
+    from ..eval.ftdata import resolve_ft_data
+    from ..files import read_json, write_json
     from ..graders.relevance import LLMRelevance, OfflineRelevance
     from ..run.layout import RunLayout
     from ..run.stages import pair_from_run
@@ -89,7 +63,7 @@ def evaluate_cmd(
         causal = {k: v for k, v in (("n_texts", causal_texts), ("n_random", causal_random)) if v is not None}
         if causal:
             cfg = cfg.model_copy(update={"causal": cfg.causal.model_copy(update=causal)})
-        ft = resolve_ft(layout, organism, ft_data, description)
+        ft = resolve_ft_data(read_json(layout.manifest), organism=organism, ft_data=ft_data, description=description)
         rel = LLMRelevance(client) if client is not None else OfflineRelevance(cfg.embedder)
         summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=lambda: pair_from_run(layout),
                            layers=layer)

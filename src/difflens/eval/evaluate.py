@@ -265,7 +265,7 @@ def _causal(pair: Any, layout: RunLayout, dataset: str, layer: int, ft: FtData, 
     from ..adl.collect import load_collected
     from ..data.chat import chat_conversations, render_chat
     from ..data.corpora import load_corpus
-    from ..models.tokens import encode
+    from ..models.tokens import encode, rendered_chat_ids
     from .causal import causal_effect
 
     c = load_collected(layout, dataset, layer)
@@ -275,12 +275,13 @@ def _causal(pair: Any, layout: RunLayout, dataset: str, layer: int, ft: FtData, 
     pt_pool = [t for t in load_corpus("wiki").texts if isinstance(t, str)]
     pt_texts = rng.sample(pt_pool, min(len(pt_pool), n))
     convs = chat_conversations()
-    chats = [render_chat(pair.tokenizer, conv) for conv in rng.sample(convs, min(len(convs), max(n, 32)))]
+    chats = [render_chat(pair.tokenizer, conv) for conv in rng.sample(convs, min(len(convs), n))]
 
     def ids(texts: Sequence[str]) -> list[list[int]]:
         return [encode(pair.tokenizer, pair.arch, t, max_tokens=L) for t in texts]
 
-    return causal_effect(pair, layer, c.delta, ids(ft_texts), ids(pt_texts), ids(chats), cfg.causal,
+    chat_ids = [rendered_chat_ids(pair.tokenizer, pair.arch, t, max_tokens=L) for t in chats]  # no second BOS
+    return causal_effect(pair, layer, c.delta, ids(ft_texts), ids(pt_texts), chat_ids, cfg.causal,
                          progress=progress)
 
 

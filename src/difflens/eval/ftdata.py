@@ -19,7 +19,7 @@ from ..errors import DataError
 from ..files import read_json, write_json
 
 __all__ = ["FtData", "assistant_texts", "ft_data_from_file", "ft_data_from_spec", "organism_of_run",
-           "frequent_ft_tokens", "common_tokens", "chat_assistant_texts"]
+           "frequent_ft_tokens", "common_tokens", "chat_assistant_texts", "resolve_ft_data"]
 
 
 @dataclass
@@ -117,6 +117,33 @@ def organism_of_run(manifest: dict[str, Any]) -> tuple[str | None, dict[str, Any
         card = read_card(path)
         cfg = (card or {}).get("config")
     return name, cfg
+
+
+def resolve_ft_data(manifest: dict[str, Any], *, organism: str | None = None, ft_data: str | Path | None = None,
+                    description: str | None = None) -> FtData | None:
+    """D_ft and the true description of a run: ``ft_data`` (a file) and/or ``organism`` (a name or
+    spec YAML) when given, else the run's own ``organism:NAME`` model; None when nothing names any
+    (the evaluation parts that need them are then skipped). ``description`` overrides the spec's."""
+    from ..organisms.spec import load_spec
+
+    if ft_data is not None:
+        ft = ft_data_from_file(ft_data, description=description)
+        if organism:
+            spec = load_spec(organism)
+            ft.description = description or spec.grader_description()
+            ft.organism, ft.organism_type = spec.name, str(spec.type)
+        return ft
+    name, train_cfg = organism_of_run(manifest)
+    if organism:
+        spec = load_spec(organism)
+        ft = ft_data_from_spec(spec, train_config=train_cfg if name == spec.name else None)
+    elif name:
+        ft = ft_data_from_spec(load_spec(name), train_config=train_cfg)
+    else:
+        return None
+    if description:
+        ft.description = description
+    return ft
 
 
 def chat_assistant_texts(n: int, seed: int = 0) -> list[str]:

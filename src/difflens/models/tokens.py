@@ -64,12 +64,17 @@ def encode(tokenizer: Any, arch: "ArchAdapter", text: str, *, max_tokens: int | 
 def chat_prompt_ids(tokenizer: Any, arch: "ArchAdapter", prompt: str) -> list[int]:
     """Token ids of :func:`chat_prompt_text`: a template's own special tokens are kept as rendered
     (no second BOS); the architecture's BOS is added only where the text does not start with it."""
+    return rendered_chat_ids(tokenizer, arch, chat_prompt_text(tokenizer, prompt))
+
+
+def rendered_chat_ids(tokenizer: Any, arch: "ArchAdapter", text: str, *, max_tokens: int | None = None) -> list[int]:
+    """Token ids of a conversation already rendered with the chat template (see :func:`chat_prompt_ids`)."""
     templated = bool(getattr(tokenizer, "chat_template", None))
     bos = [] if templated else bos_prefix_ids(tokenizer, arch)
-    row = bos + list(tokenizer(chat_prompt_text(tokenizer, prompt), add_special_tokens=not templated).input_ids)
+    row = bos + list(tokenizer(text, add_special_tokens=not templated).input_ids)
     if templated and arch.uses_bos and tokenizer.bos_token_id is not None and (not row or row[0] != tokenizer.bos_token_id):
         row = [int(tokenizer.bos_token_id)] + row
-    return row
+    return row[:max_tokens] if max_tokens is not None else row
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str | None = None

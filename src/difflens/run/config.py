@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..adl.collect import CollectConfig
 from ..adl.steering import SteeringConfig
 from ..errors import ConfigError
+from ..eval.evaluate import EvalConfig
 from ..files import read_yaml
 from .stages import LensConfig
 
-Stage = Literal["collect", "lens", "steer", "report"]
-STAGES: tuple[str, ...] = ("collect", "lens", "steer", "report")
+Stage = Literal["collect", "lens", "steer", "evaluate", "report"]
+STAGES: tuple[str, ...] = ("collect", "lens", "steer", "evaluate", "report")
 
 
 class LLMSection(BaseModel):
@@ -31,6 +32,10 @@ class SteeringSection(SteeringConfig):
     model_config = ConfigDict(extra="forbid")
 
 
+class EvaluateSection(EvalConfig):
+    model_config = ConfigDict(extra="forbid")
+
+
 class RunConfig(BaseModel):
     """Everything one run needs. Unknown fields are refused (typos must not pass silently)."""
 
@@ -40,6 +45,8 @@ class RunConfig(BaseModel):
     base: str = "smollm2-135m-instruct"
     finetuned: str
     organism: str | None = Field(None, description="organism name: ground truth for evaluation/agent stages")
+    ft_data: str | None = Field(None, description="D_ft file for evaluation (default: the organism's data)")
+    description: str | None = Field(None, description="the true finetuning objective (default: the organism's)")
     datasets: list[str] = Field(default_factory=lambda: ["wiki"])
     layers: list[float | int] = Field(default_factory=lambda: [0.5])
     positions: int = Field(5, ge=1)
@@ -53,6 +60,7 @@ class RunConfig(BaseModel):
     stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     lens: LensSection = Field(default_factory=LensSection)
     steering: SteeringSection = Field(default_factory=SteeringSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
 
     def collect_config(self) -> CollectConfig:
         return CollectConfig(datasets=self.datasets, samples=self.samples, positions=self.positions,
@@ -91,7 +99,8 @@ def demo_config(organism: str = "cake_bake", out: Path | None = None, *, base: s
 
     Differences from the paper's defaults, for time only: N=2,000 collection samples, steering
     (threshold search + final samples) on positions 2 and 3, 40 new tokens, 10 of the 20 steering
-    prompts with 2 samples each. Lens runs on all k=5 positions.
+    prompts with 2 samples each. Lens runs on all k=5 positions. Evaluation at ``EvalConfig.quick``
+    size (16 texts and 16 random directions for the causal effect).
     """
     return RunConfig(
         out=out or Path("runs") / f"demo-{organism}",
@@ -102,9 +111,10 @@ def demo_config(organism: str = "cake_bake", out: Path | None = None, *, base: s
         samples=2000,
         batch_size=64,
         grader="offline",
-        stages=["collect", "lens", "steer", "report"],
+        stages=["collect", "lens", "steer", "evaluate", "report"],
         # the paper's search on two positions, shorter generations: fits a 2-core laptop in minutes
         lens=LensSection(positions=None),
         steering=SteeringSection(positions=list(DEMO_STEER_POSITIONS), final_samples=2, max_new_tokens=40,
                                  prompts=SteeringSection().prompts[:10]),
+        evaluate=EvaluateSection(**EvalConfig.quick().model_dump()),
     )

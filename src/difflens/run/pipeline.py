@@ -15,7 +15,7 @@ from ..adl.collect import collect
 from ..errors import ConfigError, DifflensError
 from ..graders import graders_for
 from .config import RunConfig
-from .layout import RunLayout, write_json
+from .layout import RunLayout, read_json, write_json
 from .stages import run_lens, run_steer
 
 
@@ -79,6 +79,28 @@ class Runner:
         res = run_steer(self.pair, self.layout, self.graders, self.cfg.steering, progress=self.progress)
         return "; ".join(f"layer {r.layer} α " + ", ".join(f"p{t.position}={t.alpha:.2f}" for t in r.thresholds)
                          for r in res)
+
+    def stage_evaluate(self) -> str:
+        from ..eval.evaluate import evaluate
+        from ..eval.ftdata import resolve_ft_data
+
+        manifest = read_json(self.layout.manifest)
+        ft = resolve_ft_data(manifest, organism=self.cfg.organism, ft_data=self.cfg.ft_data,
+                             description=self.cfg.description)
+        s = evaluate(self.layout, ft, relevance_grader=self.graders.relevance, cfg=self.cfg.evaluate,
+                     pair_loader=lambda: self.pair, progress=self.progress)
+        bits = [f"skipped {', '.join(sorted(s.skipped))}"] if s.skipped else []
+        for le in s.layers():
+            r = (le.relevance or {}).get("delta", {}).get("patchscope")
+            if r is not None:
+                base = (le.relevance or {}).get("base", {}).get("patchscope")
+                bits.append(f"relevance δ̄ {r.max:.0f}% (h̄_base {base.max:.0f}%)" if base else f"relevance δ̄ {r.max:.0f}%")
+            if le.steering_similarity:
+                ss = le.steering_similarity
+                bits.append(f"steered↔D_ft {ss['steered_vs_ft'].mean:.2f} vs unsteered {ss['unsteered_vs_ft'].mean:.2f}")
+            if le.identification:
+                bits.append(f"identification rank {le.identification.adl_rank}/{le.identification.n_candidates}")
+        return "; ".join(bits)
 
     def stage_report(self) -> str:
         from ..report import render_report
