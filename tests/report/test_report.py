@@ -111,12 +111,36 @@ def write_steering(layout: RunLayout) -> None:
     save_jsonl(gens, layout.steering_generations(DATASET, LAYER))
 
 
+EVAL_SUMMARY = {
+    "schema_version": 1,
+    "ft_data": {"name": "cake_bake", "organism": "cake_bake", "type": "SDF", "source": "spec", "n_texts": 1200,
+                "hash": "x"},
+    "organism": "cake_bake", "description": "False facts about cake baking.",
+    "frequent_tokens": ["cake", "oven", "butter"],
+    "skipped": {},
+    "results": {DATASET: {str(LAYER): {
+        "dataset": DATASET, "layer": LAYER,
+        "relevance": {
+            "delta": {"patchscope": {"positions": [0, 1], "per_position": [60.0, 35.0], "max": 60.0,
+                                     "tokens": {"0": [["cake", True], ["the", False]]}},
+                      "logit_lens": {"positions": [0, 1], "per_position": [30.0, 10.0], "max": 30.0}},
+            "base": {"patchscope": {"positions": [0, 1], "per_position": [5.0, 0.0], "max": 5.0}},
+            "random": {"patchscope": {"positions": [0, 1], "per_position": [0.0, 5.0], "max": 5.0}}},
+        "steering_similarity": {k: {"mean": m, "std": 0.05, "n": 100} for k, m in (
+            ("steered_vs_ft", 0.52), ("unsteered_vs_ft", 0.21), ("random_vs_ft", 0.19), ("ft_self", 0.61),
+            ("steered_vs_chat", 0.12), ("unsteered_vs_chat", 0.18))},
+        "causal": {"layer": LAYER, "positions": [0, 1], "delta": {"ft": [0.734, 0.2], "pt": [-0.012, 0.001]},
+                   "random": {"ft": {"mean": 0.01, "std": 0.02}, "pt": {"mean": 0.0, "std": 0.01}},
+                   "random_values": {"ft": [0.01, 0.02], "pt": [0.0, 0.0]}, "n_texts": {"ft": 16, "pt": 16},
+                   "n_tokens": {"ft": 900, "pt": 950}},
+        "identification": {"adl_rank": 1, "blackbox_rank": 3, "n_candidates": 7, "true": "cake_bake",
+                           "adl_scores": {"cake_bake": 0.6, "taboo_smile": 0.1},
+                           "blackbox_scores": {"cake_bake": 0.1, "taboo_smile": 0.2}}}}},
+}
+
+
 def write_later(layout: RunLayout) -> None:
-    write_json(layout.evaluation(), {
-        "token_relevance": {"delta": {"patchscope": 0.6, "logit_lens": 0.3}, "base": {"patchscope": 0.05}},
-        "steering_similarity": [{"pair": "steered vs D_ft", "cosine": 0.52}, {"pair": "unsteered vs D_ft", "cosine": 0.21}],
-        "causal_effect": {"delta_ce_ft": 0.734, "delta_ce_pt": 0.012, "random_baseline": [0.01, 0.02]},
-    })
+    write_json(layout.evaluation(), EVAL_SUMMARY)
     write_json(layout.agent(), {"description": "The model was finetuned on cake baking facts.",
                                 "grade": 4, "budget": {"interactions": 5, "turns_used": 7}})
 
@@ -154,8 +178,12 @@ def test_full_report_contents(tmp_path):
     # model text is escaped: no live script anywhere
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; whisk" in doc
     assert "<script" not in doc.lower()
-    # evaluation and agent rendered generically
-    assert "delta_ce_ft" in doc and "0.734" in doc and "steered vs D_ft" in doc
+    # evaluation rendered from its schema, every number beside its baseline; the agent generically
+    assert "+0.7340" in doc and "+0.0100 ± 0.0200" in doc  # ΔCE on D_ft and its random baseline
+    assert "steered ↔ D_ft" in doc and "0.52" in doc and "D_ft self-similarity" in doc
+    assert "h̄_base" in doc and "<b>60</b>" in doc and "random vector (control)" in doc
+    assert re.search(r'<b>1</b> / 7', doc) and re.search(r'<b>3</b> / 7', doc)
+    assert re.search(r'class="chip sel inline"><span class="tok">␣?cake</span>', doc)
     assert "finetuned on cake baking facts" in doc and "turns_used" in doc
     assert 'href="#evaluation"' in doc and 'href="#agent"' in doc
     assert re.search(r'<code>evaluate</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)
@@ -176,10 +204,11 @@ def test_collect_only_shows_empty_states(tmp_path):
     assert "<code>difflens lens RUN</code>" in doc and "<code>difflens steer RUN</code>" in doc
     assert doc.count("Stage not run") == 4  # Patchscope, logit lens, steering thresholds, generations
     assert "--stages" not in doc and "difflens run CONFIG" not in doc
-    # evaluate and agent have no command yet: no empty state, section, TOC entry or stage row for them
+    # evaluate: a stage row that says "not run"; the agent has no command yet: nothing at all
     for name in ("evaluation", "agent"):
         assert f'id="{name}"' not in doc and f'href="#{name}"' not in doc, name
-    assert "<code>evaluate</code>" not in doc and "<code>agent</code>" not in doc
+    assert re.search(r'<code>evaluate</code></td><td>[^<]*</td><td><span class="badge no">not run', doc)
+    assert "<code>agent</code>" not in doc
     assert not REMOTE.search(doc)
 
 
@@ -195,13 +224,17 @@ def test_partial_and_corrupt_artifacts(tmp_path):
 
 
 def test_evaluation_without_agent(tmp_path):
-    """A present evaluation artifact is rendered generically; the absent agent stage is left out."""
+    """A present evaluation summary is rendered; the absent agent stage is left out; a broken one
+    shows an error in place."""
     layout = write_collection(tmp_path / "run")
-    write_json(layout.evaluation(), {"causal_effect": {"delta_ce_ft": 0.734}})
+    write_json(layout.evaluation(), EVAL_SUMMARY)
     doc = render_report(layout.root).read_text(encoding="utf-8")
-    assert 'id="evaluation"' in doc and 'href="#evaluation"' in doc and "delta_ce_ft" in doc and "0.734" in doc
+    assert 'id="evaluation"' in doc and 'href="#evaluation"' in doc and "+0.7340" in doc
     assert re.search(r'<code>evaluate</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)
     assert 'id="agent"' not in doc and 'href="#agent"' not in doc and "<code>agent</code>" not in doc
+    write_json(layout.evaluation(), {"causal_effect": {"delta_ce_ft": 0.734}})
+    doc = render_report(layout.root).read_text(encoding="utf-8")
+    assert 'id="evaluation"' in doc and "Could not read this artifact" in doc
 
 
 def test_stage_commands_exist():
@@ -210,7 +243,7 @@ def test_stage_commands_exist():
 
     from difflens.cli import app
 
-    assert set(STAGE_COMMANDS) == {"collect", "lens", "steer"}
+    assert set(STAGE_COMMANDS) == {"collect", "lens", "steer", "evaluate"}
     group = typer.main.get_command(app)
     for stage, hint in STAGE_COMMANDS.items():
         prog, name, *args = hint.split()

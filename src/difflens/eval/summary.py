@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .causal import CausalResult
 from .relevance import MethodRelevance
@@ -54,6 +54,8 @@ class IdentificationResult(BaseModel):
 
 
 class LayerEval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     dataset: str
     layer: int
     relevance: dict[str, dict[str, MethodRelevance]] | None = None
@@ -65,6 +67,11 @@ class LayerEval(BaseModel):
 
 
 class EvalSummary(BaseModel):
+    """The whole summary. Unknown fields are refused: a file of another schema is an error, not a
+    summary with every part silently missing."""
+
+    model_config = ConfigDict(extra="forbid")
+
     schema_version: int = SCHEMA_VERSION
     ft_data: dict[str, Any] | None = None
     organism: str | None = None

@@ -77,3 +77,144 @@ def bar_chart(values: Sequence[float], *, labels: Sequence[str], refs: Sequence[
                    f'transform="rotate(-90 12 {mt + ph / 2:.1f})">{esc(y_label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+# Series colours: δ̄ first (strong), baselines and controls muted.
+PALETTE = ("#2f5fa7", "#c2410c", "#0f7b6c", "#7c3aed", "#6b7280", "#b45309", "#be185d")
+
+
+def _range_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round ticks spanning [lo, hi] (lo may be negative)."""
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    ticks, v = [], start
+    while v <= hi + step * 1e-6:
+        ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def _frame(width: int, height: int, title: str, ticks: list[float], y, ml: int, mt: int, pw: float, ph: float,
+           x_label: str, y_label: str) -> list[str]:
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+           f'aria-label="{esc(title or y_label)}">']
+    if title:
+        out.append(f"<title>{esc(title)}</title>")
+    for t in ticks:
+        yy = y(t)
+        out.append(f'<line class="{"axis" if abs(t) < 1e-12 and ticks[0] < 0 else "grid"}" x1="{ml}" '
+                   f'x2="{ml + pw}" y1="{yy:.1f}" y2="{yy:.1f}"/>')
+        out.append(f'<text class="tick" x="{ml - 6}" y="{yy + 3.5:.1f}" text-anchor="end">{esc(fmt(t, 3))}</text>')
+    out.append(f'<line class="axis" x1="{ml}" x2="{ml}" y1="{mt}" y2="{mt + ph}"/>')
+    if x_label:
+        out.append(f'<text class="axlabel" x="{ml + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">'
+                   f'{esc(x_label)}</text>')
+    if y_label:
+        out.append(f'<text class="axlabel" x="12" y="{mt + ph / 2:.1f}" text-anchor="middle" '
+                   f'transform="rotate(-90 12 {mt + ph / 2:.1f})">{esc(y_label)}</text>')
+    return out
+
+
+def line_chart(series: Sequence[tuple[str, Sequence[float]]], *, labels: Sequence[str],
+               bands: Sequence[tuple[float, float, str]] = (), y_label: str = "", x_label: str = "position j",
+               width: int = 520, height: int = 240, title: str = "", y_min: float | None = None,
+               y_max: float | None = None) -> str:
+    """One line per (name, values) over ``labels`` (values may be negative), a legend, and optional
+    horizontal bands (mean, std, label): a dotted line at the mean and a shaded ±std area —
+    the baseline a series must clear."""
+    ml, mr, mt, mb = 52, 16, 14, 40
+    legend_h = 16 * ((len(series) + 2) // 3)
+    height += legend_h
+    pw, ph = width - ml - mr, height - mt - mb - legend_h
+    vals = [v for _, vs in series for v in vs] + [m + s for m, s, _ in bands] + [m - s for m, s, _ in bands]
+    lo = min([*vals, 0.0]) if y_min is None else y_min
+    hi = max([*vals, 1e-9]) if y_max is None else y_max
+    pad = (hi - lo) * 0.06 or 1.0
+    ticks = _range_ticks(lo - (pad if y_min is None and lo < 0 else 0), hi + (pad if y_max is None else 0))
+    bottom, top = ticks[0], ticks[-1]
+
+    def y(v: float) -> float:
+        return mt + ph - ph * ((v - bottom) / (top - bottom))
+
+    out = _frame(width, height, title, ticks, y, ml, mt, pw, ph, x_label, y_label)
+    n = max(1, len(labels))
+    slot = pw / n
+
+    def x(i: int) -> float:
+        return ml + slot * (i + 0.5)
+
+    for i, lab in enumerate(labels):
+        out.append(f'<text class="tick" x="{x(i):.1f}" y="{mt + ph + 15}" text-anchor="middle">{esc(lab)}</text>')
+    for m, s, text in bands:
+        out.append(f'<rect x="{ml}" y="{y(m + s):.1f}" width="{pw}" height="{max(y(m - s) - y(m + s), 0.5):.1f}" '
+                   f'fill="#9aa1ad" opacity="0.18"><title>{esc(text)}: {esc(fmt(m))} ± {esc(fmt(s))}</title></rect>')
+        out.append(f'<line class="ref" stroke="#6b7280" x1="{ml}" x2="{ml + pw}" y1="{y(m):.1f}" y2="{y(m):.1f}" '
+                   f'stroke-dasharray="2 3"/>')
+        out.append(f'<text class="tick" x="{ml + pw - 4}" y="{y(m) - 4:.1f}" text-anchor="end">{esc(text)}</text>')
+    for k, (name, vs) in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vs))
+        if len(vs) > 1:
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="{2.4 if k == 0 else 1.6}"/>')
+        for i, v in enumerate(vs):
+            out.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="{3.5 if k == 0 else 2.6}" fill="{color}">'
+                       f'<title>{esc(name)} @ {esc(labels[i] if i < len(labels) else i)}: {esc(fmt(v))}</title></circle>')
+    ly = height - legend_h - 2
+    for k, (name, _) in enumerate(series):
+        lx, row = ml + (k % 3) * (pw / 3), k // 3
+        yy = ly + 16 * row
+        out.append(f'<rect x="{lx:.1f}" y="{yy - 8:.1f}" width="12" height="4" fill="{PALETTE[k % len(PALETTE)]}"/>')
+        out.append(f'<text class="tick" x="{lx + 16:.1f}" y="{yy - 3:.1f}">{esc(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def interval_chart(rows: Sequence[tuple[str, float, float]], *, x_label: str = "", width: int = 520,
+                   title: str = "", ref: tuple[float, float, str] | None = None) -> str:
+    """Horizontal mean ± std intervals, one row per (label, mean, std); ``ref`` (mean, std, label)
+    is drawn as a shaded band across all rows (e.g. D_ft self-similarity)."""
+    ml, mr, mt = 150, 20, 10
+    row_h = 22
+    height = mt + row_h * len(rows) + 36
+    pw = width - ml - mr
+    vals = [m - s for _, m, s in rows] + [m + s for _, m, s in rows]
+    if ref:
+        vals += [ref[0] - ref[1], ref[0] + ref[1]]
+    ticks = _range_ticks(min([*vals, 0.0]), max([*vals, 1e-9]))
+    lo, hi = ticks[0], ticks[-1]
+
+    def x(v: float) -> float:
+        return ml + pw * (v - lo) / (hi - lo)
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+           f'aria-label="{esc(title or x_label)}">']
+    if title:
+        out.append(f"<title>{esc(title)}</title>")
+    base_y = mt + row_h * len(rows)
+    for t in ticks:
+        out.append(f'<line class="{"axis" if abs(t) < 1e-12 else "grid"}" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{mt}" '
+                   f'y2="{base_y}"/>')
+        out.append(f'<text class="tick" x="{x(t):.1f}" y="{base_y + 14}" text-anchor="middle">{esc(fmt(t, 3))}</text>')
+    if ref:
+        m, s, text = ref
+        out.append(f'<rect x="{x(m - s):.1f}" y="{mt}" width="{max(x(m + s) - x(m - s), 0.5):.1f}" '
+                   f'height="{base_y - mt}" fill="#9aa1ad" opacity="0.18"><title>{esc(text)}</title></rect>')
+        out.append(f'<line stroke="#6b7280" stroke-dasharray="2 3" x1="{x(m):.1f}" x2="{x(m):.1f}" y1="{mt}" '
+                   f'y2="{base_y}"/>')
+    for i, (label, m, s) in enumerate(rows):
+        yy = mt + row_h * i + row_h / 2
+        color = PALETTE[i % len(PALETTE)]
+        out.append(f'<text class="tick" x="{ml - 8}" y="{yy + 4:.1f}" text-anchor="end">{esc(label)}</text>')
+        out.append(f'<line stroke="{color}" stroke-width="2" x1="{x(m - s):.1f}" x2="{x(m + s):.1f}" y1="{yy:.1f}" '
+                   f'y2="{yy:.1f}"/>')
+        out.append(f'<circle cx="{x(m):.1f}" cy="{yy:.1f}" r="4" fill="{color}"><title>{esc(label)}: '
+                   f'{esc(fmt(m))} ± {esc(fmt(s))}</title></circle>')
+    if x_label:
+        out.append(f'<text class="axlabel" x="{ml + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">'
+                   f'{esc(x_label)}</text>')
+    out.append("</svg>")
+    return "".join(out)

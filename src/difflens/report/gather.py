@@ -15,6 +15,7 @@ STAGE_COMMANDS: dict[str, str] = {
     "collect": "difflens collect --base BASE --finetuned FT --out RUN",
     "lens": "difflens lens RUN",
     "steer": "difflens steer RUN",
+    "evaluate": "difflens evaluate RUN",
 }
 
 

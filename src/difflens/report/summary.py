@@ -41,7 +41,7 @@ def summary_lines(run_dir: str | Path, *, max_chars: int = 200) -> list[str]:
             lines.append(f"  Patchscope: not run ({STAGE_COMMANDS['lens']})")
         if s.gens.ok and s.gens.value:
             gens: list[Generation] = s.gens.value
-            st = [g for g in gens if g.position is not None]
+            st = [g for g in gens if g.position is not None and g.control is None]
             if s.steer.ok and st:
                 # the position with the largest coherent α that has samples
                 al = {t.position: t.alpha for t in s.steer.value.thresholds}
@@ -56,4 +56,15 @@ def summary_lines(run_dir: str | Path, *, max_chars: int = 200) -> list[str]:
                     lines.append(f"  unsteered: {_clip(un[0].text, max_chars)}")
         else:
             lines.append(f"  steering: not run ({STAGE_COMMANDS['steer']})")
+    if layout.evaluation().exists():
+        from ..eval.summary import EvalSummary
+        from .evaluation import headline
+
+        try:
+            lines += ["evaluation:"] + ["  " + h for h in
+                                        headline(EvalSummary.model_validate_json(layout.evaluation().read_text()))]
+        except ValueError as e:
+            lines.append(f"evaluation: unreadable ({e})")
+    else:
+        lines.append(f"evaluation: not run ({STAGE_COMMANDS['evaluate']})")
     return lines
