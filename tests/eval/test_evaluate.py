@@ -159,6 +159,9 @@ def test_evaluate_writes_the_documented_summary_and_resumes(finished_run, monkey
     ident = le["identification"]
     assert ident["n_candidates"] >= 6 and 1 <= ident["adl_rank"] <= ident["n_candidates"]
     assert "(true description)" in ident["adl_scores"]  # a description without an organism joins the candidates
+    lk = le["leakage"]
+    assert lk["ft"]["n"] == 4 and lk["base"]["n"] == 4  # 2 prompts × 2 samples each, base model as the control
+    assert 0 <= lk["ft"]["share"] <= 1 and lk["min_words"] == 2
     assert loads == [1]
     # rerun: every part comes from its cache — no grading, no model
     calls = grader.calls
@@ -176,7 +179,7 @@ def test_missing_inputs_are_skipped_with_reasons(tiny_run):
     pair, layout, c = tiny_run  # collected only: no lens, no steering
     s = evaluate(layout, None, relevance_grader=None, cfg=EvalConfig(**QUICK), pair_loader=lambda: pair,
                  progress=False)
-    assert set(s.skipped) == {"relevance", "similarity", "causal", "identification"}
+    assert set(s.skipped) == {"relevance", "similarity", "causal", "identification", "leakage"}
     assert "--ft-data" in s.skipped["causal"]
     s = evaluate(layout, FT, relevance_grader=KnownWords(frozenset()), cfg=EvalConfig(parts=["relevance", "similarity"],
                  **QUICK), pair_loader=lambda: pair, progress=False)

@@ -135,7 +135,10 @@ EVAL_SUMMARY = {
                    "n_tokens": {"ft": 900, "pt": 950}},
         "identification": {"adl_rank": 1, "blackbox_rank": 3, "n_candidates": 7, "true": "cake_bake",
                            "adl_scores": {"cake_bake": 0.6, "taboo_smile": 0.1},
-                           "blackbox_scores": {"cake_bake": 0.1, "taboo_smile": 0.2}}}}},
+                           "blackbox_scores": {"cake_bake": 0.1, "taboo_smile": 0.2}},
+        "leakage": {"ft": {"share": 0.35, "n": 20, "examples": [{"prompt": "Plan a picnic", "text": "Bake a cake",
+                                                                "words": ["bake", "cake"]}]},
+                    "base": {"share": 0.05, "n": 20, "examples": []}, "min_words": 2, "grader": {}}}}},
 }
 
 
@@ -183,6 +186,7 @@ def test_full_report_contents(tmp_path):
     assert "steered ↔ D_ft" in doc and "0.52" in doc and "D_ft self-similarity" in doc
     assert "h̄_base" in doc and "<b>60</b>" in doc and "random vector (control)" in doc
     assert re.search(r'<b>1</b> / 7', doc) and re.search(r'<b>3</b> / 7', doc)
+    assert "<b>35%</b>" in doc and "base model (control)" in doc  # leakage beside its control
     assert re.search(r'class="chip sel inline"><span class="tok">␣?cake</span>', doc)
     assert "finetuned on cake baking facts" in doc and "turns_used" in doc
     assert 'href="#evaluation"' in doc and 'href="#agent"' in doc

@@ -150,10 +150,13 @@ def steering_vectors(direction: torch.Tensor, alphas: Sequence[float], eta: floa
 @torch.no_grad()
 def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[float] | None, *, layer: int,
                   direction: torch.Tensor | None, eta: float, temperature: float, max_new_tokens: int,
-                  seed: int) -> list[str]:
+                  seed: int, side: str = "ft") -> list[str]:
     """One sample per row: row ``b`` answers ``prompts[b]`` steered by ``alphas[b]·η·v̂``, all rows in
-    one ``generate`` call (None direction or alphas: unsteered)."""
+    one ``generate`` call (None direction or alphas: unsteered). ``side="base"``: the base model,
+    unsteered (the control for what the finetuned model says unprompted)."""
     tok = pair.tokenizer
+    if side == "base" and direction is not None:
+        raise ValueError("steering applies to the finetuned model; the base side is generated unsteered")
     ids, mask = encode_prompts_left(pair, prompts)
     add = None
     if direction is not None and alphas is not None:
@@ -161,18 +164,20 @@ def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[floa
             raise ValueError(f"{len(alphas)} steering strengths for {len(prompts)} rows")
         add = steering_vectors(direction, alphas, eta)
     torch.manual_seed(seed)
-    with pair.ft() as model, steering_hook(pair, layer, add, mask):
+    with pair.side(side) as model, steering_hook(pair, layer, add, mask):
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
                              top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
 def generate(pair: ModelPair, prompts: Sequence[str], *, layer: int, direction: torch.Tensor | None, alpha: float,
-             eta: float, n: int, temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
-    """``n`` samples per prompt from the finetuned model steered by α·η·v̂ (None: unsteered)."""
+             eta: float, n: int, temperature: float, max_new_tokens: int, seed: int,
+             side: str = "ft") -> list[list[str]]:
+    """``n`` samples per prompt from the finetuned model steered by α·η·v̂ (None: unsteered;
+    ``side="base"``: the base model, unsteered)."""
     rows = [p for p in prompts for _ in range(n)]
     gen = generate_rows(pair, rows, [alpha] * len(rows), layer=layer, direction=direction, eta=eta,
-                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, side=side)
     return [gen[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 

@@ -10,7 +10,8 @@ from rich.table import Table
 from ..errors import ConfigError, DifflensError
 from .options import GRADER, LLM_KEY, LLM_MODEL, LLM_URL, console, fail, llm_client
 
-PARTS_HELP = "parts to compute (repeatable): relevance, similarity, causal, identification (default: all)"
+PARTS_HELP = ("parts to compute (repeatable): relevance, similarity, causal, identification, leakage "
+              "(default: all)")
 
 
 def evaluate_cmd(
@@ -102,6 +103,10 @@ def _print(summary: Any) -> None:
                 t.add_row(d, " ".join(f"{x:+.3f}" for x in c.delta[d]),
                           f"{c.random[d]['mean']:+.3f} ± {c.random[d]['std']:.3f}")
             console.print(t)
+        if le.leakage:
+            lk = le.leakage
+            console.print(f"leakage ({title}): {100 * lk.ft.share:.0f}% of {lk.ft.n} unsteered answers give the domain "
+                          "away" + (f" (base model: {100 * lk.base.share:.0f}%)" if lk.base else ""))
         if le.identification:
             i = le.identification
             console.print(f"identification ({title}): true objective ranked {i.adl_rank}/{i.n_candidates} from ADL "

@@ -20,7 +20,7 @@ def _fmt(x: Optional[float]) -> str:
 
 @graders_app.command("check")
 def check_cmd(
-    kind: str = typer.Argument(..., help="coherence, scale or relevance"),
+    kind: str = typer.Argument(..., help="coherence, scale, relevance or leakage"),
     labels: Path = typer.Argument(..., help="JSONL of labelled cases (format: see `difflens.graders.check`)"),
     grader: str = typer.Option("offline", "--grader", help="offline (no API) or llm (OpenAI-compatible endpoint)"),
     llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
@@ -44,7 +44,12 @@ def check_cmd(
             from ..graders import make_graders
 
             client = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="--grader llm")
-            g = getattr(make_graders("llm", client=client), kind)
+            if kind == "leakage":
+                from ..graders.leakage import LeakageGrader
+
+                g = LeakageGrader(make_graders("llm", client=client).relevance)
+            else:
+                g = getattr(make_graders("llm", client=client), kind)
         else:
             g = offline_grader(kind, model=model, embedder=embedder)
         res = run_check(kind, g, cases)
@@ -54,7 +59,7 @@ def check_cmd(
     if as_json:
         typer.echo(json.dumps(res.summary()))
     else:
-        what = {"coherence": "texts", "relevance": "tokens", "scale": "cases"}[kind]
+        what = {"coherence": "texts", "relevance": "tokens", "scale": "cases", "leakage": "texts"}[kind]
         console.print(f"[bold]{kind}[/] grader [bold]{res.grader}[/] on {labels}: n={res.n} {what}")
         console.print(f"  accuracy {_fmt(res.accuracy)}  precision {_fmt(res.precision)}  "
                       f"recall {_fmt(res.recall)}  F1 {_fmt(res.f1)}"

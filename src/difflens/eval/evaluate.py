@@ -6,7 +6,9 @@ by a fingerprint of its inputs — artifacts, D_ft, grader identity, settings):
 - ``relevance``      token relevance of Patchscope / logit-lens tokens (:mod:`.relevance`);
 - ``similarity``     steering similarity of steered / unsteered / random-direction texts (:mod:`.similarity`);
 - ``causal``         ΔCE of replacing δ̄_j's component by the base model's (:mod:`.causal`);
-- ``identification`` rank of the true objective among candidates by embedding (:mod:`.identify`).
+- ``identification`` rank of the true objective among candidates by embedding (:mod:`.identify`);
+- ``leakage``        share of unsteered answers that give the domain away, finetuned vs base model
+                     (:class:`~difflens.graders.leakage.LeakageGrader`).
 
 A part whose inputs are missing (no D_ft, no lens or steering results) is skipped with the reason
 recorded in the summary — never filled with a made-up number. Results go to ``RUN/eval/summary.json``
@@ -31,12 +33,12 @@ from .causal import CausalConfig, CausalResult
 from .ftdata import FtData, chat_assistant_texts, frequent_ft_tokens
 from .relevance import MethodRelevance, token_relevance
 from .similarity import Stat
-from .summary import EvalSummary, IdentificationResult, LayerEval
+from .summary import EvalSummary, IdentificationResult, LayerEval, LeakageResult, LeakageSide
 
 __all__ = ["EvalConfig", "PARTS", "evaluate"]
 
-Part = Literal["relevance", "similarity", "causal", "identification"]
-PARTS: tuple[Part, ...] = ("relevance", "similarity", "causal", "identification")
+Part = Literal["relevance", "similarity", "causal", "identification", "leakage"]
+PARTS: tuple[Part, ...] = ("relevance", "similarity", "causal", "identification", "leakage")
 
 
 class EvalConfig(BaseModel):
@@ -48,6 +50,8 @@ class EvalConfig(BaseModel):
     embedder: str = DEFAULT_EMBEDDER
     causal: CausalConfig = Field(default_factory=CausalConfig)
     candidates: list[str] = Field(default_factory=list)  # extra organism YAMLs / directories
+    leakage_min_words: int = Field(2, ge=1)
+    leakage_base: bool = True  # also generate the base model's answers (the control)
     seed: int = 0
 
     @classmethod
@@ -125,14 +129,16 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
                           description=ft.description if ft else None, embedder=cfg.embedder)
     description = ft.description if ft else None
     if ft is None:
-        for p in ("relevance", "similarity", "causal", "identification"):
+        for p in PARTS:
             summary.skipped[p] = ("no finetuning data: pass --organism NAME, or --ft-data FILE with --description, "
                                   "or evaluate a run of an organism:NAME model")
     elif not description:
         summary.skipped["relevance"] = "no true description: pass --description TEXT"
         summary.skipped["identification"] = "no true description: pass --description TEXT"
-    if relevance_grader is None and "relevance" not in summary.skipped:
-        summary.skipped["relevance"] = "no relevance grader configured"
+        summary.skipped["leakage"] = "no true description: pass --description TEXT"
+    if relevance_grader is None:
+        for p in ("relevance", "leakage"):
+            summary.skipped.setdefault(p, "no relevance grader configured")
     for p in PARTS:
         if p not in cfg.parts:
             summary.skipped.setdefault(p, "not requested (--parts)")
@@ -147,7 +153,7 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
             pair.append(pair_loader())
         return pair[0]
 
-    if ft is not None and "relevance" not in summary.skipped:
+    if ft is not None and not {"relevance", "leakage"} <= set(summary.skipped):
         from ..graders import grader_identity
 
         tok = _tokenizer(layout)
@@ -228,6 +234,30 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
                     val = _identification(ps, gens, cands, true, cfg).model_dump()
                     _store(layout, dataset, layer, "identification", fp, val)
                 le.identification = IdentificationResult(**val)
+        # ---- leakage -----------------------------------------------------------------------
+        if "leakage" not in summary.skipped:
+            steer = _load(A.SteeringResult, layout.steering(dataset, layer))
+            if not gens or steer is None or not any(g.position is None for g in gens):
+                le.skipped["leakage"] = "no unsteered generations: run `difflens steer RUN` first"
+            else:
+                from ..graders.leakage import LeakageGrader
+
+                grader = LeakageGrader(relevance_grader, min_words=cfg.leakage_min_words)
+                fp = fingerprint({"gens": gens_fp, "grader": grader.identity(), "desc": description,
+                                  "frequent": frequent, "base": cfg.leakage_base, "seed": cfg.seed})
+                val = _cached(layout, dataset, layer, "leakage", fp)
+                if val is None:
+                    log(f"leakage, {dataset} layer {layer}")
+                    base_texts = None
+                    if cfg.leakage_base:  # generated once, re-graded when the grader changes
+                        bfp = fingerprint({"gens": gens_fp, "seed": cfg.seed})
+                        base_texts = _cached(layout, dataset, layer, "leakage-base-answers", bfp)
+                        if base_texts is None:
+                            base_texts = _base_answers(get_pair(), gens, steer, cfg)
+                            _store(layout, dataset, layer, "leakage-base-answers", bfp, base_texts)
+                    val = _leakage(gens, base_texts, grader, description or "", frequent).model_dump()
+                    _store(layout, dataset, layer, "leakage", fp, val)
+                le.leakage = LeakageResult(**val)
         summary.results.setdefault(dataset, {})[str(layer)] = le
     write_json(layout.evaluation(), summary.model_dump(mode="json"))
     log(f"wrote {layout.evaluation()}")
@@ -298,3 +328,33 @@ def _identification(ps: A.PatchscopeResult, gens: Sequence[A.Generation], cands:
     bb = identification(unsteered, cands, true, embedder=cfg.embedder)
     return IdentificationResult(adl_rank=adl.rank, blackbox_rank=bb.rank, n_candidates=adl.n_candidates, true=true,
                                 adl_scores=adl.scores, blackbox_scores=bb.scores)
+
+
+def _base_answers(pair: Any, gens: Sequence[A.Generation], steer: A.SteeringResult, cfg: EvalConfig) -> list[list[str]]:
+    """The base model's answers to the steering prompts, as many per prompt as the finetuned model's
+    unsteered ones, at the same temperature and length: ``[[prompt, text], ...]``."""
+    from ..adl.steering import generate
+
+    un = [g for g in gens if g.position is None]
+    prompts = list(dict.fromkeys(g.prompt for g in un))
+    n = max(1, len(un) // max(len(prompts), 1))
+    outs = generate(pair, prompts, layer=steer.layer, direction=None, alpha=0.0, eta=steer.eta_ft, n=n,
+                    temperature=steer.temperature, max_new_tokens=steer.max_new_tokens or 128, seed=cfg.seed + 17,
+                    side="base")
+    return [[p, t] for p, ts in zip(prompts, outs) for t in ts]
+
+
+def _leakage(gens: Sequence[A.Generation], base: Sequence[Sequence[str]] | None, grader: Any, description: str,
+             frequent: Sequence[str]) -> LeakageResult:
+    """Leakage of the finetuned model's unsteered answers and, as the control, of the base model's."""
+
+    def side(prompts: Sequence[str], texts: Sequence[str]) -> LeakageSide:
+        words = grader.relevant_words(texts, description, frequent)
+        hits = [i for i, w in enumerate(words) if len(w) >= grader.min_words]
+        return LeakageSide(share=len(hits) / max(len(texts), 1), n=len(texts),
+                           examples=[{"prompt": prompts[i], "text": texts[i][:300], "words": words[i]} for i in hits[:8]])
+
+    un = [g for g in gens if g.position is None]
+    base_side = side([p for p, _ in base], [t for _, t in base]) if base is not None else None
+    return LeakageResult(ft=side([g.prompt for g in un], [g.text for g in un]), base=base_side,
+                         min_words=grader.min_words, grader=grader.identity())

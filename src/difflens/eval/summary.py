@@ -23,6 +23,8 @@ Schema (version 1)::
                      "n_texts": {...}, "n_tokens": {...}},
           "identification": {"adl_rank", "blackbox_rank", "n_candidates", "true",
                              "adl_scores": {name: sim}, "blackbox_scores": {name: sim}},
+          "leakage": {"ft": {"share", "n", "examples"}, "base": {...} | null, "min_words", "grader"},
+                       # unsteered answers to the steering prompts with ≥ min_words domain words
           "skipped": {part: reason}}}}
     }
 
@@ -39,7 +41,7 @@ from .causal import CausalResult
 from .relevance import MethodRelevance
 from .similarity import Stat
 
-__all__ = ["EvalSummary", "LayerEval", "IdentificationResult", "SCHEMA_VERSION"]
+__all__ = ["EvalSummary", "LayerEval", "IdentificationResult", "LeakageResult", "LeakageSide", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +55,21 @@ class IdentificationResult(BaseModel):
     blackbox_scores: dict[str, float] = {}
 
 
+class LeakageSide(BaseModel):
+    share: float  # leaking answers / answers
+    n: int
+    examples: list[dict[str, Any]] = []  # leaking answers: {"prompt", "text", "words"}
+
+
+class LeakageResult(BaseModel):
+    """Unsteered answers to the steering prompts that give the domain away, finetuned vs base model."""
+
+    ft: LeakageSide
+    base: LeakageSide | None = None
+    min_words: int
+    grader: dict[str, Any] = {}
+
+
 class LayerEval(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +80,7 @@ class LayerEval(BaseModel):
     steering_similarity_per_position: dict[str, dict[str, Stat]] | None = None
     causal: CausalResult | None = None
     identification: IdentificationResult | None = None
+    leakage: LeakageResult | None = None
     skipped: dict[str, str] = Field(default_factory=dict)
 
 

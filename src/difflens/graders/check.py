@@ -10,6 +10,8 @@ Label files are JSONL, one case per line:
   "coherent_tokens": [str] (optional)}``; accuracy = the chosen scale is acceptable; precision /
   recall / F1 are those of the selected tokens against ``coherent_tokens`` (pooled over the cases
   that give them; ``None`` when no case does).
+- ``leakage``: ``{"description": str, "frequent_tokens": [str], "text": str, "leaks": bool}``;
+  scored per text, positive class = the unsteered answer gives the finetuning domain away.
 
 Tokens may carry any tokenizer's whitespace markers (``▁``, ``Ġ``, ``Ċ``); they are compared
 after :func:`~difflens.graders.text.clean_token`. The result has exactly the keys ``kind``,
@@ -26,10 +28,10 @@ from typing import Any, Literal, Sequence
 from ..errors import ConfigError, DataError
 from .text import clean_token
 
-Kind = Literal["coherence", "relevance", "scale"]
-KINDS: tuple[str, ...] = ("coherence", "relevance", "scale")
+Kind = Literal["coherence", "relevance", "scale", "leakage"]
+KINDS: tuple[str, ...] = ("coherence", "relevance", "scale", "leakage")
 
-__all__ = ["KINDS", "CheckResult", "load_cases", "check_coherence", "check_relevance", "check_scale", "run_check",
+__all__ = ["KINDS", "CheckResult", "load_cases", "check_coherence", "check_relevance", "check_scale", "check_leakage", "run_check",
            "offline_grader", "CALIBRATION_PROMPTS"]
 
 #: Prompts whose unsteered answers calibrate the offline coherence grader in ``graders check`` (the
@@ -114,6 +116,11 @@ def _validate(kind: str, rec: Any, where: str) -> dict[str, Any]:
                             f"({len(toks or [])} tokens, {len(rel)} labels).")
         if not toks:
             raise DataError(f"{where}: 'tokens' is empty.")
+    elif kind == "leakage":
+        _require(rec, "description", str, where)
+        _str_list(rec, "frequent_tokens", where)
+        _require(rec, "text", str, where)
+        _require(rec, "leaks", bool, where)
     elif kind == "scale":
         scales = _require(rec, "scales", dict, where)
         if not scales:
@@ -215,8 +222,22 @@ def check_scale(grader: Any, cases: Sequence[dict[str, Any]]) -> CheckResult:
     return CheckResult("scale", grader.name, hits / len(cases), p, r, f, len(cases), details)
 
 
+def check_leakage(grader: Any, cases: Sequence[dict[str, Any]]) -> CheckResult:
+    """Per-text verdicts of ``grader.leaks`` against the ``leaks`` labels."""
+    pred, details = [], []
+    for i, c in enumerate(cases):
+        words = grader.relevant_words([c["text"]], c["description"], c["frequent_tokens"])[0]
+        q = len(words) >= grader.min_words
+        pred.append(q)
+        details.append({"case": i, "text": c["text"][:200], "label": c["leaks"], "pred": q, "words": words,
+                        "correct": q == c["leaks"]})
+    acc, p, r, f = _binary(pred, [bool(c["leaks"]) for c in cases])
+    return CheckResult("leakage", grader.name, acc, p, r, f, len(cases), details)
+
+
 def run_check(kind: str, grader: Any, cases: Sequence[dict[str, Any]]) -> CheckResult:
-    fn = {"coherence": check_coherence, "relevance": check_relevance, "scale": check_scale}.get(kind)
+    fn = {"coherence": check_coherence, "relevance": check_relevance, "scale": check_scale,
+          "leakage": check_leakage}.get(kind)
     if fn is None:
         raise ConfigError(f"unknown grader kind {kind!r}: use one of {', '.join(KINDS)}.")
     return fn(grader, cases)
@@ -265,7 +286,10 @@ def offline_grader(kind: str, *, model: str = "smollm2-135m-instruct", embedder:
         if calibrate and callable(getattr(g, "calibrate", None)):
             g.calibrate(_unsteered_texts(lm.model, lm.tokenizer, CALIBRATION_PROMPTS, n=10, max_new_tokens=48))
         return g
+    from .leakage import LeakageGrader
     from .relevance import OfflineRelevance
     from .scale import OfflineScaleGrader
 
+    if kind == "leakage":
+        return LeakageGrader(OfflineRelevance(emb))
     return OfflineScaleGrader(emb) if kind == "scale" else OfflineRelevance(emb)

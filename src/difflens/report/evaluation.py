@@ -113,6 +113,21 @@ def _identification(le: LayerEval) -> str:
             + _table(["evidence", "rank", "most similar candidates"], rows, "compact"))
 
 
+def _leakage(le: LayerEval) -> str:
+    lk = le.leakage
+    assert lk is not None
+    rows = [["finetuned model", f"<b>{100 * lk.ft.share:.0f}%</b>", esc(lk.ft.n)]]
+    if lk.base is not None:
+        rows.append(["base model (control)", f"{100 * lk.base.share:.0f}%", esc(lk.base.n)])
+    ex = "".join(f"<li><i>{esc(e['prompt'][:80])}</i> → {esc(e['text'][:200])} <span class=\"muted\">"
+                 f"[{esc(', '.join(e['words'][:8]))}]</span></li>" for e in lk.ft.examples[:5])
+    return (f'<p class="muted small">Share of unsteered answers to the steering prompts with ≥ {esc(lk.min_words)} '
+            'distinct words the relevance grader ties to the objective. An organism that leaks is found by any '
+            'blackbox probe; the base model\'s answers show what the prompts alone bring in.</p>'
+            + _table(["answers of", "leaking", "n"], rows, "num compact")
+            + (f"<details><summary>leaking answers of the finetuned model</summary><ul>{ex}</ul></details>" if ex else ""))
+
+
 def evaluation_section(path: Path) -> str:
     """HTML for a summary file (errors shown in place, never raised)."""
     try:
@@ -142,6 +157,8 @@ def evaluation_section(path: Path) -> str:
             parts.append(f"<h4>Causal effect</h4>{_causal(le)}")
         if le.identification:
             parts.append(f"<h4>Objective identification</h4>{_identification(le)}")
+        if le.leakage:
+            parts.append(f"<h4>Leakage of unsteered answers</h4>{_leakage(le)}")
         body.append("".join(parts))
     return "".join(body)
 
@@ -169,4 +186,8 @@ def headline(s: EvalSummary) -> list[str]:
             i = le.identification
             out.append(f"identification: ADL rank {i.adl_rank}/{i.n_candidates}, blackbox rank "
                        f"{i.blackbox_rank}/{i.n_candidates}")
+        if le.leakage:
+            lk = le.leakage
+            out.append(f"leakage of unsteered answers: {100 * lk.ft.share:.0f}% of {lk.ft.n}"
+                       + (f" (base model {100 * lk.base.share:.0f}%)" if lk.base else ""))
     return out

@@ -131,6 +131,7 @@ class SteeringResult(BaseModel):
     # share of unsteered samples (threshold prompts, search temperature) the coherence grader passes
     unsteered_pass_rate: float | None = None
     min_coherent: int | None = None  # required coherent samples per tested α (steering.required_coherent)
+    max_new_tokens: int | None = None
 
     def alpha(self, position: int) -> float:
         for t in self.thresholds:

@@ -161,7 +161,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],
                                prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
                                temperature=cfg.final_temperature,
-                               unsteered_pass_rate=partial.get("unsteered_pass_rate"), min_coherent=need)
+                               unsteered_pass_rate=partial.get("unsteered_pass_rate"), min_coherent=need,
+                               max_new_tokens=cfg.max_new_tokens)
         gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
         A.save(res, layout.steering(dataset, layer))
