@@ -105,6 +105,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     shared = Path(os.environ.get("DIFFLENS_TEST_MODELS", Path.home() / ".cache" / "difflens-test-models"))
     shared.mkdir(parents=True, exist_ok=True)
     (home / "models").symlink_to(shared, target_is_directory=True)
+    cache = shared.parent / "difflens-test-cache"  # derived data keyed by content (common tokens per tokenizer)
+    cache.mkdir(parents=True, exist_ok=True)
+    (home / "cache").symlink_to(cache, target_is_directory=True)
     yield home
 
 

@@ -24,7 +24,7 @@ def evaluate_cmd(
     candidates: Optional[list[Path]] = typer.Option(None, "--candidates", help="extra organism YAMLs or "
                                                     "directories for identification (repeatable)"),
     parts: Optional[list[str]] = typer.Option(None, "--part", help=PARTS_HELP),
-    quick: bool = typer.Option(False, "--quick", help="laptop size: 16 texts × 64 tokens and 16 random "
+    quick: bool = typer.Option(False, "--quick", help="laptop size: 16 texts × 48 tokens and 8 random "
                                "directions for the causal effect, 200 similarity samples"),
     causal_texts: Optional[int] = typer.Option(None, "--causal-texts", help="texts per dataset for ΔCE (default 64)"),
     causal_random: Optional[int] = typer.Option(None, "--causal-random", help="random-difference baseline "
@@ -111,3 +111,76 @@ def _print(summary: Any) -> None:
             i = le.identification
             console.print(f"identification ({title}): true objective ranked {i.adl_rank}/{i.n_candidates} from ADL "
                           f"evidence, {i.blackbox_rank}/{i.n_candidates} from unsteered samples only")
+
+
+def experiment_cmd(
+    name: str = typer.Argument(..., help="adl (Fig. 2a/2b/7 + identification over organisms), mixing (Fig. 8) or all"),
+    out: Path = typer.Option(Path("experiments"), "--out", help="experiment directory (OUT/NAME/...)"),
+    organism: Optional[list[str]] = typer.Option(None, "--organism", help="organisms (repeatable; default: all "
+                                                 "built-in for adl, cake_bake for mixing)"),
+    mix: Optional[list[float]] = typer.Option(None, "--mix", help="mixing ratios D_pt:D_ft (repeatable; default "
+                                              "0 0.1 1 2)"),
+    base: str = typer.Option("smollm2-135m-instruct", "--base"),
+    quick: bool = typer.Option(False, "--quick", help="laptop size: 1,000 collection samples, steering on one "
+                               "position with 6 prompts, quick evaluation"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="collection samples per run"),
+) -> None:
+    """The paper's comparisons over built-in organisms as one resumable experiment and report."""
+    from ..eval.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
+    from ..report.experiment import render_experiment
+
+    try:
+        if name not in EXPERIMENTS:
+            raise ConfigError(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)}.")
+        cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
+                               mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples)
+        res = run_experiment(cfg)
+        path = render_experiment(cfg.out)
+    except DifflensError as e:
+        fail(e)
+        return
+    failed = [c for c in res.cells if c.error]
+    console.print(f"{len(res.cells) - len(failed)}/{len(res.cells)} cells finished; report: [bold]{path}[/]")
+    for c in failed:
+        console.print(f"[red]✗[/] {c.organism} 1:{c.mix_ratio:g}: {c.error}", highlight=False)
+
+
+SWEEP_POSITIONS = (0, 1, 2, 4, 8, 16, 32, 64, 127)
+
+
+def sweep_cmd(
+    finetuned: str = typer.Option(..., "--finetuned", help="finetuned model (organism:NAME, path, hub id)"),
+    out: Path = typer.Option(..., "--out", help="run directory"),
+    base: str = typer.Option("smollm2-135m-instruct", "--base"),
+    organism: Optional[str] = typer.Option(None, "--organism", help="ground truth for evaluation (default: the "
+                                           "finetuned organism:NAME)"),
+    ft_data: Optional[str] = typer.Option(None, "--ft-data"), description: Optional[str] = typer.Option(None, "--description"),
+    positions: int = typer.Option(128, "--positions", help="collect the first K positions; lens, steering and "
+                                  "evaluation at 0, 1, 2, 4, …, 64, K−1"),
+    layers: str = typer.Option("0.25,0.5,0.75,1.0", "--layers", help="relative depths or absolute indices"),
+    steer_positions: Optional[list[int]] = typer.Option(None, "--steer-position", help="steer only at these "
+                                                        "positions (default: the sweep positions; steering costs the most)"),
+    samples: int = typer.Option(2000, "--samples"),
+    quick: bool = typer.Option(False, "--quick", help="short steering (32 tokens, 6 prompts, 2 samples)"),
+) -> None:
+    """Positions up to K and layers across depth: relevance and steering similarity per position and layer."""
+    from ..run.config import EvaluateSection, LensSection, RunConfig, SteeringSection
+    from ..run.pipeline import Runner
+
+    try:
+        depth = [float(x) if "." in x else int(x) for x in layers.split(",") if x.strip()]
+        pos = [j for j in SWEEP_POSITIONS if j < positions - 1] + [positions - 1]
+        pos = sorted(set(pos))
+        org = organism or (finetuned.split(":", 1)[1] if finetuned.startswith("organism:") else None)
+        steer = SteeringSection(positions=steer_positions or pos)
+        if quick:
+            steer = steer.model_copy(update={"max_new_tokens": 32, "prompts": steer.prompts[:6], "final_samples": 2})
+        cfg = RunConfig(out=out, base=base, finetuned=finetuned, organism=org, ft_data=ft_data, description=description,
+                        positions=positions, layers=depth, samples=samples,
+                        lens=LensSection(positions=pos), steering=steer,
+                        evaluate=EvaluateSection(parts=["relevance", "similarity"]))
+        Runner(cfg).run()
+    except (DifflensError, ValueError) as e:
+        fail(e)
+        return
+    console.print(f"sweep finished: {out} (report: {out / 'report.html'})")

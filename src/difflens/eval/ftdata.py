@@ -198,8 +198,10 @@ def frequent_ft_tokens(ft: FtData, tokenizer: Any, *, k: int = 100, min_count: i
             return list(read_json(path)["tokens"])
         except (KeyError, ValueError, OSError):
             pass
+    from ..run.layout import home
+
     common = set(COMMON_ENGLISH_WORDS) | {t.lower() for t in common_tokens(
-        tokenizer, cache=cache_dir / f"common-{tok_id}.json" if cache_dir else None)}
+        tokenizer, cache=home().cache / f"common-tokens-{tok_id}.json")}
     toks = frequent_tokens(ft.texts, tokenizer, k=k, common=frozenset(common), min_count=min_count)
     if path is not None:
         write_json(path, {"dataset": ft.describe(), "tokens": toks})

@@ -218,3 +218,40 @@ def interval_chart(rows: Sequence[tuple[str, float, float]], *, x_label: str = "
                    f'{esc(x_label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def grouped_bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], *, y_label: str = "",
+                      width: int = 640, height: int = 250, title: str = "", y_max: float | None = None) -> str:
+    """One cluster of bars per group (e.g. organism), one bar per series (e.g. source); values ≥ 0."""
+    ml, mr, mt, mb = 52, 16, 14, 58
+    legend_h = 16 * ((len(series) + 2) // 3)
+    height += legend_h
+    pw, ph = width - ml - mr, height - mt - mb - legend_h
+    vmax = y_max if y_max is not None else max([v for _, vs in series for v in vs] + [1e-9]) * 1.08
+    ticks = _nice_ticks(vmax)
+    top = max(ticks[-1], vmax)
+
+    def y(v: float) -> float:
+        return mt + ph - ph * (max(v, 0.0) / top)
+
+    out = _frame(width, height, title, ticks, y, ml, mt, pw, ph, "", y_label)
+    slot = pw / max(1, len(groups))
+    bw = max(2.0, min(18.0, slot * 0.8 / max(1, len(series))))
+    for g, name in enumerate(groups):
+        x0 = ml + slot * g + (slot - bw * len(series)) / 2
+        for k, (sname, vs) in enumerate(series):
+            if g >= len(vs):
+                continue
+            v = vs[g]
+            out.append(f'<rect x="{x0 + k * bw:.1f}" y="{y(v):.1f}" width="{bw - 1:.1f}" height="{mt + ph - y(v):.1f}" '
+                       f'fill="{PALETTE[k % len(PALETTE)]}"><title>{esc(name)} · {esc(sname)}: {esc(fmt(v))}</title></rect>')
+        out.append(f'<text class="tick" x="{ml + slot * (g + 0.5):.1f}" y="{mt + ph + 14}" text-anchor="middle">'
+                   f'{esc(name[:18])}</text>')
+    out.append(f'<line class="axis" x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}"/>')
+    ly = height - legend_h - 2
+    for k, (sname, _) in enumerate(series):
+        lx, yy = ml + (k % 3) * (pw / 3), ly + 16 * (k // 3)
+        out.append(f'<rect x="{lx:.1f}" y="{yy - 9:.1f}" width="10" height="10" fill="{PALETTE[k % len(PALETTE)]}"/>')
+        out.append(f'<text class="tick" x="{lx + 14:.1f}" y="{yy:.1f}">{esc(sname)}</text>')
+    out.append("</svg>")
+    return "".join(out)

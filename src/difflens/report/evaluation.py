@@ -128,6 +128,28 @@ def _leakage(le: LayerEval) -> str:
             + (f"<details><summary>leaking answers of the finetuned model</summary><ul>{ex}</ul></details>" if ex else ""))
 
 
+def _across_layers(dataset: str, layers: list[LayerEval]) -> str:
+    """A sweep's overview: δ̄'s Patchscope relevance and steered-text similarity to D_ft per position,
+    one line per layer."""
+    rel = [(f"layer {le.layer}", le.relevance["delta"]["patchscope"]) for le in layers
+           if le.relevance and "patchscope" in le.relevance.get("delta", {})]
+    out = [f"<h3>{esc(dataset)} · across layers</h3>"]
+    if rel:
+        positions = sorted({j for _, r in rel for j in r.positions})
+        series = [(name, [dict(zip(r.positions, r.per_position)).get(j, 0.0) for j in positions]) for name, r in rel]
+        out.append(line_chart(series, labels=[str(j) for j in positions], y_label="% relevant", y_min=0, y_max=100,
+                              title=f"δ̄ Patchscope relevance by position and layer, {dataset}"))
+    sim = [(f"layer {le.layer}", le.steering_similarity_per_position) for le in layers
+           if le.steering_similarity_per_position]
+    if sim:
+        positions = sorted({int(j) for _, d in sim for j in d})
+        series = [(name, [d[str(j)]["steered_vs_ft"].mean if str(j) in d and "steered_vs_ft" in d[str(j)] else 0.0
+                          for j in positions]) for name, d in sim]
+        out.append(line_chart(series, labels=[str(j) for j in positions], y_label="steered ↔ D_ft (cos)",
+                              title=f"steering similarity by position and layer, {dataset}"))
+    return f'<div class="chartrow">{"".join(out)}</div>'
+
+
 def evaluation_section(path: Path) -> str:
     """HTML for a summary file (errors shown in place, never raised)."""
     try:
@@ -145,6 +167,9 @@ def evaluation_section(path: Path) -> str:
     for part, why in sorted(s.skipped.items()):
         head.append(f'<p class="small"><span class="badge part">skipped</span> {esc(part)}: {esc(why)}</p>')
     body = ["".join(head)]
+    for dataset, per_layer in s.results.items():
+        if len(per_layer) > 1:
+            body.append(_across_layers(dataset, list(per_layer.values())))
     for le in s.layers():
         parts = [f"<h3>{esc(le.dataset)} · layer {esc(le.layer)}</h3>"]
         for part, why in sorted(le.skipped.items()):

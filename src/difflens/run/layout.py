@@ -207,6 +207,12 @@ class Home:
     def user_specs(self) -> Path:
         return self.organisms / "specs"
 
+    # -- derived data ------------------------------------------------------------------
+    @property
+    def cache(self) -> Path:
+        """Small derived data worth keeping across runs (e.g. common tokens per tokenizer)."""
+        return self._dir("cache")
+
     # -- LLM ---------------------------------------------------------------------------
     @property
     def llm_cache(self) -> Path:

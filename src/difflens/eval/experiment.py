@@ -1,0 +1,192 @@
+"""``difflens experiment NAME``: the paper's comparisons over built-in organisms, in one report.
+
+- ``adl``     every organism (default: all built-in ones) through collect → lens → steer → evaluate:
+              token relevance of δ̄ vs h̄_base / h̄_ft / controls (Fig. 2a), steering similarity
+              (Fig. 2b), causal effect on D_ft vs D_pt against random differences (Fig. 7),
+              identification from ADL vs blackbox evidence, leakage of unsteered answers;
+- ``mixing``  one organism (default cake_bake) trained with D_pt mixed in at 1:0, 1:0.1, 1:1, 1:2:
+              relevance, steering similarity, causal effect and the FFA-MCQ shift per ratio (Fig. 8);
+- ``all``     both.
+
+Each cell (organism × mixing ratio) is an ordinary run directory under ``OUT/runs/`` driven by the
+demo's run config (or its ``--quick`` variant), so a cell is resumable on its own and every stage
+reuses what is finished; trained organisms are cached in ``$DIFFLENS_HOME``. The results go to
+``OUT/experiment.json`` (:class:`ExperimentResult`), rendered to ``OUT/report.html`` by
+:func:`difflens.report.experiment.render_experiment`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..errors import ConfigError, DifflensError
+from ..files import read_json, write_json
+
+__all__ = ["ExperimentConfig", "ExperimentResult", "Cell", "run_experiment", "EXPERIMENTS", "MIX_RATIOS"]
+
+EXPERIMENTS = ("adl", "mixing", "all")
+MIX_RATIOS = (0.0, 0.1, 1.0, 2.0)
+
+
+class ExperimentConfig(BaseModel):
+    name: Literal["adl", "mixing", "all"]
+    out: Path
+    base: str = "smollm2-135m-instruct"
+    organisms: list[str] | None = None  # adl: all built-in; mixing: cake_bake
+    mix_ratios: list[float] = Field(default_factory=lambda: list(MIX_RATIOS))
+    quick: bool = False
+    samples: int | None = None  # collection samples per run (default: the demo's 2,000; quick: 1,000)
+
+
+class Cell(BaseModel):
+    """One organism variant's numbers (None where a part did not run)."""
+
+    organism: str
+    mix_ratio: float = 0.0
+    run: str
+    relevance: dict[str, dict[str, float]] = {}  # source → method → max % over positions
+    relevance_per_position: dict[str, list[float]] = {}  # source → Patchscope % per position
+    similarity: dict[str, dict[str, float]] = {}  # key → {mean, std}
+    causal: dict[str, Any] | None = None  # {"positions", "ft", "pt", "random_ft", "random_pt"}
+    identification: dict[str, int] | None = None
+    leakage: dict[str, float | None] | None = None
+    ffa: dict[str, float] | None = None  # mixing: MCQ shift, margin shift, sign-test p
+    alpha: dict[str, float] = {}  # steering threshold per position
+    error: str | None = None
+
+
+class ExperimentResult(BaseModel):
+    name: str
+    base: str
+    quick: bool
+    cells: list[Cell] = []
+
+    def find(self, organism: str, mix: float) -> Cell | None:
+        return next((c for c in self.cells if c.organism == organism and abs(c.mix_ratio - mix) < 1e-9), None)
+
+
+def _log(msg: str) -> None:
+    print(f"[difflens] experiment: {msg}", file=sys.stderr, flush=True)
+
+
+def _cells(cfg: ExperimentConfig) -> list[tuple[str, float]]:
+    from ..organisms.spec import list_specs, load_spec
+
+    builtin = [s.name for s in list_specs()]
+    out: list[tuple[str, float]] = []
+    if cfg.name in ("adl", "all"):
+        orgs = cfg.organisms or builtin
+        for o in orgs:
+            load_spec(o)  # a typo fails here, before any training
+        out += [(o, 0.0) for o in orgs]
+    if cfg.name in ("mixing", "all"):
+        orgs = cfg.organisms or ["cake_bake"]
+        for o in orgs:
+            load_spec(o)
+        out += [(o, float(r)) for o in orgs for r in cfg.mix_ratios if (o, float(r)) not in out]
+    if not out:
+        raise ConfigError(f"experiment {cfg.name!r} has no cells (organisms {cfg.organisms}).")
+    return out
+
+
+def _run_config(cfg: ExperimentConfig, organism: str, mix: float, finetuned: str, out: Path) -> Any:
+    from ..run.config import EvaluateSection, demo_config
+    from .evaluate import EvalConfig
+
+    rc = demo_config(organism, out, base=cfg.base)
+    upd: dict[str, Any] = {"finetuned": finetuned}
+    if cfg.samples or cfg.quick:
+        upd["samples"] = cfg.samples or 1000
+    if cfg.quick:
+        upd["steering"] = rc.steering.model_copy(update={"positions": [2], "max_new_tokens": 32,
+                                                         "prompts": rc.steering.prompts[:6]})
+        upd["evaluate"] = EvaluateSection(**EvalConfig.quick(similarity_samples=100).model_dump())
+    return rc.model_copy(update=upd)
+
+
+def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
+    from ..eval.summary import EvalSummary
+    from ..run import artifacts as A
+    from ..run.layout import RunLayout
+
+    layout = RunLayout(run)
+    cell = Cell(organism=organism, mix_ratio=mix, run=str(run))
+    if not layout.evaluation().exists():
+        cell.error = "no evaluation summary"
+        return cell
+    s = EvalSummary.model_validate_json(layout.evaluation().read_text(encoding="utf-8"))
+    le = s.layers()[0] if s.layers() else None
+    if le is None:
+        return cell
+    for src, per in (le.relevance or {}).items():
+        cell.relevance[src] = {m: r.max for m, r in per.items()}
+        if "patchscope" in per:
+            cell.relevance_per_position[src] = list(per["patchscope"].per_position)
+    cell.similarity = {k: {"mean": v.mean, "std": v.std} for k, v in (le.steering_similarity or {}).items()}
+    if le.causal:
+        c = le.causal
+        cell.causal = {"positions": c.positions, "ft": c.delta["ft"], "pt": c.delta["pt"],
+                       "random_ft": c.random["ft"], "random_pt": c.random["pt"]}
+    if le.identification:
+        cell.identification = {"adl_rank": le.identification.adl_rank,
+                               "blackbox_rank": le.identification.blackbox_rank,
+                               "n_candidates": le.identification.n_candidates}
+    if le.leakage:
+        cell.leakage = {"ft": le.leakage.ft.share, "base": le.leakage.base.share if le.leakage.base else None}
+    steer_path = layout.steering(le.dataset, le.layer)
+    if steer_path.exists():
+        st = A.load(A.SteeringResult, steer_path)
+        cell.alpha = {str(t.position): t.alpha for t in st.thresholds}
+    return cell
+
+
+def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dict[str, float]:
+    """The FFA-MCQ shift of a variant (cached in the cell's run directory)."""
+    path = run / "ffa.json"
+    if path.exists():
+        return read_json(path)
+    from ..models.sources import load_model
+    from ..organisms.ffa import ffa_shift
+    from ..organisms.spec import load_spec
+
+    spec = load_spec(organism)
+    if not spec.ffa:
+        return {}
+    base_lm, ft_lm = load_model(cfg.base), load_model(finetuned)
+    sh = ffa_shift(base_lm, ft_lm, spec)
+    out = {"base": sh.base.score, "finetuned": sh.finetuned.score, "shift": sh.shift,
+           "margin_shift": sh.margin_shift, "sign_p": sh.sign_p}
+    write_json(path, out)
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
+    """Run (or resume) every cell, then write ``OUT/experiment.json`` and ``OUT/report.html``."""
+    from ..organisms.train import resolve_organism
+    from ..run.pipeline import Runner
+
+    cells = _cells(cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    result = ExperimentResult(name=cfg.name, base=cfg.base, quick=cfg.quick)
+    t0 = time.time()
+    for k, (organism, mix) in enumerate(cells, 1):
+        name = organism + (f"-mix{mix:g}" if mix else "")
+        run = cfg.out / "runs" / name
+        _log(f"cell {k}/{len(cells)}: {name} ({time.time() - t0:.0f} s so far)")
+        try:
+            src = resolve_organism(organism, cfg.base, progress=progress, **({"mix_ratio": mix} if mix else {}))
+            finetuned = f"organism:{organism}" if not mix else src.path
+            Runner(_run_config(cfg, organism, mix, finetuned, run), progress=progress).run()
+            cell = _cell_from_run(organism, mix, run)
+            cell.ffa = _ffa(cfg, organism, finetuned, run) or None
+        except (DifflensError, RuntimeError, ValueError, OSError) as e:  # one failing cell must not lose the others
+            _log(f"cell {name} failed: {e}")
+            cell = Cell(organism=organism, mix_ratio=mix, run=str(run), error=f"{type(e).__name__}: {e}")
+        result.cells.append(cell)
+        write_json(cfg.out / "experiment.json", result.model_dump(mode="json"))
+    _log(f"wrote {cfg.out / 'experiment.json'} ({time.time() - t0:.0f} s)")
+    return result
