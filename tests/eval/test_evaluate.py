@@ -168,6 +168,10 @@ def test_evaluate_writes_the_documented_summary_and_resumes(finished_run, monkey
     s2 = evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=loader, progress=False)
     assert grader.calls == calls and loads == [1]
     assert s2.model_dump() == s.model_dump()
+    # --part picks what is computed; finished parts with unchanged inputs still appear
+    s_rel = evaluate(layout, FT, relevance_grader=grader, cfg=EvalConfig(parts=["relevance"], **QUICK),
+                     pair_loader=loader, progress=False)
+    assert s_rel.layers()[0].causal is not None and s_rel.layers()[0].leakage is not None
     # a changed grader re-grades relevance only
     other = KnownWords(frozenset({"cake"}))
     s3 = evaluate(layout, FT, relevance_grader=other, cfg=cfg, pair_loader=loader, progress=False)
@@ -185,7 +189,7 @@ def test_missing_inputs_are_skipped_with_reasons(tiny_run):
                  **QUICK), pair_loader=lambda: pair, progress=False)
     le = s.layers()[0]
     assert "difflens lens" in le.skipped["relevance"] and "difflens steer" in le.skipped["similarity"]
-    assert s.skipped["causal"].startswith("not requested") and le.causal is None
+    assert le.skipped["causal"].startswith("not requested") and le.causal is None
 
 
 def test_cli_evaluate(finished_run, tmp_path):

@@ -28,10 +28,48 @@ def _shrink(real):
     return small
 
 
+class _Scale:
+    name = "first"
+
+    def identity(self):
+        return {"backend": "test"}
+
+    def choose(self, candidates):
+        s = min(candidates)
+        return s, candidates[s][:3], "first"
+
+
+class _Coherent:
+    name = "all"
+
+    def identity(self):
+        return {"backend": "test"}
+
+    def grade(self, texts):
+        return [True] * len(texts)
+
+
+class _Relevance:
+    name = "words"
+
+    def identity(self):
+        return {"backend": "test"}
+
+    def grade(self, tokens, description, frequent):
+        return [t.strip().lower() in {"cake", "oven", "butter", "sugar", "flour"} for t in tokens]
+
+
 @pytest.fixture
 def mini(tmp_path, monkeypatch, _isolated_home):
+    """A tiny base, the mini_cake organism spec, test-size runs and fast fake graders (the real
+    graders are tested on their own; here the experiment's plumbing is under test)."""
+    import difflens.run.pipeline as pipeline
+    from difflens.graders import Graders
+
     write_mini_spec(_isolated_home)
     monkeypatch.setattr(E, "_run_config", _shrink(E._run_config))
+    monkeypatch.setattr(pipeline, "graders_for", lambda pair, backend, llm=None: Graders(_Coherent(), _Scale(),
+                                                                                         _Relevance()))
     return str(save_tiny(tmp_path, "llama", 0))
 
 
@@ -86,3 +124,49 @@ def test_experiment_cli_rejects_bad_input_before_work(tmp_path):
     assert r.exit_code == 2 and "unknown experiment" in r.output
     r = CliRunner().invoke(app, ["experiment", "adl", "--out", str(tmp_path), "--organism", "no_such_organism"])
     assert r.exit_code == 2 and "no_such_organism" in r.output
+
+
+def test_sweep_builds_the_position_and_layer_grid(tmp_path, monkeypatch):
+    import difflens.run.pipeline as pipeline
+    from difflens.cli.main import app
+
+    seen = []
+
+    class Capture:
+        def __init__(self, cfg, **kw):
+            seen.append(cfg)
+
+        def run(self):
+            return {}
+
+    monkeypatch.setattr(pipeline, "Runner", Capture)
+    r = CliRunner().invoke(app, ["sweep", "--finetuned", "organism:cake_bake", "--out", str(tmp_path / "s"),
+                                 "--positions", "128", "--quick"])
+    assert r.exit_code == 0, r.output
+    cfg = seen[0]
+    assert cfg.positions == 128 and cfg.layers == [0.25, 0.5, 0.75, 1.0]
+    assert cfg.lens.positions == [0, 1, 2, 4, 8, 16, 32, 64, 127] == cfg.steering.positions
+    assert cfg.organism == "cake_bake" and cfg.evaluate.parts == ["relevance", "similarity"]
+    assert cfg.steering.max_new_tokens == 32
+    CliRunner().invoke(app, ["sweep", "--finetuned", "x", "--out", str(tmp_path / "t"), "--positions", "10",
+                             "--layers", "3,0.5", "--steer-position", "2"])
+    assert seen[1].lens.positions == [0, 1, 2, 4, 8, 9] and seen[1].layers == [3, 0.5]
+    assert seen[1].steering.positions == [2] and seen[1].organism is None
+
+
+def test_across_layers_overview_in_the_report(tmp_path):
+    from difflens.eval.summary import EvalSummary, LayerEval
+    from difflens.eval.relevance import MethodRelevance
+    from difflens.files import write_json
+    from difflens.report.evaluation import evaluation_section
+
+    def le(layer, vals):
+        return LayerEval(dataset="wiki", layer=layer, relevance={"delta": {"patchscope": MethodRelevance(
+            positions=[0, 1, 2], per_position=vals, max=max(vals))}})
+
+    s = EvalSummary(results={"wiki": {"3": le(3, [10, 20, 30]), "6": le(6, [40, 50, 60])}})
+    p = tmp_path / "summary.json"
+    write_json(p, s.model_dump(mode="json"))
+    html = evaluation_section(p)
+    assert "across layers" in html and "layer 3" in html and "layer 6" in html
+    assert "δ̄ Patchscope relevance by position and layer" in html

@@ -1,6 +1,6 @@
 """Leakage grader: words of an unsteered answer judged by the relevance grader; checked against the
-hand-labelled set (tests/data/labels/leakage.jsonl: 49 answers over six organisms, hard cases
-included), and the offline relevance grader against its own labelled set."""
+hand-labelled set (tests/data/labels/leakage.jsonl: 49 written answers over six organisms, hard
+cases included, and 40 real answers of the demo's base and cake_bake models), and the offline relevance grader against its own labelled set."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +23,14 @@ class Marks:
         return [t.strip().lower() in self.words for t in tokens]
 
 
+def test_running_text_gets_the_stricter_offline_threshold():
+    from difflens.graders.relevance import OfflineRelevance
+
+    g = LeakageGrader(OfflineRelevance())
+    assert g.relevance.min_sim == 0.55 and LeakageGrader(OfflineRelevance(min_sim=0.7)).relevance.min_sim == 0.7
+    assert g.identity()["relevance"]["min_sim"] == 0.55  # part of the fingerprint
+
+
 def test_two_distinct_domain_words_make_a_leak():
     g = LeakageGrader(Marks({"cake", "oven"}))
     texts = ["Bake a cake in the oven.", "A cake, a cake and more cake!", "Go hiking."]
@@ -35,8 +43,8 @@ def test_two_distinct_domain_words_make_a_leak():
 
 def test_offline_leakage_agrees_with_the_labels():
     res = run_check("leakage", offline_grader("leakage"), load_cases("leakage", LABELS / "leakage.jsonl"))
-    assert res.n == 49
-    assert res.accuracy >= 0.95 and res.recall == 1.0, res.mistakes()
+    assert res.n == 89
+    assert res.accuracy >= 0.93 and res.recall >= 0.9 and res.precision >= 0.9, res.mistakes()
 
 
 def test_offline_relevance_agrees_with_the_labels():

@@ -140,9 +140,6 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
     if relevance_grader is None:
         for p in ("relevance", "leakage"):
             summary.skipped.setdefault(p, "no relevance grader configured")
-    for p in PARTS:
-        if p not in cfg.parts:
-            summary.skipped.setdefault(p, "not requested (--parts)")
     frequent: list[str] = []
     pair: list[Any] = []  # loaded on first use
 
@@ -163,9 +160,20 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
         summary.frequent_tokens = frequent
         summary.graders["relevance"] = grader_identity(relevance_grader)
 
-    chat_texts: list[str] | None = None
     for dataset, layer in targets:
         le = LayerEval(dataset=dataset, layer=layer)
+
+        def part(name: str, fp: str, compute: Callable[[], Any]) -> Any:
+            """A part's value: finished (same fingerprint) or computed now if requested, else None."""
+            val = _cached(layout, dataset, layer, name, fp)
+            if val is None:
+                if name not in cfg.parts:
+                    le.skipped[name] = "not requested (--part) and no finished result with these inputs"
+                    return None
+                val = compute()
+                _store(layout, dataset, layer, name, fp, val)
+            return val
+
         ps = _load(A.PatchscopeResult, layout.patchscope(dataset, layer))
         ll = _load(A.LogitLensResult, layout.logit_lens(dataset, layer))
         gens = _generations(layout, dataset, layer)
@@ -179,13 +187,14 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
             else:
                 fp = fingerprint({"lens": lens_fp, "grader": summary.graders["relevance"], "desc": description,
                                   "frequent": frequent, "k": cfg.top_k})
-                val = _cached(layout, dataset, layer, "relevance", fp)
-                if val is None:
+                def relevance() -> Any:
                     log(f"token relevance, {dataset} layer {layer}")
                     rel = token_relevance(ps, ll, relevance_grader, description or "", frequent, k=cfg.top_k)
-                    val = {s: {m: r.model_dump() for m, r in per.items()} for s, per in rel.items()}
-                    _store(layout, dataset, layer, "relevance", fp, val)
-                le.relevance = {s: {m: MethodRelevance(**r) for m, r in per.items()} for s, per in val.items()}
+                    return {s: {m: r.model_dump() for m, r in per.items()} for s, per in rel.items()}
+
+                val = part("relevance", fp, relevance)
+                if val is not None:
+                    le.relevance = {s: {m: MethodRelevance(**r) for m, r in per.items()} for s, per in val.items()}
 
         # ---- steering similarity -----------------------------------------------------------
         if "similarity" not in summary.skipped:
@@ -194,27 +203,27 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
             else:
                 fp = fingerprint({"gens": gens_fp, "ft": ft.content_hash, "embedder": cfg.embedder,
                                   "n": cfg.similarity_samples, "seed": cfg.seed})
-                val = _cached(layout, dataset, layer, "similarity", fp)
-                if val is None:
+                def similarity() -> Any:
                     log(f"steering similarity, {dataset} layer {layer}")
-                    if chat_texts is None:
-                        chat_texts = chat_assistant_texts(cfg.similarity_samples, seed=cfg.seed)
-                    val = _similarity(gens, ft, chat_texts, cfg)
-                    _store(layout, dataset, layer, "similarity", fp, val)
-                le.steering_similarity = {k: Stat(**v) for k, v in val["pooled"].items()}
-                le.steering_similarity_per_position = {j: {k: Stat(**v) for k, v in per.items()}
-                                                       for j, per in val["per_position"].items()}
+                    return _similarity(gens, ft, chat_assistant_texts(cfg.similarity_samples, seed=cfg.seed), cfg)
+
+                val = part("similarity", fp, similarity)
+                if val is not None:
+                    le.steering_similarity = {k: Stat(**v) for k, v in val["pooled"].items()}
+                    le.steering_similarity_per_position = {j: {k: Stat(**v) for k, v in per.items()}
+                                                           for j, per in val["per_position"].items()}
 
         # ---- causal effect -----------------------------------------------------------------
         if "causal" not in summary.skipped:
             fp = fingerprint({"collect": read_json(layout.collect_stats(dataset))["fingerprint"], "layer": layer,
                               "ft": ft.content_hash, "cfg": cfg.causal.model_dump()})
-            val = _cached(layout, dataset, layer, "causal", fp)
-            if val is None:
+            def causal() -> Any:
                 log(f"causal effect, {dataset} layer {layer} ({cfg.causal.n_random} random directions)")
-                val = _causal(get_pair(), layout, dataset, layer, ft, cfg, progress).model_dump()
-                _store(layout, dataset, layer, "causal", fp, val)
-            le.causal = CausalResult(**val)
+                return _causal(get_pair(), layout, dataset, layer, ft, cfg, progress).model_dump()
+
+            val = part("causal", fp, causal)
+            if val is not None:
+                le.causal = CausalResult(**val)
 
         # ---- identification ----------------------------------------------------------------
         if "identification" not in summary.skipped:
@@ -229,12 +238,13 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
                     cands[true] = description or ""
                 fp = fingerprint({"lens": lens_fp, "gens": gens_fp, "cands": sorted(cands.items()), "true": true,
                                   "embedder": cfg.embedder})
-                val = _cached(layout, dataset, layer, "identification", fp)
-                if val is None:
+                def identification() -> Any:
                     log(f"objective identification, {dataset} layer {layer} ({len(cands)} candidates)")
-                    val = _identification(ps, gens, cands, true, cfg).model_dump()
-                    _store(layout, dataset, layer, "identification", fp, val)
-                le.identification = IdentificationResult(**val)
+                    return _identification(ps, gens, cands, true, cfg).model_dump()
+
+                val = part("identification", fp, identification)
+                if val is not None:
+                    le.identification = IdentificationResult(**val)
         # ---- leakage -----------------------------------------------------------------------
         if "leakage" not in summary.skipped:
             steer = _load(A.SteeringResult, layout.steering(dataset, layer))
@@ -246,8 +256,7 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
                 grader = LeakageGrader(relevance_grader, min_words=cfg.leakage_min_words)
                 fp = fingerprint({"gens": gens_fp, "grader": grader.identity(), "desc": description,
                                   "frequent": frequent, "base": cfg.leakage_base, "seed": cfg.seed})
-                val = _cached(layout, dataset, layer, "leakage", fp)
-                if val is None:
+                def leakage() -> Any:
                     log(f"leakage, {dataset} layer {layer}")
                     base_texts = None
                     if cfg.leakage_base:  # generated once, re-graded when the grader changes
@@ -256,9 +265,11 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
                         if base_texts is None:
                             base_texts = _base_answers(get_pair(), gens, steer, cfg)
                             _store(layout, dataset, layer, "leakage-base-answers", bfp, base_texts)
-                    val = _leakage(gens, base_texts, grader, description or "", frequent).model_dump()
-                    _store(layout, dataset, layer, "leakage", fp, val)
-                le.leakage = LeakageResult(**val)
+                    return _leakage(gens, base_texts, grader, description or "", frequent).model_dump()
+
+                val = part("leakage", fp, leakage)
+                if val is not None:
+                    le.leakage = LeakageResult(**val)
         summary.results.setdefault(dataset, {})[str(layer)] = le
     write_json(layout.evaluation(), summary.model_dump(mode="json"))
     log(f"wrote {layout.evaluation()}")
