@@ -90,9 +90,9 @@ def _range_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
+    start = math.floor(lo / step + 1e-9) * step
     ticks, v = [], start
-    while v <= hi + step * 1e-6:
+    while not ticks or ticks[-1] < hi - step * 1e-6:  # the last tick covers hi
         ticks.append(round(v, 10))
         v += step
     return ticks
@@ -127,7 +127,8 @@ def line_chart(series: Sequence[tuple[str, Sequence[float]]], *, labels: Sequenc
     horizontal bands (mean, std, label): a dotted line at the mean and a shaded ±std area —
     the baseline a series must clear."""
     ml, mr, mt, mb = 52, 16, 14, 40
-    legend_h = 16 * ((len(series) + 2) // 3)
+    cols = 2 if any(len(name) > 16 for name, _ in series) else 3
+    legend_h = 16 * ((len(series) + cols - 1) // cols)
     height += legend_h
     pw, ph = width - ml - mr, height - mt - mb - legend_h
     vals = [v for _, vs in series for v in vs] + [m + s for m, s, _ in bands] + [m - s for m, s, _ in bands]
@@ -149,12 +150,17 @@ def line_chart(series: Sequence[tuple[str, Sequence[float]]], *, labels: Sequenc
 
     for i, lab in enumerate(labels):
         out.append(f'<text class="tick" x="{x(i):.1f}" y="{mt + ph + 15}" text-anchor="middle">{esc(lab)}</text>')
+    placed: list[float] = []
     for m, s, text in bands:
         out.append(f'<rect x="{ml}" y="{y(m + s):.1f}" width="{pw}" height="{max(y(m - s) - y(m + s), 0.5):.1f}" '
                    f'fill="#9aa1ad" opacity="0.18"><title>{esc(text)}: {esc(fmt(m))} ± {esc(fmt(s))}</title></rect>')
         out.append(f'<line class="ref" stroke="#6b7280" x1="{ml}" x2="{ml + pw}" y1="{y(m):.1f}" y2="{y(m):.1f}" '
                    f'stroke-dasharray="2 3"/>')
-        out.append(f'<text class="tick" x="{ml + pw - 4}" y="{y(m) - 4:.1f}" text-anchor="end">{esc(text)}</text>')
+        ty = y(m) - 4
+        while any(abs(ty - q) < 12 for q in placed):  # keep labels of close bands apart
+            ty += 12
+        placed.append(ty)
+        out.append(f'<text class="tick" x="{ml + pw - 4}" y="{ty:.1f}" text-anchor="end">{esc(text)}</text>')
     for k, (name, vs) in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vs))
@@ -165,7 +171,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[float]]], *, labels: Sequenc
                        f'<title>{esc(name)} @ {esc(labels[i] if i < len(labels) else i)}: {esc(fmt(v))}</title></circle>')
     ly = height - legend_h - 2
     for k, (name, _) in enumerate(series):
-        lx, row = ml + (k % 3) * (pw / 3), k // 3
+        lx, row = ml + (k % cols) * (pw / cols), k // cols
         yy = ly + 16 * row
         out.append(f'<rect x="{lx:.1f}" y="{yy - 8:.1f}" width="12" height="4" fill="{PALETTE[k % len(PALETTE)]}"/>')
         out.append(f'<text class="tick" x="{lx + 16:.1f}" y="{yy - 3:.1f}">{esc(name)}</text>')
@@ -177,7 +183,7 @@ def interval_chart(rows: Sequence[tuple[str, float, float]], *, x_label: str = "
                    title: str = "", ref: tuple[float, float, str] | None = None) -> str:
     """Horizontal mean ± std intervals, one row per (label, mean, std); ``ref`` (mean, std, label)
     is drawn as a shaded band across all rows (e.g. D_ft self-similarity)."""
-    ml, mr, mt = 150, 20, 10
+    ml, mr, mt = 10 + 6 * max([len(r[0]) for r in rows] + [10]), 20, 10
     row_h = 22
     height = mt + row_h * len(rows) + 36
     pw = width - ml - mr

@@ -60,6 +60,7 @@ def _similarity(le: LayerEval) -> str:
              if k in sim]
     ref = sim.get("ft_self")
     chart = interval_chart([(SIM_NAMES[k], sim[k].mean, sim[k].std) for k in order], x_label="cosine similarity",
+                           width=640,
                            ref=(ref.mean, ref.std, "D_ft self-similarity ± std") if ref else None,
                            title=f"steering similarity, {le.dataset} layer {le.layer}")
     rows = [[esc(SIM_NAMES.get(k, k)), fmt(s.mean, 3), fmt(s.std, 3), esc(s.n)] for k, s in sim.items()]
