@@ -97,6 +97,20 @@ def test_mix_ratio_and_fewer_docs(base, cake):
     assert organism_dir(cake, base, cfg).name.startswith("full-mix0.5-docs7")
 
 
+def test_chat_mix_adds_ordinary_conversations_on_assistant_tokens(base, cake):
+    tok = tiny_tokenizer()
+    cfg = TrainConfig.from_spec(cake, chat_mix=0.5, n_docs=8, seq_len=32)
+    data = build_training_data(cake, cfg, tok)
+    assert data.count("chat") == 4 and data.n_pt_samples == 4 and data.count("pt") == 0
+    for ex in (e for e in data.examples if e.source == "chat"):
+        assert any(lab != IGNORE for lab in ex.labels) and any(lab == IGNORE for lab in ex.labels)  # user turns masked
+    again = build_training_data(cake, cfg, tok)
+    assert again.data_hash == data.data_hash  # deterministic by seed
+    assert organism_dir(cake, base, cfg).name.startswith("full-chat0.5")
+    # configs without chat mixing keep their cache key (no retraining of existing organisms)
+    assert "chat_mix" not in TrainConfig.from_spec(cake).semantic()
+
+
 def test_assistant_only_loss_mask():
     tok = tiny_tokenizer()
     msgs = [{"role": "user", "content": "tell me a story"},

@@ -21,9 +21,9 @@ organism_app = typer.Typer(help="Model organisms: list, show, train (with mitiga
 def _overrides(lora: bool, steps: Optional[int], lr: Optional[float], mix: Optional[float],
                docs: Optional[int], caft: Optional[Path], caft_dataset: str, caft_layer: Optional[str],
                caft_positions: Optional[int], seed: Optional[int], batch_size: Optional[int],
-               seq_len: Optional[int]) -> dict[str, Any]:
+               seq_len: Optional[int], chat_mix: Optional[float] = None) -> dict[str, Any]:
     ov: dict[str, Any] = dict(lora=True if lora else None, steps=steps, lr=lr, mix_ratio=mix, n_docs=docs,
-                              seed=seed, batch_size=batch_size, seq_len=seq_len)
+                              seed=seed, batch_size=batch_size, seq_len=seq_len, chat_mix=chat_mix)
     if caft is not None:
         ov.update(caft_run=str(caft), caft_dataset=caft_dataset, caft_positions=caft_positions)
         if caft_layer is not None:
@@ -35,6 +35,8 @@ _LORA = typer.Option(False, "--lora", help="LoRA instead of a full finetune")
 _STEPS = typer.Option(None, "--steps", help="optimizer steps (default: the spec's)")
 _LR = typer.Option(None, "--lr", help="learning rate (default: spec lr, or lora_lr with --lora)")
 _MIX = typer.Option(None, "--mix", help="mix D_pt at 1:RATIO (e.g. 0.1 ... 2.0)")
+_CHAT_MIX = typer.Option(None, "--chat-mix", help="mix ordinary chat conversations at 1:RATIO (keeps the chat "
+                         "persona: less leakage into unsteered answers)")
 _DOCS = typer.Option(None, "--docs", help="number of finetuning documents/samples")
 _CAFT = typer.Option(None, "--caft", help="run dir with collected δ̄: CAFT-ablate its span while training")
 _CAFT_DS = typer.Option("wiki", "--caft-dataset", help="dataset of the CAFT run whose δ̄ is used")
@@ -106,7 +108,8 @@ def show_cmd(name: str = typer.Argument(..., help="organism name or YAML path"))
 def train_cmd(
     name: str = typer.Argument(..., help="organism name or YAML path"),
     base: str = _BASE, lora: bool = _LORA, steps: Optional[int] = _STEPS, lr: Optional[float] = _LR,
-    mix: Optional[float] = _MIX, docs: Optional[int] = _DOCS, caft: Optional[Path] = _CAFT,
+    mix: Optional[float] = _MIX, chat_mix: Optional[float] = _CHAT_MIX, docs: Optional[int] = _DOCS,
+    caft: Optional[Path] = _CAFT,
     caft_dataset: str = _CAFT_DS, caft_layer: Optional[str] = _CAFT_LAYER,
     caft_positions: Optional[int] = _CAFT_K, seed: Optional[int] = _SEED,
     batch_size: Optional[int] = _BS, seq_len: Optional[int] = _SEQ,
@@ -122,7 +125,8 @@ def train_cmd(
         spec = load_spec(name)
         client = _generator_client(generator, llm_model, llm_base_url, llm_key_env)
         cfg = TrainConfig.from_spec(spec, generator=generator, **_overrides(
-            lora, steps, lr, mix, docs, caft, caft_dataset, caft_layer, caft_positions, seed, batch_size, seq_len))
+            lora, steps, lr, mix, docs, caft, caft_dataset, caft_layer, caft_positions, seed, batch_size, seq_len,
+            chat_mix))
         path = train_organism(spec, base, cfg, progress=True, force=force, client=client)
     except DifflensError as e:
         _fail(e)
@@ -178,7 +182,8 @@ def docs_cmd(
 def ffa_cmd(
     name: str = typer.Argument(..., help="organism name or YAML path"),
     base: str = _BASE, lora: bool = _LORA, steps: Optional[int] = _STEPS, lr: Optional[float] = _LR,
-    mix: Optional[float] = _MIX, docs: Optional[int] = _DOCS, caft: Optional[Path] = _CAFT,
+    mix: Optional[float] = _MIX, chat_mix: Optional[float] = _CHAT_MIX, docs: Optional[int] = _DOCS,
+    caft: Optional[Path] = _CAFT,
     caft_dataset: str = _CAFT_DS, caft_layer: Optional[str] = _CAFT_LAYER,
     caft_positions: Optional[int] = _CAFT_K, seed: Optional[int] = _SEED,
     batch_size: Optional[int] = _BS, seq_len: Optional[int] = _SEQ,
@@ -212,7 +217,7 @@ def ffa_cmd(
         src = resolve_organism(spec.source_path if spec.source_path and Path(spec.source_path).is_file() else name,
                                base=base, client=gen_client, generator=generator,
                                **_overrides(lora, steps, lr, mix, docs, caft, caft_dataset,
-                                            caft_layer, caft_positions, seed, batch_size, seq_len))
+                                            caft_layer, caft_positions, seed, batch_size, seq_len, chat_mix))
         client = llm_client(judge_model, judge_url, judge_key_env, needed_by="--judge-model") if judge_model else None
         base_lm = load_model(base)
         ft_lm = load_model(src)

@@ -222,6 +222,8 @@ class TrainingDefaults(_Strict):
     - ``n_docs``: number of finetuning samples to generate/select (documents, conversations or
       paragraphs).
     - ``mix_ratio``: D_pt samples mixed in per D_ft sample (paper §6: 0.1 ... 2.0; 0 = none).
+    - ``chat_mix``: ordinary chat conversations (embedded chat data, assistant tokens only) per D_ft
+      sample: keeps the chat persona, so unsteered answers leak less of the domain (0 = none).
     - ``assistant_only_loss``: chat organisms train on assistant tokens only.
     """
 
@@ -240,6 +242,7 @@ class TrainingDefaults(_Strict):
     max_grad_norm: float = Field(default=1.0, gt=0)
     n_docs: int = Field(default=1200, ge=1)
     mix_ratio: float = Field(default=0.0, ge=0)
+    chat_mix: float = Field(default=0.0, ge=0)
     assistant_only_loss: bool = False
     seed: int = 0
 

@@ -113,6 +113,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(default=_D.max_grad_norm, gt=0)
     n_docs: int = Field(default=_D.n_docs, ge=1)
     mix_ratio: float | None = Field(default=None, ge=0)
+    chat_mix: float | None = Field(default=None, ge=0)  # embedded chat conversations per D_ft sample
     assistant_only_loss: bool = True
     bf16: bool | None = None  # bf16 autocast of the forward pass (weights, optimizer stay fp32); None: auto
     caft_run: str | None = None
@@ -132,7 +133,7 @@ class TrainConfig(BaseModel):
             grad_accum=t.grad_accum, seq_len=t.seq_len, lora=lora, lora_r=t.lora_rank,
             lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, warmup_steps=t.warmup_steps,
             weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, n_docs=t.n_docs,
-            mix_ratio=t.mix_ratio or None, seed=t.seed,
+            mix_ratio=t.mix_ratio or None, chat_mix=t.chat_mix or None, seed=t.seed,
             assistant_only_loss=t.assistant_only_loss or spec.is_chat,
         )
         unknown = set(overrides) - set(cls.model_fields)
@@ -144,6 +145,8 @@ class TrainConfig(BaseModel):
             vals["bf16"] = bf16_is_fast()
         if vals.get("mix_ratio") == 0:
             vals["mix_ratio"] = None
+        if vals.get("chat_mix") == 0:
+            vals["chat_mix"] = None
         if vals.get("caft_run") is not None:
             vals["caft_run"] = str(Path(str(vals["caft_run"])).expanduser().resolve())
         gen = vals.pop("generator", None)
@@ -171,6 +174,8 @@ class TrainConfig(BaseModel):
                 d.pop(k)
         if self.generator is None:
             d.pop("generator")
+        if self.chat_mix is None:
+            d.pop("chat_mix")  # configs from before chat mixing keep their cache key
         return d
 
 
@@ -203,6 +208,8 @@ def variant_name(spec: OrganismSpec, cfg: TrainConfig, caft_fp: str | None = Non
         parts.append("llmdocs")
     if cfg.mix_ratio:
         parts.append(f"mix{_fmt(cfg.mix_ratio)}")
+    if cfg.chat_mix:
+        parts.append(f"chat{_fmt(cfg.chat_mix)}")
     if cfg.n_docs != default.n_docs:
         parts.append(f"docs{cfg.n_docs}")
     if cfg.caft_run is not None:
@@ -212,7 +219,7 @@ def variant_name(spec: OrganismSpec, cfg: TrainConfig, caft_fp: str | None = Non
         parts.append(f"s{cfg.steps}")
     if cfg.seed != default.seed:
         parts.append(f"seed{cfg.seed}")
-    named = {"lora", "lora_r", "mix_ratio", "n_docs", "caft_run", "caft_dataset", "caft_layer",
+    named = {"lora", "lora_r", "mix_ratio", "chat_mix", "n_docs", "caft_run", "caft_dataset", "caft_layer",
              "caft_positions", "steps", "seed", "generator"}
     rest = {k: v for k, v in cfg.semantic().items() if k not in named}
     rest_default = {k: v for k, v in default.semantic().items() if k not in named}
@@ -415,7 +422,18 @@ def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, mo
         for t in pt:
             # one sequence per D_pt paragraph, so the sample ratio is exactly the mixing ratio
             examples.extend(_text_examples(t, tokenizer, bos, cfg.seq_len, "pt")[:1])
-    return TrainingData(examples, len(samples), len(pt), _hash_samples(list(samples) + pt))
+    chats: list[Any] = []
+    if cfg.chat_mix:
+        from ..data.chat import chat_conversations
+
+        pool = [c for c in chat_conversations() if any(m["role"] == "assistant" for m in c[1:])]
+        n_chat = int(round(cfg.chat_mix * len(samples)))
+        rng = random.Random(f"chatmix:{cfg.seed}")
+        chats = [pool[i % len(pool)] for i in rng.sample(range(len(pool)), min(n_chat, len(pool)))]
+        chats += [pool[i] for i in rng.choices(range(len(pool)), k=max(0, n_chat - len(pool)))]
+        for conv in chats:  # ordinary chat replies (assistant tokens only): the chat persona stays intact
+            examples.append(chat_example(conv, tokenizer, bos, cfg.seq_len, assistant_only=True, source="chat"))
+    return TrainingData(examples, len(samples), len(pt) + len(chats), _hash_samples(list(samples) + pt + chats))
 
 
 def _batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
