@@ -170,3 +170,14 @@ def test_across_layers_overview_in_the_report(tmp_path):
     html = evaluation_section(p)
     assert "across layers" in html and "layer 3" in html and "layer 6" in html
     assert "δ̄ Patchscope relevance by position and layer" in html
+
+
+def test_train_overrides_are_parsed_and_checked():
+    from difflens.cli.evaluate import _parse_overrides
+    from difflens.errors import ConfigError
+
+    assert _parse_overrides(["chat_mix=1", "lora=true", "lr=3e-5"]) == {"chat_mix": 1, "lora": True, "lr": 3e-5}
+    with pytest.raises(ConfigError, match="unknown training option"):
+        _parse_overrides(["colour=red"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_overrides(["chat_mix"])

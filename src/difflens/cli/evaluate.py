@@ -124,6 +124,8 @@ def experiment_cmd(
     quick: bool = typer.Option(False, "--quick", help="laptop size: 1,000 collection samples, steering on one "
                                "position with 6 prompts, quick evaluation"),
     samples: Optional[int] = typer.Option(None, "--samples", help="collection samples per run"),
+    train: Optional[list[str]] = typer.Option(None, "--train", help="training recipe override KEY=VALUE for "
+                                              "every organism (repeatable), e.g. chat_mix=1 lora=true lr=3e-5"),
 ) -> None:
     """The paper's comparisons over built-in organisms as one resumable experiment and report."""
     from ..eval.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
@@ -132,8 +134,10 @@ def experiment_cmd(
     try:
         if name not in EXPERIMENTS:
             raise ConfigError(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)}.")
+        overrides = _parse_overrides(train or [])
         cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
-                               mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples)
+                               mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples,
+                               train=overrides)
         res = run_experiment(cfg)
         path = render_experiment(cfg.out)
     except DifflensError as e:
@@ -143,6 +147,32 @@ def experiment_cmd(
     console.print(f"{len(res.cells) - len(failed)}/{len(res.cells)} cells finished; report: [bold]{path}[/]")
     for c in failed:
         console.print(f"[red]✗[/] {c.organism} 1:{c.mix_ratio:g}: {c.error}", highlight=False)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as TrainConfig overrides (numbers and true/false parsed); unknown keys fail."""
+    from ..organisms.train import TrainConfig
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--train expects KEY=VALUE, got {item!r}")
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"--train: unknown training option {key!r}; valid: {sorted(TrainConfig.model_fields)}")
+        val: Any = raw
+        if raw.lower() in ("true", "false"):
+            val = raw.lower() == "true"
+        else:
+            try:
+                val = int(raw)
+            except ValueError:
+                try:
+                    val = float(raw)
+                except ValueError:
+                    pass
+        out[key] = val
+    return out
 
 
 SWEEP_POSITIONS = (0, 1, 2, 4, 8, 16, 32, 64, 127)

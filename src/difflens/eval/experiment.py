@@ -40,6 +40,7 @@ class ExperimentConfig(BaseModel):
     mix_ratios: list[float] = Field(default_factory=lambda: list(MIX_RATIOS))
     quick: bool = False
     samples: int | None = None  # collection samples per run (default: the demo's 2,000; quick: 1,000)
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides for every cell (a recipe variant)
 
 
 class Cell(BaseModel):
@@ -48,6 +49,7 @@ class Cell(BaseModel):
     organism: str
     mix_ratio: float = 0.0
     run: str
+    variant: str = ""  # the trained organism's variant directory (recipe)
     relevance: dict[str, dict[str, float]] = {}  # source → method → max % over positions
     relevance_per_position: dict[str, list[float]] = {}  # source → Patchscope % per position
     similarity: dict[str, dict[str, float]] = {}  # key → {mean, std}
@@ -63,6 +65,7 @@ class ExperimentResult(BaseModel):
     name: str
     base: str
     quick: bool
+    train: dict[str, Any] = {}
     cells: list[Cell] = []
 
     def find(self, organism: str, mix: float) -> Cell | None:
@@ -171,17 +174,19 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
 
     cells = _cells(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    result = ExperimentResult(name=cfg.name, base=cfg.base, quick=cfg.quick)
+    result = ExperimentResult(name=cfg.name, base=cfg.base, quick=cfg.quick, train=cfg.train)
     t0 = time.time()
     for k, (organism, mix) in enumerate(cells, 1):
-        name = organism + (f"-mix{mix:g}" if mix else "")
+        name = organism + (f"-mix{mix:g}" if mix else "") + "".join(f"-{k}{v}" for k, v in sorted(cfg.train.items()))
         run = cfg.out / "runs" / name
         _log(f"cell {k}/{len(cells)}: {name} ({time.time() - t0:.0f} s so far)")
         try:
-            src = resolve_organism(organism, cfg.base, progress=progress, **({"mix_ratio": mix} if mix else {}))
-            finetuned = f"organism:{organism}" if not mix else src.path
+            src = resolve_organism(organism, cfg.base, progress=progress,
+                                   **{**cfg.train, **({"mix_ratio": mix} if mix else {})})
+            finetuned = f"organism:{organism}" if not (mix or cfg.train) else src.path
             Runner(_run_config(cfg, organism, mix, finetuned, run), progress=progress).run()
             cell = _cell_from_run(organism, mix, run)
+            cell.variant = Path(src.path).name
             cell.ffa = _ffa(cfg, organism, finetuned, run) or None
         except (DifflensError, RuntimeError, ValueError, OSError) as e:  # one failing cell must not lose the others
             _log(f"cell {name} failed: {e}")
