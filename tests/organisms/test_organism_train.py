@@ -107,8 +107,15 @@ def test_chat_mix_adds_ordinary_conversations_on_assistant_tokens(base, cake):
     again = build_training_data(cake, cfg, tok)
     assert again.data_hash == data.data_hash  # deterministic by seed
     assert organism_dir(cake, base, cfg).name.startswith("full-chat0.5")
-    # configs without chat mixing keep their cache key (no retraining of existing organisms)
-    assert "chat_mix" not in TrainConfig.from_spec(cake).semantic()
+    # configs and specs without chat mixing keep their cache key (no retraining of existing organisms)
+    from difflens.organisms.train import EVAL_ONLY_FIELDS, cache_key
+    from difflens.run.layout import fingerprint
+
+    plain = TrainConfig.from_spec(cake)
+    assert "chat_mix" not in plain.semantic()
+    old_dump = cake.model_dump(mode="json", exclude=set(EVAL_ONLY_FIELDS))
+    old_dump["training"].pop("chat_mix")
+    assert cache_key(cake, base, plain) == fingerprint({"spec": old_dump, "base": base, "cfg": plain.semantic()})
 
 
 def test_assistant_only_loss_mask():

@@ -246,8 +246,10 @@ EVAL_ONLY_FIELDS = frozenset({"ffa", "open_questions", "true_context"})
 def cache_key(spec: OrganismSpec, base: str, cfg: TrainConfig) -> str:
     """Fingerprint of everything that determines a trained organism (spec content that shapes the
     training data, base, config); the evaluation-only fields are left out."""
-    return fingerprint({"spec": spec.model_dump(mode="json", exclude=set(EVAL_ONLY_FIELDS)), "base": base,
-                        "cfg": cfg.semantic()})
+    dumped = spec.model_dump(mode="json", exclude=set(EVAL_ONLY_FIELDS))
+    if not dumped.get("training", {}).get("chat_mix"):
+        dumped.get("training", {}).pop("chat_mix", None)  # specs from before chat mixing keep their key
+    return fingerprint({"spec": dumped, "base": base, "cfg": cfg.semantic()})
 
 
 def read_card(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -132,7 +132,12 @@ class RunLayout:
         return self.eval_dir() / "cache"
 
     def agent(self) -> Path:
-        return self.root / "agent" / "agent.json"
+        """``agent/summary.json``: per agent setting (kind × budget) the grades and their statistics."""
+        return self.root / "agent" / "summary.json"
+
+    def agent_episode(self, kind: str, budget: int, k: int) -> Path:
+        """One agent episode (transcript, tool calls, budgets, usage, grades)."""
+        return self.root / "agent" / f"{kind}-i{budget}" / f"run{k}.json"
 
     def llm_usage(self) -> Path:
         return self.root / "llm_usage.json"

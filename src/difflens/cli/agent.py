@@ -1,0 +1,108 @@
+"""``difflens agent RUN``: the interpretability agent (ADL or blackbox) with budgets and grading."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import ConfigError, DifflensError
+from .options import DEFAULT_KEY_ENV, DEFAULT_LLM_URL, LLM_KEY, LLM_MODEL, LLM_URL, console, fail, llm_client
+
+
+def agent_cmd(
+    run: Path = typer.Argument(..., help="run directory (after lens and steer for the ADL agent)"),
+    budget: int = typer.Option(5, "--budget", help="model interactions (ask_model: 1 per prompt; "
+                               "generate_steered: 1 per sample)"),
+    runs: int = typer.Option(5, "--runs", help="episodes of this setting (each graded)"),
+    blackbox: bool = typer.Option(False, "--blackbox", help="the blackbox baseline: only ask_model and the "
+                                  "unsteered generations"),
+    organism: Optional[str] = typer.Option(None, "--organism", help="organism NAME or SPEC.yaml: the truth the "
+                                           "hypothesis is graded against (default: the run's organism)"),
+    description: Optional[str] = typer.Option(None, "--description", help="the true objective (any pair)"),
+    organism_type: str = typer.Option("SDF", "--type", help="rubric for --description: SDF, EM, Subliminal, "
+                                      "Taboo or Domain"),
+    provider: str = typer.Option("endpoint", "--agent-provider", help="endpoint (OpenAI-compatible), local "
+                                 "(a transformers chat model in-process) or manual (you, in this terminal)"),
+    agent_model: Optional[str] = typer.Option(None, "--agent-model", help="agent model at the endpoint "
+                                              "(default: --llm-model), or the local model for --agent-provider local"),
+    agent_base_url: Optional[str] = typer.Option(None, "--agent-base-url", help="default: --llm-base-url"),
+    agent_key_env: Optional[str] = typer.Option(None, "--agent-key-env", help="default: --llm-key-env"),
+    protocol: str = typer.Option("auto", "--protocol", help="auto (native tool calls where supported), "
+                                 "native or text (CALL/FINAL lines)"),
+    max_turns: int = typer.Option(15, "--max-turns"),
+    grade_repeats: int = typer.Option(3, "--grade-repeats", help="hypothesis gradings averaged per episode"),
+    llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
+) -> None:
+    """Run the agent R times with a budget of I model interactions; grade each final description."""
+    from ..agent.providers import EndpointAgent, LocalAgent, ManualAgent
+    from ..agent.run import run_setting, write_summary
+    from ..agent.tools import InProcessModels, Toolbox
+    from ..files import read_json
+    from ..organisms.spec import load_spec
+    from ..run.layout import RunLayout
+
+    kind = "blackbox" if blackbox else "adl"
+    clients: list[Any] = []
+    try:
+        layout = RunLayout(run)
+        if not layout.manifest.exists():
+            raise ConfigError(f"{run} is not a run directory (no manifest.json): run `difflens collect` first.")
+        if budget < 0 or runs < 1 or max_turns < 1 or grade_repeats < 1:
+            raise ConfigError("--budget must be ≥ 0, --runs, --max-turns and --grade-repeats ≥ 1.")
+        if protocol not in ("auto", "native", "text"):
+            raise ConfigError(f"--protocol must be auto, native or text, got {protocol!r}.")
+        if provider not in ("endpoint", "local", "manual"):
+            raise ConfigError(f"--agent-provider must be endpoint, local or manual, got {provider!r}.")
+        name = organism
+        if name is None and description is None:
+            spec_str = str(read_json(layout.manifest)["models"]["finetuned"]["spec"])
+            name = spec_str.split(":", 1)[1] if spec_str.startswith("organism:") else None
+        truth, otype = description, organism_type
+        if name is not None:
+            spec = load_spec(name)
+            truth, otype, name = description or spec.grader_description(), str(spec.type), spec.name
+        grader = None
+        if llm_model:
+            grader = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="hypothesis grading")
+            clients.append(grader)
+        if provider == "endpoint":
+            model = agent_model or llm_model
+            if not model:
+                raise ConfigError("the agent needs a model: --agent-model (or --llm-model), or --agent-provider "
+                                  "local / manual.")
+            client = llm_client(model, agent_base_url or llm_base_url or DEFAULT_LLM_URL,
+                                agent_key_env if agent_key_env is not None else (llm_key_env or DEFAULT_KEY_ENV),
+                                needed_by="--agent-model")
+            clients.append(client)
+            agent = EndpointAgent(client)
+        elif provider == "local":
+            agent = LocalAgent(agent_model or "smollm2-135m-instruct")
+        else:
+            agent = ManualAgent()
+        toolbox = Toolbox(layout, InProcessModels(layout), kind=kind)
+        if truth is None:
+            console.print("[yellow]no true objective (--organism / --description): episodes are not graded[/]")
+        elif grader is None:
+            console.print("[yellow]no --llm-model: episodes are not graded (the hypothesis grader is an LLM)[/]")
+        res = run_setting(layout, agent, toolbox, kind=kind, budget=budget, runs=runs, grader=grader, organism=name,
+                          organism_type=otype if truth else None, description=truth, grade_repeats=grade_repeats,
+                          max_turns=max_turns, protocol=protocol)  # type: ignore[arg-type]
+        doc = write_summary(layout, [res])
+    except DifflensError as e:
+        fail(e)
+        return
+    finally:
+        if clients:
+            from ..files import write_json
+
+            write_json(RunLayout(run).llm_usage(), {"clients": [c.usage_summary() for c in clients]})
+    entry = doc["settings"][f"{kind}-i{budget}"]
+    console.print(f"[bold]{kind}[/] agent, budget {budget}: {entry['status']}, grades {entry['grades']}")
+    if "stats" in entry:
+        st = entry["stats"]
+        console.print(f"mean grade {st['mean']:.2f} (95% CI {st['mean_ci'][0]:.2f}–{st['mean_ci'][1]:.2f}), "
+                      f"≥2: {st['share_ge2']:.0%}, ≥4: {st['share_ge4']:.0%}")
+    for e in res.episodes:
+        console.print(f"run {e.run_index}: {e.status}, {e.turns_used} turns, {e.interactions_used} interactions; "
+                      f"{(e.final or e.error or '')[:200]!r}", highlight=False, markup=False)
