@@ -61,7 +61,8 @@ def test_mean_interval_contains_mean_narrows_and_matches_normal_theory():
     small, large = summarize(base * 20), summarize(base * 200)
     for s in (small, large):
         lo, hi = s.mean_ci
-        assert lo < s.mean == pytest.approx(3.0) < hi
+        assert s.mean == pytest.approx(3.0)
+        assert lo < s.mean < hi
         for p, (lo, hi) in ((s.share_ge2, s.share_ge2_ci), (s.share_ge4, s.share_ge4_ci)):
             assert 0.0 <= lo < p < hi <= 1.0
     w_small = small.mean_ci[1] - small.mean_ci[0]

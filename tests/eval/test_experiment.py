@@ -181,3 +181,12 @@ def test_train_overrides_are_parsed_and_checked():
         _parse_overrides(["colour=red"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         _parse_overrides(["chat_mix"])
+
+
+def test_run_config_sizes(tmp_path):
+    quick = E._run_config(E.ExperimentConfig(name="adl", out=tmp_path, quick=True), "cake_bake", 0.0,
+                          "organism:cake_bake", tmp_path / "r")
+    assert quick.samples == 1000 and quick.steering.positions == [2] and quick.steering.max_new_tokens == 32
+    assert quick.evaluate.similarity_samples == 100 and quick.evaluate.causal.n_random == 8
+    full = E._run_config(E.ExperimentConfig(name="adl", out=tmp_path), "cake_bake", 0.0, "x", tmp_path / "r")
+    assert full.samples == 2000 and full.finetuned == "x" and full.organism == "cake_bake"

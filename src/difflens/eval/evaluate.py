@@ -59,8 +59,7 @@ class EvalConfig(BaseModel):
         """A laptop-sized evaluation: 16 texts of ≤ 48 tokens and 8 random directions for the causal
         effect (the paper: 64 random directions; the baseline's spread is correspondingly rougher),
         200 similarity samples. About 3 minutes instead of 40 on 2 CPU cores for a 135M pair."""
-        causal = CausalConfig(n_texts=16, max_len=48, n_random=8)
-        return cls(similarity_samples=200, causal=causal, **kw)
+        return cls(**{"similarity_samples": 200, "causal": CausalConfig(n_texts=16, max_len=48, n_random=8), **kw})
 
 
 def _file_hash(path: Path) -> str | None:
