@@ -106,3 +106,44 @@ def agent_cmd(
     for e in res.episodes:
         console.print(f"run {e.run_index}: {e.status}, {e.turns_used} turns, {e.interactions_used} interactions; "
                       f"{(e.final or e.error or '')[:200]!r}", highlight=False, markup=False)
+
+
+def serve_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (loopback by default)"),
+    port: int = typer.Option(8000, "--port"),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="NAME of an env var holding a bearer token "
+                                            "that clients must send (never printed)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset"), layer: Optional[int] = typer.Option(None, "--layer"),
+) -> None:
+    """An OpenAI-compatible endpoint over the run's base, finetuned and steered-p{j} models."""
+    import os
+
+    from ..run.layout import RunLayout
+    from ..serve import ServedModels, make_server
+
+    try:
+        layout = RunLayout(run)
+        if not layout.manifest.exists():
+            raise ConfigError(f"{run} is not a run directory (no manifest.json).")
+        token = None
+        if token_env:
+            token = os.environ.get(token_env)
+            if not token:
+                raise ConfigError(f"--token-env {token_env}: the variable is not set or empty.")
+        if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+            console.print("[yellow]warning: listening beyond loopback without --token-env: anyone who can reach "
+                          "this port can use the models[/]")
+        models = ServedModels.from_run(layout, dataset=dataset, layer=layer)
+        httpd = make_server(models, host=host, port=port, token=token)
+    except (DifflensError, OSError) as e:
+        fail(e)
+        return
+    console.print(f"serving {', '.join(models.names())} at http://{host}:{httpd.server_address[1]}/v1 "
+                  f"({'bearer token required' if token else 'no token'}); Ctrl-C stops")
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
