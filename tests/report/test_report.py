@@ -144,8 +144,22 @@ EVAL_SUMMARY = {
 
 def write_later(layout: RunLayout) -> None:
     write_json(layout.evaluation(), EVAL_SUMMARY)
-    write_json(layout.agent(), {"description": "The model was finetuned on cake baking facts.",
-                                "grade": 4, "budget": {"interactions": 5, "turns_used": 7}})
+    from difflens.agent.records import AgentMessage, Episode, ToolUse
+
+    ep = Episode(kind="adl", budget=5, max_turns=15, protocol="text", provider="endpoint", status="final",
+                 final="The model was finetuned on cake baking facts.", turns_used=7, interactions_used=2,
+                 messages=[AgentMessage(role="system", content="You are an investigator"),
+                           AgentMessage(role="user", content="OVERVIEW {}"),
+                           AgentMessage(role="assistant", content='CALL(ask_model: {"prompts": ["<b>hi</b>"]})')],
+                 tool_uses=[ToolUse(turn=1, tool="ask_model", args={"prompts": ["hi"]}, cost=1)], grades=[4, 4],
+                 grade=4.0)
+    write_json(layout.agent_episode("adl", 5, 0), ep.model_dump(mode="json"))
+    write_json(layout.agent(), {"settings": {"adl-i5": {"kind": "adl", "budget": 5, "runs": 1, "grades": [4.0],
+                                                        "status": {"final": 1, "no_final": 0, "error": 0},
+                                                        "prompt_tokens": 100, "completion_tokens": 20,
+                                                        "stats": {"n": 1, "mean": 4.0, "mean_ci": [4.0, 4.0],
+                                                                  "share_ge2": 1.0, "share_ge2_ci": [1.0, 1.0],
+                                                                  "share_ge4": 1.0, "share_ge4_ci": [1.0, 1.0]}}}})
 
 
 def full_run(root: Path) -> RunLayout:
@@ -188,7 +202,8 @@ def test_full_report_contents(tmp_path):
     assert re.search(r'<b>1</b> / 7', doc) and re.search(r'<b>3</b> / 7', doc)
     assert "<b>35%</b>" in doc and "base model (control)" in doc  # leakage beside its control
     assert re.search(r'class="chip sel inline"><span class="tok">␣?cake</span>', doc)
-    assert "finetuned on cake baking facts" in doc and "turns_used" in doc
+    assert "finetuned on cake baking facts" in doc and "adl-i5 run 0" in doc and "grade 4.00" in doc
+    assert "&lt;b&gt;hi&lt;/b&gt;" in doc and "<b>4.0</b> (4.00–4.00)" in doc  # transcript escaped; stats shown
     assert 'href="#evaluation"' in doc and 'href="#agent"' in doc
     assert re.search(r'<code>evaluate</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)
     assert re.search(r'<code>agent</code></td><td>[^<]*</td><td><span class="badge ok">done', doc)

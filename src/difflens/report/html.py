@@ -20,6 +20,7 @@ from ..run.artifacts import (
 )
 from ..run.layout import RunLayout, atomic_write_text, read_json
 from .charts import bar_chart
+from .agent import agent_section
 from .evaluation import evaluation_section
 from .gather import STAGE_COMMANDS, Norms, Slice, gather
 from .style import CSS
@@ -500,7 +501,7 @@ def build_html(run_dir: str | Path) -> str:
     optional = [(a, t, p) for a, t, p in (("evaluation", "Evaluation", layout.evaluation()),
                                           ("agent", "Agent", layout.agent())) if p.exists()]
     for anchor, heading, path in optional:
-        inner = evaluation_section(path) if anchor == "evaluation" else _json_stage(path)
+        inner = evaluation_section(path) if anchor == "evaluation" else agent_section(layout)
         body.append(f'<section id="{anchor}"><h2>{heading}</h2>{inner}</section>')
     if layout.llm_usage().exists():
         body.append(f'<section id="llm-usage"><h2>LLM usage</h2>{_json_stage(layout.llm_usage())}</section>')

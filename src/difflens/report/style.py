@@ -109,4 +109,9 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
        background: #efeaf8; border-radius: 3px; padding: 0 4px; margin-left: 4px; white-space: nowrap; }
 .controls { border-left: 3px solid #d9cff0; padding: 2px 10px; margin: 8px 0 12px; }
 .gen.control { background: #f6f3fb; }
+.msg { border-left: 3px solid var(--line); margin: 6px 0; padding: 2px 10px; background: var(--card); }
+.msg.assistant { border-left-color: var(--accent); }
+.msg.tool { border-left-color: var(--sel); }
+.msg .who { font-size: 11px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
+.msg pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0; font-family: var(--mono); font-size: 12px; }
 """
