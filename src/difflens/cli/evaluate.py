@@ -126,14 +126,28 @@ def experiment_cmd(
     samples: Optional[int] = typer.Option(None, "--samples", help="collection samples per run"),
     train: Optional[list[str]] = typer.Option(None, "--train", help="training recipe override KEY=VALUE for "
                                               "every organism (repeatable), e.g. chat_mix=1 lora=true lr=3e-5"),
+    runs: int = typer.Option(5, "--runs", help="agents: episodes per organism and setting"),
+    parallel: int = typer.Option(1, "--parallel", help="agents: cells run in parallel threads"),
+    agent_provider: str = typer.Option("endpoint", "--agent-provider", help="agents: endpoint, local or manual"),
+    agent_model: Optional[str] = typer.Option(None, "--agent-model", help="agents: the agent's model"),
+    agent_base_url: Optional[str] = typer.Option(None, "--agent-base-url"),
+    agent_key_env: Optional[str] = typer.Option(None, "--agent-key-env"),
+    llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
 ) -> None:
-    """The paper's comparisons over built-in organisms as one resumable experiment and report."""
+    """The paper's comparisons over built-in organisms as one resumable experiment and report.
+
+    NAME: adl (Fig. 2a, 2b, 7, identification, leakage), mixing (Fig. 8), all (both), or agents (the
+    agent grid of Fig. 4 over the adl experiment's runs: ADL i=0/5, blackbox i=0/5/50)."""
     from ..eval.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
     from ..report.experiment import render_experiment
 
+    if name == "agents":
+        _agents(out, organism, runs, parallel, agent_provider, agent_model, agent_base_url, agent_key_env, llm_model,
+                llm_base_url, llm_key_env)
+        return
     try:
         if name not in EXPERIMENTS:
-            raise ConfigError(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)}.")
+            raise ConfigError(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)} or agents.")
         overrides = _parse_overrides(train or [])
         cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
                                mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples,
@@ -147,6 +161,45 @@ def experiment_cmd(
     console.print(f"{len(res.cells) - len(failed)}/{len(res.cells)} cells finished; report: [bold]{path}[/]")
     for c in failed:
         console.print(f"[red]✗[/] {c.organism} 1:{c.mix_ratio:g}: {c.error}", highlight=False)
+
+
+def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int, provider: str,
+            agent_model: Optional[str], agent_base_url: Optional[str], agent_key_env: Optional[str],
+            llm_model: Optional[str], llm_base_url: str, llm_key_env: str) -> None:
+    from ..agent.grid import run_agent_grid
+    from ..agent.providers import EndpointAgent, LocalAgent, ManualAgent
+    from ..organisms.spec import list_specs
+    from ..report.experiment import render_agent_grid
+
+    try:
+        orgs = organisms or [s.name for s in list_specs()]
+        grader = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="hypothesis grading") if llm_model else None
+        if provider == "endpoint":
+            model = agent_model or llm_model
+            if not model:
+                raise ConfigError("the agent grid needs --agent-model (or --llm-model), or --agent-provider local.")
+            client = llm_client(model, agent_base_url or llm_base_url,
+                                agent_key_env if agent_key_env is not None else llm_key_env, needed_by="--agent-model")
+
+            def make() -> Any:
+                return EndpointAgent(client)
+        elif provider == "local":
+            def make() -> Any:
+                return LocalAgent(agent_model or "smollm2-135m-instruct")
+        elif provider == "manual":
+            def make() -> Any:
+                return ManualAgent()
+        else:
+            raise ConfigError(f"--agent-provider must be endpoint, local or manual, got {provider!r}.")
+        if grader is None:
+            console.print("[yellow]no --llm-model: hypotheses are not graded (the grader is an LLM)[/]")
+        run_agent_grid(out / "adl" / "runs", out / "agents", orgs, provider=make, grader=grader, runs=runs,
+                       parallel=parallel)
+        path = render_agent_grid(out / "agents")
+    except (DifflensError, FileNotFoundError) as e:
+        fail(e)
+        return
+    console.print(f"agent grid: {path}")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
