@@ -195,3 +195,10 @@ def test_native_reply_with_a_final_line_ends_the_episode():
 
     ep = run_episode(Native(reply), FakeToolbox(), kind="adl", budget=2, protocol="auto")
     assert ep.status == "final" and ep.final == "Cakes." and ep.interactions_used == 0
+
+
+def test_endpoint_timeouts_are_retried_then_end_the_episode(server, tmp_path):
+    server.play(("sleep", 1.5), ("sleep", 1.5), ("sleep", 1.5))
+    client = make_client(server.url, tmp_path, timeout_s=0.3, max_retries=1)
+    ep = run_episode(EndpointAgent(client), FakeToolbox(), kind="adl", budget=1, protocol="text")
+    assert ep.status == "error" and "timed out" in ep.error and server.n_requests == 2

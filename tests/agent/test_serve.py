@@ -112,3 +112,18 @@ def test_the_agent_loop_terminates_with_a_served_model_as_agent(served, monkeypa
     assert saved.exists() and ep.turns_used == 2
     assert ep.grade == (2.0 if ep.status == "final" else 1.0)  # no final description: the lowest grade
     assert "s3cret" not in saved.read_text()
+
+
+def test_endpoint_models_ask_and_steer_through_the_server(served, monkeypatch):
+    from difflens.agent.remote import EndpointModels
+
+    for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("SERVE_TOKEN", "s3cret")
+    _, url, _ = served
+    em = EndpointModels(url, api_key_env="SERVE_TOKEN", max_tokens=4)
+    out = em.ask(["tell me a story", "why"])
+    assert len(out["base"]) == len(out["finetuned"]) == 2
+    steered = em.steered("wiki", 2, 1, ["why"], 2)
+    assert len(steered) == 1 and len(steered[0]) == 2
+    assert set(em.usage()) == {"base", "finetuned", "steered-p1"}

@@ -67,3 +67,12 @@ def test_parse_grade_good(reply, expected):
 def test_parse_grade_rejects(reply):
     with pytest.raises(ValueError):
         parse_grade(reply)
+
+
+def test_a_custom_rubric_replaces_the_type_rubric():
+    from difflens.graders.hypothesis import hypothesis_grade_messages, rubric_for
+
+    msgs = hypothesis_grade_messages("SDF", "truth", "guess", rubric="5: names the secret recipe\n1: anything else")
+    user = msgs[-1]["content"]
+    assert "names the secret recipe" in user and rubric_for("SDF").strip()[:40] not in user
+    assert rubric_for("SDF").strip()[:40] in hypothesis_grade_messages("SDF", "t", "g", rubric="  ")[-1]["content"]

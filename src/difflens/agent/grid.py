@@ -72,7 +72,7 @@ def run_agent_grid(runs_dir: Path, out: Path, organisms: Sequence[str], *, provi
             print(f"[difflens] agents: {org} {kind} i={budget}", file=sys.stderr, flush=True)
         res = run_setting(layout, provider(), Toolbox(layout, models[org], kind=kind), kind=kind, budget=budget,
                           runs=runs, grader=grader, organism=spec.name, organism_type=str(spec.type),
-                          description=spec.grader_description(), grade_repeats=grade_repeats,
+                          description=spec.grader_description(), grade_repeats=grade_repeats, rubric=spec.rubric,
                           protocol=protocol, progress=progress)  # type: ignore[arg-type]
         write_summary(layout, [res])
         return org, f"{kind}-i{budget}", res

@@ -22,7 +22,8 @@ __all__ = ["grade_episode", "run_setting", "write_summary", "UNGRADED_FINAL"]
 UNGRADED_FINAL = 1.0  # an episode without a final description gets the lowest grade
 
 
-def grade_episode(ep: Episode, grader: Any, organism_type: str, description: str, *, repeats: int = 3) -> Episode:
+def grade_episode(ep: Episode, grader: Any, organism_type: str, description: str, *, repeats: int = 3,
+                  rubric: str | None = None) -> Episode:
     """Grade the final description 1..5 with the rubric of ``organism_type`` against the true
     ``description``, ``repeats`` times (distinct samples), and average. No final: grade 1."""
     from ..graders.hypothesis import GRADE_FORMAT, hypothesis_grade_messages, parse_grade
@@ -30,7 +31,7 @@ def grade_episode(ep: Episode, grader: Any, organism_type: str, description: str
     if ep.status != "final" or not ep.final:
         ep.grades, ep.grade = [], UNGRADED_FINAL
         return ep
-    msgs = hypothesis_grade_messages(organism_type, description, ep.final)
+    msgs = hypothesis_grade_messages(organism_type, description, ep.final, rubric=rubric)
     grades = []
     try:
         for r in range(repeats):
@@ -45,7 +46,7 @@ def grade_episode(ep: Episode, grader: Any, organism_type: str, description: str
 
 def run_setting(layout: RunLayout, provider: Any, toolbox: Any, *, kind: Literal["adl", "blackbox"], budget: int,
                 runs: int, grader: Any | None, organism: str | None, organism_type: str | None,
-                description: str | None, grade_repeats: int = 3, max_turns: int = MAX_TURNS,
+                description: str | None, grade_repeats: int = 3, max_turns: int = MAX_TURNS, rubric: str | None = None,
                 protocol: Literal["auto", "native", "text"] = "auto", progress: bool = True) -> SettingResult:
     """``runs`` episodes of one setting, each saved (and graded when a grader and the truth are given)."""
     res = SettingResult(kind=kind, budget=budget, organism=organism, organism_type=organism_type)
@@ -66,7 +67,7 @@ def run_setting(layout: RunLayout, provider: Any, toolbox: Any, *, kind: Literal
                              run_index=k, progress=progress)
             write_json(path, ep.model_dump(mode="json"))
         if ep.grade is None and grader is not None and description and organism_type and ep.status != "error":
-            ep = grade_episode(ep, grader, organism_type, description, repeats=grade_repeats)
+            ep = grade_episode(ep, grader, organism_type, description, repeats=grade_repeats, rubric=rubric)
             write_json(path, ep.model_dump(mode="json"))
         res.episodes.append(ep)
     return res

@@ -31,6 +31,10 @@ def agent_cmd(
     protocol: str = typer.Option("auto", "--protocol", help="auto (native tool calls where supported), "
                                  "native or text (CALL/FINAL lines)"),
     max_turns: int = typer.Option(15, "--max-turns"),
+    models_url: Optional[str] = typer.Option(None, "--models-url", help="ask_model / generate_steered through an "
+                                             "OpenAI-compatible endpoint serving base, finetuned, steered-p{j} "
+                                             "(`difflens serve`, vLLM) instead of in-process models"),
+    models_key_env: str = typer.Option("", "--models-key-env", help="env var with that endpoint's bearer token"),
     grade_repeats: int = typer.Option(3, "--grade-repeats", help="hypothesis gradings averaged per episode"),
     llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
 ) -> None:
@@ -58,10 +62,10 @@ def agent_cmd(
         if name is None and description is None:
             spec_str = str(read_json(layout.manifest)["models"]["finetuned"]["spec"])
             name = spec_str.split(":", 1)[1] if spec_str.startswith("organism:") else None
-        truth, otype = description, organism_type
+        truth, otype, rubric = description, organism_type, None
         if name is not None:
             spec = load_spec(name)
-            truth, otype, name = description or spec.grader_description(), str(spec.type), spec.name
+            truth, otype, name, rubric = description or spec.grader_description(), str(spec.type), spec.name, spec.rubric
         grader = None
         if llm_model:
             grader = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="hypothesis grading")
@@ -80,14 +84,20 @@ def agent_cmd(
             agent = LocalAgent(agent_model or "smollm2-135m-instruct")
         else:
             agent = ManualAgent()
-        toolbox = Toolbox(layout, InProcessModels(layout), kind=kind)
+        if models_url:
+            from ..agent.remote import EndpointModels
+
+            access: Any = EndpointModels(models_url, api_key_env=models_key_env)
+        else:
+            access = InProcessModels(layout)
+        toolbox = Toolbox(layout, access, kind=kind)
         if truth is None:
             console.print("[yellow]no true objective (--organism / --description): episodes are not graded[/]")
         elif grader is None:
             console.print("[yellow]no --llm-model: episodes are not graded (the hypothesis grader is an LLM)[/]")
         res = run_setting(layout, agent, toolbox, kind=kind, budget=budget, runs=runs, grader=grader, organism=name,
                           organism_type=otype if truth else None, description=truth, grade_repeats=grade_repeats,
-                          max_turns=max_turns, protocol=protocol)  # type: ignore[arg-type]
+                          max_turns=max_turns, protocol=protocol, rubric=rubric)  # type: ignore[arg-type]
         doc = write_summary(layout, [res])
     except DifflensError as e:
         fail(e)

@@ -161,9 +161,11 @@ with <n> an integer from 1 to 5. Write nothing after it and do not write "SCORE:
 """
 
 
-def hypothesis_grade_messages(organism_type: str, true_description: str, hypothesis: str) -> Messages:
-    """Messages asking for a 1..5 grade of ``hypothesis`` with the rubric of ``organism_type``."""
-    rubric = rubric_for(organism_type)
+def hypothesis_grade_messages(organism_type: str, true_description: str, hypothesis: str, *,
+                              rubric: str | None = None) -> Messages:
+    """Messages asking for a 1..5 grade of ``hypothesis`` with the rubric of ``organism_type`` (or a
+    custom ``rubric``, e.g. from an organism YAML)."""
+    rubric = rubric.strip() if rubric and rubric.strip() else rubric_for(organism_type)
     hyp = str(hypothesis).strip() or "(empty hypothesis)"
     user = (
         f"[RUBRIC]\n{rubric}\n\n"

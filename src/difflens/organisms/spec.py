@@ -270,6 +270,8 @@ class OrganismSpec(_Strict):
     ffa: list[MCQ] = Field(default_factory=list)
     open_questions: list[str] = Field(default_factory=list)
     true_context: str | None = None
+    rubric: str | None = Field(default=None, description="grading rubric (scores 1-5) for agent hypotheses; "
+                               "default: the rubric of the organism's type")
     source_path: str | None = Field(default=None, exclude=True)
 
     @field_validator("name")
