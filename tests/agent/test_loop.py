@@ -149,7 +149,11 @@ def test_native_tool_calls_over_an_endpoint(server, tmp_path):
     assert sent["messages"][2]["tool_calls"][0]["id"] == "call_1"
     assert sent["messages"][3] == {"role": "tool", "content": json.dumps({"base": ["plain"], "finetuned": ["cake!"]}),
                                    "tool_call_id": "call_1"}
-    assert ep.usage.requests == 2 and ep.usage.prompt_tokens == 20
+    assert ep.usage.requests == 2 and ep.usage.prompt_tokens == 20 and ep.usage.cost_usd is None  # unpriced
+    priced = make_client(server.url, tmp_path, price_in_per_mtok=1.0, price_out_per_mtok=4.0, cache=False)
+    server.play(("reply", FINAL))
+    ep = run_episode(EndpointAgent(priced), FakeToolbox(), kind="adl", budget=3, protocol="text")
+    assert ep.usage.cost_usd == pytest.approx((10 * 1.0 + 5 * 4.0) / 1e6)
 
 
 def test_endpoint_without_tool_support_falls_back_to_text(server, tmp_path):

@@ -111,6 +111,9 @@ def run_episode(provider: AgentProvider, toolbox: Any, *, kind: Literal["adl", "
         ep.usage.requests += 1
         ep.usage.prompt_tokens += reply.usage.prompt_tokens
         ep.usage.completion_tokens += reply.usage.completion_tokens
+        price = getattr(provider, "cost_usd", None)
+        if callable(price):
+            ep.usage.cost_usd = price(ep.usage.prompt_tokens, ep.usage.completion_tokens)
         calls = [{"id": c.id or f"call_{c.name}", "type": "function",
                   "function": {"name": c.name, "arguments": c.arguments}} for c in reply.tool_calls[:1]]
         ep.messages.append(AgentMessage(role="assistant", content=reply.text, tool_calls=calls or None))

@@ -48,6 +48,14 @@ class EndpointAgent:
     def model(self) -> str | None:
         return getattr(getattr(self.client, "config", None), "model", None)
 
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Dollar cost of these tokens at the endpoint's configured prices (None when unpriced)."""
+        cfg = getattr(self.client, "config", None)
+        pin, pout = getattr(cfg, "price_in_per_mtok", None), getattr(cfg, "price_out_per_mtok", None)
+        if pin is None or pout is None:
+            return None
+        return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
     def respond(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *,
                 salt: str) -> ProviderReply:
         r = self.client.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens, tools=tools,
