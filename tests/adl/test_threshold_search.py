@@ -200,7 +200,8 @@ def test_progress_lines_on_stderr(world, capsys):
     find_threshold(None, ThresholdGrader(37.3), layer=7, position=2, direction=torch.ones(4), eta=1.0,
                    cfg=SteeringConfig(grid=10), progress=True)
     err = capsys.readouterr().err.splitlines()
-    assert err and all(line.startswith("[difflens] steering layer 7 position 2 (batched): ") for line in err)
+    assert err and all(line.startswith("[difflens] steering layer 7 position 2 (batched, ≥8/10 coherent): ")
+                       for line in err)
     assert any("round 1:" in line for line in err) and "α = " in err[-1] and err[-1].endswith(" s)")
     find_threshold(None, ThresholdGrader(37.3), layer=7, position=2, direction=torch.ones(4), eta=1.0,
                    cfg=SteeringConfig(grid=10), progress=False)
