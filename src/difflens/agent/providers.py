@@ -90,9 +90,18 @@ class LocalAgent:
         tok, model = self._lm.tokenizer, self._lm.model
         msgs = [{"role": m["role"] if m["role"] in ("system", "user", "assistant") else "user",
                  "content": m.get("content") or ""} for m in messages]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) \
-            if getattr(tok, "chat_template", None) else "\n".join(m["content"] for m in msgs) + "\n"
-        ids = tok(text, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
+
+        def encode(ms: list[dict[str, str]]) -> Any:
+            text = tok.apply_chat_template(ms, tokenize=False, add_generation_prompt=True) \
+                if getattr(tok, "chat_template", None) else "\n".join(m["content"] for m in ms) + "\n"
+            return tok(text, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
+
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 8192) - self.max_new_tokens
+        ids = encode(msgs)
+        while ids["input_ids"].shape[1] > limit and len(msgs) > 3:
+            # too long for the model: keep the system prompt, the overview and the most recent turns
+            msgs = msgs[:2] + msgs[3:]
+            ids = encode(msgs)
         torch.manual_seed(int(hashlib.sha256(salt.encode()).hexdigest()[:8], 16))
         with torch.no_grad():
             out = model.generate(**ids.to(model.device), do_sample=self.temperature > 0,

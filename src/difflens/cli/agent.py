@@ -31,6 +31,7 @@ def agent_cmd(
     protocol: str = typer.Option("auto", "--protocol", help="auto (native tool calls where supported), "
                                  "native or text (CALL/FINAL lines)"),
     max_turns: int = typer.Option(15, "--max-turns"),
+    agent_max_tokens: int = typer.Option(1500, "--agent-max-tokens", help="longest agent reply (tokens)"),
     models_url: Optional[str] = typer.Option(None, "--models-url", help="ask_model / generate_steered through an "
                                              "OpenAI-compatible endpoint serving base, finetuned, steered-p{j} "
                                              "(`difflens serve`, vLLM) instead of in-process models"),
@@ -79,9 +80,9 @@ def agent_cmd(
                                 agent_key_env if agent_key_env is not None else (llm_key_env or DEFAULT_KEY_ENV),
                                 needed_by="--agent-model")
             clients.append(client)
-            agent = EndpointAgent(client)
+            agent = EndpointAgent(client, max_tokens=agent_max_tokens)
         elif provider == "local":
-            agent = LocalAgent(agent_model or "smollm2-135m-instruct")
+            agent = LocalAgent(agent_model or "smollm2-135m-instruct", max_new_tokens=agent_max_tokens)
         else:
             agent = ManualAgent()
         if models_url:
