@@ -95,21 +95,23 @@ def test_overspending_call_is_refused_without_running():
 
 def test_format_errors_unknown_tools_and_crashing_tools_go_back_to_the_agent():
     tb = FakeToolbox()
-    agent = Scripted("I think it is about cakes.",                                   # no CALL/FINAL
+    agent = Scripted("   ",                                                           # empty
+                     "I think it is about cakes.",                                   # no CALL/FINAL
                      'CALL(read_weights: {"layer": 3})',                              # unknown tool
                      'CALL(ask_model: {"prompts": ["x"],})',                          # bad JSON
                      'CALL(get_patchscope_details: {"boom": true})',                  # the tool raises
                      'CALL(ask_model: {"prompts": []})',                              # bad arguments
                      FINAL)
     ep = run_episode(agent, tb, kind="adl", budget=5, protocol="text")
-    assert ep.status == "final" and ep.turns_used == 6
-    assert ep.format_errors == 3 and ep.tool_errors == 2
+    assert ep.status == "final" and ep.turns_used == 7
+    assert ep.format_errors == 4 and ep.tool_errors == 2
     texts = [m.content for m in ep.messages if m.role == "user"]
-    assert "Format error: no CALL(...) or FINAL(...) line found" in texts[1]
-    assert "unknown tool 'read_weights'" in texts[2]
-    assert "not valid JSON" in texts[3]
-    assert "ERROR: RuntimeError: disk on fire" in texts[4]
-    assert "ask_model needs 'prompts'" in texts[5]
+    assert "Format error: the reply is empty" in texts[1]
+    assert "Format error: no CALL(...) or FINAL(...) line found" in texts[2]
+    assert "unknown tool 'read_weights'" in texts[3]
+    assert "not valid JSON" in texts[4]
+    assert "ERROR: RuntimeError: disk on fire" in texts[5]
+    assert "ask_model needs 'prompts'" in texts[6]
     assert ep.interactions_used == 0
 
 
@@ -206,3 +208,28 @@ def test_endpoint_timeouts_are_retried_then_end_the_episode(server, tmp_path):
     client = make_client(server.url, tmp_path, timeout_s=0.3, max_retries=1)
     ep = run_episode(EndpointAgent(client), FakeToolbox(), kind="adl", budget=1, protocol="text")
     assert ep.status == "error" and "timed out" in ep.error and server.n_requests == 2
+
+
+def test_local_agent_runs_in_process_and_stays_within_the_context(tmp_path):
+    from conftest import save_tiny
+    from difflens.agent.providers import LocalAgent
+
+    agent = LocalAgent(str(save_tiny(tmp_path, "llama")), max_new_tokens=4)
+    ep = run_episode(agent, FakeToolbox(), kind="adl", budget=1, max_turns=2, protocol="auto")
+    assert ep.protocol == "text" and ep.turns_used == 2 and ep.status in ("final", "no_final")
+    limit = agent._lm.model.config.max_position_embeddings
+    long = [{"role": "system", "content": "s"}, {"role": "user", "content": "overview"}] + \
+        [{"role": "user", "content": "cake " * (limit // 4)} for _ in range(6)]
+    r = agent.respond(long, None, salt="x")  # trimmed to fit: no position overflow
+    assert isinstance(r.text, str) and r.usage.prompt_tokens <= limit - 4
+
+
+def test_a_crashing_provider_ends_the_episode_in_an_error_state():
+    class Crashes(Scripted):
+        def respond(self, messages, tools, *, salt):
+            if len(messages) > 2:
+                raise RuntimeError("CUDA out of memory")
+            return super().respond(messages, tools, salt=salt)
+
+    ep = run_episode(Crashes(ASK), FakeToolbox(), kind="adl", budget=5, protocol="text")
+    assert ep.status == "error" and "RuntimeError: CUDA out of memory" in ep.error and ep.interactions_used == 2

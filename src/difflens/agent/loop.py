@@ -61,6 +61,8 @@ def _action_from(reply: ProviderReply, tools: tuple[str, ...]) -> tuple[AgentAct
         except ValueError:
             if not reply.tool_calls:
                 raise
+    if not reply.tool_calls:
+        raise ValueError(f"the reply is empty; {AGENT_FORMAT}")
     call = reply.tool_calls[0]
     if call.name not in tools:
         raise ValueError(f"unknown tool {call.name!r}; available tools: {', '.join(tools)}")
@@ -107,6 +109,9 @@ def run_episode(provider: AgentProvider, toolbox: Any, *, kind: Literal["adl", "
                 ep.protocol = "text"
                 return ask(final_only)
             ep.status, ep.error = "error", f"agent endpoint failed: {e}"
+            return None
+        except Exception as e:  # noqa: BLE001 - a crashing provider (e.g. a local model) ends the episode, kept
+            ep.status, ep.error = "error", f"agent provider failed: {type(e).__name__}: {e}"
             return None
         ep.usage.requests += 1
         ep.usage.prompt_tokens += reply.usage.prompt_tokens
