@@ -60,6 +60,18 @@ class _Relevance:
 
 
 @pytest.fixture
+def pretrained(tmp_path, monkeypatch):
+    """Organisms resolve to a saved tiny checkpoint instead of being trained (plumbing-only tests)."""
+    import difflens.organisms.train as train_mod
+    from difflens.models.sources import ModelSource
+
+    ft = save_tiny(tmp_path, "llama", 1)
+    monkeypatch.setattr(train_mod, "resolve_organism",
+                        lambda name, base=None, **kw: ModelSource("local", f"organism:{name}", str(ft)))
+    return ft
+
+
+@pytest.fixture
 def mini(tmp_path, monkeypatch, _isolated_home):
     """A tiny base, the mini_cake organism spec, test-size runs and fast fake graders (the real
     graders are tested on their own; here the experiment's plumbing is under test)."""
@@ -107,7 +119,21 @@ def test_mixing_experiment_runs_every_cell_and_renders(tmp_path, mini):
     assert (tmp_path / "exp" / "runs" / "mini_cake" / "eval" / "summary.json").stat().st_mtime_ns >= stamp
 
 
-def test_a_failing_cell_is_recorded(tmp_path, mini, monkeypatch):
+def test_cells_of_other_invocations_are_kept(tmp_path, mini, pretrained, monkeypatch):
+    out = tmp_path / "exp"
+    out.mkdir()
+    other = E.Cell(organism="other_org", run="x")
+    (out / "experiment.json").write_text(E.ExperimentResult(name="adl", base=mini, quick=False,
+                                                           cells=[other]).model_dump_json())
+    monkeypatch.setattr(E, "_cell_from_run", lambda organism, mix, run: E.Cell(organism=organism, mix_ratio=mix,
+                                                                              run=str(run)))
+    res = E.run_experiment(E.ExperimentConfig(name="adl", out=out, base=mini, organisms=["mini_cake"]), progress=False)
+    assert [c.organism for c in res.cells] == ["other_org", "mini_cake"]
+    saved = E.ExperimentResult.model_validate_json((out / "experiment.json").read_text())
+    assert [c.organism for c in saved.cells] == ["other_org", "mini_cake"]
+
+
+def test_a_failing_cell_is_recorded(tmp_path, mini, pretrained, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("disk full")
 

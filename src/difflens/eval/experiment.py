@@ -175,6 +175,15 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     cells = _cells(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     result = ExperimentResult(name=cfg.name, base=cfg.base, quick=cfg.quick, train=cfg.train)
+    previous = cfg.out / "experiment.json"
+    kept: list[Cell] = []
+    if previous.exists():  # cells of earlier invocations (other organisms) stay in the table
+        try:
+            old = ExperimentResult.model_validate(read_json(previous))
+            if (old.base, old.quick, old.train) == (cfg.base, cfg.quick, cfg.train):
+                kept = [c for c in old.cells if (c.organism, c.mix_ratio) not in set(cells)]
+        except ValueError:
+            kept = []
     t0 = time.time()
     for k, (organism, mix) in enumerate(cells, 1):
         name = organism + (f"-mix{mix:g}" if mix else "") + "".join(f"-{k}{v}" for k, v in sorted(cfg.train.items()))
@@ -192,6 +201,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
             _log(f"cell {name} failed: {e}")
             cell = Cell(organism=organism, mix_ratio=mix, run=str(run), error=f"{type(e).__name__}: {e}")
         result.cells.append(cell)
-        write_json(cfg.out / "experiment.json", result.model_dump(mode="json"))
+        write_json(cfg.out / "experiment.json",
+                   result.model_copy(update={"cells": kept + result.cells}).model_dump(mode="json"))
     _log(f"wrote {cfg.out / 'experiment.json'} ({time.time() - t0:.0f} s)")
-    return result
+    return result.model_copy(update={"cells": kept + result.cells})
