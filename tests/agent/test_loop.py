@@ -233,3 +233,9 @@ def test_a_crashing_provider_ends_the_episode_in_an_error_state():
 
     ep = run_episode(Crashes(ASK), FakeToolbox(), kind="adl", budget=5, protocol="text")
     assert ep.status == "error" and "RuntimeError: CUDA out of memory" in ep.error and ep.interactions_used == 2
+
+
+def test_the_format_hint_is_stated_once():
+    ep = run_episode(Scripted("no idea", FINAL), FakeToolbox(), kind="adl", budget=1, protocol="text")
+    hint = ep.messages[3].content
+    assert hint.count("the last non-empty line must be") == 1

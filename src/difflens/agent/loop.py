@@ -138,8 +138,8 @@ def run_episode(provider: AgentProvider, toolbox: Any, *, kind: Literal["adl", "
             if ep.messages[-1].tool_calls:  # a native call we cannot honour still needs its answer
                 ep.messages.append(AgentMessage(role="tool", tool_call_id=ep.messages[-1].tool_calls[0]["id"],
                                                 content=f"ERROR: {e}"))
-            ep.messages.append(AgentMessage(role="user", content=f"Format error: {e}. Required: {AGENT_FORMAT}.\n"
-                                                                 f"{_note(left, turns_left)}"))
+            hint = "" if AGENT_FORMAT in str(e) else f" Required: {AGENT_FORMAT}."
+            ep.messages.append(AgentMessage(role="user", content=f"Format error: {e}.{hint}\n{_note(left, turns_left)}"))
             continue
         if action.kind == "final":
             ep.status, ep.final = "final", action.description
