@@ -60,7 +60,7 @@ def agent_section(layout: RunLayout) -> str:
         st = s.get("stats") or {}
         ci = st.get("mean_ci") or [None, None]
         rows.append(f"<tr><td><code>{esc(key)}</code></td><td>{esc(s.get('runs'))}</td>"
-                    f"<td>{esc(s.get('status'))}</td><td><b>{esc(round(st['mean'], 2)) if st else '–'}</b>"
+                    f"<td>{esc(', '.join(f'{v} {k.replace(chr(95), chr(32))}' for k, v in (s.get('status') or {}).items()))}</td><td><b>{esc(round(st['mean'], 2)) if st else '–'}</b>"
                     f"{f' ({ci[0]:.2f}–{ci[1]:.2f})' if st else ''}</td>"
                     f"<td>{_pct(st.get('share_ge2'))}</td><td>{_pct(st.get('share_ge4'))}</td>"
                     f"<td>{esc(s.get('prompt_tokens', 0) + s.get('completion_tokens', 0))}</td></tr>")
