@@ -182,3 +182,28 @@ class DownJudge:
 
         self.calls += 1
         raise LLMError("http://127.0.0.1:9/v1 unreachable after 5 attempts")
+
+
+class FirstScale:
+    """A scale grader that picks the smallest scale and its first three tokens (plumbing tests)."""
+
+    name = "first"
+
+    def identity(self):
+        return {"backend": "test"}
+
+    def choose(self, candidates):
+        s = min(candidates)
+        return s, candidates[s][:3], "first"
+
+
+class AllCoherent:
+    """A coherence grader that passes every text (plumbing tests)."""
+
+    name = "all"
+
+    def identity(self):
+        return {"backend": "test"}
+
+    def grade(self, texts):
+        return [True] * len(texts)

@@ -4,36 +4,14 @@ the report renders."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 
-from conftest import write_mini_spec
+from conftest import AllCoherent, FirstScale, write_mini_spec
 from difflens.agent.grid import run_agent_grid
 from difflens.agent.providers import ProviderReply
 from difflens.graders import Graders
 from difflens.run.stages import LensConfig, run_lens, run_steer
 
 
-@dataclass
-class _Scale:
-    name: str = "first"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def choose(self, candidates):
-        s = min(candidates)
-        return s, candidates[s][:3], "first"
-
-
-@dataclass
-class _Coherent:
-    name: str = "all"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def grade(self, texts):
-        return [True] * len(texts)
 
 
 class Agent:
@@ -59,7 +37,7 @@ def test_grid_runs_grades_summarizes_and_resumes(tiny_run, tmp_path, _isolated_h
 
     write_mini_spec(_isolated_home)
     pair, layout, c = tiny_run
-    graders = Graders(coherence=_Coherent(), scale=_Scale(), relevance=None)
+    graders = Graders(coherence=AllCoherent(), scale=FirstScale(), relevance=None)
     run_lens(pair, layout, graders, LensConfig(positions=[0, 1], controls=False), progress=False)
     run_steer(pair, layout, graders, SteeringConfig(positions=[1], search_iters=1, refine_iters=0, search_samples=1,
                                                     min_coherent=1, final_samples=1, max_new_tokens=3,

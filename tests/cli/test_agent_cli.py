@@ -3,43 +3,22 @@ through stdin on a tiny finished run is saved and summarised; `difflens serve` r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from typer.testing import CliRunner
 
+from conftest import AllCoherent, FirstScale
 from difflens.cli.main import app
 from difflens.graders import Graders
 from difflens.run.stages import LensConfig, run_lens, run_steer
 
 
-@dataclass
-class _Scale:
-    name: str = "first"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def choose(self, candidates):
-        s = min(candidates)
-        return s, candidates[s][:3], "first"
-
-
-@dataclass
-class _Coherent:
-    name: str = "all"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def grade(self, texts):
-        return [True] * len(texts)
 
 
 def test_agent_cli(tiny_run):
     from difflens.adl.steering import SteeringConfig
 
     pair, layout, c = tiny_run
-    g = Graders(coherence=_Coherent(), scale=_Scale(), relevance=None)
+    g = Graders(coherence=AllCoherent(), scale=FirstScale(), relevance=None)
     run_lens(pair, layout, g, LensConfig(positions=[0, 1], controls=False), progress=False)
     run_steer(pair, layout, g, SteeringConfig(positions=[1], search_iters=1, refine_iters=0, search_samples=1,
                                               min_coherent=1, final_samples=1, max_new_tokens=3, prompts=["why"],

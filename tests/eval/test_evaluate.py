@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from typer.testing import CliRunner
 
+from conftest import AllCoherent, FirstScale
 from difflens.eval.evaluate import EvalConfig, evaluate
 from difflens.eval.ftdata import FtData, assistant_texts, ft_data_from_file, frequent_ft_tokens, organism_of_run
 from difflens.eval.relevance import token_relevance
@@ -32,27 +33,6 @@ class KnownWords:
         return [t.strip().lower() in self.relevant for t in tokens]
 
 
-@dataclass
-class PicksFirst:
-    name: str = "first"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def choose(self, candidates):
-        s = min(candidates)
-        return s, candidates[s][:3], "first"
-
-
-@dataclass
-class AllCoherent:
-    name: str = "all"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def grade(self, texts):
-        return [True] * len(texts)
 
 
 def _ps(tokens_by_source_pos):
@@ -120,7 +100,7 @@ def finished_run(tiny_run):
     from difflens.adl.steering import SteeringConfig
 
     pair, layout, c = tiny_run
-    graders = Graders(coherence=AllCoherent(), scale=PicksFirst(), relevance=None)
+    graders = Graders(coherence=AllCoherent(), scale=FirstScale(), relevance=None)
     run_lens(pair, layout, graders, LensConfig(positions=[0, 1]), progress=False)
     run_steer(pair, layout, graders, SteeringConfig(positions=[0, 1], search_iters=1, refine_iters=0, search_samples=1,
                                                     min_coherent=1, final_samples=2, max_new_tokens=4,

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import difflens.eval.experiment as E
-from conftest import save_tiny, write_mini_spec
+from conftest import AllCoherent, FirstScale, save_tiny, write_mini_spec
 
 
 def _shrink(real):
@@ -28,25 +28,6 @@ def _shrink(real):
     return small
 
 
-class _Scale:
-    name = "first"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def choose(self, candidates):
-        s = min(candidates)
-        return s, candidates[s][:3], "first"
-
-
-class _Coherent:
-    name = "all"
-
-    def identity(self):
-        return {"backend": "test"}
-
-    def grade(self, texts):
-        return [True] * len(texts)
 
 
 class _Relevance:
@@ -80,7 +61,7 @@ def mini(tmp_path, monkeypatch, _isolated_home):
 
     write_mini_spec(_isolated_home)
     monkeypatch.setattr(E, "_run_config", _shrink(E._run_config))
-    monkeypatch.setattr(pipeline, "graders_for", lambda pair, backend, llm=None: Graders(_Coherent(), _Scale(),
+    monkeypatch.setattr(pipeline, "graders_for", lambda pair, backend, llm=None: Graders(AllCoherent(), FirstScale(),
                                                                                          _Relevance()))
     return str(save_tiny(tmp_path, "llama", 0))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..eval.summary import EvalSummary, LayerEval
 from .charts import interval_chart, line_chart
-from .text import esc, fmt, show_token
+from .text import esc, fmt, html_table, show_token
 
 SOURCE_NAMES = {"delta": "δ̄ (difference)", "base": "h̄_base", "ft": "h̄_ft",
                 "delta_via_base": "δ̄ via base model (control)", "random": "random vector (control)"}
@@ -16,10 +16,7 @@ SIM_NAMES = {"steered_vs_ft": "steered ↔ D_ft", "random_vs_ft": "random-direct
              "unsteered_vs_chat": "unsteered ↔ chat", "ft_self": "D_ft ↔ D_ft"}
 
 
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+_table = html_table
 
 
 def _relevance(le: LayerEval) -> str:

@@ -10,15 +10,13 @@ from ..files import atomic_write_text
 from .charts import grouped_bar_chart, line_chart
 from .evaluation import SOURCE_NAMES
 from .style import CSS
-from .text import esc, fmt
+from .text import esc, fmt, html_table
 
 __all__ = ["render_experiment", "experiment_html"]
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str = "num compact") -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return html_table(header, rows, cls)
 
 
 def _pct(x: float | None) -> str:

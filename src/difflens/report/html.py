@@ -24,7 +24,7 @@ from .agent import agent_section
 from .evaluation import evaluation_section
 from .gather import STAGE_COMMANDS, Norms, Slice, gather
 from .style import CSS
-from .text import WS_MARKS, esc, fmt, fmt_scale, show_token
+from .text import WS_MARKS, esc, fmt, fmt_scale, html_table, show_token
 
 SOURCE_LABEL = {"delta": "δ̄", "base": "h̄<sub>base</sub>", "ft": "h̄<sub>ft</sub>",
                 "delta_via_base": "δ̄ through the base model <span class='ctl'>control</span>",
@@ -78,10 +78,7 @@ def _chips(tokens: Sequence[TokenProb], selected: Iterable[str] | None = None, n
     return '<div class="chips">' + "".join(parts) + "</div>"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+_table = html_table
 
 
 def _kv(rows: Iterable[tuple[str, str]], cls: str = "kv") -> str:

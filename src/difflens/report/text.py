@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 _WS = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
@@ -48,3 +48,10 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 def fmt_scale(x: float) -> str:
     return f"{x:g}"
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
+    """An HTML table from already-escaped header and cell strings."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
