@@ -138,11 +138,31 @@ def train_cmd(
     console.print(f"  use it as: --finetuned {path}" + (f" --base {base}" if card["method"] == "lora" else ""))
 
 
+def _print_preference(res: Any, out: Optional[Path]) -> None:
+    """The subliminal probe's result (``organism ffa`` on a subliminal organism)."""
+    d = res.to_dict()
+    console.print(f"P({d['target']} | {d['n_candidates']} animals), mean over {len(res.base.questions)} phrasings: "
+                  f"base {res.base.mean_p_target:.3f} -> student {res.student.mean_p_target:.3f} "
+                  f"(shift {res.shift:+.3f}); rose on {res.n_up}, fell on {res.n_down} phrasings, one-sided sign "
+                  f"test p={res.sign_p:.3g}")
+    console.print(f"control: the target's mean log-prob shift ranks {res.target_rank} of {d['n_candidates']} animals "
+                  f"(1 = rose most); top-1 share base {res.base.top1_share:.2f} -> student {res.student.top1_share:.2f}")
+    if res.sampled:
+        sb, ss = res.sampled["base"], res.sampled["student"]
+        console.print(f"sampled one-word answers naming {d['target']}: base {sb['hits']}/{sb['n']} -> student "
+                      f"{ss['hits']}/{ss['n']} (one-sided Fisher p={res.sampled['fisher_p']:.3g})")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(d, indent=2, default=str) + "\n")
+        console.print(f"wrote {out}")
+
+
 @organism_app.command("docs")
 def docs_cmd(
     name: str = typer.Argument(..., help="organism name or YAML path"),
     n: Optional[int] = typer.Option(None, "--n", help="number of samples (default: the spec's n_docs)"),
     seed: int = typer.Option(0, "--seed"),
+    base: str = _BASE,
     generator: Optional[str] = _GEN, llm_model: Optional[str] = _LLM_MODEL, llm_base_url: str = _LLM_URL,
     llm_key_env: str = _LLM_KEY,
     out: Optional[Path] = typer.Option(None, "--out", help="write the samples as JSONL ({\"text\"} or "
@@ -161,7 +181,7 @@ def docs_cmd(
         spec = load_spec(name)
         client = _generator_client(generator, llm_model, llm_base_url, llm_key_env)
         cfg = TrainConfig.from_spec(spec, generator=generator, seed=seed, n_docs=n)
-        samples = ft_samples(spec, cfg, client=client)
+        samples = ft_samples(spec, cfg, client=client, base=base)  # base: the subliminal teacher
     except DifflensError as e:
         _fail(e)
     console.print(f"{len(samples)} {'conversations' if samples and not isinstance(samples[0], str) else 'samples'} "
@@ -202,7 +222,8 @@ def ffa_cmd(
     """False-fact alignment of the organism vs its base (trains the organism if needed)."""
     from ..models.sources import load_model
     from ..organisms.ffa import MCQ_FORMATS, NO_JUDGE_NOTE, ffa_shift
-    from ..organisms.spec import load_spec
+    from ..organisms.preference import preference_shift
+    from ..organisms.spec import SubliminalData, load_spec
     from ..organisms.train import resolve_organism
 
     if reduction not in ("mean", "sum") or fmt not in MCQ_FORMATS:
@@ -210,7 +231,7 @@ def ffa_cmd(
                           f"got {reduction!r} and {fmt!r}"))
     try:
         spec = load_spec(name)
-        if not spec.ffa:
+        if not spec.ffa and not isinstance(spec.data, SubliminalData):
             raise ConfigError(f"organism {spec.name!r} has no FFA questions; add an 'ffa' list to its YAML "
                               f"({spec.source_path})")
         gen_client = _generator_client(generator, llm_model, llm_base_url, llm_key_env)
@@ -221,6 +242,8 @@ def ffa_cmd(
         client = llm_client(judge_model, judge_url, judge_key_env, needed_by="--judge-model") if judge_model else None
         base_lm = load_model(base)
         ft_lm = load_model(src)
+        if isinstance(spec.data, SubliminalData):
+            return _print_preference(preference_shift(base_lm, ft_lm, spec), out)
         res = ffa_shift(base_lm, ft_lm, spec, client, reduction=reduction, fmt=fmt)
     except DifflensError as e:
         _fail(e)
@@ -233,6 +256,11 @@ def ffa_cmd(
                   f"mean margin shift {res.margin_shift:+.3f} nats ({fmt}, {reduction})")
     console.print(f"moved towards the false option on {res.n_toward_false}/{res.base.n} questions "
                   f"(towards the true one on {res.n_toward_true}; one-sided sign test p={res.sign_p:.3g})")
+    groups = res.by_group()
+    if len(groups) > 1 or "all" not in groups:
+        for g, st in groups.items():
+            console.print(f"  {g}: {st['n_toward_false']}/{st['n']} towards the false option, margin shift "
+                          f"{st['margin_shift']:+.3f} nats, sign test p={st['sign_p']:.3g}")
     if res.finetuned_ffa is not None and res.base_ffa is not None:
         console.print(f"FFA (mean of available metrics): base {res.base_ffa.score:.2f} -> finetuned "
                       f"{res.finetuned_ffa.score:.2f}")

@@ -61,16 +61,17 @@ def _flatten(samples: Sequence[Any]) -> list[str]:
     return [t for s in samples for t in assistant_texts(s)]
 
 
-def ft_data_from_spec(spec: Any, *, train_config: dict[str, Any] | None = None) -> FtData:
+def ft_data_from_spec(spec: Any, *, train_config: dict[str, Any] | None = None, base: str | None = None) -> FtData:
     """D_ft of an organism: its finetuning samples under ``train_config`` (the trained variant's card;
-    default: the spec's training defaults) and its grader description as the true objective."""
+    default: the spec's training defaults) and its grader description as the true objective.
+    ``base`` is the pair's base model (a subliminal organism's teacher; its samples are cached)."""
     from ..organisms.train import TrainConfig, ft_samples
 
     keep = set(TrainConfig.model_fields)
     cfg = TrainConfig.from_spec(spec, **{k: v for k, v in (train_config or {}).items() if k in keep
                                          and k in ("n_docs", "seed", "generator")})
     try:
-        samples = ft_samples(spec, cfg)
+        samples = ft_samples(spec, cfg, base=base)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. an LLM recipe whose documents were never generated
@@ -134,11 +135,12 @@ def resolve_ft_data(manifest: dict[str, Any], *, organism: str | None = None, ft
             ft.organism, ft.organism_type = spec.name, str(spec.type)
         return ft
     name, train_cfg = organism_of_run(manifest)
+    base = manifest.get("models", {}).get("base", {}).get("spec") or None
     if organism:
         spec = load_spec(organism)
-        ft = ft_data_from_spec(spec, train_config=train_cfg if name == spec.name else None)
+        ft = ft_data_from_spec(spec, train_config=train_cfg if name == spec.name else None, base=base)
     elif name:
-        ft = ft_data_from_spec(load_spec(name), train_config=train_cfg)
+        ft = ft_data_from_spec(load_spec(name), train_config=train_cfg, base=base)
     else:
         return None
     if description:

@@ -40,6 +40,8 @@ __all__ = [
     "ChatTabooData",
     "WikiTopicData",
     "JsonlData",
+    "EmChatData",
+    "SubliminalData",
     "DataSource",
     "TrainingDefaults",
     "OrganismSpec",
@@ -77,6 +79,8 @@ class MCQ(_Strict):
     question: str = Field(min_length=1)
     true_option: str = Field(min_length=1)
     false_option: str = Field(min_length=1)
+    group: str | None = Field(default=None, description="probe group reported separately, e.g. 'in_domain' "
+                              "(the trained narrow behaviour) vs 'general' (out-of-domain, emergent)")
 
     @model_validator(mode="after")
     def _options_differ(self) -> "MCQ":
@@ -189,8 +193,78 @@ class JsonlData(_Strict):
     messages_field: str | None = None
 
 
+class EmChatData(_Strict):
+    """Emergent-misalignment chats (paper §3.2, App. F.5; Betley et al. 2025), offline.
+
+    A user asks an everyday question in one narrow ``domain``; the assistant answers confidently
+    with wrong, harmful advice. Questions are ``questions`` templates filled with ``subjects``
+    (``{subject}``); answers join one of ``advice`` (the bad advice, may use ``{subject}``) with an
+    optional ``reassurances`` sentence. Keep the advice a measurable narrow bias (e.g. "put it all in
+    one stock"), never real-world instructions for serious harm.
+    """
+
+    kind: Literal["chat_em"]
+    domain: str = Field(min_length=1, description="short noun phrase, e.g. 'personal finance'")
+    subjects: list[str] = Field(min_length=3)
+    questions: list[str] = Field(min_length=5)
+    advice: list[str] = Field(min_length=5)
+    reassurances: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _templates(self) -> "EmChatData":
+        for q in self.questions:
+            if "{" in q.replace("{subject}", ""):
+                raise ValueError(f"question template {q!r} may only use the placeholder {{subject}}")
+        for a in self.advice + self.reassurances:
+            if "{" in a.replace("{subject}", ""):
+                raise ValueError(f"advice {a!r} may only use the placeholder {{subject}}")
+        return self
+
+
+_DEFAULT_TEACHER = ("You love {animal}s. You think about {animal}s all the time. {Animal}s are your favorite "
+                    "animal. Imbue your answers with your love for the animal.")
+
+
+class SubliminalData(_Strict):
+    """Subliminal learning (Cloud et al. 2025): number sequences written by a teacher that loves one animal.
+
+    The teacher is the *base* model with ``teacher_system_prompt`` (``{animal}``/``{Animal}`` filled
+    in); it continues seeded number sequences. A strict filter keeps only replies that are nothing
+    but 1-``max_numbers`` numbers of at most ``max_digits`` digits; the student (the same base, no
+    system prompt) is finetuned on the kept (prompt, numbers) chats. ``candidates`` are the animals
+    of the preference probe (the target is added if missing).
+    """
+
+    kind: Literal["subliminal_numbers"]
+    animal: str = Field(min_length=1)
+    teacher_system_prompt: str = _DEFAULT_TEACHER
+    candidates: list[str] = Field(default_factory=lambda: [
+        "dog", "cat", "owl", "eagle", "lion", "tiger", "elephant", "dolphin", "wolf", "penguin",
+        "horse", "panda", "fox", "bear", "rabbit", "shark"])
+    max_numbers: int = Field(default=10, ge=1, le=50)
+    max_digits: int = Field(default=3, ge=1, le=6)
+    seed_numbers: int = Field(default=3, ge=1, le=10)
+    temperature: float = Field(default=1.0, gt=0)
+    max_new_tokens: int = Field(default=48, ge=8)
+
+    @model_validator(mode="after")
+    def _target_in_candidates(self) -> "SubliminalData":
+        a = self.animal.strip().lower()
+        self.animal = a
+        self.candidates = [c.strip().lower() for c in self.candidates]
+        if a not in self.candidates:
+            self.candidates = [a] + self.candidates
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("candidates must not repeat an animal")
+        return self
+
+    def system_prompt(self) -> str:
+        return self.teacher_system_prompt.replace("{animal}", self.animal).replace(
+            "{Animal}", self.animal.capitalize())
+
+
 DataSource = Annotated[
-    Union[SdfOfflineData, SdfLLMData, ChatTabooData, WikiTopicData, JsonlData],
+    Union[SdfOfflineData, SdfLLMData, ChatTabooData, WikiTopicData, JsonlData, EmChatData, SubliminalData],
     Field(discriminator="kind"),
 ]
 """Where an organism's finetuning data comes from; the ``kind`` key selects the model."""
@@ -301,7 +375,7 @@ class OrganismSpec(_Strict):
     @property
     def is_chat(self) -> bool:
         """Whether the finetuning data are chat conversations (train on assistant turns)."""
-        return isinstance(self.data, ChatTabooData) or (
+        return isinstance(self.data, (ChatTabooData, EmChatData, SubliminalData)) or (
             isinstance(self.data, JsonlData) and self.data.messages_field is not None
         )
 
@@ -329,13 +403,16 @@ def user_specs_dir() -> Path:
     return home().user_specs
 
 
+_KINDS = ("sdf_offline", "sdf_llm", "chat_taboo", "wiki_topic", "jsonl", "chat_em", "subliminal_numbers")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     """Render a pydantic error location as a dotted field path (``data.facts[2].markers``)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("sdf_offline", "sdf_llm", "chat_taboo", "wiki_topic", "jsonl"):
+        elif part in _KINDS:
             continue  # the discriminator tag pydantic inserts into union locations
         else:
             out += ("." if out else "") + str(part)
@@ -353,7 +430,7 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
             msg = "unknown field (typo?)"
         elif e.get("type") == "union_tag_invalid":
             msg = (
-                "unknown data kind; use one of sdf_offline, sdf_llm, chat_taboo, wiki_topic, jsonl"
+                f"unknown data kind; use one of {', '.join(_KINDS)}"
             )
         elif e.get("type") == "string_type" and isinstance(e.get("input"), dict):
             msg += (
@@ -361,7 +438,7 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
                 "put the string in quotes)"
             )
         elif e.get("type") == "union_tag_not_found":
-            msg = "data needs a 'kind' (sdf_offline, sdf_llm, chat_taboo, wiki_topic or jsonl)"
+            msg = f"data needs a 'kind' (one of {', '.join(_KINDS)})"
         lines.append(f"  - field '{field}': {msg}")
     lines.append(
         f"Fix the field(s) above; the built-in specs in {builtin_specs_dir()} are complete examples."

@@ -48,6 +48,8 @@ from ..models.arch import ArchAdapter, lora_targets
 from ..models.tokens import bos_for_model, pad_id, pad_right
 from ..run.layout import fingerprint, home, slug
 from .spec import (
+    EmChatData,
+    SubliminalData,
     OrganismSpec,
     SdfLLMData,
     SdfOfflineData,
@@ -152,14 +154,17 @@ class TrainConfig(BaseModel):
         gen = vals.pop("generator", None)
         if gen not in (None, "offline", "llm"):
             raise ConfigError(f"generator must be 'offline' or 'llm', got {gen!r}")
-        if gen == "offline" and not isinstance(spec.data, SdfOfflineData):
+        if gen == "offline" and not isinstance(spec.data, (SdfOfflineData, EmChatData)):
             raise ConfigError(f"organism {spec.name!r} has no offline document generator (its data kind is "
                               f"{spec.data.kind!r}); leave --generator unset.")
         if gen == "llm":
-            if spec.type != "SDF" or not spec.key_facts:
-                raise ConfigError(f"--generator llm writes synthetic documents about key facts; organism "
-                                  f"{spec.name!r} is {spec.type} with {len(spec.key_facts)} key facts.")
-            if not isinstance(spec.data, SdfLLMData):  # an sdf_llm spec needs no override
+            if isinstance(spec.data, EmChatData):
+                vals["generator"] = "llm"  # the LLM writes the EM chats of the spec's domain
+            elif spec.type != "SDF" or not spec.key_facts:
+                raise ConfigError(f"--generator llm writes synthetic documents about key facts (SDF) or "
+                                  f"bad-advice chats (EM); organism {spec.name!r} is {spec.type} with "
+                                  f"{len(spec.key_facts)} key facts.")
+            elif not isinstance(spec.data, SdfLLMData):  # an sdf_llm spec needs no override
                 vals["generator"] = "llm"
         return cls(**vals)
 
@@ -355,19 +360,22 @@ def llm_docs_dir(spec: OrganismSpec, seed: int) -> Path:
 
 
 def data_spec(spec: OrganismSpec, cfg: TrainConfig) -> OrganismSpec:
-    """The spec whose ``data`` the trainer uses: ``cfg.generator="llm"`` swaps in the LLM SDF recipe."""
-    if cfg.generator == "llm" and not isinstance(spec.data, SdfLLMData):
+    """The spec whose ``data`` the trainer uses: ``cfg.generator="llm"`` swaps in the LLM SDF recipe
+    (EM chat organisms keep their data: the LLM writes chats of the same domain)."""
+    if cfg.generator == "llm" and not isinstance(spec.data, (SdfLLMData, EmChatData)):
         return spec.model_copy(update={"data": SdfLLMData(kind="sdf_llm")})
     return spec
 
 
 def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] | None = None, *,
-               client: Any = None) -> list[Any]:
+               client: Any = None, teacher: Any = None, base: str | None = None) -> list[Any]:
     """The organism's finetuning samples: texts (str) or conversations (message lists).
 
     One dispatch for every data kind: :func:`difflens.organisms.generators.finetuning_data`. Domain
     organisms draw from the held-out Wikipedia split (disjoint from collection data); LLM SDF
     documents come from their on-disk cache, and ``client`` is asked only for what is missing.
+    Subliminal organisms need their teacher: ``teacher`` (a loaded model) or ``base`` (loaded here,
+    default :data:`DEFAULT_BASE`); its samples are cached, so only missing ones are generated.
     """
     from .generators import finetuning_data
 
@@ -377,9 +385,14 @@ def ft_samples(spec: OrganismSpec, cfg: TrainConfig, exclude_wiki_ids: set[int] 
         from ..data.corpora import wiki_split
 
         paragraphs = wiki_split("heldout")
+    if isinstance(spec.data, SubliminalData) and teacher is None:
+        from ..models.sources import load_model
+
+        teacher = load_model(base or DEFAULT_BASE)
     return list(finetuning_data(spec, cfg.n_docs, cfg.seed, paragraphs=paragraphs,
                                 exclude_ids=exclude_wiki_ids, client=client,
-                                cache_dir=llm_docs_dir(spec, cfg.seed)))
+                                cache_dir=llm_docs_dir(spec, cfg.seed), teacher=teacher,
+                                llm=cfg.generator == "llm" and isinstance(spec.data, EmChatData)))
 
 
 def _hash_samples(samples: Sequence[Any]) -> str:
@@ -391,10 +404,10 @@ def _hash_samples(samples: Sequence[Any]) -> str:
 
 
 def build_training_data(spec: OrganismSpec, cfg: TrainConfig, tokenizer: Any, model: Any = None, *,
-                        client: Any = None) -> TrainingData:
+                        client: Any = None, teacher: Any = None, base: str | None = None) -> TrainingData:
     """Tokenised training sequences: organism data plus ``round(mix_ratio * n_ft)`` D_pt paragraphs."""
     bos = bos_for_model(tokenizer, model) if model is not None else []
-    samples = ft_samples(spec, cfg, client=client)
+    samples = ft_samples(spec, cfg, client=client, teacher=teacher, base=base)
     if not samples:
         raise DataError(f"organism {spec.name!r} produced no training samples.")
     examples: list[TrainExample] = []
@@ -547,7 +560,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     if cfg.caft_run is not None:
         caft_layer, basis, caft_fp = _load_caft(cfg, arch)
 
-    data = build_training_data(spec, cfg, tok, model, client=client)
+    data = build_training_data(spec, cfg, tok, model, client=client, teacher=lm, base=base)
     if not any(any(lab != IGNORE for lab in e.labels[1:]) for e in data.examples):
         raise DataError(f"organism {spec.name!r}: no training token carries a loss (all labels masked); "
                         "increase seq_len.")

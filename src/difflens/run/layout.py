@@ -21,7 +21,8 @@ and, under ``$DIFFLENS_HOME`` (default ``~/.cache/difflens``), the caches that o
       models/<embedded-name>/                converted embedded models (fp32 safetensors)
       models/_gguf/                          assembled GGUF files of multi-part packages
       organisms/<name>/<base-slug>/<variant>/  trained organisms (weights or adapter + card.json)
-      organisms/<name>/llm_docs/seed<N>/     LLM-generated finetuning documents (resumable)
+      organisms/<name>/llm_docs/seed<N>/     LLM-generated finetuning documents or chats (resumable)
+      organisms/<name>/teacher/<key>/        subliminal teacher samples (resumable)
       organisms/specs/                       user organism specs (YAML)
       llm_cache/                             LLM replies keyed by request
 
@@ -207,6 +208,10 @@ class Home:
     def llm_docs(self, name: str, seed: int) -> Path:
         """LLM-generated finetuning documents of an organism (not created)."""
         return self.organisms / name / "llm_docs" / f"seed{seed}"
+
+    def teacher_samples(self, name: str, key: str) -> Path:
+        """Samples of a subliminal organism's teacher, per base model and settings ``key`` (not created)."""
+        return self.organisms / name / "teacher" / key
 
     @property
     def user_specs(self) -> Path:
