@@ -24,9 +24,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError, DifflensError
+from ..executors import Executor, LocalExecutor
 from ..files import read_json, write_json
 
-__all__ = ["ExperimentConfig", "ExperimentResult", "Cell", "run_experiment", "EXPERIMENTS", "MIX_RATIOS"]
+__all__ = ["ExperimentConfig", "ExperimentResult", "Cell", "run_experiment", "run_cell", "EXPERIMENTS", "MIX_RATIOS"]
 
 EXPERIMENTS = ("adl", "mixing", "all")
 MIX_RATIOS = (0.0, 0.1, 1.0, 2.0)
@@ -154,9 +155,17 @@ def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dic
         return read_json(path)
     from ..models.sources import load_model
     from ..organisms.ffa import ffa_shift
-    from ..organisms.spec import load_spec
+    from ..organisms.spec import SubliminalData, load_spec
 
     spec = load_spec(organism)
+    if isinstance(spec.data, SubliminalData):  # the preference probe in the same shape
+        from ..organisms.preference import preference_shift
+
+        pr = preference_shift(load_model(cfg.base), load_model(finetuned), spec, samples=0)
+        out = {"base": pr.base.mean_p_target, "finetuned": pr.student.mean_p_target, "shift": pr.shift,
+               "margin_shift": pr.shift, "sign_p": pr.sign_p}
+        write_json(path, out)
+        return out
     if not spec.ffa:
         return {}
     base_lm, ft_lm = load_model(cfg.base), load_model(finetuned)
@@ -167,11 +176,47 @@ def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dic
     return out
 
 
-def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
-    """Run (or resume) every cell, then write ``OUT/experiment.json`` and ``OUT/report.html``."""
+def _cell_name(cfg: ExperimentConfig, organism: str, mix: float) -> str:
+    return organism + (f"-mix{mix:g}" if mix else "") + "".join(f"-{k}{v}" for k, v in sorted(cfg.train.items()))
+
+
+def run_cell(task: dict[str, Any]) -> dict[str, Any]:
+    """One cell, as plain data in and out (a top-level function: a process pool or a Ray task runs it).
+
+    ``task``: ``{"config": ExperimentConfig as JSON, "organism", "mix", "progress"}`` (and ``k``, ``n``,
+    ``t0`` for the progress line); returns the :class:`Cell` as JSON. The cell's run directory is
+    ``OUT/runs/NAME``: a rerun resumes it.
+    """
     from ..organisms.train import resolve_organism
     from ..run.pipeline import Runner
 
+    cfg = ExperimentConfig.model_validate(task["config"])
+    organism, mix, progress = str(task["organism"]), float(task["mix"]), bool(task.get("progress", True))
+    run = cfg.out / "runs" / _cell_name(cfg, organism, mix)
+    if "k" in task:
+        _log(f"cell {task['k']}/{task['n']}: {run.name} ({time.time() - float(task.get('t0', time.time())):.0f} s so far)")
+    try:
+        src = resolve_organism(organism, cfg.base, progress=progress,
+                               **{**cfg.train, **({"mix_ratio": mix} if mix else {})})
+        finetuned = f"organism:{organism}" if not (mix or cfg.train) else src.path
+        Runner(_run_config(cfg, organism, mix, finetuned, run), progress=progress).run()
+        cell = _cell_from_run(organism, mix, run)
+        cell.variant = Path(src.path).name
+        cell.ffa = _ffa(cfg, organism, finetuned, run) or None
+    except (DifflensError, RuntimeError, ValueError, OSError) as e:  # one failing cell must not lose the others
+        _log(f"cell {run.name} failed: {e}")
+        cell = Cell(organism=organism, mix_ratio=mix, run=str(run), error=f"{type(e).__name__}: {e}")
+    return cell.model_dump(mode="json")
+
+
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, executor: Executor | None = None) -> ExperimentResult:
+    """Run (or resume) every cell, then write ``OUT/experiment.json`` and ``OUT/report.html``.
+
+    ``executor`` (default: inline, one cell after the other) runs the cells (:mod:`difflens.executors`:
+    a local process pool or a Ray cluster); the driver merges them in cell order and rewrites
+    ``experiment.json`` atomically after every finished cell.
+    """
+    executor = executor or LocalExecutor(1)
     cells = _cells(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     result = ExperimentResult(name=cfg.name, base=cfg.base, quick=cfg.quick, train=cfg.train)
@@ -185,23 +230,37 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         except ValueError:
             kept = []
     t0 = time.time()
-    for k, (organism, mix) in enumerate(cells, 1):
-        name = organism + (f"-mix{mix:g}" if mix else "") + "".join(f"-{k}{v}" for k, v in sorted(cfg.train.items()))
-        run = cfg.out / "runs" / name
-        _log(f"cell {k}/{len(cells)}: {name} ({time.time() - t0:.0f} s so far)")
-        try:
-            src = resolve_organism(organism, cfg.base, progress=progress,
-                                   **{**cfg.train, **({"mix_ratio": mix} if mix else {})})
-            finetuned = f"organism:{organism}" if not (mix or cfg.train) else src.path
-            Runner(_run_config(cfg, organism, mix, finetuned, run), progress=progress).run()
-            cell = _cell_from_run(organism, mix, run)
-            cell.variant = Path(src.path).name
-            cell.ffa = _ffa(cfg, organism, finetuned, run) or None
-        except (DifflensError, RuntimeError, ValueError, OSError) as e:  # one failing cell must not lose the others
-            _log(f"cell {name} failed: {e}")
-            cell = Cell(organism=organism, mix_ratio=mix, run=str(run), error=f"{type(e).__name__}: {e}")
-        result.cells.append(cell)
+    shipped = cfg
+    if executor.parallel:  # workers have their own working directory (Ray's is a session folder)
+        shipped = cfg.model_copy(update={"out": cfg.out.resolve()})
+        _prepare_shared(cfg)
+        _log(f"{len(cells)} cells on {executor.describe()}")
+    tasks = [{"config": shipped.model_dump(mode="json"), "organism": o, "mix": m, "progress": progress,
+              "k": k, "n": len(cells), "t0": t0} for k, (o, m) in enumerate(cells, 1)]
+    done: dict[int, Cell] = {}
+    for out in executor.map(run_cell, tasks):
+        organism, mix = cells[out.index]
+        if out.ok:
+            cell = Cell.model_validate(out.value)
+        else:
+            _log(f"cell {_cell_name(cfg, organism, mix)} failed: {out.error}")
+            cell = Cell(organism=organism, mix_ratio=mix, error=out.error,
+                        run=str(shipped.out / "runs" / _cell_name(cfg, organism, mix)))
+        done[out.index] = cell
+        if executor.parallel:
+            _log(f"cell {_cell_name(cfg, organism, mix)} finished ({len(done)}/{len(cells)}, "
+                 f"{time.time() - t0:.0f} s so far)")
+        result.cells = [done[i] for i in sorted(done)]
         write_json(cfg.out / "experiment.json",
                    result.model_copy(update={"cells": kept + result.cells}).model_dump(mode="json"))
     _log(f"wrote {cfg.out / 'experiment.json'} ({time.time() - t0:.0f} s)")
     return result.model_copy(update={"cells": kept + result.cells})
+
+
+def _prepare_shared(cfg: ExperimentConfig) -> None:
+    """What parallel cells would otherwise race on, done once by the driver before they start: the
+    embedded base model's one-time conversion to safetensors (in ``$DIFFLENS_HOME``)."""
+    from ..models.sources import EMBEDDED, materialize_embedded
+
+    if cfg.base in EMBEDDED:
+        materialize_embedded(cfg.base)
