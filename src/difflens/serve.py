@@ -81,13 +81,13 @@ class ServedModels:
         if model not in self.names():
             raise KeyError(model)
         ids = self._ids(messages)
-        x, mask = pad_left([ids], pad_id(self.pair.tokenizer), self.pair.device)
+        side = "base" if model == "base" else "ft"
+        x, mask = pad_left([ids], pad_id(self.pair.tokenizer), self.pair.input_device(side))
         tok = self.pair.tokenizer
         add = None
         if model.startswith("steered-p"):
             delta, alpha = self.steering[int(model.split("steered-p", 1)[1])]
             add = steering_vectors(delta, [alpha], self.eta)
-        side = "base" if model == "base" else "ft"
         with self.lock, torch.no_grad():
             if seed is not None:
                 torch.manual_seed(int(seed))

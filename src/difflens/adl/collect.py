@@ -150,7 +150,7 @@ def mean_norms(pair: ModelPair, ids: Sequence[Sequence[int]], layers: Sequence[i
         count = 0
         with pair.side(side) as model:
             for i, batch in _batches(ids, batch_size):
-                x, mask = pad_right(batch, pad, pair.device)
+                x, mask = pad_right(batch, pad, pair.input_device(side))
                 hs = pair.arch_of(side).capture(model, x, layers, attention_mask=mask)
                 valid = mask.clone()
                 valid[:, :skip] = 0
@@ -158,8 +158,8 @@ def mean_norms(pair: ModelPair, ids: Sequence[Sequence[int]], layers: Sequence[i
                     for r, s in enumerate(starts[i:i + len(batch)]):
                         valid[r, :s] = 0
                 count += int(valid.sum())
-                for li in layers:
-                    sums[li] += float((hs[li].double().norm(dim=-1) * valid).sum())
+                for li in layers:  # norms in float64 on the layer's device, the mask moved there
+                    sums[li] += float((hs[li].double().norm(dim=-1) * valid.to(hs[li].device)).sum())
         if count == 0:
             raise DataError(f"no tokens at positions ≥ {skip} to estimate activation norms; use longer texts.")
         out[side] = {li: sums[li] / count for li in layers}
@@ -191,6 +191,8 @@ def _stage_fp(pair: ModelPair, corpus: Corpus, cfg: CollectConfig, layers: list[
             "data": corpus.content_hash, "cfg": cfg.semantic(), "abs_layers": layers}
     if corpus.is_chat:
         what["chat_sampling"] = CHAT_SAMPLING
+    if getattr(pair, "precision", "float32") != "float32":  # float32 runs keep their earlier fingerprints
+        what["precision"] = pair.precision
     return fingerprint(what)
 
 
@@ -288,12 +290,12 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
             for bi, (i, members) in enumerate(batches):
                 batch = [sample.ids[j] for j in members]
                 starts = [sample.starts[j] for j in members]
-                x, mask = _batch_input(batch, pad, pair.device)
+                x, mask = _batch_input(batch, pad, None)
                 for side in ("base", "ft"):
-                    with pair.side(side) as model:
+                    with pair.side(side) as model:  # inputs go to the side's embedding device (capture)
                         hs = pair.arch_of(side).capture(model, x, layers, attention_mask=mask)
-                    for li in layers:
-                        sums[side][li] += _window(hs[li], starts, K).double().sum(0).cpu()
+                    for li in layers:  # float64 sums on the layer's device, accumulated on the CPU
+                        sums[side][li] += _window(hs[li], starts, K).double().sum(0).to(sums[side][li].device)
                 n_done += len(batch)
                 bar.update(task, completed=n_done)
                 nxt = i + len(batch)

@@ -1,7 +1,8 @@
 """Logit lens on δ̄_j and the baselines h̄_base_j, h̄_ft_j (paper §3, App. C.1).
 
 ``softmax(W_U · final_norm(±v))`` through the finetuned model's own final norm and unembedding
-(Gemma softcapping included, via :mod:`difflens.models.arch`).
+(Gemma softcapping included, via :mod:`difflens.models.arch`), over the pair's shared
+vocabulary (embedding rows beyond the tokenizer, or tokens only one side added, are left out).
 """
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def logit_lens(pair: ModelPair, c: Collected, positions: Sequence[int], *, k: in
         for source in sources:
             if source == "delta_via_base":
                 raise ValueError("the logit lens reads through the finetuned model only")
-            v = c.vectors(source)[list(positions)].to(pair.device)
-            pos_probs = arch.unembed(v).softmax(-1).cpu()
-            neg_probs = arch.unembed(-v).softmax(-1).cpu()
+            v = c.vectors(source)[list(positions)]  # unembed moves it to the norm's and W_U's devices
+            pos_probs = pair.logits_vocab(arch.unembed(v)).softmax(-1).cpu()
+            neg_probs = pair.logits_vocab(arch.unembed(-v)).softmax(-1).cpu()
             for row, j in enumerate(positions):
                 entries.append(LogitLensEntry(source=source, position=j,
                                               top_positive=top_tokens(pair.tokenizer, pos_probs[row], k),

@@ -45,18 +45,19 @@ def patched_next_token_probs(pair: ModelPair, layer: int, vector: torch.Tensor, 
                              eta: float, prompts: Sequence[str] = IDENTITY_PROMPTS, *, side: str = "ft") -> torch.Tensor:
     """Next-token distributions [S, P, V] of the finetuned (``side="ft"``) or base model with the last
     token's layer output replaced by ``scale · eta · v̂`` (one batched forward over all scales ×
-    prompts, right padding)."""
+    prompts, right padding). V is the pair's shared vocabulary (:attr:`ModelPair.vocab_size`)."""
     enc = _encode_prompts(pair, prompts)
     S, P = len(scales), len(prompts)
     rows = [(s, p) for s in range(S) for p in range(P)]
-    ids, mask = pad_right([enc[p] for _, p in rows], pad_id(pair.tokenizer), pair.device)
-    last = torch.tensor([len(enc[p]) - 1 for _, p in rows], dtype=torch.long, device=pair.device)
+    dev = pair.input_device(side)  # the layer may live elsewhere: replace_rows moves what it writes
+    ids, mask = pad_right([enc[p] for _, p in rows], pad_id(pair.tokenizer), dev)
+    last = torch.tensor([len(enc[p]) - 1 for _, p in rows], dtype=torch.long, device=dev)
     unit = vector.float() / (vector.float().norm() + 1e-12)
     lam = torch.tensor([scales[s] for s, _ in rows], dtype=torch.float32)
     values = lam[:, None] * eta * unit.cpu()[None, :]
     with pair.side(side) as model, pair.arch_of(side).edit_layer(layer, replace_rows(last, values)):
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    final = logits[torch.arange(len(rows), device=logits.device), last.to(logits.device)].float()
+    final = pair.logits_vocab(logits[torch.arange(len(rows), device=logits.device), last.to(logits.device)]).float()
     return final.softmax(-1).view(S, P, -1).cpu()
 
 
@@ -82,11 +83,12 @@ def unpatched_tokens(pair: ModelPair, prompts: Sequence[str] = IDENTITY_PROMPTS,
     """The control with nothing patched: the finetuned model's own next tokens on the identity
     prompts, intersected and ranked like Patchscope's."""
     enc = _encode_prompts(pair, prompts)
-    ids, mask = pad_right(enc, pad_id(pair.tokenizer), pair.device)
+    ids, mask = pad_right(enc, pad_id(pair.tokenizer), pair.input_device("ft"))
     last = torch.tensor([len(e) - 1 for e in enc], dtype=torch.long)
     with pair.ft() as model:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    probs = logits[torch.arange(len(enc)), last.to(logits.device)].float().softmax(-1).cpu()
+    rows = torch.arange(len(enc), device=logits.device)
+    probs = pair.logits_vocab(logits[rows, last.to(logits.device)]).float().softmax(-1).cpu()
     idx, vals = intersect_rank(probs, keep=keep)
     return [TokenProb(token=t, token_id=i, prob=v) for t, i, v in zip(decode_tokens(pair.tokenizer, idx), idx, vals)]
 

@@ -134,10 +134,11 @@ def steering_hook(pair: ModelPair, layer: int, add: torch.Tensor | None, prompt_
         yield
 
 
-def encode_prompts_left(pair: ModelPair, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-formatted prompts as a left-padded batch (BOS policy of the architecture applied)."""
+def encode_prompts_left(pair: ModelPair, prompts: Sequence[str], side: str = "ft") -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-formatted prompts as a left-padded batch (BOS policy of the architecture applied), on
+    the ``side`` model's embedding device."""
     rows = [chat_prompt_ids(pair.tokenizer, pair.ft_arch, p) for p in prompts]
-    return pad_left(rows, pad_id(pair.tokenizer), pair.device)
+    return pad_left(rows, pad_id(pair.tokenizer), pair.input_device(side))
 
 
 def steering_vectors(direction: torch.Tensor, alphas: Sequence[float], eta: float) -> torch.Tensor:
@@ -157,7 +158,7 @@ def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[floa
     tok = pair.tokenizer
     if side == "base" and direction is not None:
         raise ValueError("steering applies to the finetuned model; the base side is generated unsteered")
-    ids, mask = encode_prompts_left(pair, prompts)
+    ids, mask = encode_prompts_left(pair, prompts, side)
     add = None
     if direction is not None and alphas is not None:
         if len(alphas) != len(prompts):

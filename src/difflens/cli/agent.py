@@ -7,7 +7,8 @@ from typing import Any, Optional
 import typer
 
 from ..errors import ConfigError, DifflensError
-from .options import DEFAULT_KEY_ENV, DEFAULT_LLM_URL, LLM_KEY, LLM_MODEL, LLM_URL, console, fail, llm_client
+from .options import (BASE_DEVICE, DEFAULT_KEY_ENV, DEFAULT_LLM_URL, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, LLM_KEY,
+                      LLM_MODEL, LLM_URL, MAX_MEMORY, console, fail, llm_client, pair_loading)
 
 
 def agent_cmd(
@@ -38,6 +39,9 @@ def agent_cmd(
     models_key_env: str = typer.Option("", "--models-key-env", help="env var with that endpoint's bearer token"),
     grade_repeats: int = typer.Option(3, "--grade-repeats", help="hypothesis gradings averaged per episode"),
     llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
+    device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Run the agent R times with a budget of I model interactions; grade each final description."""
     from ..agent.providers import EndpointAgent, LocalAgent, ManualAgent
@@ -90,7 +94,11 @@ def agent_cmd(
 
             access: Any = EndpointModels(models_url, api_key_env=models_key_env)
         else:
-            access = InProcessModels(layout)
+            from ..run.stages import pair_from_run
+
+            loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                                   base_device=base_device, ft_device=ft_device)
+            access = InProcessModels(layout, pair_loader=lambda: pair_from_run(layout, **loading))
         toolbox = Toolbox(layout, access, kind=kind)
         if truth is None:
             console.print("[yellow]no true objective (--organism / --description): episodes are not graded[/]")
@@ -126,6 +134,9 @@ def serve_cmd(
     token_env: Optional[str] = typer.Option(None, "--token-env", help="NAME of an env var holding a bearer token "
                                             "that clients must send (never printed)"),
     dataset: Optional[str] = typer.Option(None, "--dataset"), layer: Optional[int] = typer.Option(None, "--layer"),
+    device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """An OpenAI-compatible endpoint over the run's base, finetuned and steered-p{j} models."""
     import os
@@ -145,7 +156,11 @@ def serve_cmd(
         if host not in ("127.0.0.1", "localhost", "::1") and token is None:
             console.print("[yellow]warning: listening beyond loopback without --token-env: anyone who can reach "
                           "this port can use the models[/]")
-        models = ServedModels.from_run(layout, dataset=dataset, layer=layer)
+        from ..run.stages import pair_from_run
+
+        loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                               base_device=base_device, ft_device=ft_device)
+        models = ServedModels.from_run(layout, dataset=dataset, layer=layer, pair=pair_from_run(layout, **loading))
         httpd = make_server(models, host=host, port=port, token=token)
     except (DifflensError, OSError) as e:
         fail(e)

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError, DifflensError
-from .options import GRADER, LLM_KEY, LLM_MODEL, LLM_URL, console, fail, llm_client
+from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GRADER, LLM_KEY, LLM_MODEL, LLM_URL,
+                      MAX_MEMORY, console, fail, llm_client, pair_loading)
 
 PARTS_HELP = ("parts to compute (repeatable): relevance, similarity, causal, identification, leakage "
               "(default: all)")
@@ -33,7 +34,9 @@ def evaluate_cmd(
                                            "(default: the embedded all-MiniLM-L6-v2)"),
     layer: Optional[list[int]] = typer.Option(None, "--layer", help="absolute layers (default: all collected)"),
     grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
-    llm_key_env: str = LLM_KEY,
+    llm_key_env: str = LLM_KEY, device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """The paper's quantitative evaluations of a run → RUN/eval/summary.json (shown in the report)."""
     from ..eval.evaluate import PARTS, EvalConfig, evaluate
@@ -64,9 +67,11 @@ def evaluate_cmd(
         causal = {k: v for k, v in (("n_texts", causal_texts), ("n_random", causal_random)) if v is not None}
         if causal:
             cfg = cfg.model_copy(update={"causal": cfg.causal.model_copy(update=causal)})
+        loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                               base_device=base_device, ft_device=ft_device)
         ft = resolve_ft_data(read_json(layout.manifest), organism=organism, ft_data=ft_data, description=description)
         rel = LLMRelevance(client) if client is not None else OfflineRelevance(cfg.embedder)
-        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=lambda: pair_from_run(layout),
+        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=lambda: pair_from_run(layout, **loading),
                            layers=layer)
     except DifflensError as e:
         fail(e)

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import DifflensError
-from .options import GRADER, LLM_KEY, LLM_MODEL, LLM_URL, console, fail as _fail, llm_client
+from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GRADER, LLM_KEY, LLM_MODEL, LLM_URL,
+                      MAX_MEMORY, console, fail as _fail, llm_client, pair_loading)
 
 app = typer.Typer(help="difflens: read finetuning objectives out of base-vs-finetuned activation differences.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -52,12 +53,11 @@ def collect(
     batch_size: int = typer.Option(64, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
     text_field: str = typer.Option("text", "--text-field", help="column of local/hub datasets"),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
+    device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Collect mean activation differences δ̄ of the first k tokens."""
-    import torch
-
     from ..adl.collect import CollectConfig, collect as run_collect
     from ..data.corpora import load_corpus
     from ..models.pair import load_pair
@@ -66,9 +66,11 @@ def collect(
     try:
         cfg = CollectConfig(datasets=dataset, samples=samples, positions=positions, layers=_parse_layers(layers),
                             seed=seed, batch_size=batch_size, text_field=text_field)
+        loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                               base_device=base_device, ft_device=ft_device)
         for d in cfg.datasets:  # fail on bad data before loading any model
             load_corpus(d, text_field=text_field)
-        pair = load_pair(base, finetuned, dtype=getattr(torch, dtype), device=device)
+        pair = load_pair(base, finetuned, **loading)
         res = run_collect(pair, RunLayout(out), cfg)
     except DifflensError as e:
         _fail(e)
@@ -83,15 +85,16 @@ def collect(
 
 @contextlib.contextmanager
 def _open_run(run: Path, grader: str, llm_model: Optional[str], llm_base_url: str,
-              llm_key_env: str) -> Iterator[tuple[Any, Any, Any]]:
-    """The run's layout, its model pair and the graders; LLM usage is written when the block ends."""
+              llm_key_env: str, loading: dict[str, Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """The run's layout, its model pair (``loading``: dtype and placement) and the graders; LLM usage
+    is written when the block ends."""
     from ..graders import graders_for
     from ..run.layout import RunLayout, write_json
     from ..run.stages import pair_from_run
 
     client = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="--grader llm") if grader == "llm" else None
     layout = RunLayout(run)
-    pair = pair_from_run(layout)
+    pair = pair_from_run(layout, **loading)
     try:
         yield layout, pair, graders_for(pair, grader, client)
     finally:
@@ -105,13 +108,17 @@ def lens(
     positions: Optional[list[int]] = typer.Option(None, "--position", help="positions (default: all collected)"),
     layer: Optional[list[int]] = typer.Option(None, "--layer", help="absolute layers (default: all collected)"),
     grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
-    llm_key_env: str = LLM_KEY,
+    llm_key_env: str = LLM_KEY, device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Logit lens and Patchscope (with scale selection) on δ̄ and both baselines."""
     from ..run.stages import LensConfig, run_lens
 
     try:
-        with _open_run(run, grader, llm_model, llm_base_url, llm_key_env) as (layout, pair, graders):
+        loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                               base_device=base_device, ft_device=ft_device)
+        with _open_run(run, grader, llm_model, llm_base_url, llm_key_env, loading) as (layout, pair, graders):
             res = run_lens(pair, layout, graders, LensConfig(positions=positions), layers=layer)
     except DifflensError as e:
         _fail(e)
@@ -132,7 +139,9 @@ def steer(
     samples: int = typer.Option(5, "--samples", help="final samples per steering prompt"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
-    llm_key_env: str = LLM_KEY,
+    llm_key_env: str = LLM_KEY, device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Coherence-threshold search and steered vs unsteered generations."""
     from ..adl.steering import SteeringConfig
@@ -140,7 +149,9 @@ def steer(
 
     try:
         cfg = SteeringConfig(positions=positions, final_samples=samples, max_new_tokens=max_new_tokens)
-        with _open_run(run, grader, llm_model, llm_base_url, llm_key_env) as (layout, pair, graders):
+        loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                               base_device=base_device, ft_device=ft_device)
+        with _open_run(run, grader, llm_model, llm_base_url, llm_key_env, loading) as (layout, pair, graders):
             res = run_steer(pair, layout, graders, cfg, layers=layer)
     except DifflensError as e:
         _fail(e)

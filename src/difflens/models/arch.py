@@ -144,6 +144,14 @@ class ArchAdapter:
     def uses_bos(self) -> bool:
         return self.family.uses_bos
 
+    @property
+    def input_device(self) -> torch.device:
+        """Where input ids go: the token embedding's device (a dispatched model's ``model.device``
+        is only that of its first parameter)."""
+        from .placement import input_device
+
+        return input_device(self.inner, self._embed)
+
     def resolve_layer(self, layer: float | int | str) -> int:
         """Absolute layer index from an absolute int or a relative depth in [0, 1].
 
@@ -216,21 +224,28 @@ class ArchAdapter:
                     if li == deepest:
                         raise StopForward
                 stack.enter_context(self.edit_layer(li, read))
+            dev = self.input_device
+            mask = attention_mask.to(dev) if attention_mask is not None else None
             try:
                 with torch.no_grad():
-                    model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                    model(input_ids=input_ids.to(dev), attention_mask=mask, use_cache=False)
             except StopForward:
                 pass
         return out
 
     # -- logits ----------------------------------------------------------------------------
     def unembed(self, hidden: torch.Tensor, *, apply_norm: bool = True) -> torch.Tensor:
-        """Logits of hidden vectors through final norm (optional), unembedding and softcapping."""
+        """Logits of hidden vectors through final norm (optional), unembedding and softcapping.
+
+        The final norm and the unembedding may live on different devices (a dispatched model):
+        the vector goes to each one's device in turn; the logits stay on the unembedding's."""
+        from .placement import module_device
+
         w = self._unembed.weight
         h = hidden.to(w.dtype)
         if apply_norm:
-            h = self._norm(h)
-        logits = self._unembed(h).float()
+            h = self._norm(h.to(module_device(self._norm, h.device)))
+        logits = self._unembed(h.to(module_device(self._unembed, h.device))).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -11,8 +11,10 @@ from typing import Any, Iterator
 
 import torch
 
-from .arch import ArchAdapter, model_type_of, text_config
-from ..errors import IncompatiblePairError
+from .arch import ArchAdapter, model_type_of, text_config, unwrap
+from ..errors import ConfigError, IncompatiblePairError
+from .placement import Placement, align_inputs, input_device, make_placement
+from .precision import FP32_RESIDUAL, resolve_pair_precision, use_fp32_residual, weight_dtype
 from .sources import LoadedModel, ModelSource, fingerprint_source, load_model, resolve_source
 
 
@@ -35,18 +37,51 @@ def validate_pair(base_model: Any, base_tok: Any, ft_model: Any, ft_tok: Any,
         raise IncompatiblePairError(
             f"layer count mismatch: {base_name} has {btc.num_hidden_layers} layers, "
             f"{ft_name} has {ftc.num_hidden_layers}.")
+    shared_vocab(base_tok, ft_tok, base_name, ft_name)
+
+
+def _id_to_token(tok: Any) -> dict[int, str]:
+    return {int(i): t for t, i in tok.get_vocab().items()}
+
+
+def shared_vocab(base_tok: Any, ft_tok: Any, base_name: str = "base", ft_name: str = "finetuned") -> int:
+    """How many leading token ids the two tokenizers share, refusing a real mismatch.
+
+    Accepted: identical maps, and maps where one side only appends tokens (added special tokens)
+    after ids both share. Refused: an id below the shared size that decodes to different tokens,
+    or a token both have under different ids; the message names the first few.
+    """
     bv, fv = base_tok.get_vocab(), ft_tok.get_vocab()
-    if bv != fv:
-        only_b = sorted(set(bv) - set(fv))[:5]
-        only_f = sorted(set(fv) - set(bv))[:5]
-        moved = sorted(t for t in set(bv) & set(fv) if bv[t] != fv[t])[:5]
-        detail = "; ".join(x for x in [
-            f"{len(set(bv) - set(fv))} tokens only in {base_name} (e.g. {only_b})" if only_b else "",
-            f"{len(set(fv) - set(bv))} tokens only in {ft_name} (e.g. {only_f})" if only_f else "",
-            f"tokens with different ids (e.g. {moved})" if moved else ""] if x)
-        raise IncompatiblePairError(
-            f"tokenizer mismatch between {base_name} and {ft_name}: {detail}. "
-            "Both models must use the identical token→id map.")
+    if bv == fv:
+        return len(bv)
+    bi, fi = _id_to_token(base_tok), _id_to_token(ft_tok)
+    n = min(len(bi), len(fi))
+    differ = [i for i in range(n) if bi.get(i) != fi.get(i)]
+    moved = sorted((t for t in set(bv) & set(fv) if bv[t] != fv[t]), key=lambda t: bv[t])
+    if not differ and not moved:
+        return n
+    parts = []
+    if differ:
+        ex = ", ".join(f"id {i}: {bi.get(i)!r} vs {fi.get(i)!r}" for i in differ[:5])
+        parts.append(f"{len(differ)} ids decode to different tokens in {base_name} and {ft_name} (e.g. {ex})")
+    if moved:
+        ex = ", ".join(f"{t!r} {bv[t]} vs {fv[t]}" for t in moved[:5])
+        parts.append(f"{len(moved)} tokens with different ids (e.g. {ex})")
+    raise IncompatiblePairError(
+        f"tokenizer mismatch between {base_name} and {ft_name}: {'; '.join(parts)}. Both models must use "
+        "the same token→id map; only tokens appended after the shared ids (added special tokens) and "
+        "embedding rows beyond the vocabulary (padding) may differ.")
+
+
+def embedding_rows(model: Any) -> int:
+    """Rows of the unembedding (the logits' size)."""
+    from .arch import unwrap
+
+    inner = unwrap(model)
+    out = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if out is not None and getattr(out, "weight", None) is not None:
+        return int(out.weight.shape[0])
+    return int(inner.get_input_embeddings().weight.shape[0])
 
 
 @dataclass
@@ -60,12 +95,20 @@ class ModelPair:
     base_lm: LoadedModel
     ft_lm: LoadedModel
     shared_adapter: bool = False
+    precision: str = "float32"  # resolved precision (difflens.models.precision): what the weights compute in
 
     def __post_init__(self) -> None:
         validate_pair(self.base_lm.model, self.base_lm.tokenizer, self.ft_lm.model, self.ft_lm.tokenizer,
                       self.base_lm.name, self.ft_lm.name)
         self.arch = ArchAdapter(self.base_lm.model)
         self.ft_arch = self.arch if self.shared_adapter else ArchAdapter(self.ft_lm.model)
+        self.vocab_size = min(shared_vocab(self.base_lm.tokenizer, self.ft_lm.tokenizer),
+                              len(self.base_lm.tokenizer),
+                              embedding_rows(self.base_lm.model), embedding_rows(self.ft_lm.model))
+        if not self.shared_adapter and self.input_device("ft") != self.input_device("base"):
+            # inputs built on the base model's device must reach the finetuned model's (eval code
+            # builds one batch for both): accelerate moves them in and the outputs back
+            align_inputs(unwrap(self.ft_lm.model), self.input_device("ft"))
 
     @property
     def tokenizer(self) -> Any:
@@ -73,7 +116,19 @@ class ModelPair:
 
     @property
     def device(self) -> torch.device:
-        return next(self.base_lm.model.parameters()).device
+        """Where inputs for the base model go (its token embedding's device). With a split pair the
+        finetuned model takes them there too (moved in and out by accelerate); code that feeds one
+        side only uses :meth:`input_device`."""
+        return self.input_device("base")
+
+    def input_device(self, which: str) -> torch.device:
+        """Where ``which`` model's input ids go: its token embedding's device."""
+        arch = self.arch_of(which)
+        return input_device(arch.inner, arch.embedding)
+
+    def logits_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits restricted to the shared vocabulary (padding rows and added tokens dropped)."""
+        return logits[..., :self.vocab_size]
 
     @contextlib.contextmanager
     def base(self) -> Iterator[torch.nn.Module]:
@@ -104,6 +159,7 @@ class ModelPair:
             "finetuned": {"spec": self.ft_lm.source.spec, "source": self.ft_lm.source.describe(),
                           "fingerprint": self.ft_lm.fingerprint},
             "shared_adapter": self.shared_adapter,
+            "precision": self.precision,
             "architecture": self.arch.name,
             "num_layers": self.arch.num_layers,
             "hidden_size": self.arch.hidden_size,
@@ -114,15 +170,38 @@ def _same_source(a: ModelSource, b: ModelSource) -> bool:
     return a.kind == b.kind and a.path == b.path
 
 
-def load_pair(base: str, finetuned: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-              device_map: Any = None) -> ModelPair:
-    """Resolve, validate and load a pair. Adapters of the same base share its weights."""
+def load_pair(base: str, finetuned: str, *, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
+              device_map: Any = None, max_memory: Any = None, base_device: str | None = None,
+              ft_device: str | None = None, placement: Placement | None = None) -> ModelPair:
+    """Resolve, validate and load a pair. Adapters of the same base share its weights.
+
+    ``dtype``: a torch dtype or a precision name (:data:`difflens.models.precision.PRECISIONS`,
+    ``auto`` resolved per device and model size). Placement: ``device``, ``device_map``,
+    ``max_memory`` for both models, ``base_device``/``ft_device`` per model (see
+    :mod:`difflens.models.placement`), or a ready :class:`Placement`. Everything is validated
+    before any weights are read.
+    """
     base_src = resolve_source(base)
     ft_src = resolve_source(finetuned, base=base)
-    if ft_src.kind == "adapter" and ft_src.base is not None and _same_source(ft_src.base, base_src):
-        ft_lm = load_model(ft_src, dtype=dtype, device=device, device_map=device_map)
+    place = placement or make_placement(device=device, device_map=device_map, max_memory=max_memory,
+                                        base_device=base_device, ft_device=ft_device)
+    precision = resolve_pair_precision(dtype, place, base_src)
+    wdtype = weight_dtype(precision)
+    shared = ft_src.kind == "adapter" and ft_src.base is not None and _same_source(ft_src.base, base_src)
+    if shared:
+        if place.split:
+            raise ConfigError(f"{finetuned} is an adapter on {base}: both sides share one set of weights, so "
+                              "--base-device and --ft-device cannot differ (use --device or --device-map).")
+        ft_lm = load_model(ft_src, dtype=wdtype, **place.ft.load_kwargs())
         base_lm = LoadedModel(ft_lm.model, ft_lm.tokenizer, base_src, fingerprint_source(base_src))
-        return ModelPair(base_lm, ft_lm, shared_adapter=True)
-    base_lm = load_model(base_src, dtype=dtype, device=device, device_map=device_map)
-    ft_lm = load_model(ft_src, dtype=dtype, device=device, device_map=device_map)
-    return ModelPair(base_lm, ft_lm)
+        pair = ModelPair(base_lm, ft_lm, shared_adapter=True)
+    else:
+        base_lm = load_model(base_src, dtype=wdtype, **place.base.load_kwargs())
+        ft_lm = load_model(ft_src, dtype=wdtype, **place.ft.load_kwargs())
+        pair = ModelPair(base_lm, ft_lm)
+    if precision in FP32_RESIDUAL:
+        for which in ("base", "ft"):
+            arch = pair.arch_of(which)
+            use_fp32_residual(arch.inner, arch.embedding, FP32_RESIDUAL[precision])
+    pair.precision = precision
+    return pair

@@ -220,13 +220,15 @@ def fingerprint_source(src: ModelSource) -> str:
     return fp
 
 
-def _from_pretrained(path: str, *, dtype: torch.dtype, device_map: Any, local_only: bool) -> tuple[Any, Any]:
+def _from_pretrained(path: str, *, dtype: torch.dtype, device_map: Any, local_only: bool,
+                     max_memory: Any = None) -> tuple[Any, Any]:
     import transformers
 
+    extra = {"max_memory": max_memory} if device_map is not None and max_memory else {}
     try:
         tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, device_map=device_map, local_files_only=local_only)
+            path, dtype=dtype, device_map=device_map, local_files_only=local_only, **extra)
     except OSError as e:
         where = "the hub (is the network reachable and the id correct?)" if not local_only else path
         raise ModelSourceError(f"could not load model from {where}: {e}") from e
@@ -234,8 +236,14 @@ def _from_pretrained(path: str, *, dtype: torch.dtype, device_map: Any, local_on
 
 
 def load_model(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-               device_map: Any = None, base: str | None = None) -> LoadedModel:
-    """Load a model (and tokenizer) from any supported source. See the module docstring."""
+               device_map: Any = None, base: str | None = None, max_memory: Any = None) -> LoadedModel:
+    """Load a model (and tokenizer) from any supported source. See the module docstring.
+
+    ``device_map`` (``auto``, ``balanced``, a dict of module name → device) and ``max_memory``
+    (``{0: "20GiB", "cpu": "60GiB"}``) go to transformers/accelerate as they are; without a
+    device map the whole model is moved to ``device``. Validate user input first with
+    :func:`difflens.models.placement.make_placement`.
+    """
     src = spec if isinstance(spec, ModelSource) else resolve_source(spec, base=base)
     dm = device_map
     if src.kind == "adapter":
@@ -243,22 +251,24 @@ def load_model(spec: str | ModelSource, *, dtype: torch.dtype = torch.float32, d
 
         if src.base is None:
             raise ModelSourceError(f"adapter {src.path} has no base model; pass the base explicitly.")
-        base_lm = load_model(src.base, dtype=dtype, device=device, device_map=device_map)
+        base_lm = load_model(src.base, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
         model = PeftModel.from_pretrained(base_lm.model, src.path)
         model.eval()
         return LoadedModel(model, base_lm.tokenizer, src, fingerprint_source(src))
     if src.kind == "embedded":
-        model, tok = _from_pretrained(str(materialize_embedded(src.path)), dtype=dtype, device_map=dm, local_only=True)
+        model, tok = _from_pretrained(str(materialize_embedded(src.path)), dtype=dtype, device_map=dm, local_only=True,
+                                      max_memory=max_memory)
     elif src.kind == "local":
-        model, tok = _from_pretrained(src.path, dtype=dtype, device_map=dm, local_only=True)
+        model, tok = _from_pretrained(src.path, dtype=dtype, device_map=dm, local_only=True, max_memory=max_memory)
     elif src.kind == "gguf":
         import transformers
 
         p = Path(src.path)
         tok = transformers.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
+        extra = {"device_map": dm, "max_memory": max_memory} if dm is not None else {}
+        model = transformers.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype, **extra)
     elif src.kind == "hub":
-        model, tok = _from_pretrained(src.path, dtype=dtype, device_map=dm, local_only=False)
+        model, tok = _from_pretrained(src.path, dtype=dtype, device_map=dm, local_only=False, max_memory=max_memory)
     else:  # pragma: no cover - resolve_source only returns the kinds above
         raise ModelSourceError(f"unknown source kind {src.kind}")
     if dm is None:

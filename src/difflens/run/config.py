@@ -4,13 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..adl.collect import CollectConfig
 from ..adl.steering import SteeringConfig
 from ..errors import ConfigError
 from ..eval.evaluate import EvalConfig
 from ..files import read_yaml
+from ..models.placement import Placement, make_placement
+from ..models.precision import Precision
 from .stages import LensConfig
 
 Stage = Literal["collect", "lens", "steer", "evaluate", "report"]
@@ -53,14 +55,34 @@ class RunConfig(BaseModel):
     samples: int = Field(10_000, ge=1)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
+    # where and in which precision the pair is loaded (difflens.models.placement / .precision);
+    # part of no stage fingerprint: placement never changes results
     device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Precision = "auto"
+    device_map: str | dict[str, int | str] | None = Field(
+        None, description="auto, balanced, balanced_low_0, sequential, a JSON file or a mapping module → device")
+    max_memory: str | dict[str, str] | None = Field(None, description="per-device caps, '0=20GiB,cpu=60GiB'")
+    base_device: str | None = Field(None, description="the base model's device or device map only")
+    ft_device: str | None = Field(None, description="the finetuned model's device or device map only")
     grader: Literal["offline", "llm"] = "offline"
     llm: LLMSection | None = None
     stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     lens: LensSection = Field(default_factory=LensSection)
     steering: SteeringSection = Field(default_factory=SteeringSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+
+    @model_validator(mode="after")
+    def _placement(self) -> "RunConfig":
+        self.placement()  # ConfigError (bad map file, malformed max_memory) → a validation error
+        return self
+
+    def placement(self) -> Placement:
+        """The validated placement of the pair (device-map files read, sizes parsed)."""
+        try:
+            return make_placement(device=self.device, device_map=self.device_map, max_memory=self.max_memory,
+                                  base_device=self.base_device, ft_device=self.ft_device)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     def collect_config(self) -> CollectConfig:
         return CollectConfig(datasets=self.datasets, samples=self.samples, positions=self.positions,

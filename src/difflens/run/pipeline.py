@@ -45,12 +45,10 @@ class Runner:
     @property
     def pair(self) -> Any:
         if self._pair is None:
-            import torch
-
             from ..models.pair import load_pair
 
-            self._pair = load_pair(self.cfg.base, self.cfg.finetuned, dtype=getattr(torch, self.cfg.dtype),
-                                   device=self.cfg.device)
+            self._pair = load_pair(self.cfg.base, self.cfg.finetuned, dtype=self.cfg.dtype,
+                                   placement=self.cfg.placement())
         return self._pair
 
     @property

@@ -1,0 +1,200 @@
+"""Numeric precision of a model pair: which dtype the weights are held in and how they compute.
+
+``--dtype`` (and the run config's ``dtype``) takes one of :data:`PRECISIONS`:
+
+- ``float32`` / ``bfloat16`` / ``float16``: weights and compute in that dtype (the residual
+  stream too);
+- ``fp16-fp32res``: the same with float16 weights and matmuls (more mantissa, less range);
+- ``bf16-fp32res``: weights in bfloat16 (half the memory), matrix multiplies in bfloat16 under
+  autocast, but the residual stream — the hidden state every hook reads and writes — kept in
+  float32 (the embedding output is upcast and every residual add then stays float32);
+- ``auto`` (the default): :func:`resolve_precision` picks per device and model size — float32
+  on a CPU and wherever both models' float32 weights fit in a fraction of the accelerator's
+  memory, ``bf16-fp32res`` above that. docs/precision.md has the measurements behind the rule.
+
+Whatever the compute dtype, means, norms and losses are accumulated in float64 (collection's
+running sums, η) or float32 (per-token cross-entropy, then summed in float64).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+Precision = Literal["auto", "float32", "bfloat16", "float16", "bf16-fp32res", "fp16-fp32res"]
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "bf16-fp32res", "fp16-fp32res")
+FP32_RESIDUAL: dict[str, torch.dtype] = {"bf16-fp32res": torch.bfloat16, "fp16-fp32res": torch.float16}
+
+# ``auto`` keeps float32 weights on an accelerator while both models' float32 weights take at most
+# this share of its memory (the rest: activations, KV cache of steered generation, the allocator).
+FP32_MEMORY_SHARE = 0.5
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype the weights are loaded in (``auto`` must be resolved first)."""
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+             **FP32_RESIDUAL}
+    if precision not in table:
+        raise ConfigError(f"unknown dtype '{precision}'; choose one of {', '.join(PRECISIONS)} "
+                          "(resolve 'auto' with difflens.models.precision.resolve_precision).")
+    return table[precision]
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown dtype '{precision}'; choose one of {', '.join(PRECISIONS)}.")
+    return precision
+
+
+def resolve_precision(precision: str, *, device_type: str, n_params: int | None,
+                      accelerator_bytes: int | None = None, n_models: int = 2) -> str:
+    """The concrete precision for ``auto``; any other value is returned unchanged.
+
+    - CPU (or unknown accelerator memory): ``float32`` — on a CPU bf16 compute is not faster
+      without AMX/AVX512-BF16 and moves δ̄ by 9-32%, and memory is rarely the limit for the models
+      that run on a CPU at all;
+    - an accelerator: ``float32`` while ``n_models`` × 4 bytes × ``n_params`` ≤
+      :data:`FP32_MEMORY_SHARE` of its memory, else ``bf16-fp32res`` (bf16 weights, float32 residual
+      stream), which keeps δ̄ within a few percent of float32 at half the weight memory.
+    """
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    if device_type in ("cpu", "meta") or not n_params or not accelerator_bytes:
+        return "float32"
+    fp32_bytes = 4 * n_params * n_models
+    return "float32" if fp32_bytes <= FP32_MEMORY_SHARE * accelerator_bytes else "bf16-fp32res"
+
+
+def count_parameters(config: Any) -> int:
+    """Approximate parameter count of a decoder-only transformer from its (text) config."""
+    cfg = getattr(config, "text_config", None) if getattr(config, "hidden_size", None) is None else config
+    cfg = cfg or config
+    d = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0))
+    L = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0))
+    V = int(getattr(cfg, "vocab_size", 0))
+    ff = int(getattr(cfg, "intermediate_size", 0) or 4 * d)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 1) or 1)
+    kv = int(getattr(cfg, "num_key_value_heads", 0) or heads)
+    head_dim = int(getattr(cfg, "head_dim", 0) or d // heads)
+    attn = d * head_dim * (2 * heads + 2 * kv)
+    mlp = 3 * d * ff
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    return L * (attn + mlp) + V * d * (1 if tied else 2)
+
+
+def checkpoint_parameters(path: str | Path) -> int | None:
+    """Parameter count of a local checkpoint directory (from its config.json), None if unknown."""
+    p = Path(path)
+    cfg_file = p / "config.json"
+    if not cfg_file.exists():
+        return None
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError:
+        return None
+    from types import SimpleNamespace
+
+    def ns(d: dict[str, Any]) -> Any:
+        return SimpleNamespace(**{k: ns(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+    try:
+        return count_parameters(ns(raw))
+    except (TypeError, ValueError):
+        return None
+
+
+def accelerator_memory(device: str | torch.device) -> int | None:
+    """Total memory in bytes of the accelerator ``device`` (None on a CPU or when unknown)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(dev.index or 0).total_memory)
+    return None
+
+
+def use_fp32_residual(model: nn.Module, embedding: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Run ``model`` with half-precision (``dtype``) weights and matmuls but a float32 residual stream.
+
+    The embedding's output is upcast to float32, so every residual add (float32 + half-precision
+    sublayer output) stays float32, and the model's forward runs under ``dtype`` autocast so that
+    the linear layers take the float32 hidden states. Idempotent.
+    """
+    if getattr(model, "_difflens_fp32_residual", False):
+        return
+
+    def upcast(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+    embedding.register_forward_hook(upcast)
+    device_type = next((p.device.type for p in model.parameters() if p.device.type != "meta"), "cpu")
+    inner = model.forward
+
+    @functools.wraps(inner)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return inner(*args, **kwargs)
+
+    model.forward = forward  # type: ignore[method-assign]
+    model._difflens_fp32_residual = True  # type: ignore[attr-defined]
+
+
+def precision_name(dtype: torch.dtype | str) -> str:
+    """A precision name for a torch dtype or a name (``torch.bfloat16`` → ``bfloat16``)."""
+    if isinstance(dtype, torch.dtype):
+        names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+        if dtype not in names:
+            raise ConfigError(f"dtype {dtype} is not supported; choose one of {', '.join(PRECISIONS)}.")
+        return names[dtype]
+    return check_precision(str(dtype))
+
+
+def source_parameters(src: Any) -> int | None:
+    """Parameter count of a model source from its config, without reading weights (None: unknown)."""
+    kind = getattr(src, "kind", None)
+    if kind == "adapter" and getattr(src, "base", None) is not None:
+        return source_parameters(src.base)
+    if kind in ("local", "embedded"):
+        path = src.path
+        if kind == "embedded":
+            from .sources import embedded_cache_dir
+
+            path = str(embedded_cache_dir(src.path))
+        return checkpoint_parameters(path)
+    if kind == "hub":
+        try:
+            import transformers
+
+            return count_parameters(transformers.AutoConfig.from_pretrained(src.path))
+        except Exception:  # noqa: BLE001 - offline or gated: fall back to the CPU-safe choice
+            return None
+    return None
+
+
+def placement_memory(placement: Any) -> tuple[str, int | None]:
+    """The device type a placement computes on and the accelerator memory it may use (bytes)."""
+    side = placement.base
+    kind = side.primary_type
+    if kind != "cuda" or not torch.cuda.is_available():
+        return kind, None
+    if side.device_map is None:
+        return kind, accelerator_memory(side.device)
+    devices = range(torch.cuda.device_count()) if isinstance(side.device_map, str) else sorted(
+        {torch.device(d if not isinstance(d, int) else f"cuda:{d}").index or 0
+         for d in side.device_map.values() if isinstance(d, int) or str(d).startswith("cuda")})
+    return kind, sum(accelerator_memory(f"cuda:{i}") or 0 for i in devices) or None
+
+
+def resolve_pair_precision(dtype: torch.dtype | str, placement: Any, base_src: Any) -> str:
+    """The concrete precision of a pair (``auto`` resolved by :func:`resolve_precision`)."""
+    name = precision_name(dtype)
+    if name != "auto":
+        return name
+    kind, mem = placement_memory(placement)
+    return resolve_precision("auto", device_type=kind, n_params=source_parameters(base_src) if mem else None,
+                             accelerator_bytes=mem)
