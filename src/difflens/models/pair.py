@@ -84,6 +84,17 @@ def embedding_rows(model: Any) -> int:
     return int(inner.get_input_embeddings().weight.shape[0])
 
 
+def pair_vocab_size(base_tok: Any, ft_tok: Any, base_rows: int, ft_rows: int) -> int:
+    """How many logits the logit lens and Patchscope read. A matched pair (the same tokenizer, the
+    same number of embedding rows) keeps every row, as before; a pair whose embeddings differ by
+    padding rows or added tokens is restricted to what both share: the smaller row count, the
+    tokenizer's length and the ids both tokenizers agree on."""
+    shared = shared_vocab(base_tok, ft_tok)
+    if base_rows == ft_rows and base_tok.get_vocab() == ft_tok.get_vocab():
+        return base_rows
+    return min(shared, len(base_tok), base_rows, ft_rows)
+
+
 @dataclass
 class ModelPair:
     """Base + finetuned model sharing one tokenizer and one architecture.
@@ -102,9 +113,8 @@ class ModelPair:
                       self.base_lm.name, self.ft_lm.name)
         self.arch = ArchAdapter(self.base_lm.model)
         self.ft_arch = self.arch if self.shared_adapter else ArchAdapter(self.ft_lm.model)
-        self.vocab_size = min(shared_vocab(self.base_lm.tokenizer, self.ft_lm.tokenizer),
-                              len(self.base_lm.tokenizer),
-                              embedding_rows(self.base_lm.model), embedding_rows(self.ft_lm.model))
+        self.vocab_size = pair_vocab_size(self.base_lm.tokenizer, self.ft_lm.tokenizer,
+                                          embedding_rows(self.base_lm.model), embedding_rows(self.ft_lm.model))
         if not self.shared_adapter and self.input_device("ft") != self.input_device("base"):
             # inputs built on the base model's device must reach the finetuned model's (eval code
             # builds one batch for both): accelerate moves them in and the outputs back
