@@ -305,6 +305,12 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                         torch.save({"fingerprint": fp, "next": nxt, "n": n_done, "sums": sums}, partial)
                 if stop_after_batches and bi + 1 >= stop_after_batches and not last:
                     raise KeyboardInterrupt(f"collection stopped after {bi + 1} batches (test hook)")
+        overflow = [f"{s} layer {li}" for s in ("base", "ft") for li in layers if not torch.isfinite(sums[s][li]).all()]
+        if overflow:
+            partial.unlink(missing_ok=True)
+            raise DataError(f"non-finite activations ({', '.join(overflow)}) with the pair in "
+                            f"{getattr(pair, 'precision', '?')}: the model overflows that dtype's range; rerun with "
+                            "--dtype bf16-fp32res (or float32).")
         norm_sample = sample_ids(corpus, pair.tokenizer, n=cfg.norm_samples, k=4, seed=cfg.seed + 1,
                                  max_len=cfg.norm_len, bos=bos, chat_bos=chat_bos)
         eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, cfg.batch_size // 4),

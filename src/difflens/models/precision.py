@@ -9,8 +9,9 @@
   autocast, but the residual stream — the hidden state every hook reads and writes — kept in
   float32 (the embedding output is upcast and every residual add then stays float32);
 - ``auto`` (the default): :func:`resolve_precision` picks per device and model size — float32
-  on a CPU and wherever both models' float32 weights fit in a fraction of the accelerator's
-  memory, ``bf16-fp32res`` above that. docs/precision.md has the measurements behind the rule.
+  on a CPU and wherever both models' float32 weights fit in half the accelerator's memory,
+  ``fp16-fp32res`` above that (``bf16-fp32res`` for Gemma, whose activations overflow float16).
+  docs/precision.md has the measurements behind the rule.
 
 Whatever the compute dtype, means, norms and losses are accumulated in float64 (collection's
 running sums, η) or float32 (per-token cross-entropy, then summed in float64).
@@ -52,16 +53,21 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+# Families whose sublayer outputs are known to overflow float16's range (±65504): they get bf16.
+FP16_UNSAFE_FAMILIES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+
+
 def resolve_precision(precision: str, *, device_type: str, n_params: int | None,
-                      accelerator_bytes: int | None = None, n_models: int = 2) -> str:
+                      accelerator_bytes: int | None = None, n_models: int = 2, model_type: str | None = None) -> str:
     """The concrete precision for ``auto``; any other value is returned unchanged.
 
-    - CPU (or unknown accelerator memory): ``float32`` — on a CPU bf16 compute is not faster
-      without AMX/AVX512-BF16 and moves δ̄ by 9-32%, and memory is rarely the limit for the models
-      that run on a CPU at all;
+    - CPU (or unknown accelerator memory): ``float32`` — bf16 compute is not faster on most CPUs,
+      moves δ̄ by up to 61% at a position (docs/precision.md), and the models that run on a CPU at
+      all fit in float32;
     - an accelerator: ``float32`` while ``n_models`` × 4 bytes × ``n_params`` ≤
-      :data:`FP32_MEMORY_SHARE` of its memory, else ``bf16-fp32res`` (bf16 weights, float32 residual
-      stream), which keeps δ̄ within a few percent of float32 at half the weight memory.
+      :data:`FP32_MEMORY_SHARE` of its memory; above that half-precision weights with a float32
+      residual stream: ``fp16-fp32res`` (δ̄ within 1% of float32 in the benchmark), or
+      ``bf16-fp32res`` for families whose activations overflow float16 (Gemma).
     """
     check_precision(precision)
     if precision != "auto":
@@ -69,7 +75,9 @@ def resolve_precision(precision: str, *, device_type: str, n_params: int | None,
     if device_type in ("cpu", "meta") or not n_params or not accelerator_bytes:
         return "float32"
     fp32_bytes = 4 * n_params * n_models
-    return "float32" if fp32_bytes <= FP32_MEMORY_SHARE * accelerator_bytes else "bf16-fp32res"
+    if fp32_bytes <= FP32_MEMORY_SHARE * accelerator_bytes:
+        return "float32"
+    return "bf16-fp32res" if model_type in FP16_UNSAFE_FAMILIES else "fp16-fp32res"
 
 
 def count_parameters(config: Any) -> int:
@@ -87,27 +95,6 @@ def count_parameters(config: Any) -> int:
     mlp = 3 * d * ff
     tied = bool(getattr(config, "tie_word_embeddings", False))
     return L * (attn + mlp) + V * d * (1 if tied else 2)
-
-
-def checkpoint_parameters(path: str | Path) -> int | None:
-    """Parameter count of a local checkpoint directory (from its config.json), None if unknown."""
-    p = Path(path)
-    cfg_file = p / "config.json"
-    if not cfg_file.exists():
-        return None
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError:
-        return None
-    from types import SimpleNamespace
-
-    def ns(d: dict[str, Any]) -> Any:
-        return SimpleNamespace(**{k: ns(v) if isinstance(v, dict) else v for k, v in d.items()})
-
-    try:
-        return count_parameters(ns(raw))
-    except (TypeError, ValueError):
-        return None
 
 
 def accelerator_memory(device: str | torch.device) -> int | None:
@@ -154,23 +141,32 @@ def precision_name(dtype: torch.dtype | str) -> str:
     return check_precision(str(dtype))
 
 
-def source_parameters(src: Any) -> int | None:
-    """Parameter count of a model source from its config, without reading weights (None: unknown)."""
+def source_config(src: Any) -> Any:
+    """A model source's config (a namespace), without reading weights; None when unknown."""
     kind = getattr(src, "kind", None)
     if kind == "adapter" and getattr(src, "base", None) is not None:
-        return source_parameters(src.base)
+        return source_config(src.base)
     if kind in ("local", "embedded"):
-        path = src.path
+        path = Path(src.path)
         if kind == "embedded":
             from .sources import embedded_cache_dir
 
-            path = str(embedded_cache_dir(src.path))
-        return checkpoint_parameters(path)
+            path = embedded_cache_dir(src.path)
+        try:
+            raw = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        from types import SimpleNamespace
+
+        def ns(d: dict[str, Any]) -> Any:
+            return SimpleNamespace(**{k: ns(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+        return ns(raw)
     if kind == "hub":
         try:
             import transformers
 
-            return count_parameters(transformers.AutoConfig.from_pretrained(src.path))
+            return transformers.AutoConfig.from_pretrained(src.path)
         except Exception:  # noqa: BLE001 - offline or gated: fall back to the CPU-safe choice
             return None
     return None
@@ -196,5 +192,7 @@ def resolve_pair_precision(dtype: torch.dtype | str, placement: Any, base_src: A
     if name != "auto":
         return name
     kind, mem = placement_memory(placement)
-    return resolve_precision("auto", device_type=kind, n_params=source_parameters(base_src) if mem else None,
-                             accelerator_bytes=mem)
+    cfg = source_config(base_src) if mem else None
+    n_params = count_parameters(cfg) if cfg is not None else None
+    return resolve_precision("auto", device_type=kind, n_params=n_params, accelerator_bytes=mem,
+                             model_type=getattr(cfg, "model_type", None))
