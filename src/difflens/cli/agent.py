@@ -37,6 +37,8 @@ def agent_cmd(
                                              "OpenAI-compatible endpoint serving base, finetuned, steered-p{j} "
                                              "(`difflens serve`, vLLM) instead of in-process models"),
     models_key_env: str = typer.Option("", "--models-key-env", help="env var with that endpoint's bearer token"),
+    backend: str = typer.Option("hf", "--backend", help="generation backend of ask_model / generate_steered: hf "
+                                "(in process, the reference) or vllm (needs difflens[vllm])"),
     grade_repeats: int = typer.Option(3, "--grade-repeats", help="hypothesis gradings averaged per episode"),
     llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
     device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
@@ -63,6 +65,11 @@ def agent_cmd(
             raise ConfigError(f"--protocol must be auto, native or text, got {protocol!r}.")
         if provider not in ("endpoint", "local", "manual"):
             raise ConfigError(f"--agent-provider must be endpoint, local or manual, got {provider!r}.")
+        from ..backends import check_backend
+
+        check_backend(backend)
+        if backend != "hf" and models_url:
+            raise ConfigError("--backend and --models-url both say where generations come from: choose one.")
         name = organism
         if name is None and description is None:
             spec_str = str(read_json(layout.manifest)["models"]["finetuned"]["spec"])
@@ -93,6 +100,11 @@ def agent_cmd(
             from ..agent.remote import EndpointModels
 
             access: Any = EndpointModels(models_url, api_key_env=models_key_env)
+        elif backend != "hf":
+            from ..backends import backend_for_run
+            from ..backends.access import BackendModels
+
+            access = BackendModels(layout, backend_for_run(backend, layout))
         else:
             from ..run.stages import pair_from_run
 

@@ -20,8 +20,11 @@ LLM_KEY = typer.Option(DEFAULT_KEY_ENV, "--llm-key-env", help="NAME of the env v
 
 
 def fail(e: Exception) -> None:
-    """Print a difflens error the way every command does and exit with status 2."""
-    console.print(f"[bold red]error:[/] {e}")
+    """Print a difflens error the way every command does and exit with status 2 (the message is
+    printed verbatim: ``pip install 'difflens[vllm]'`` is not Rich markup)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(e))}")
     raise typer.Exit(2)
 
 

@@ -1,0 +1,105 @@
+"""Generation backends: who samples the final steered / unsteered generations, ``ask_model`` and
+``generate_steered``.
+
+- ``hf`` (default, the reference): the run's own transformers model pair in process, steering by a
+  forward hook (:mod:`difflens.adl.steering`).
+- ``vllm`` (optional extra ``difflens[vllm]``): vLLM engines over the same checkpoints, with tensor
+  parallelism, the steering vector added by vLLM's own per-request mechanism
+  (:mod:`difflens.backends.vllm`).
+
+Both implement :class:`GenerationBackend`: ``generate`` has the signature and meaning of
+:func:`difflens.adl.steering.generate` (``n`` samples per prompt of the finetuned model steered by
+``α · η · v̂`` at layer ``layer``'s output at every prompt and generated position; ``direction=None``
+unsteered; ``side="base"`` the base model, unsteered). :class:`~difflens.backends.access.BackendModels`
+is the agent's :class:`~difflens.agent.tools.ModelAccess` over any backend.
+
+:func:`check_backend` validates a ``--backend`` choice before anything heavy happens: choosing
+``vllm`` without vLLM installed is a :class:`~difflens.errors.ConfigError` that names the extra.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from ..errors import ConfigError
+
+__all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "check_backend", "backend_for_run", "final_generations"]
+
+BACKENDS = ("hf", "vllm")
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[str], *, layer: int, direction: Any, alpha: float, eta: float, n: int,
+                 temperature: float, max_new_tokens: int, seed: int, side: str = "ft") -> list[list[str]]:
+        """``n`` samples per prompt (see the module docstring)."""
+        ...
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a usable backend here; a ConfigError naming the fix otherwise (no model loads)."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown generation backend {name!r}: choose from {', '.join(BACKENDS)}.")
+    if name == "vllm":
+        from .vllm import require_vllm
+
+        require_vllm()
+    return name
+
+
+class HFBackend:
+    """The reference: :func:`difflens.adl.steering.generate` on a transformers pair (loaded on first use)."""
+
+    name = "hf"
+
+    def __init__(self, pair: Any = None, *, pair_loader: Callable[[], Any] | None = None):
+        if pair is None and pair_loader is None:
+            raise ValueError("HFBackend needs a pair or a pair_loader")
+        self._pair, self._loader = pair, pair_loader
+
+    @property
+    def pair(self) -> Any:
+        if self._pair is None:
+            assert self._loader is not None
+            self._pair = self._loader()
+        return self._pair
+
+    def generate(self, prompts: Sequence[str], *, layer: int, direction: Any, alpha: float, eta: float, n: int,
+                 temperature: float, max_new_tokens: int, seed: int, side: str = "ft") -> list[list[str]]:
+        from ..adl.steering import generate
+
+        return generate(self.pair, prompts, layer=layer, direction=direction, alpha=alpha, eta=eta, n=n,
+                        temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, side=side)
+
+
+def final_generations(backend: GenerationBackend, *, layer: int, position: int | None, direction: Any,
+                      alpha: float, eta: float, cfg: Any) -> list[Any]:
+    """:func:`difflens.adl.steering.final_generations` through any backend (same prompts, samples,
+    temperature, length and seed): ``final_samples`` generations per steering prompt."""
+    from ..run.artifacts import Generation
+
+    outs = backend.generate(cfg.prompts, layer=layer, direction=direction, alpha=alpha, eta=eta, n=cfg.final_samples,
+                            temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
+    return [Generation(prompt=p, position=position, alpha=alpha if direction is not None else 0.0, sample=s, text=t)
+            for p, texts in zip(cfg.prompts, outs) for s, t in enumerate(texts)]
+
+
+def backend_for_run(name: str, layout: Any, **options: Any) -> GenerationBackend:
+    """The backend ``name`` over the pair named in a run's manifest (nothing loads until the first call).
+
+    ``options`` go to :class:`~difflens.backends.vllm.VLLMOptions` for ``vllm`` (e.g.
+    ``tensor_parallel_size``); ``hf`` takes none.
+    """
+    check_backend(name)
+    if name == "hf":
+        if options:
+            raise ConfigError(f"options {sorted(options)} apply to the vllm backend only.")
+        from ..run.stages import pair_from_run
+
+        return HFBackend(pair_loader=lambda: pair_from_run(layout))
+    from ..files import read_json
+    from .vllm import VLLMBackend, VLLMOptions
+
+    models = read_json(layout.manifest)["models"]
+    return VLLMBackend(models["base"]["spec"], models["finetuned"]["spec"], VLLMOptions(**options))
