@@ -91,7 +91,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
 def test_two_local_workers_merge_like_one(tmp_path, monkeypatch, _isolated_home):
     monkeypatch.setattr(E, "run_cell", fake_cell)
     orgs = ["cake_bake", "domain_music"]
-    r1 = E.run_experiment(_config(tmp_path / "one", orgs), progress=False, executor=LocalExecutor(1))
+    E.run_experiment(_config(tmp_path / "one", orgs), progress=False, executor=LocalExecutor(1))
     r2 = E.run_experiment(_config(tmp_path / "two", orgs), progress=False, executor=LocalExecutor(2))
     assert [(c.organism, c.mix_ratio) for c in r2.cells] == [("cake_bake", 0.0), ("domain_music", 0.0),
                                                               ("cake_bake", 1.0), ("domain_music", 1.0)]
