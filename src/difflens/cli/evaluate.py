@@ -133,6 +133,12 @@ def experiment_cmd(
                                               "every organism (repeatable), e.g. chat_mix=1 lora=true lr=3e-5"),
     runs: int = typer.Option(5, "--runs", help="agents: episodes per organism and setting"),
     parallel: int = typer.Option(1, "--parallel", help="agents: cells run in parallel threads"),
+    executor: str = typer.Option("local", "--executor", help="where cells run: local (a process pool of --workers) "
+                                 "or ray (a Ray cluster; needs difflens[ray])"),
+    workers: int = typer.Option(1, "--workers", help="local: cells at once (1: one after the other, in process)"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (auto: the running "
+                                          "cluster; default: a local Ray instance)"),
+    cell_gpus: float = typer.Option(0.0, "--cell-gpus", help="ray: GPUs each cell reserves (1 for a pair on a GPU)"),
     agent_provider: str = typer.Option("endpoint", "--agent-provider", help="agents: endpoint, local or manual"),
     agent_model: Optional[str] = typer.Option(None, "--agent-model", help="agents: the agent's model"),
     agent_base_url: Optional[str] = typer.Option(None, "--agent-base-url"),
@@ -146,9 +152,16 @@ def experiment_cmd(
     from ..eval.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
     from ..report.experiment import render_experiment
 
+    from ..executors import make_executor
+
+    try:
+        ex = make_executor(executor, workers=workers, address=address, num_gpus=cell_gpus)
+    except DifflensError as e:
+        fail(e)
+        return
     if name == "agents":
         _agents(out, organism, runs, parallel, agent_provider, agent_model, agent_base_url, agent_key_env, llm_model,
-                llm_base_url, llm_key_env)
+                llm_base_url, llm_key_env, executor=ex)
         return
     try:
         if name not in EXPERIMENTS:
@@ -157,7 +170,7 @@ def experiment_cmd(
         cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
                                mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples,
                                train=overrides)
-        res = run_experiment(cfg)
+        res = run_experiment(cfg, executor=ex)
         path = render_experiment(cfg.out)
     except DifflensError as e:
         fail(e)
@@ -170,7 +183,7 @@ def experiment_cmd(
 
 def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int, provider: str,
             agent_model: Optional[str], agent_base_url: Optional[str], agent_key_env: Optional[str],
-            llm_model: Optional[str], llm_base_url: str, llm_key_env: str) -> None:
+            llm_model: Optional[str], llm_base_url: str, llm_key_env: str, executor: Any = None) -> None:
     from ..agent.grid import run_agent_grid
     from ..agent.providers import EndpointAgent, LocalAgent, ManualAgent
     from ..organisms.spec import list_specs
@@ -179,12 +192,16 @@ def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int,
     try:
         orgs = organisms or [s.name for s in list_specs()]
         grader = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="hypothesis grading") if llm_model else None
+        spec: dict[str, Any] = {"agent": {"provider": provider, "model": agent_model},
+                                "grader": {"model": llm_model, "base_url": llm_base_url, "key_env": llm_key_env}
+                                if llm_model else None}  # the same, as plain data for a parallel --executor
         if provider == "endpoint":
             model = agent_model or llm_model
             if not model:
                 raise ConfigError("the agent grid needs --agent-model (or --llm-model), or --agent-provider local.")
-            client = llm_client(model, agent_base_url or llm_base_url,
-                                agent_key_env if agent_key_env is not None else llm_key_env, needed_by="--agent-model")
+            key_env = agent_key_env if agent_key_env is not None else llm_key_env
+            client = llm_client(model, agent_base_url or llm_base_url, key_env, needed_by="--agent-model")
+            spec["agent"].update(model=model, base_url=agent_base_url or llm_base_url, key_env=key_env)
 
             def make() -> Any:
                 return EndpointAgent(client)
@@ -196,10 +213,13 @@ def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int,
                 return ManualAgent()
         else:
             raise ConfigError(f"--agent-provider must be endpoint, local or manual, got {provider!r}.")
+        if provider == "manual" and executor is not None and executor.parallel:
+            raise ConfigError("--agent-provider manual answers in this terminal: it cannot run on --workers > 1 "
+                              "or --executor ray.")
         if grader is None:
             console.print("[yellow]no --llm-model: hypotheses are not graded (the grader is an LLM)[/]")
         run_agent_grid(out / "adl" / "runs", out / "agents", orgs, provider=make, grader=grader, runs=runs,
-                       parallel=parallel)
+                       parallel=parallel, executor=executor, cell_spec=spec)
         path = render_agent_grid(out / "agents")
     except (DifflensError, FileNotFoundError) as e:
         fail(e)
