@@ -114,6 +114,8 @@ def test_real_sampling_path_runs_on_a_tiny_model():
     out = sub._sample(t.model, t.tokenizer, [sub._render(t.tokenizer, sub.teacher_messages("sys", "1 2 3"))] * 2,
                       spec.data.model_copy(update={"max_new_tokens": 6}), 0)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    # random weights never emit end-of-turn within 6 tokens: the replies are marked cut off and dropped
+    assert all(o.endswith(sub._CUT) and parse_numbers(o, max_numbers=10, max_digits=3) is None for o in out)
     assert format_numbers([1, 22, 333]) == "1, 22, 333"
 
 

@@ -245,7 +245,7 @@ class SubliminalData(_Strict):
     max_digits: int = Field(default=3, ge=1, le=6)
     seed_numbers: int = Field(default=3, ge=1, le=10)
     temperature: float = Field(default=1.0, gt=0)
-    max_new_tokens: int = Field(default=48, ge=8)
+    max_new_tokens: int = Field(default=64, ge=8)
 
     @model_validator(mode="after")
     def _target_in_candidates(self) -> "SubliminalData":

@@ -65,7 +65,7 @@ def parse_numbers(reply: str, *, max_numbers: int, max_digits: int) -> list[int]
     Accepted: 1..``max_numbers`` non-negative integers of at most ``max_digits`` digits, separated by
     commas, semicolons and/or whitespace, optionally in one pair of brackets or parentheses and with
     one final period. Anything else - a word, a sign, a decimal point, a digit group too long, too
-    many numbers, an empty reply - returns None (the reply is dropped).
+    many numbers, an unclosed bracket, an empty or cut-off reply - returns None (the reply is dropped).
     """
     text = reply.strip()
     if not text or not _STRICT.match(text):
@@ -122,7 +122,21 @@ def _sample(model: Any, tokenizer: Any, prompts: list[str], data: SubliminalData
     torch.manual_seed(seed)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=data.temperature,
                          top_p=1.0, top_k=0, max_new_tokens=data.max_new_tokens, pad_token_id=pad_id(tokenizer))
-    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    gen = out[:, ids.shape[1]:]
+    texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
+    stops = _stop_ids(model, tokenizer)
+    # a reply that did not end (no end-of-turn within max_new_tokens) may be a cut-off list: mark it
+    return [t if any(int(x) in stops for x in row) else t + _CUT for t, row in zip(texts, gen)]
+
+
+_CUT = " <cut off>"  # appended to unfinished replies, so that the strict filter drops them
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    return {int(i) for i in ids if i is not None}
 
 
 def generate_subliminal_conversations(spec: OrganismSpec, n: int, seed: int = 0, *, teacher: Any,
