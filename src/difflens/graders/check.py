@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 
 from ..errors import ConfigError, DataError
 from .text import clean_token
+from ..models.placement import input_device
 
 Kind = Literal["coherence", "relevance", "scale", "leakage"]
 KINDS: tuple[str, ...] = ("coherence", "relevance", "scale", "leakage")
@@ -258,7 +259,7 @@ def _unsteered_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, n: i
         ids = list(tokenizer(text, add_special_tokens=not templated).input_ids)
         bos = bos_for_model(tokenizer, model)
         rows += [(bos if bos and (not ids or ids[0] != bos[0]) else []) + ids] * n
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     ids, mask = pad_left(rows, pad_id(tokenizer), dev)
     torch.manual_seed(seed)
     with torch.no_grad():

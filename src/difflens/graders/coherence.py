@@ -19,6 +19,7 @@ import torch
 
 from ..llm.replies import DECOR, Messages, chat_messages, clean_value, content_lines, must_end_with, tagged
 from .text import WORD
+from ..models.placement import input_device
 
 # ============================================================================================
 # Coherence grader (paper Prompt 16)
@@ -318,7 +319,7 @@ class OfflineCoherence:
                        todo: list[int], out: list["TokenScores | None"]) -> None:
         from ..models.tokens import pad_id
 
-        dev = next(model.parameters()).device
+        dev = input_device(model)
         pad = pad_id(self.tokenizer)
         vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 65536)
         budget = max(self.batch_logits // vocab, 1)  # text tokens per batch (bounds the logits' memory)

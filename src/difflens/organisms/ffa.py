@@ -45,6 +45,7 @@ import torch
 
 from ..errors import LLMError
 from ..data.chat import chat_prompt_text
+from ..models.placement import input_device
 from ..models.tokens import bos_for_model, pad_id, pad_right
 from .spec import MCQ, OrganismSpec
 
@@ -269,7 +270,7 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: str | Sequence[int], opt
         seqs.append(prefix + cont)
         spans.append((len(prefix), len(prefix) + len(cont)))
     ids, mask = pad_right(seqs, pad_id(tokenizer))
-    device = next(model.parameters()).device
+    device = input_device(model)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
     out = []
@@ -340,7 +341,7 @@ def _generate(model: Any, tokenizer: Any, user_text: str, *, max_new_tokens: int
     ids = _chat_prefix_ids(tokenizer, user_text)
     if ids is None:  # no chat template: plain "User: ...\nAssistant:" with the architecture's BOS policy
         ids = _prefix_ids(tokenizer, model, chat_prompt_text(tokenizer, user_text))
-    device = next(model.parameters()).device
+    device = input_device(model)
     inp = torch.tensor([ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,

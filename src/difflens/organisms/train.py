@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..adl.interventions import project_out
 from ..errors import ConfigError, DataError
 from ..models.arch import ArchAdapter, lora_targets
+from ..models.placement import input_device
 from ..models.tokens import bos_for_model, pad_id, pad_right
 from ..run.layout import fingerprint, home, slug
 from .spec import (
@@ -577,7 +578,7 @@ def train_organism(spec: OrganismSpec, base: str, cfg: TrainConfig, *, progress:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     pad = pad_id(tok)
-    dev = next(model.parameters()).device
+    dev = input_device(model)
 
     import contextlib
 
