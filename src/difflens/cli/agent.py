@@ -38,7 +38,7 @@ def agent_cmd(
                                              "(`difflens serve`, vLLM) instead of in-process models"),
     models_key_env: str = typer.Option("", "--models-key-env", help="env var with that endpoint's bearer token"),
     backend: str = typer.Option("hf", "--backend", help="generation backend of ask_model / generate_steered: hf "
-                                "(in process, the reference) or vllm (needs difflens[vllm])"),
+                                "(in process, the reference) or vllm (needs difflens\\[vllm])"),
     grade_repeats: int = typer.Option(3, "--grade-repeats", help="hypothesis gradings averaged per episode"),
     llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL, llm_key_env: str = LLM_KEY,
     device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,

@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError, DifflensError
-from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GRADER, LLM_KEY, LLM_MODEL, LLM_URL,
-                      MAX_MEMORY, console, fail, llm_client, pair_loading)
+from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BACKEND, GRADER, LLM_KEY, LLM_MODEL,
+                      LLM_URL, MAX_MEMORY, TP_SIZE, VLLM_MEM, backend_overrides, console, fail, llm_client,
+                      pair_loading)
 
 PARTS_HELP = ("parts to compute (repeatable): relevance, similarity, causal, identification, leakage "
               "(default: all)")
@@ -270,6 +271,8 @@ def sweep_cmd(
                                                         "positions (default: the sweep positions; steering costs the most)"),
     samples: int = typer.Option(2000, "--samples"),
     quick: bool = typer.Option(False, "--quick", help="short steering (32 tokens, 6 prompts, 2 samples)"),
+    backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
+    vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
 ) -> None:
     """Positions up to K and layers across depth: relevance and steering similarity per position and layer."""
     from ..run.config import EvaluateSection, LensSection, RunConfig, SteeringSection
@@ -283,10 +286,11 @@ def sweep_cmd(
         steer = SteeringSection(positions=steer_positions or pos)
         if quick:
             steer = steer.model_copy(update={"max_new_tokens": 32, "prompts": steer.prompts[:6], "final_samples": 2})
+        overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
         cfg = RunConfig(out=out, base=base, finetuned=finetuned, organism=org, ft_data=ft_data, description=description,
                         positions=positions, layers=depth, samples=samples,
                         lens=LensSection(positions=pos), steering=steer,
-                        evaluate=EvaluateSection(parts=["relevance", "similarity"]))
+                        evaluate=EvaluateSection(parts=["relevance", "similarity"]), **overrides)
         Runner(cfg).run()
     except (DifflensError, ValueError) as e:
         fail(e)

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from ..errors import DifflensError
-from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GRADER, LLM_KEY, LLM_MODEL, LLM_URL,
-                      MAX_MEMORY, console, fail as _fail, llm_client, pair_loading)
+from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BACKEND, GRADER, LLM_KEY, LLM_MODEL,
+                      LLM_URL, MAX_MEMORY, TP_SIZE, VLLM_MEM, backend_choice, backend_overrides, console,
+                      fail as _fail, llm_client, pair_loading)
 
 app = typer.Typer(help="difflens: read finetuning objectives out of base-vs-finetuned activation differences.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -138,6 +139,8 @@ def steer(
     layer: Optional[list[int]] = typer.Option(None, "--layer"),
     samples: int = typer.Option(5, "--samples", help="final samples per steering prompt"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
+    vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
     grader: str = GRADER, llm_model: Optional[str] = LLM_MODEL, llm_base_url: str = LLM_URL,
     llm_key_env: str = LLM_KEY, device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
     max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
@@ -145,14 +148,21 @@ def steer(
 ) -> None:
     """Coherence-threshold search and steered vs unsteered generations."""
     from ..adl.steering import SteeringConfig
-    from ..run.stages import run_steer
+    from ..run.stages import run_steer, steer_backend
 
     try:
         cfg = SteeringConfig(positions=positions, final_samples=samples, max_new_tokens=max_new_tokens)
+        name, options = backend_choice(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
         loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                base_device=base_device, ft_device=ft_device)
         with _open_run(run, grader, llm_model, llm_base_url, llm_key_env, loading) as (layout, pair, graders):
-            res = run_steer(pair, layout, graders, cfg, layers=layer)
+            gen = steer_backend(pair, layout, name, **options)
+            try:
+                res = run_steer(pair, layout, graders, cfg, layers=layer, backend=gen)
+            finally:
+                close = getattr(gen, "close", None)
+                if callable(close):
+                    close()
     except DifflensError as e:
         _fail(e)
         return
@@ -167,13 +177,19 @@ def steer(
 
 
 @app.command("run")
-def run_cmd(config: Path = typer.Argument(..., help="run config YAML (see examples/run.yaml)")) -> None:
-    """Run the stages named in a config (collect → lens → steer → report), reusing finished ones."""
+def run_cmd(
+    config: Path = typer.Argument(..., help="run config YAML (see examples/run.yaml)"),
+    backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
+    vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
+) -> None:
+    """Run the stages named in a config (collect → lens → steer → report), reusing finished ones.
+    The generation-backend options override the config's fields."""
     from ..run.config import load_config
     from ..run.pipeline import Runner
 
     try:
-        Runner(load_config(config)).run()
+        overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
+        Runner(load_config(config, **overrides)).run()
     except DifflensError as e:
         _fail(e)
 
@@ -182,15 +198,22 @@ def run_cmd(config: Path = typer.Argument(..., help="run config YAML (see exampl
 def demo(
     organism: str = typer.Option("cake_bake", "--organism", help="built-in organism to train and diff"),
     out: Optional[Path] = typer.Option(None, "--out"),
+    backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
+    vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
 ) -> None:
     """The embedded end-to-end demo: train an organism on SmolLM2, diff it, show its secret."""
     import time
 
-    from ..run.config import demo_config
+    from ..run.config import demo_config, with_overrides
     from ..run.pipeline import Runner
 
     t0 = time.time()
-    cfg = demo_config(organism, out)
+    try:
+        overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
+        cfg = with_overrides(demo_config(organism, out), **overrides)
+    except DifflensError as e:
+        _fail(e)
+        return
     console.print(f"[bold]difflens demo[/]: {cfg.base} vs organism '{organism}' "
                   f"(trained on first use), {cfg.samples} wiki samples, offline graders")
     try:

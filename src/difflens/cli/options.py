@@ -49,6 +49,51 @@ BASE_DEVICE = typer.Option(None, "--base-device", help="the base model's placeme
 FT_DEVICE = typer.Option(None, "--ft-device", help="the finetuned model's placement only (like --base-device)")
 
 
+# -- who samples the steering stage's final generations (steer, run, demo, sweep) --------------------
+# (the escaped bracket keeps Rich from reading "[vllm]" as markup in --help)
+GEN_BACKEND = typer.Option(None, "--backend", help="who samples the final steered / unsteered generations: hf "
+                           "(the run's own pair, the default) or vllm (pip install 'difflens\\[vllm]', GPU); the "
+                           "threshold search stays on the HF pair")
+TP_SIZE = typer.Option(None, "--tensor-parallel-size", help="--backend vllm: GPUs each vLLM engine is sharded over "
+                       "(default 1)")
+VLLM_MEM = typer.Option(None, "--vllm-gpu-memory-utilization", help="--backend vllm: share of GPU memory its engine "
+                        "may take (default 0.85; leave room for the HF pair on the same GPU)")
+
+
+def backend_overrides(backend: Optional[str], tensor_parallel_size: Optional[int],
+                      gpu_memory_utilization: Optional[float]) -> dict[str, Any]:
+    """The run-config fields the generation-backend options set (only those given), checked before any
+    model loads: ``--backend vllm`` without vLLM is a ConfigError naming ``pip install 'difflens[vllm]'``."""
+    from ..backends import check_backend
+
+    if backend is not None:
+        check_backend(backend)
+    given = {"generation_backend": backend, "tensor_parallel_size": tensor_parallel_size,
+             "vllm_gpu_memory_utilization": gpu_memory_utilization}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def backend_choice(backend: Optional[str], tensor_parallel_size: Optional[int],
+                   gpu_memory_utilization: Optional[float]) -> tuple[str, dict[str, Any]]:
+    """The generation backend and its :func:`difflens.backends.backend_for_run` options for a command
+    that steers without a run config (``difflens steer``), checked before any model loads."""
+    from ..backends import check_backend
+
+    name = check_backend(backend or "hf")
+    opts: dict[str, Any] = {}
+    if tensor_parallel_size is not None:
+        if tensor_parallel_size < 1:
+            raise ConfigError(f"--tensor-parallel-size must be ≥ 1, got {tensor_parallel_size}.")
+        opts["tensor_parallel_size"] = tensor_parallel_size
+    if gpu_memory_utilization is not None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ConfigError(f"--vllm-gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}.")
+        opts["gpu_memory_utilization"] = gpu_memory_utilization
+    if name == "hf" and opts:
+        raise ConfigError("--tensor-parallel-size and --vllm-gpu-memory-utilization apply to --backend vllm only.")
+    return name, opts
+
+
 def pair_loading(*, dtype: str, device: str, device_map: Optional[str], max_memory: Optional[str],
                  base_device: Optional[str], ft_device: Optional[str]) -> dict[str, Any]:
     """The keyword arguments of :func:`difflens.models.pair.load_pair` for the placement options,

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from ..errors import RunDirError
 from ..files import atomic_write_text
@@ -132,6 +132,17 @@ class SteeringResult(BaseModel):
     unsteered_pass_rate: float | None = None
     min_coherent: int | None = None  # required coherent samples per tested α (steering.required_coherent)
     max_new_tokens: int | None = None
+    # who sampled the final steered / unsteered / control generations (the threshold search is always
+    # the HF pair's): "hf" is the default and is left out of steering.json, so an HF run's file is
+    # unchanged from before backends existed; any other backend ("vllm") is written
+    generation_backend: str = "hf"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_backend(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("generation_backend") == "hf":
+            del data["generation_backend"]
+        return data
 
     def alpha(self, position: int) -> float:
         for t in self.thresholds:

@@ -64,6 +64,15 @@ class RunConfig(BaseModel):
     max_memory: str | dict[str, str] | None = Field(None, description="per-device caps, '0=20GiB,cpu=60GiB'")
     base_device: str | None = Field(None, description="the base model's device or device map only")
     ft_device: str | None = Field(None, description="the finetuned model's device or device map only")
+    # who samples the steering stage's final steered / unsteered / control generations
+    # (difflens.backends): hf, the run's own pair (the reference), or vllm (pip install 'difflens[vllm]',
+    # GPU). The threshold search always runs on the HF pair, which stays loaded beside vLLM's engine.
+    # A backend other than hf is part of the steer stage's fingerprint; its options, like placement, are not.
+    generation_backend: Literal["hf", "vllm"] = "hf"
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs each vLLM engine is sharded over")
+    vllm_gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vllm: share of GPU memory its engine may take (default 0.85; leave room for "
+                                      "the HF pair on the same GPU)")
     grader: Literal["offline", "llm"] = "offline"
     llm: LLMSection | None = None
     stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
@@ -75,6 +84,33 @@ class RunConfig(BaseModel):
     def _placement(self) -> "RunConfig":
         self.placement()  # ConfigError (bad map file, malformed max_memory) → a validation error
         return self
+
+    @model_validator(mode="after")
+    def _vllm_options(self) -> "RunConfig":
+        if self.generation_backend != "vllm":
+            given = [k for k in ("tensor_parallel_size", "vllm_gpu_memory_utilization")
+                     if getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to generation_backend: vllm only "
+                                 f"(generation_backend is {self.generation_backend}).")
+        return self
+
+    def check_generation_backend(self) -> None:
+        """ConfigError naming ``pip install 'difflens[vllm]'`` when the steer stage needs vLLM and it is
+        not installed (call before any model loads)."""
+        if "steer" in self.stages and self.generation_backend != "hf":
+            from ..backends import check_backend
+
+            check_backend(self.generation_backend)
+
+    def backend_options(self) -> dict[str, Any]:
+        """The options of :func:`difflens.backends.backend_for_run` (none for hf)."""
+        if self.generation_backend == "hf":
+            return {}
+        opts: dict[str, Any] = {"tensor_parallel_size": self.tensor_parallel_size}
+        if self.vllm_gpu_memory_utilization is not None:
+            opts["gpu_memory_utilization"] = self.vllm_gpu_memory_utilization
+        return opts
 
     def placement(self) -> Placement:
         """The validated placement of the pair (device-map files read, sizes parsed)."""
@@ -111,6 +147,17 @@ def load_config(path: str | Path, **overrides: Any) -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_validation(e, str(p))) from None
+
+
+def with_overrides(cfg: RunConfig, source: str = "(command-line options)", **overrides: Any) -> RunConfig:
+    """``cfg`` with ``overrides`` (None values ignored), validated again; errors name the bad field."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return cfg
+    try:
+        return RunConfig.model_validate({**cfg.model_dump(), **given})
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None
 
 
 DEMO_STEER_POSITIONS = (2, 3)

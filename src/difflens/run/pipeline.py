@@ -16,7 +16,7 @@ from ..errors import ConfigError, DifflensError
 from ..graders import graders_for
 from .config import RunConfig
 from .layout import RunLayout, read_json, write_json
-from .stages import run_lens, run_steer
+from .stages import run_lens, run_steer, steer_backend
 
 
 def _llm_client(cfg: RunConfig) -> Any:
@@ -33,6 +33,7 @@ class Runner:
     """Executes the stages of a :class:`RunConfig`, loading models only when a stage needs them."""
 
     def __init__(self, cfg: RunConfig, *, console: Console | None = None, progress: bool = True):
+        cfg.check_generation_backend()  # generation_backend: vllm without vLLM fails here, before anything loads
         self.cfg = cfg
         self.layout = RunLayout(cfg.out).ensure()
         self.console = console or Console()
@@ -74,7 +75,14 @@ class Runner:
         return "; ".join(bits)
 
     def stage_steer(self) -> str:
-        res = run_steer(self.pair, self.layout, self.graders, self.cfg.steering, progress=self.progress)
+        backend = steer_backend(self.pair, self.layout, self.cfg.generation_backend, **self.cfg.backend_options())
+        try:
+            res = run_steer(self.pair, self.layout, self.graders, self.cfg.steering, progress=self.progress,
+                            backend=backend)
+        finally:
+            close = getattr(backend, "close", None)  # vLLM: free its engine before later stages
+            if callable(close):
+                close()
         return "; ".join(f"layer {r.layer} α " + ", ".join(f"p{t.position}={t.alpha:.2f}" for t in r.thresholds)
                          for r in res)
 

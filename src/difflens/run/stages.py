@@ -3,6 +3,10 @@
 Each stage reads the collection artifacts, writes typed artifacts through :class:`RunLayout`
 and records a fingerprint; rerunning with unchanged inputs is a no-op, a changed config
 recomputes, and steering keeps finished positions when interrupted.
+
+Steering's final generations (steered, unsteered, random-direction control) go through a
+:class:`~difflens.backends.GenerationBackend`: the run's own HF pair by default, or vLLM
+(:func:`steer_backend`); the threshold search and its calibration always use the HF pair.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from pydantic import BaseModel, Field
 from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import patchscope
-from ..adl.steering import SteeringConfig, final_generations, find_threshold, generate, required_coherent
+from ..adl.steering import SteeringConfig, find_threshold, generate, required_coherent
+from ..backends import GenerationBackend, HFBackend, final_generations
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, load_pair
@@ -34,6 +39,19 @@ def pair_from_run(layout: RunLayout, **kw: Any) -> ModelPair:
         raise RunDirError(f"{layout.root} has no manifest.json: run `difflens collect ... --out {layout.root}` first.")
     m = read_json(layout.manifest)["models"]
     return load_pair(m["base"]["spec"], m["finetuned"]["spec"], **kw)
+
+
+def steer_backend(pair: ModelPair, layout: RunLayout, name: str = "hf", **options: Any) -> GenerationBackend:
+    """Who samples the steering stage's final generations: :class:`~difflens.backends.HFBackend` over
+    ``pair`` for ``hf`` (no options), else :func:`difflens.backends.backend_for_run` over the run's
+    checkpoints (``options``, e.g. ``tensor_parallel_size``, go to its engines; nothing loads yet)."""
+    if name == "hf":
+        if options:
+            raise ConfigError(f"options {sorted(options)} apply to the vllm generation backend only.")
+        return HFBackend(pair)
+    from ..backends import backend_for_run  # looked up per call (tests substitute it)
+
+    return backend_for_run(name, layout, **options)
 
 
 def _targets(layout: RunLayout, datasets: Sequence[str] | None, layers: Sequence[int] | None) -> list[tuple[str, int]]:
@@ -86,17 +104,26 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
 
 def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None = None, *,
               datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
-              progress: bool = True) -> list[A.SteeringResult]:
-    """Threshold search and final steered/unsteered generations, resumable per position."""
+              progress: bool = True, backend: GenerationBackend | None = None) -> list[A.SteeringResult]:
+    """Threshold search and final steered/unsteered generations, resumable per position.
+
+    ``backend`` samples the final generations (default: ``HFBackend(pair)``, the reference); the
+    threshold search always runs on ``pair``. A backend other than ``hf`` is part of the stage's
+    fingerprint (HF results stay valid) and is recorded in steering.json.
+    """
     from rich.progress import Progress
 
     cfg = cfg or SteeringConfig()
+    backend = backend if backend is not None else HFBackend(pair)
     results = []
     for dataset, layer in _targets(layout, datasets, layers):
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
-        fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer,
-                          "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(graders.coherence)})
+        inputs = {"collect": _collect_fp(layout, dataset), "layer": layer,
+                  "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(graders.coherence)}
+        if backend.name != "hf":  # the HF default adds nothing: fingerprints from before backends stay valid
+            inputs["generation_backend"] = backend.name
+        fp = fingerprint(inputs)
         stage = layout.stage_key("steer", dataset, layer)
         partial_path = layout.steering_partial(dataset, layer)
         partial: dict[str, Any] = {"fingerprint": fp, "thresholds": {}, "generations": [], "calibration": None}
@@ -118,7 +145,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                 pass
         calibrate = getattr(graders.coherence, "calibrate", None)
         if not any(g["position"] is None for g in partial["generations"]):
-            unsteered = final_generations(pair, layer=layer, position=None, direction=None, alpha=0.0,
+            unsteered = final_generations(backend, layer=layer, position=None, direction=None, alpha=0.0,
                                           eta=c.eta_ft, cfg=cfg)
             partial["generations"] += [g.model_dump() for g in unsteered]
             write_json(partial_path, partial)
@@ -146,11 +173,11 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             for j in todo:
                 th = find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
                                     eta=c.eta_ft, cfg=search_cfg)
-                gens = final_generations(pair, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
+                gens = final_generations(backend, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
                                          eta=c.eta_ft, cfg=cfg)
                 if cfg.random_control:  # a random direction at the same α·η: what steering does without δ̄
                     gens += [g.model_copy(update={"control": "random"}) for g in
-                             final_generations(pair, layer=layer, position=j, direction=c.vectors("random")[j],
+                             final_generations(backend, layer=layer, position=j, direction=c.vectors("random")[j],
                                                alpha=th.alpha, eta=c.eta_ft, cfg=cfg)]
                 partial["thresholds"][str(j)] = th.model_dump()
                 partial["generations"] += [g.model_dump() for g in gens]
@@ -162,7 +189,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
                                temperature=cfg.final_temperature,
                                unsteered_pass_rate=partial.get("unsteered_pass_rate"), min_coherent=need,
-                               max_new_tokens=cfg.max_new_tokens)
+                               max_new_tokens=cfg.max_new_tokens, generation_backend=backend.name)
         gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
         A.save(res, layout.steering(dataset, layer))

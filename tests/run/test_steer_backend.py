@@ -1,0 +1,244 @@
+"""The steer stage's generation backend: the run config's ``generation_backend`` and its vLLM options,
+the refusal of ``vllm`` before any model loads when vLLM is missing, the HF default unchanged (same
+generations, same fingerprint, no new field in steering.json), and a stand-in backend really receiving
+the final-generation calls whose texts end up in the artifacts. No vLLM needed."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from rich.console import Console
+from typer.testing import CliRunner
+
+import difflens.backends as backends
+from conftest import write_run_config
+from difflens.adl.steering import SteeringConfig
+from difflens.adl.steering import final_generations as hf_final_generations
+from difflens.backends import HFBackend
+from difflens.errors import ConfigError
+from difflens.graders import Graders, grader_identity
+from difflens.run import artifacts as A
+from difflens.run.config import RunConfig, SteeringSection, load_config, with_overrides
+from difflens.run.layout import fingerprint, read_json
+from difflens.run.pipeline import Runner
+from difflens.run.stages import run_steer, steer_backend
+
+
+@dataclass
+class PassesEveryOther:
+    name: str = "alternating"
+
+    def identity(self):
+        return {"backend": "test", "kind": "alternating"}
+
+    def grade(self, texts):
+        return [i % 2 == 0 for i in range(len(texts))]
+
+
+GRADERS = Graders(coherence=PassesEveryOther(), scale=None, relevance=None)
+STEER = dict(positions=[0, 1], search_iters=2, refine_iters=0, search_samples=2, min_coherent=2, final_samples=2,
+             max_new_tokens=4, prompts=["hi", "tell me"], random_control=True)
+
+
+@dataclass
+class FakeBackend:
+    """Stands in for vLLM: records every call, answers with texts naming the call."""
+
+    name: str = "vllm"
+    calls: list[dict] = field(default_factory=list)
+    closed: bool = False
+
+    def generate(self, prompts, *, layer, direction, alpha, eta, n, temperature, max_new_tokens, seed, side="ft"):
+        k = len(self.calls)
+        self.calls.append(dict(prompts=list(prompts), layer=layer, direction=direction, alpha=alpha, eta=eta, n=n,
+                               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, side=side))
+        return [[f"fake call {k} {p} #{s}" for s in range(n)] for p in prompts]
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def no_vllm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm → ImportError, also where it is installed
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    import difflens.models.pair as pair_mod
+    import difflens.run.stages as stages
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the backend was checked")
+
+    monkeypatch.setattr(pair_mod, "load_pair", refuse)
+    monkeypatch.setattr(stages, "load_pair", refuse)
+
+
+# -- the run config ----------------------------------------------------------------------------
+def test_config_fields_validate(tmp_path):
+    base = dict(out=tmp_path / "r", finetuned="organism:cake_bake")
+    cfg = RunConfig(**base)
+    assert cfg.generation_backend == "hf" and cfg.tensor_parallel_size == 1 and cfg.backend_options() == {}
+    v = RunConfig(**base, generation_backend="vllm", tensor_parallel_size=2, vllm_gpu_memory_utilization=0.5)
+    assert v.backend_options() == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5}
+    assert RunConfig(**base, generation_backend="vllm").backend_options() == {"tensor_parallel_size": 1}
+    for bad in (dict(generation_backend="tgi"), dict(generation_backend="vllm", tensor_parallel_size=0),
+                dict(generation_backend="vllm", vllm_gpu_memory_utilization=1.5)):
+        with pytest.raises(ValidationError):
+            RunConfig(**base, **bad)
+    with pytest.raises(ValidationError, match="generation_backend: vllm only"):
+        RunConfig(**base, tensor_parallel_size=2)  # a vLLM option without vLLM: refused, not ignored
+    p = write_run_config(tmp_path, out=str(tmp_path / "r"), finetuned="x", generation_backend="vlm")
+    with pytest.raises(ConfigError, match="generation_backend"):
+        load_config(p)
+    assert with_overrides(cfg, generation_backend="vllm", tensor_parallel_size=4).tensor_parallel_size == 4
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        with_overrides(cfg, tensor_parallel_size=0)
+
+
+def test_vllm_without_vllm_fails_before_any_model_loads(tmp_path, tiny_run, no_vllm, no_model_loads):
+    _, layout, _ = tiny_run
+    cfg = RunConfig(out=tmp_path / "new-run", finetuned="x", generation_backend="vllm")
+    with pytest.raises(ConfigError, match=r"pip install 'difflens\[vllm\]'"):
+        Runner(cfg)
+    assert not (tmp_path / "new-run").exists()  # nothing written either
+    # without a steer stage vLLM is not needed
+    Runner(cfg.model_copy(update={"stages": ["collect"]}), console=Console(file=io.StringIO()))
+
+    runner = CliRunner()
+    (tmp_path / "yaml").mkdir()
+    asks_vllm = write_run_config(tmp_path / "yaml", out=str(tmp_path / "cli-run"), finetuned="x",
+                                 generation_backend="vllm").rename(tmp_path / "asks-vllm.yaml")
+    plain = write_run_config(tmp_path / "yaml", out=str(tmp_path / "cli-run"), finetuned="x")
+    for args in (["steer", str(layout.root), "--backend", "vllm"],
+                 ["steer", str(layout.root), "--backend", "vllm", "--tensor-parallel-size", "2"],
+                 ["run", str(asks_vllm)],
+                 ["run", str(plain), "--backend", "vllm"],
+                 ["demo", "--out", str(tmp_path / "demo"), "--backend", "vllm"],
+                 ["sweep", "--finetuned", "x", "--out", str(tmp_path / "sweep"), "--backend", "vllm"]):
+        r = runner.invoke(app_(), args)
+        out = r.output.replace("\n", "")
+        assert r.exit_code == 2 and "pip install 'difflens[vllm]'" in out, (args, r.output)
+        assert "AssertionError" not in out
+    for d in ("cli-run", "demo", "sweep"):
+        assert not (tmp_path / d).exists()
+    r = runner.invoke(app_(), ["steer", str(layout.root), "--tensor-parallel-size", "2"])
+    assert r.exit_code == 2 and "--backend vllm only" in r.output.replace("\n", "")
+
+
+def app_():
+    from difflens.cli.main import app
+
+    return app
+
+
+# -- the HF default is unchanged -----------------------------------------------------------------
+def test_hf_default_is_the_reference_path_unchanged(tiny_run):
+    pair, layout, c = tiny_run
+    cfg = SteeringConfig(**STEER)
+    [res] = run_steer(pair, layout, GRADERS, cfg, progress=False)
+    steering_file = layout.steering(c.dataset, c.layer)
+    raw = json.loads(steering_file.read_text())
+    assert "generation_backend" not in raw and res.generation_backend == "hf"  # the file as before backends
+    # the stage fingerprint is the one computed before backends existed: earlier caches stay valid
+    fp = fingerprint({"collect": read_json(layout.collect_stats(c.dataset))["fingerprint"], "layer": c.layer,
+                      "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(GRADERS.coherence)})
+    assert read_json(layout.stage_record(layout.stage_key("steer", c.dataset, c.layer)))["fingerprint"] == fp
+    # the generations are exactly difflens.adl.steering.final_generations on the pair (same seeds, same calls)
+    gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
+    expected = hf_final_generations(pair, layer=c.layer, position=None, direction=None, alpha=0.0, eta=c.eta_ft,
+                                    cfg=cfg)
+    for j in (0, 1):
+        a = res.alpha(j)
+        expected += hf_final_generations(pair, layer=c.layer, position=j, direction=c.delta[j], alpha=a,
+                                         eta=c.eta_ft, cfg=cfg)
+        expected += [g.model_copy(update={"control": "random"}) for g in
+                     hf_final_generations(pair, layer=c.layer, position=j, direction=c.vectors("random")[j],
+                                          alpha=a, eta=c.eta_ft, cfg=cfg)]
+    assert [g.model_dump() for g in gens] == [g.model_dump() for g in expected]
+    # an explicit HFBackend is the default, byte for byte
+    before = (steering_file.read_bytes(), layout.steering_generations(c.dataset, c.layer).read_bytes())
+    steering_file.unlink()
+    run_steer(pair, layout, GRADERS, cfg, progress=False, backend=steer_backend(pair, layout, "hf"))
+    assert (steering_file.read_bytes(), layout.steering_generations(c.dataset, c.layer).read_bytes()) == before
+    assert isinstance(steer_backend(pair, layout), HFBackend)
+    with pytest.raises(ConfigError, match="vllm generation backend only"):
+        steer_backend(pair, layout, "hf", tensor_parallel_size=2)
+
+
+# -- a backend really receives the final generations ---------------------------------------------
+def test_injected_backend_gets_the_final_generations(tiny_run, monkeypatch):
+    pair, layout, c = tiny_run
+    fake, built = FakeBackend(), []
+
+    def fake_backend_for_run(name, lay, **options):
+        built.append((name, Path(lay.root), options))
+        return fake
+
+    monkeypatch.setattr(backends, "check_backend", lambda name: name)  # "vLLM is installed"
+    monkeypatch.setattr(backends, "backend_for_run", fake_backend_for_run)
+    hf_calls = []
+    real_hf = HFBackend.generate
+
+    def counting_hf(self, *a, **k):
+        hf_calls.append(1)
+        return real_hf(self, *a, **k)
+
+    monkeypatch.setattr(HFBackend, "generate", counting_hf)
+
+    def runner(**fields):
+        cfg = RunConfig(out=layout.root, finetuned="unused", stages=["steer"], steering=SteeringSection(**STEER),
+                        **fields)
+        r = Runner(cfg, console=Console(file=io.StringIO()), progress=False)
+        r._pair, r._graders = pair, GRADERS  # the tiny pair already loaded
+        return r
+
+    runner(generation_backend="vllm", tensor_parallel_size=2, vllm_gpu_memory_utilization=0.5).run()
+    assert built == [("vllm", Path(layout.root), {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5})]
+    assert fake.closed and not hf_calls  # every final generation went to the backend
+    cfg = SteeringConfig(**STEER)
+    res = A.load(A.SteeringResult, layout.steering(c.dataset, c.layer))
+    assert res.generation_backend == "vllm"
+    assert json.loads(layout.steering(c.dataset, c.layer).read_text())["generation_backend"] == "vllm"
+    # unsteered first, then per position: δ̄_j at its threshold α, then the random direction at the same α
+    expected = [(None, 0.0, None)] + [(j, res.alpha(j), d) for j in (0, 1)
+                                      for d in (c.delta[j], c.vectors("random")[j])]
+    assert len(fake.calls) == len(expected)
+    for call, (j, alpha, direction) in zip(fake.calls, expected):
+        assert call["prompts"] == cfg.prompts and call["layer"] == c.layer == 2 and call["side"] == "ft"
+        assert call["alpha"] == alpha and call["eta"] == c.eta_ft and call["n"] == cfg.final_samples
+        assert (call["temperature"], call["max_new_tokens"], call["seed"]) == \
+            (cfg.final_temperature, cfg.max_new_tokens, cfg.seed + 17)
+        assert (call["direction"] is None) if direction is None else torch.equal(call["direction"], direction)
+    gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
+    assert [g.text for g in gens] == [f"fake call {k} {p} #{s}" for k in range(len(expected))
+                                      for p in cfg.prompts for s in range(cfg.final_samples)]
+    assert [(g.position, g.control) for g in gens[::4]] == [(None, None), (0, None), (0, "random"), (1, None),
+                                                            (1, "random")]
+    # the backend is part of the fingerprint: the same backend reuses, the HF default recomputes
+    runner(generation_backend="vllm", tensor_parallel_size=2).run()  # engine options alone change nothing
+    assert len(fake.calls) == len(expected) and len(built) == 2
+    runner().run()
+    assert len(built) == 2 and hf_calls  # hf: the run's own pair, no backend_for_run
+    assert "generation_backend" not in json.loads(layout.steering(c.dataset, c.layer).read_text())
+
+
+def test_steer_command_passes_backend_and_options(tiny_run, monkeypatch):
+    _, layout, c = tiny_run
+    fake, built = FakeBackend(), []
+    monkeypatch.setattr(backends, "check_backend", lambda name: name)
+    monkeypatch.setattr(backends, "backend_for_run", lambda name, lay, **o: built.append((name, o)) or fake)
+    r = CliRunner().invoke(app_(), ["steer", str(layout.root), "--backend", "vllm", "--tensor-parallel-size", "2",
+                                    "--position", "0", "--samples", "1", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    assert built == [("vllm", {"tensor_parallel_size": 2})] and fake.closed
+    assert len(fake.calls) == 3 and [k["n"] for k in fake.calls] == [1, 1, 1]  # unsteered, δ̄_0, random control
+    assert "fake call 1" in r.output  # the steered sample shown is the backend's
+    assert A.load(A.SteeringResult, layout.steering(c.dataset, c.layer)).generation_backend == "vllm"
