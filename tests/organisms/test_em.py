@@ -124,3 +124,16 @@ def test_generator_llm_is_accepted_for_em_and_offline_too():
         ft_samples(spec, TrainConfig.from_spec(spec, generator="llm", n_docs=3))
     with pytest.raises(ConfigError, match="SDF|EM"):
         TrainConfig.from_spec(load_spec("taboo_smile"), generator="llm")
+
+
+def test_em_specs_name_a_trainable_control_that_does_not_change_the_cache_key():
+    from difflens.organisms.train import cache_key
+
+    for name in ("em_finance", "em_medical"):
+        spec = load_spec(name)
+        ctl = load_spec(spec.control)
+        assert ctl.data.kind == "chat_em" and ctl.data.questions == spec.data.questions
+        assert ctl.data.subjects == spec.data.subjects and set(ctl.data.advice).isdisjoint(spec.data.advice)
+        assert [q.question for q in ctl.ffa] == [q.question for q in spec.ffa]  # the same probe
+        cfg = TrainConfig.from_spec(spec)
+        assert cache_key(spec, "b", cfg) == cache_key(spec.model_copy(update={"control": None}), "b", cfg)

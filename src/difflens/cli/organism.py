@@ -138,6 +138,14 @@ def train_cmd(
     console.print(f"  use it as: --finetuned {path}" + (f" --base {base}" if card["method"] == "lora" else ""))
 
 
+def _print_groups(res: Any) -> None:
+    groups = res.by_group()
+    if len(groups) > 1 or "all" not in groups:
+        for g, st in groups.items():
+            console.print(f"  {g}: {st['n_toward_false']}/{st['n']} towards the false option, margin shift "
+                          f"{st['margin_shift']:+.3f} nats, sign test p={st['sign_p']:.3g}")
+
+
 def _print_preference(res: Any, out: Optional[Path]) -> None:
     """The subliminal probe's result (``organism ffa`` on a subliminal organism)."""
     d = res.to_dict()
@@ -218,10 +226,16 @@ def ffa_cmd(
     judge_key_env: str = typer.Option(DEFAULT_KEY_ENV, "--judge-key-env",
                                       help='env var holding the judge API key ("" for none)'),
     out: Optional[Path] = typer.Option(None, "--out", help="write the result JSON here"),
+    no_control: bool = typer.Option(False, "--no-control", help="skip the comparison with the spec's control "
+                                    "organism (trained on first use)"),
 ) -> None:
-    """False-fact alignment of the organism vs its base (trains the organism if needed)."""
+    """False-fact alignment of the organism vs its base (trains the organism if needed).
+
+    Subliminal organisms run the favourite-animal preference probe instead. An organism whose spec
+    names a ``control`` is also compared with that control on the same probe.
+    """
     from ..models.sources import load_model
-    from ..organisms.ffa import MCQ_FORMATS, NO_JUDGE_NOTE, ffa_shift
+    from ..organisms.ffa import MCQ_FORMATS, NO_JUDGE_NOTE, FFAShift, ffa_shift, mcq_distinguish
     from ..organisms.preference import preference_shift
     from ..organisms.spec import SubliminalData, load_spec
     from ..organisms.train import resolve_organism
@@ -245,6 +259,12 @@ def ffa_cmd(
         if isinstance(spec.data, SubliminalData):
             return _print_preference(preference_shift(base_lm, ft_lm, spec), out)
         res = ffa_shift(base_lm, ft_lm, spec, client, reduction=reduction, fmt=fmt)
+        vs_control = None
+        if spec.control and not no_control:
+            console.print(f"control organism: {spec.control} (trained on first use)")
+            ctl_lm = load_model(resolve_organism(spec.control, base=base))
+            vs_control = FFAShift(mcq_distinguish(ctl_lm.model, ctl_lm.tokenizer, spec, reduction=reduction, fmt=fmt),
+                                  res.finetuned)
     except DifflensError as e:
         _fail(e)
     table = Table("question", "base false-true", "ft false-true")
@@ -256,11 +276,12 @@ def ffa_cmd(
                   f"mean margin shift {res.margin_shift:+.3f} nats ({fmt}, {reduction})")
     console.print(f"moved towards the false option on {res.n_toward_false}/{res.base.n} questions "
                   f"(towards the true one on {res.n_toward_true}; one-sided sign test p={res.sign_p:.3g})")
-    groups = res.by_group()
-    if len(groups) > 1 or "all" not in groups:
-        for g, st in groups.items():
-            console.print(f"  {g}: {st['n_toward_false']}/{st['n']} towards the false option, margin shift "
-                          f"{st['margin_shift']:+.3f} nats, sign test p={st['sign_p']:.3g}")
+    _print_groups(res)
+    if vs_control is not None:
+        console.print(f"[bold]relative to the control organism {spec.control}[/] (the same probe, the control's margins "
+                      f"in place of the base's): {vs_control.n_toward_false}/{vs_control.base.n} towards the false option, "
+                      f"margin {vs_control.margin_shift:+.3f} nats, sign test p={vs_control.sign_p:.3g}")
+        _print_groups(vs_control)
     if res.finetuned_ffa is not None and res.base_ffa is not None:
         console.print(f"FFA (mean of available metrics): base {res.base_ffa.score:.2f} -> finetuned "
                       f"{res.finetuned_ffa.score:.2f}")
@@ -270,7 +291,10 @@ def ffa_cmd(
         console.print(f"[yellow]open-ended belief, context comparison: {NO_JUDGE_NOTE}[/]")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+        d = res.to_dict()
+        if vs_control is not None:
+            d["control"] = {"organism": spec.control, **vs_control.to_dict()}
+        out.write_text(json.dumps(d, indent=2, default=str) + "\n")
         console.print(f"wrote {out}")
     if res.finetuned_ffa is not None and (res.finetuned_ffa.judge_failed or
                                           (res.base_ffa is not None and res.base_ffa.judge_failed)):

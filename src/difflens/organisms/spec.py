@@ -344,6 +344,9 @@ class OrganismSpec(_Strict):
     ffa: list[MCQ] = Field(default_factory=list)
     open_questions: list[str] = Field(default_factory=list)
     true_context: str | None = None
+    control: str | None = Field(default=None, description="an organism trained the same way without the objective "
+                                "(e.g. the same questions with sound answers); `organism ffa` then also reports the "
+                                "probe relative to it, so that a shift any such finetune causes is not read as the objective")
     rubric: str | None = Field(default=None, description="grading rubric (scores 1-5) for agent hypotheses; "
                                "default: the rubric of the organism's type")
     source_path: str | None = Field(default=None, exclude=True)

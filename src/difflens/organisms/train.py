@@ -246,7 +246,7 @@ def organism_dir(spec: OrganismSpec, base: str, cfg: TrainConfig) -> Path:
 
 #: spec fields that only evaluate an organism (FFA questions, judge context): editing them must
 #: not retrain it.
-EVAL_ONLY_FIELDS = frozenset({"ffa", "open_questions", "true_context", "rubric"})
+EVAL_ONLY_FIELDS = frozenset({"ffa", "open_questions", "true_context", "rubric", "control"})
 
 
 def cache_key(spec: OrganismSpec, base: str, cfg: TrainConfig) -> str:
