@@ -145,3 +145,13 @@ def test_animal_preference_on_a_tiny_model_is_a_distribution_and_zero_shift_for_
     assert len(set(a.logprobs[0])) == 3  # the candidates are scored differently
     sh = PreferenceShift(a, animal_preference(m, tok, "cat", ["cat", "dog", "bear"], ["give me one animal ?", "one animal ?"]))
     assert sh.shift == pytest.approx(0.0) and sh.n_up == sh.n_down == 0
+
+
+def test_number_filter_is_linear_on_long_digit_runs():
+    """A teacher reply of hundreds of digits must not hang the filter (no catastrophic backtracking)."""
+    import time
+
+    t = time.perf_counter()
+    assert parse_numbers("1" * 400 + " owl", max_numbers=10, max_digits=3) is None
+    assert parse_numbers("12 " * 200 + "x", max_numbers=10, max_digits=3) is None
+    assert time.perf_counter() - t < 1.0

@@ -49,7 +49,10 @@ SUBLIMINAL_TEMPLATES = (
 )
 
 _SEP = re.compile(r"^[\s,;]+|[\s,;]+$")
-_STRICT = re.compile(r"^\(?\[?\s*\d+(?:\s*[,;]?\s*\d+)*\s*\]?\)?\.?$")
+# one separator between numbers is a comma or semicolon (with optional spaces) or plain whitespace; it
+# is never empty, so the pattern is unambiguous and linear (an optional separator would backtrack
+# exponentially on a long run of digits)
+_STRICT = re.compile(r"^\(?\[?\s*\d+(?:(?:\s*[,;]\s*|\s+)\d+)*\s*\]?\)?\.?$")
 
 
 def number_prompt(rng: random.Random, data: SubliminalData) -> str:
