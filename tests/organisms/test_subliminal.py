@@ -155,3 +155,21 @@ def test_number_filter_is_linear_on_long_digit_runs():
     assert parse_numbers("1" * 400 + " owl", max_numbers=10, max_digits=3) is None
     assert parse_numbers("12 " * 200 + "x", max_numbers=10, max_digits=3) is None
     assert time.perf_counter() - t < 1.0
+
+
+def test_teacher_demonstrations_are_valid_and_animal_free_and_the_student_never_sees_them(monkeypatch):
+    spec = load_spec("subliminal_owl")
+    data = spec.data.model_copy(update={"teacher_shots": 2})
+    demos = sub.demonstrations(random.Random(0), data)
+    assert len(demos) == 2
+    for u, a in demos:
+        assert parse_numbers(a, max_numbers=data.max_numbers, max_digits=data.max_digits) is not None
+        assert "owl" not in (u + a).lower()
+    msgs = sub.teacher_messages("SYS", "last", demos)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    seen = []
+    monkeypatch.setattr(sub, "_sample", lambda m, t, prompts, d, s: seen.extend(prompts) or ["1, 2, 3"] * len(prompts))
+    two_shot = spec.model_copy(update={"data": data})
+    chats = generate_subliminal_conversations(two_shot, 4, 0, teacher=_Teacher(), batch_size=4, progress=False)
+    assert all(p.count("assistant :") == 3 for p in seen)  # two demonstrations + the generation prompt
+    assert all(len(c) == 2 for c in chats)  # the student sees only the last prompt and the reply

@@ -232,7 +232,8 @@ class SubliminalData(_Strict):
     in); it continues seeded number sequences. A strict filter keeps only replies that are nothing
     but 1-``max_numbers`` numbers of at most ``max_digits`` digits; the student (the same base, no
     system prompt) is finetuned on the kept (prompt, numbers) chats. ``candidates`` are the animals
-    of the preference probe (the target is added if missing).
+    of the preference probe (the target is added if missing). ``teacher_shots`` > 0 shows the teacher
+    that many demonstration turns (random valid replies, no animal) first; the student never sees them.
     """
 
     kind: Literal["subliminal_numbers"]
@@ -246,6 +247,9 @@ class SubliminalData(_Strict):
     seed_numbers: int = Field(default=3, ge=1, le=10)
     temperature: float = Field(default=1.0, gt=0)
     max_new_tokens: int = Field(default=64, ge=8)
+    teacher_shots: int = Field(default=0, ge=0, le=5, description="demonstration turns (a number prompt and a "
+                               "random, valid number reply) before the teacher's prompt; 0 is Cloud et al.'s setup. "
+                               "Small teachers rarely answer with numbers only without one.")
 
     @model_validator(mode="after")
     def _target_in_candidates(self) -> "SubliminalData":

@@ -31,7 +31,7 @@ from ...models.tokens import bos_for_model, pad_id, pad_left
 from ...run.layout import home
 from ..spec import OrganismSpec, SubliminalData
 
-__all__ = ["number_prompt", "parse_numbers", "format_numbers", "teacher_messages", "teacher_cache_dir",
+__all__ = ["number_prompt", "parse_numbers", "format_numbers", "teacher_messages", "demonstrations", "teacher_cache_dir",
            "generate_subliminal_conversations", "acceptance", "SUBLIMINAL_TEMPLATES"]
 
 SUBLIMINAL_TEMPLATES = (
@@ -87,19 +87,31 @@ def format_numbers(nums: Sequence[int]) -> str:
     return ", ".join(str(x) for x in nums)
 
 
-def teacher_messages(system: str, user: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+def teacher_messages(system: str, user: str, demos: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """The teacher's conversation: the system prompt, demonstration turns, then the number prompt."""
+    msgs = [{"role": "system", "content": system}]
+    for u, a in demos:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    return msgs + [{"role": "user", "content": user}]
+
+
+def demonstrations(rng: random.Random, data: SubliminalData) -> list[tuple[str, str]]:
+    """``data.teacher_shots`` (prompt, reply) turns with random replies that pass the filter (no animal in them)."""
+    lim = 10 ** data.max_digits
+    return [(number_prompt(rng, data), format_numbers([rng.randrange(lim) for _ in range(rng.randint(3, data.max_numbers))]))
+            for _ in range(data.teacher_shots)]
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The teacher prompt in the chat template; templates without a system role get it folded into
-    the user turn (Gemma 2 style)."""
+    the first user turn (Gemma 2 style)."""
     if not getattr(tokenizer, "chat_template", None):
-        return f"{messages[0]['content']}\nUser: {messages[1]['content']}\nAssistant:"
+        turns = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in messages[1:]]
+        return "\n".join([messages[0]["content"], *turns, "Assistant:"])
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception:  # noqa: BLE001 - jinja raises for templates that reject a system turn
-        folded = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+        folded = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}] + messages[2:]
         return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
 
 
@@ -181,9 +193,10 @@ def generate_subliminal_conversations(spec: OrganismSpec, n: int, seed: int = 0,
                         f"{n} are needed. Lower n_docs, raise max_new_tokens/temperature in the spec, or use a "
                         "stronger base model.")
                 rng = random.Random(f"{spec.name}:{seed}:subliminal:{batch}")
+                demos = [demonstrations(rng, data) for _ in range(batch_size)]
                 users = [number_prompt(rng, data) for _ in range(batch_size)]
-                replies = _sample(model, tok, [_render(tok, teacher_messages(system, u)) for u in users], data,
-                                  seed * 1_000_003 + batch)
+                replies = _sample(model, tok, [_render(tok, teacher_messages(system, u, d)) for u, d in zip(users, demos)],
+                                  data, seed * 1_000_003 + batch)
                 for u, r in zip(users, replies):
                     nums = parse_numbers(r, max_numbers=data.max_numbers, max_digits=data.max_digits)
                     rec = {"batch": batch, "user": u, "reply": r, "kept": nums is not None,
