@@ -161,7 +161,7 @@ def generate_subliminal_conversations(spec: OrganismSpec, n: int, seed: int = 0,
 
     ``teacher`` is a loaded model (``.model``, ``.tokenizer``, ``.fingerprint``: see
     :func:`difflens.models.sources.load_model`), normally the organism's own base. Sampling goes on in
-    batches until ``n`` replies pass :func:`parse_numbers`; ``max_attempts`` (default ``8 n``) bounds
+    batches until ``n`` replies pass :func:`parse_numbers`; ``max_attempts`` (default ``25 n``) bounds
     it, and :class:`DataError` reports the acceptance rate if the teacher cannot produce enough.
     """
     data = spec.data
@@ -175,7 +175,7 @@ def generate_subliminal_conversations(spec: OrganismSpec, n: int, seed: int = 0,
     kept = [r for r in recs if r.get("kept")]
     if len(kept) >= n:
         return [_chat(r) for r in kept[:n]]
-    max_attempts = max_attempts or 8 * n + batch_size
+    max_attempts = max_attempts or 25 * n + batch_size
     system = data.system_prompt()
     model, tok = teacher.model, teacher.tokenizer
     was_training = getattr(model, "training", False)
