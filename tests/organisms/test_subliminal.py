@@ -129,7 +129,7 @@ def test_preference_shift_statistics_and_control():
     sh = PreferenceShift(base, up)
     assert sum(base.probs()[0]) == pytest.approx(1.0)
     assert sh.n_up == 3 and sh.n_down == 1 and sh.sign_p == pytest.approx(5 / 16)
-    assert sh.shift > 0 and sh.target_rank == 1
+    assert sh.shift > 0 and sh.target_rank == 1 and sh.rank_p == pytest.approx(1 / 3)
     # every animal shifted alike: no preference moved, the control says so
     same = PreferenceShift(base, _pref([[-4.0, -2.0, -2.0]] * 4))
     assert same.shift == pytest.approx(0.0, abs=1e-12) and same.n_up == 0 and same.sign_p == 1.0

@@ -153,8 +153,14 @@ def _print_preference(res: Any, out: Optional[Path]) -> None:
                   f"base {res.base.mean_p_target:.3f} -> student {res.student.mean_p_target:.3f} "
                   f"(shift {res.shift:+.3f}); rose on {res.n_up}, fell on {res.n_down} phrasings, one-sided sign "
                   f"test p={res.sign_p:.3g}")
+    shifts = sorted(res.animal_shifts().items(), key=lambda kv: -kv[1])
     console.print(f"control: the target's mean log-prob shift ranks {res.target_rank} of {d['n_candidates']} animals "
-                  f"(1 = rose most); top-1 share base {res.base.top1_share:.2f} -> student {res.student.top1_share:.2f}")
+                  f"(1 = rose most; rank p={res.rank_p:.3g}); largest shifts: "
+                  + ", ".join(f"{a} {v:+.2f}" for a, v in shifts[:4])
+                  + f"; top-1 share base {res.base.top1_share:.2f} -> student {res.student.top1_share:.2f}")
+    if res.rank_p > 0.05:
+        console.print("[yellow]the target did not rise clearly more than the other animals: no evidence of a "
+                      "transferred preference beyond a general shift[/]")
     if res.sampled:
         sb, ss = res.sampled["base"], res.sampled["student"]
         console.print(f"sampled one-word answers naming {d['target']}: base {sb['hits']}/{sb['n']} -> student "

@@ -136,10 +136,18 @@ class PreferenceShift:
         order = sorted(shifts, key=shifts.__getitem__, reverse=True)
         return order.index(self.base.target) + 1
 
+    @property
+    def rank_p(self) -> float:
+        """The control's p-value: the chance that the target's shift ranks this high if the target were
+        just one of the candidates (exchangeable), ``target_rank / n_candidates``. A sign test on
+        P(target) alone cannot tell "the student prefers the target" from "the student answers with any
+        animal name more readily and the target happens to gain a little more"."""
+        return self.target_rank / len(self.base.candidates)
+
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.base.target, "base": self.base.to_dict(), "student": self.student.to_dict(),
                 "shift": self.shift, "n_up": self.n_up, "n_down": self.n_down, "sign_p": self.sign_p,
-                "animal_shifts": self.animal_shifts(), "target_rank": self.target_rank,
+                "rank_p": self.rank_p, "animal_shifts": self.animal_shifts(), "target_rank": self.target_rank,
                 "n_candidates": len(self.base.candidates), "sampled": self.sampled}
 
 
