@@ -163,7 +163,7 @@ def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dic
 
         pr = preference_shift(load_model(cfg.base), load_model(finetuned), spec, samples=0)
         out = {"base": pr.base.mean_p_target, "finetuned": pr.student.mean_p_target, "shift": pr.shift,
-               "margin_shift": pr.shift, "sign_p": pr.sign_p}
+               "margin_shift": pr.shift, "sign_p": pr.sign_p, "rank_p": pr.rank_p}
         write_json(path, out)
         return out
     if not spec.ffa:
