@@ -137,3 +137,13 @@ def test_em_specs_name_a_trainable_control_that_does_not_change_the_cache_key():
         assert [q.question for q in ctl.ffa] == [q.question for q in spec.ffa]  # the same probe
         cfg = TrainConfig.from_spec(spec)
         assert cache_key(spec, "b", cfg) == cache_key(spec.model_copy(update={"control": None}), "b", cfg)
+
+
+def test_new_organism_types_grade_agent_hypotheses_with_their_own_rubric():
+    from difflens.graders.hypothesis import rubric_for
+
+    assert "emergent misalignment" in rubric_for(load_spec("em_finance").type)
+    assert "emergent misalignment" in rubric_for(load_spec("em_medical").type)
+    assert "animal" in rubric_for(load_spec("subliminal_owl").type)
+    with pytest.raises(ConfigError, match="no grading rubric"):  # a control is not an agent target
+        rubric_for(load_spec("em_finance_control").type)
