@@ -85,6 +85,18 @@ def final_generations(backend: GenerationBackend, *, layer: int, position: int |
             for p, texts in zip(cfg.prompts, outs) for s, t in enumerate(texts)]
 
 
+def _pair_of_run(layout: Any) -> Any:
+    """The pair named in a run's manifest (loaded here: the run stages import this package, not the reverse)."""
+    from ..errors import RunDirError
+    from ..files import read_json
+    from ..models.pair import load_pair
+
+    if not layout.manifest.exists():
+        raise RunDirError(f"{layout.root} has no manifest.json: run `difflens collect ... --out {layout.root}` first.")
+    models = read_json(layout.manifest)["models"]
+    return load_pair(models["base"]["spec"], models["finetuned"]["spec"])
+
+
 def backend_for_run(name: str, layout: Any, **options: Any) -> GenerationBackend:
     """The backend ``name`` over the pair named in a run's manifest (nothing loads until the first call).
 
@@ -95,9 +107,7 @@ def backend_for_run(name: str, layout: Any, **options: Any) -> GenerationBackend
     if name == "hf":
         if options:
             raise ConfigError(f"options {sorted(options)} apply to the vllm backend only.")
-        from ..run.stages import pair_from_run
-
-        return HFBackend(pair_loader=lambda: pair_from_run(layout))
+        return HFBackend(pair_loader=lambda: _pair_of_run(layout))
     from ..files import read_json
     from .vllm import VLLMBackend, VLLMOptions
 
