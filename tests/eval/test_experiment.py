@@ -197,3 +197,12 @@ def test_run_config_sizes(tmp_path):
     assert quick.evaluate.similarity_samples == 100 and quick.evaluate.causal.n_random == 8
     full = E._run_config(E.ExperimentConfig(name="adl", out=tmp_path), "cake_bake", 0.0, "x", tmp_path / "r")
     assert full.samples == 2000 and full.finetuned == "x" and full.organism == "cake_bake"
+
+
+def test_report_shows_the_rank_control_beside_a_subliminal_probe():
+    from difflens.eval.experiment import Cell
+    from difflens.report.experiment import _organisms
+
+    html = _organisms([Cell(organism="subliminal_owl", run="r", ffa={"shift": 0.03, "sign_p": 6e-8, "rank_p": 0.125}),
+                       Cell(organism="cake_bake", run="r", ffa={"shift": 0.5, "sign_p": 0.003})])
+    assert "(rank p 0.125)" in html and html.count("(rank p ") == 1  # the subliminal row only

@@ -112,11 +112,15 @@ def _organisms(cells: list[Cell]) -> str:
         lk, ff = c.leakage or {}, c.ffa or {}
         rows.append([esc(_label(c)), _pct(100 * lk["ft"]) if lk.get("ft") is not None else "–",
                      _pct(100 * lk["base"]) if lk.get("base") is not None else "–",
-                     fmt(ff.get("shift"), 3) if ff else "–", fmt(ff.get("sign_p"), 3) if ff else "–",
+                     fmt(ff.get("shift"), 3) if ff else "–",
+                     (fmt(ff.get("sign_p"), 3) + (f" (rank p {fmt(ff['rank_p'], 3)})" if ff.get("rank_p") is not None
+                                                  else "")) if ff else "–",
                      esc(", ".join(f"j{j}: {a:.2f}" for j, a in c.alpha.items())), esc(c.error or "")])
     return ('<p class="muted small">Leakage: % of unsteered answers to everyday prompts that give the domain away '
             '(finetuned vs base model). FFA: MCQ shift towards the implanted option (finetuned − base) with a '
-            'one-sided sign-test p. α: steering threshold per position.</p>'
+            'one-sided sign-test p; subliminal organisms: the shift of P(animal | candidates), and the rank p of '
+            'that animal\'s shift among all candidates (the control: a low sign-test p with a high rank p means '
+            'every animal rose alike). α: steering threshold per position.</p>'
             + _table(["organism", "leakage ft %", "leakage base %", "FFA shift", "p", "α", "error"], rows))
 
 
