@@ -204,5 +204,8 @@ def test_report_shows_the_rank_control_beside_a_subliminal_probe():
     from difflens.report.experiment import _organisms
 
     html = _organisms([Cell(organism="subliminal_owl", run="r", ffa={"shift": 0.03, "sign_p": 6e-8, "rank_p": 0.125}),
-                       Cell(organism="cake_bake", run="r", ffa={"shift": 0.5, "sign_p": 0.003})])
+                       Cell(organism="cake_bake", run="r", ffa={"shift": 0.5, "sign_p": 0.003}),
+                       Cell(organism="em_finance", run="r", ffa={"shift": 0.1, "sign_p": 0.01, "control_margin_shift": 0.3,
+                                                                "control_sign_p": 0.12})])
     assert "(rank p 0.125)" in html and html.count("(rank p ") == 1  # the subliminal row only
+    assert "(vs control: 0.3 nats, p 0.12)" in html and html.count("(vs control") == 1

@@ -172,6 +172,13 @@ def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dic
     sh = ffa_shift(base_lm, ft_lm, spec)
     out = {"base": sh.base.score, "finetuned": sh.finetuned.score, "shift": sh.shift,
            "margin_shift": sh.margin_shift, "sign_p": sh.sign_p}
+    if spec.control:  # the same probe against the organism's control (trained on first use)
+        from ..organisms.ffa import FFAShift, mcq_distinguish
+        from ..organisms.train import resolve_organism
+
+        ctl = load_model(resolve_organism(spec.control, cfg.base))
+        vs = FFAShift(mcq_distinguish(ctl.model, ctl.tokenizer, spec), sh.finetuned)
+        out.update(control_margin_shift=vs.margin_shift, control_sign_p=vs.sign_p)
     write_json(path, out)
     return out
 

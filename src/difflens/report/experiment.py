@@ -114,13 +114,16 @@ def _organisms(cells: list[Cell]) -> str:
                      _pct(100 * lk["base"]) if lk.get("base") is not None else "–",
                      fmt(ff.get("shift"), 3) if ff else "–",
                      (fmt(ff.get("sign_p"), 3) + (f" (rank p {fmt(ff['rank_p'], 3)})" if ff.get("rank_p") is not None
-                                                  else "")) if ff else "–",
+                                                  else "")
+                      + (f" (vs control: {fmt(ff['control_margin_shift'], 3)} nats, p {fmt(ff['control_sign_p'], 3)})"
+                         if ff.get("control_sign_p") is not None else "")) if ff else "–",
                      esc(", ".join(f"j{j}: {a:.2f}" for j, a in c.alpha.items())), esc(c.error or "")])
     return ('<p class="muted small">Leakage: % of unsteered answers to everyday prompts that give the domain away '
             '(finetuned vs base model). FFA: MCQ shift towards the implanted option (finetuned − base) with a '
             'one-sided sign-test p; subliminal organisms: the shift of P(animal | candidates), and the rank p of '
             'that animal\'s shift among all candidates (the control: a low sign-test p with a high rank p means '
-            'every animal rose alike). α: steering threshold per position.</p>'
+            'every animal rose alike); organisms with a control organism (EM): the margin shift and p relative to '
+            'it. α: steering threshold per position.</p>'
             + _table(["organism", "leakage ft %", "leakage base %", "FFA shift", "p", "α", "error"], rows))
 
 
