@@ -9,8 +9,8 @@ from rich.table import Table
 
 from ..errors import ConfigError, DifflensError
 from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BACKEND, GRADER, LLM_KEY, LLM_MODEL,
-                      LLM_URL, MAX_MEMORY, TP_SIZE, VLLM_MEM, backend_overrides, console, fail, llm_client,
-                      pair_loading)
+                      LLM_URL, MAX_MEMORY, O_DEVICE, O_DTYPE, TP_SIZE, VLLM_MEM, backend_overrides, console, fail,
+                      llm_client, pair_loading, placement_overrides)
 
 PARTS_HELP = ("parts to compute (repeatable): relevance, similarity, causal, identification, leakage "
               "(default: all)")
@@ -140,6 +140,8 @@ def experiment_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (auto: the running "
                                           "cluster; default: a local Ray instance)"),
     cell_gpus: float = typer.Option(0.0, "--cell-gpus", help="ray: GPUs each cell reserves (1 for a pair on a GPU)"),
+    device: Optional[str] = O_DEVICE, dtype: Optional[str] = O_DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE, ft_device: Optional[str] = FT_DEVICE,
     agent_provider: str = typer.Option("endpoint", "--agent-provider", help="agents: endpoint, local or manual"),
     agent_model: Optional[str] = typer.Option(None, "--agent-model", help="agents: the agent's model"),
     agent_base_url: Optional[str] = typer.Option(None, "--agent-base-url"),
@@ -170,7 +172,9 @@ def experiment_cmd(
         overrides = _parse_overrides(train or [])
         cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
                                mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples,
-                               train=overrides)
+                               train=overrides, placement=placement_overrides(
+                                   device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                   base_device=base_device, ft_device=ft_device))
         res = run_experiment(cfg, executor=ex)
         path = render_experiment(cfg.out)
     except DifflensError as e:
@@ -273,6 +277,8 @@ def sweep_cmd(
     quick: bool = typer.Option(False, "--quick", help="short steering (32 tokens, 6 prompts, 2 samples)"),
     backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
     vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
+    device: Optional[str] = O_DEVICE, dtype: Optional[str] = O_DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE, ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Positions up to K and layers across depth: relevance and steering similarity per position and layer."""
     from ..run.config import EvaluateSection, LensSection, RunConfig, SteeringSection
@@ -287,6 +293,8 @@ def sweep_cmd(
         if quick:
             steer = steer.model_copy(update={"max_new_tokens": 32, "prompts": steer.prompts[:6], "final_samples": 2})
         overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
+        overrides |= placement_overrides(device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                         base_device=base_device, ft_device=ft_device)
         cfg = RunConfig(out=out, base=base, finetuned=finetuned, organism=org, ft_data=ft_data, description=description,
                         positions=positions, layers=depth, samples=samples,
                         lens=LensSection(positions=pos), steering=steer,

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..errors import DifflensError
 from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BACKEND, GRADER, LLM_KEY, LLM_MODEL,
-                      LLM_URL, MAX_MEMORY, TP_SIZE, VLLM_MEM, backend_choice, backend_overrides, console,
-                      fail as _fail, llm_client, pair_loading)
+                      LLM_URL, MAX_MEMORY, O_DEVICE, O_DTYPE, TP_SIZE, VLLM_MEM, backend_choice, backend_overrides,
+                      console, fail as _fail, llm_client, pair_loading, placement_overrides)
 
 app = typer.Typer(help="difflens: read finetuning objectives out of base-vs-finetuned activation differences.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -181,14 +181,18 @@ def run_cmd(
     config: Path = typer.Argument(..., help="run config YAML (see examples/run.yaml)"),
     backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
     vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
+    device: Optional[str] = O_DEVICE, dtype: Optional[str] = O_DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE, ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Run the stages named in a config (collect → lens → steer → report), reusing finished ones.
-    The generation-backend options override the config's fields."""
+    The generation-backend and placement options override the config's fields."""
     from ..run.config import load_config
     from ..run.pipeline import Runner
 
     try:
         overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
+        overrides |= placement_overrides(device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                         base_device=base_device, ft_device=ft_device)
         Runner(load_config(config, **overrides)).run()
     except DifflensError as e:
         _fail(e)
@@ -200,6 +204,8 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out"),
     backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
     vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
+    device: Optional[str] = O_DEVICE, dtype: Optional[str] = O_DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE, ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """The embedded end-to-end demo: train an organism on SmolLM2, diff it, show its secret."""
     import time
@@ -210,6 +216,8 @@ def demo(
     t0 = time.time()
     try:
         overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
+        overrides |= placement_overrides(device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                                         base_device=base_device, ft_device=ft_device)
         cfg = with_overrides(demo_config(organism, out), **overrides)
     except DifflensError as e:
         _fail(e)

@@ -49,6 +49,18 @@ BASE_DEVICE = typer.Option(None, "--base-device", help="the base model's placeme
 FT_DEVICE = typer.Option(None, "--ft-device", help="the finetuned model's placement only (like --base-device)")
 
 
+# -- the same placement as overrides of a run config (run, demo, sweep, experiment): unset = the config's value
+O_DTYPE = typer.Option(None, "--dtype", help="override the config's precision (auto, float32, bfloat16, float16, "
+                       "bf16-fp32res, fp16-fp32res)")
+O_DEVICE = typer.Option(None, "--device", help="override the config's device for both models")
+
+
+def placement_overrides(**given: Any) -> dict[str, Any]:
+    """The run-config placement fields (``device``, ``dtype``, ``device_map``, ``max_memory``, ``base_device``,
+    ``ft_device``) that were given on the command line; the config validates them before any model loads."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
 # -- who samples the steering stage's final generations (steer, run, demo, sweep) --------------------
 # (the escaped bracket keeps Rich from reading "[vllm]" as markup in --help)
 GEN_BACKEND = typer.Option(None, "--backend", help="who samples the final steered / unsteered generations: hf "

@@ -42,6 +42,7 @@ class ExperimentConfig(BaseModel):
     quick: bool = False
     samples: int | None = None  # collection samples per run (default: the demo's 2,000; quick: 1,000)
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides for every cell (a recipe variant)
+    placement: dict[str, Any] = Field(default_factory=dict)  # run-config placement/precision of every cell's pair
 
 
 class Cell(BaseModel):
@@ -109,6 +110,10 @@ def _run_config(cfg: ExperimentConfig, organism: str, mix: float, finetuned: str
         upd["steering"] = rc.steering.model_copy(update={"positions": [2], "max_new_tokens": 32,
                                                          "prompts": rc.steering.prompts[:6]})
         upd["evaluate"] = EvaluateSection(**EvalConfig.quick(similarity_samples=100).model_dump())
+    if cfg.placement:
+        from ..run.config import with_overrides
+
+        return with_overrides(rc.model_copy(update=upd), **cfg.placement)
     return rc.model_copy(update=upd)
 
 
@@ -216,6 +221,21 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     return cell.model_dump(mode="json")
 
 
+def _check_placement(cfg: ExperimentConfig) -> None:
+    """Refuse a bad placement (missing device-map file, malformed sizes, unknown precision) before any cell
+    trains or loads a model."""
+    if not cfg.placement:
+        return
+    from pydantic import ValidationError
+
+    from ..run.config import RunConfig
+
+    try:
+        RunConfig(out=cfg.out, finetuned="placement-check", **cfg.placement)
+    except ValidationError as e:
+        raise ConfigError(f"experiment placement {cfg.placement}: {e.errors()[0].get('msg', e)}") from None
+
+
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, executor: Executor | None = None) -> ExperimentResult:
     """Run (or resume) every cell, then write ``OUT/experiment.json`` and ``OUT/report.html``.
 
@@ -223,6 +243,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, executor: Ex
     a local process pool or a Ray cluster); the driver merges them in cell order and rewrites
     ``experiment.json`` atomically after every finished cell.
     """
+    _check_placement(cfg)
     executor = executor or LocalExecutor(1)
     cells = _cells(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
