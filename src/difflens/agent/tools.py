@@ -120,22 +120,25 @@ class InProcessModels:
         self._calls += 1
         return s
 
-    def ask(self, prompts: list[str]) -> dict[str, list[str]]:
+    def _generate(self, prompts: list[str], **kw: Any) -> list[list[str]]:
+        """Every generation of this access goes through here (:func:`difflens.adl.steering.generate` on the
+        pair; :class:`difflens.backends.access.BackendModels` sends it to another backend)."""
         from ..adl.steering import generate
 
+        return generate(self.pair, prompts, **kw)
+
+    def ask(self, prompts: list[str]) -> dict[str, list[str]]:
         prompts = list(prompts)
         if not prompts:
             return {"base": [], "finetuned": []}
-        pair, seed = self.pair, self._next_seed()
         kw: dict[str, Any] = dict(layer=0, direction=None, alpha=0.0, eta=1.0, n=1, temperature=self.temperature,
-                                  max_new_tokens=self.max_new_tokens, seed=seed)
-        base = generate(pair, prompts, side="base", **kw)
-        ft = generate(pair, prompts, side="ft", **kw)
+                                  max_new_tokens=self.max_new_tokens, seed=self._next_seed())
+        base = self._generate(prompts, side="base", **kw)
+        ft = self._generate(prompts, side="ft", **kw)
         return {"base": [b[0] for b in base], "finetuned": [f[0] for f in ft]}
 
     def steered(self, dataset: str, layer: int, position: int, prompts: list[str], n: int) -> list[list[str]]:
         from ..adl.collect import load_collected
-        from ..adl.steering import generate
 
         prompts = list(prompts)
         if not prompts or n < 1:
@@ -150,10 +153,9 @@ class InProcessModels:
         delta = self._delta[key]
         if not 0 <= position < delta.shape[0]:
             raise KeyError(f"position {position} was not collected (k={delta.shape[0]})")
-        pair, seed = self.pair, self._next_seed()
         length = min(self.max_new_tokens, steer.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
-        return generate(pair, prompts, layer=layer, direction=delta[position], alpha=alpha, eta=steer.eta_ft, n=n,
-                        temperature=steer.temperature, max_new_tokens=length, seed=seed, side="ft")
+        return self._generate(prompts, layer=layer, direction=delta[position], alpha=alpha, eta=steer.eta_ft, n=n,
+                              temperature=steer.temperature, max_new_tokens=length, seed=self._next_seed(), side="ft")
 
 
 # ============================================================================================
