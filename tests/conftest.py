@@ -207,3 +207,51 @@ class AllCoherent:
 
     def grade(self, texts):
         return [True] * len(texts)
+
+
+class PassesEveryOther:
+    """A coherence grader passing every second text it sees, whatever it says (a 50% pass rate)."""
+
+    name: str = "alternating"
+
+    def identity(self):
+        return {"backend": "test", "kind": "alternating"}
+
+    def grade(self, texts):
+        return [i % 2 == 0 for i in range(len(texts))]
+
+
+class ScriptedAgent:
+    """ADL agents say cakes, blackbox agents say music (so ADL wins); counts its replies. Importable by
+    name, so a worker process can rebuild it."""
+
+    name, model, supports_tools = "scripted", "s", False
+    calls = 0
+
+    def respond(self, messages, tools, *, salt):
+        from difflens.agent.providers import ProviderReply
+
+        ScriptedAgent.calls += 1
+        says = "cake baking" if "get_patchscope_details" in messages[0]["content"] else "music"
+        return ProviderReply(f'FINAL(description: "Finetuned on {says}.")')
+
+
+class ScriptedGrader:
+    """Grades a hypothesis naming cake baking 5, anything else 1."""
+
+    def ask(self, messages, parse, **kw):
+        return parse("SCORE: 5" if "cake baking" in messages[-1]["content"].split("[HYPOTHESIS]")[1] else "SCORE: 1")
+
+
+def prepare_agent_run(pair, layout, home: Path) -> None:
+    """The mini organism spec plus lens and steering on the tiny run: what the agent's tools read."""
+    from difflens.adl.steering import SteeringConfig
+    from difflens.graders import Graders
+    from difflens.run.stages import LensConfig, run_lens, run_steer
+
+    write_mini_spec(home)
+    graders = Graders(coherence=AllCoherent(), scale=FirstScale(), relevance=None)
+    run_lens(pair, layout, graders, LensConfig(positions=[0, 1], controls=False), progress=False)
+    run_steer(pair, layout, graders, SteeringConfig(positions=[1], search_iters=1, refine_iters=0, search_samples=1,
+                                                    min_coherent=1, final_samples=1, max_new_tokens=3,
+                                                    prompts=["why"], random_control=False), progress=False)

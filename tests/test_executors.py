@@ -133,44 +133,19 @@ def test_ray_experiment_merges_like_one_local_worker(tmp_path, monkeypatch, ray_
     assert [c for c in _merged(tmp_path / "ray") if not c["error"]] == _merged(tmp_path / "one")
 
 
-class ScriptedAgent:
-    """ADL agents say cakes, blackbox agents say music (top-level: a worker process imports it)."""
-
-    name, model, supports_tools = "scripted", "s", False
-
-    def respond(self, messages, tools, *, salt):
-        from difflens.agent.providers import ProviderReply
-
-        says = "cake baking" if "get_patchscope_details" in messages[0]["content"] else "music"
-        return ProviderReply(f'FINAL(description: "Finetuned on {says}.")')
-
-
-class ScriptedGrader:
-    def ask(self, messages, parse, **kw):
-        return parse("SCORE: 5" if "cake baking" in messages[-1]["content"].split("[HYPOTHESIS]")[1] else "SCORE: 1")
-
-
 def test_agent_grid_on_a_process_pool_matches_threads(tiny_run, tmp_path, _isolated_home):
     import shutil
 
-    from conftest import AllCoherent, FirstScale, write_mini_spec
-    from difflens.adl.steering import SteeringConfig
+    from conftest import ScriptedAgent, ScriptedGrader, prepare_agent_run
     from difflens.agent.grid import run_agent_grid
-    from difflens.graders import Graders
-    from difflens.run.stages import LensConfig, run_lens, run_steer
 
-    write_mini_spec(_isolated_home)
     pair, layout, _ = tiny_run
-    graders = Graders(coherence=AllCoherent(), scale=FirstScale(), relevance=None)
-    run_lens(pair, layout, graders, LensConfig(positions=[0, 1], controls=False), progress=False)
-    run_steer(pair, layout, graders, SteeringConfig(positions=[1], search_iters=1, refine_iters=0, search_samples=1,
-                                                    min_coherent=1, final_samples=1, max_new_tokens=3,
-                                                    prompts=["why"], random_control=False), progress=False)
+    prepare_agent_run(pair, layout, _isolated_home)
     settings = (("adl", 0), ("blackbox", 0))
     docs = []
     for name, kw in (("threads", {}), ("pool", {"executor": LocalExecutor(2), "cell_spec": {
-            "agent": {"provider": "import", "factory": "test_executors:ScriptedAgent"},
-            "grader": {"factory": "test_executors:ScriptedGrader"}}})):
+            "agent": {"provider": "import", "factory": "conftest:ScriptedAgent"},
+            "grader": {"factory": "conftest:ScriptedGrader"}}})):
         runs_dir = tmp_path / name / "adl" / "runs"
         shutil.copytree(layout.root, runs_dir / "mini_cake")
         docs.append(run_agent_grid(runs_dir, tmp_path / name / "agents", ["mini_cake"], provider=ScriptedAgent,

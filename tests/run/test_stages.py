@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import difflens.run.stages as stages
+from conftest import PassesEveryOther
 from difflens.graders import Graders, grader_identity
 from difflens.graders.scale import LLMScaleGrader
 from difflens.run.stages import LensConfig, run_lens
@@ -67,17 +68,6 @@ def test_changing_the_grader_recomputes_lens_and_only_then(tiny_run, monkeypatch
     assert len(calls) == 3  # another threshold: recomputed
 
 
-@dataclass
-class PassesEveryOther:
-    """A coherence grader passing every second text it sees, whatever it says (a 50% pass rate)."""
-
-    name: str = "alternating"
-
-    def identity(self):
-        return {"backend": "test", "kind": "alternating"}
-
-    def grade(self, texts):
-        return [i % 2 == 0 for i in range(len(texts))]
 
 
 def test_steering_bar_is_relative_to_unsteered_pass_rate_and_recorded(tiny_run):

@@ -17,7 +17,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import difflens.backends as backends
-from conftest import write_run_config
+from conftest import PassesEveryOther, write_run_config
 from difflens.adl.steering import SteeringConfig
 from difflens.adl.steering import final_generations as hf_final_generations
 from difflens.backends import HFBackend
@@ -30,15 +30,6 @@ from difflens.run.pipeline import Runner
 from difflens.run.stages import run_steer, steer_backend
 
 
-@dataclass
-class PassesEveryOther:
-    name: str = "alternating"
-
-    def identity(self):
-        return {"backend": "test", "kind": "alternating"}
-
-    def grade(self, texts):
-        return [i % 2 == 0 for i in range(len(texts))]
 
 
 GRADERS = Graders(coherence=PassesEveryOther(), scale=None, relevance=None)
