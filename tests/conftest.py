@@ -255,3 +255,20 @@ def prepare_agent_run(pair, layout, home: Path) -> None:
     run_steer(pair, layout, graders, SteeringConfig(positions=[1], search_iters=1, refine_iters=0, search_samples=1,
                                                     min_coherent=1, final_samples=1, max_new_tokens=3,
                                                     prompts=["why"], random_control=False), progress=False)
+
+
+def save_tiny_adapter(tmp: Path, base_dir: Path, **lora: object):
+    """A LoRA adapter (``LoraConfig(**lora)``) on the tiny checkpoint ``base_dir``, saved to ``tmp/adapter``
+    with its config naming that base; returns ``(peft_model, adapter_dir)``."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(**lora))
+    adapter_dir = tmp / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(base_dir)
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg))
+    return peft_model, adapter_dir

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import save_tiny, tiny_tokenizer
+from conftest import save_tiny, save_tiny_adapter, tiny_tokenizer
 from difflens.eval.causal import CausalConfig, causal_effect, delta_ce, random_difference_vectors
 from difflens.models.pair import load_pair
 from difflens.models.tokens import encode
@@ -246,18 +246,9 @@ def test_causal_effect_refuses_bad_inputs_before_compute(tmp_path):
 
 
 def test_adapter_pair_equals_merged_pair(tmp_path, corpus_file):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     base_dir = save_tiny(tmp_path, "llama", 0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                                LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
-                                           init_lora_weights=False))
-    adapter_dir = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter_dir)
-    cfg_json = json.loads((adapter_dir / "adapter_config.json").read_text())
-    cfg_json["base_model_name_or_path"] = str(base_dir)
-    (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg_json))
+    peft_model, adapter_dir = save_tiny_adapter(tmp_path, base_dir, r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                init_lora_weights=False)
     merged_dir = tmp_path / "merged"
     peft_model.merge_and_unload().save_pretrained(merged_dir)
     tiny_tokenizer().save_pretrained(merged_dir)

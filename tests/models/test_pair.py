@@ -1,12 +1,11 @@
 """Model pairs: shared-adapter pairs equal two models; mismatched pairs are refused before compute."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
-from conftest import save_tiny, tiny_tokenizer
+from conftest import save_tiny, save_tiny_adapter, tiny_tokenizer
 from difflens.adl.collect import CollectConfig, collect
 from difflens.errors import IncompatiblePairError
 from difflens.run.layout import RunLayout
@@ -14,18 +13,9 @@ from difflens.models.pair import load_pair
 
 
 def test_adapter_pair_shares_weights_and_equals_two_models(tmp_path, corpus_file):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     base_dir = save_tiny(tmp_path, "llama", 0)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  init_lora_weights=False))
-    adapter_dir = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter_dir)
-    cfg_json = json.loads((adapter_dir / "adapter_config.json").read_text())
-    cfg_json["base_model_name_or_path"] = str(base_dir)
-    (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg_json))
+    peft_model, adapter_dir = save_tiny_adapter(tmp_path, base_dir, r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                init_lora_weights=False)
     merged_dir = tmp_path / "merged"
     peft_model.merge_and_unload().save_pretrained(merged_dir)
     tiny_tokenizer().save_pretrained(merged_dir)

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from conftest import save_tiny
+from conftest import save_tiny, save_tiny_adapter
 from difflens.adl.collect import CollectConfig, collect, mean_norms
 from difflens.adl.interventions import project_out
 from difflens.adl.patchscope import patched_next_token_probs, unpatched_tokens
@@ -200,17 +200,8 @@ def test_device_map_validation(tmp_path):
 
 
 def test_shared_adapter_refuses_split_placement(tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     base_dir = save_tiny(tmp_path, "llama", 0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                                LoraConfig(r=2, target_modules=["q_proj"]))
-    adapter = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter)
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = str(base_dir)
-    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    peft_model, adapter = save_tiny_adapter(tmp_path, base_dir, r=2, target_modules=["q_proj"])
     dm = tmp_path / "m.json"
     dm.write_text(json.dumps(per_layer_map(peft_model.get_base_model())))
     with pytest.raises(ConfigError, match="share one set of weights"):
