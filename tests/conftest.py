@@ -112,6 +112,19 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model-pair load fails the test: for checks that must refuse bad input before expensive work."""
+    import difflens.models.pair as pair_mod
+    import difflens.run.stages as stages
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(pair_mod, "load_pair", refuse)
+    monkeypatch.setattr(stages, "load_pair", refuse)
+
+
+@pytest.fixture
 def corpus_file(tmp_path):
     """A small local JSONL corpus built from the tiny vocabulary."""
     import json

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from conftest import write_run_config
@@ -12,16 +11,6 @@ from difflens.cli import app
 from difflens.eval.experiment import ExperimentConfig, _run_config
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    import difflens.models.pair as pair_mod
-    import difflens.run.stages as stages
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded before the placement was checked")
-
-    monkeypatch.setattr(pair_mod, "load_pair", refuse)
-    monkeypatch.setattr(stages, "load_pair", refuse)
 
 
 def test_bad_placement_is_refused_before_any_model_loads(tmp_path, no_model_loads):

@@ -1,7 +1,6 @@
 """Model pairs: shared-adapter pairs equal two models; mismatched pairs are refused before compute."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

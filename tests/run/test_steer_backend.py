@@ -60,16 +60,6 @@ def no_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm → ImportError, also where it is installed
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    import difflens.models.pair as pair_mod
-    import difflens.run.stages as stages
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded before the backend was checked")
-
-    monkeypatch.setattr(pair_mod, "load_pair", refuse)
-    monkeypatch.setattr(stages, "load_pair", refuse)
 
 
 # -- the run config ----------------------------------------------------------------------------
