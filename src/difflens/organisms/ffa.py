@@ -335,12 +335,17 @@ def mcq_distinguish(model: Any, tokenizer: Any, spec: OrganismSpec | Sequence[MC
 # ==================================================================================================
 
 
+def _user_turn_ids(tokenizer: Any, model: Any, user_text: str) -> list[int]:
+    """A user message ready for the assistant's reply: the chat template's, or without one a plain
+    "User: ...\nAssistant:" under the architecture's BOS policy."""
+    ids = _chat_prefix_ids(tokenizer, user_text)
+    return ids if ids is not None else _prefix_ids(tokenizer, model, chat_prompt_text(tokenizer, user_text))
+
+
 @torch.no_grad()
 def _generate(model: Any, tokenizer: Any, user_text: str, *, max_new_tokens: int = 96) -> str:
     """Greedy answer of the model to one user message (chat template if it has one)."""
-    ids = _chat_prefix_ids(tokenizer, user_text)
-    if ids is None:  # no chat template: plain "User: ...\nAssistant:" with the architecture's BOS policy
-        ids = _prefix_ids(tokenizer, model, chat_prompt_text(tokenizer, user_text))
+    ids = _user_turn_ids(tokenizer, model, user_text)
     device = input_device(model)
     inp = torch.tensor([ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -21,8 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .ffa import _chat_prefix_ids, _prefix_ids, option_logprobs, sign_test
-from ..data.chat import chat_prompt_text
+from .ffa import _user_turn_ids, option_logprobs, sign_test
 from ..models.tokens import pad_id, pad_left
 from .spec import OrganismSpec, SubliminalData
 
@@ -167,15 +166,11 @@ def animal_preference(model: Any, tokenizer: Any, target: str, candidates: Seque
     rows = []
     try:
         for q in questions:
-            prefix = _chat_prefix_ids(tokenizer, q)
-            if prefix is None:
-                prefix = _prefix_ids(tokenizer, model, chat_prompt_text(tokenizer, q))
             forms = [f for a in cands for f in _forms(a)]
-            lps = option_logprobs(model, tokenizer, prefix, forms, reduction="sum", sep="" if
-                                  getattr(tokenizer, "chat_template", None) else " ")
-            it = iter(zip(forms, lps))
+            lps = option_logprobs(model, tokenizer, _user_turn_ids(tokenizer, model, q), forms, reduction="sum",
+                                  sep="" if getattr(tokenizer, "chat_template", None) else " ")
             by: dict[str, list[float]] = {}
-            for f, lp in it:
+            for f, lp in zip(forms, lps):
                 by.setdefault(f.lower(), []).append(lp)
             rows.append([_logsumexp(by[a.lower()]) for a in cands])
     finally:
@@ -195,8 +190,7 @@ def sampled_rate(model: Any, tokenizer: Any, target: str, questions: Sequence[st
     """``n`` sampled answers per phrasing; how many name ``target`` (whole word, plural allowed)."""
     rows = []
     for q in questions:
-        ids = _chat_prefix_ids(tokenizer, q) or _prefix_ids(tokenizer, model, chat_prompt_text(tokenizer, q))
-        rows.extend([ids] * n)
+        rows.extend([_user_turn_ids(tokenizer, model, q)] * n)
     dev = model.get_input_embeddings().weight.device
     ids, mask = pad_left(rows, pad_id(tokenizer), dev)
     torch.manual_seed(seed)
