@@ -6,7 +6,6 @@ import torch
 
 from conftest import FAMILIES, tiny_model
 from difflens.models.arch import ArchAdapter
-from difflens.errors import UnsupportedArchitectureError
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -76,9 +75,14 @@ def test_resolve_layer():
         arch.resolve_layer(1.5)
 
 
-def test_unsupported_architecture_is_refused():
+def test_family_outside_the_table_is_discovered():
+    """Bloom is in no family table: its layout is found from the config and module tree (the refusal
+    of a non-standard layout is in tests/models/test_families.py)."""
     import transformers as T
 
     cfg = T.BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2)
-    with pytest.raises(UnsupportedArchitectureError, match="bloom.*not supported"):
-        ArchAdapter(T.AutoModelForCausalLM.from_config(cfg))
+    arch = ArchAdapter(T.AutoModelForCausalLM.from_config(cfg))
+    assert (arch.layout.layers, arch.layout.final_norm, arch.layout.embed) == \
+        ("transformer.h", "transformer.ln_f", "transformer.word_embeddings")
+    assert not arch.known and not arch.uses_bos
+    arch.check()

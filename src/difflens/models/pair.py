@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .arch import ArchAdapter, model_type_of, text_config, unwrap
+from .arch import ArchAdapter, check_model, model_type_of, text_config, unwrap
 from ..errors import ConfigError, IncompatiblePairError
 from .placement import Placement, align_inputs, input_device, make_placement
 from .precision import FP32_RESIDUAL, resolve_pair_precision, use_fp32_residual, weight_dtype
@@ -182,14 +182,16 @@ def _same_source(a: ModelSource, b: ModelSource) -> bool:
 
 def load_pair(base: str, finetuned: str, *, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
               device_map: Any = None, max_memory: Any = None, base_device: str | None = None,
-              ft_device: str | None = None, placement: Placement | None = None) -> ModelPair:
+              ft_device: str | None = None, placement: Placement | None = None, check: bool = True) -> ModelPair:
     """Resolve, validate and load a pair. Adapters of the same base share its weights.
 
     ``dtype``: a torch dtype or a precision name (:data:`difflens.models.precision.PRECISIONS`,
     ``auto`` resolved per device and model size). Placement: ``device``, ``device_map``,
     ``max_memory`` for both models, ``base_device``/``ft_device`` per model (see
     :mod:`difflens.models.placement`), or a ready :class:`Placement`. Everything is validated
-    before any weights are read.
+    before any weights are read; once loaded, each side passes :func:`difflens.models.arch.check_model`
+    (one 8-token forward: difflens reads its layers and logits as the model computes them) unless
+    ``check`` is False.
     """
     base_src = resolve_source(base)
     ft_src = resolve_source(finetuned, base=base)
@@ -214,4 +216,8 @@ def load_pair(base: str, finetuned: str, *, dtype: torch.dtype | str = torch.flo
             arch = pair.arch_of(which)
             use_fp32_residual(arch.inner, arch.embedding, FP32_RESIDUAL[precision])
     pair.precision = precision
+    if check:
+        for which, name in (("base", base), ("ft", finetuned)):
+            with pair.side(which) as model:
+                check_model(model, pair.arch_of(which), name=name)
     return pair
