@@ -18,7 +18,7 @@ from difflens.adl.collect import CollectConfig, collect, load_collected
 from difflens.adl.steering import generate_rows, steering_hook, steering_vectors
 from difflens.data.corpora import load_corpus, sample_ids
 from difflens.errors import UnsupportedArchitectureError
-from difflens.models.arch import FAMILIES, TESTED_FAMILIES, ArchAdapter, check_model
+from difflens.models.arch import FAMILIES, TESTED_FAMILIES, ArchAdapter, Family, check_model
 from difflens.models.pair import load_pair
 from difflens.models.tokens import bos_prefix_ids, pad_left
 from difflens.run.layout import RunLayout
@@ -223,7 +223,7 @@ class OddLM(nn.Module):
     """A crafted causal LM with a non-standard layout: its blocks sit in a ModuleDict, its head is a
     bare parameter (no get_output_embeddings module)."""
 
-    def __init__(self, with_list: bool = False):
+    def __init__(self, with_list: bool = False, linear_head: bool = False):
         from transformers import PretrainedConfig
 
         super().__init__()
@@ -231,7 +231,7 @@ class OddLM(nn.Module):
         self.emb = nn.Embedding(64, 16)
         blocks = [nn.Linear(16, 16), nn.Linear(16, 16)]
         self.blocks = nn.ModuleList(blocks) if with_list else nn.ModuleDict({"a": blocks[0], "b": blocks[1]})
-        self.head = nn.Parameter(torch.randn(64, 16))
+        self.head = nn.Linear(16, 64, bias=False) if linear_head else nn.Parameter(torch.randn(64, 16))
 
     def get_input_embeddings(self):
         return self.emb
@@ -253,6 +253,22 @@ def test_non_standard_layout_is_refused_naming_what_is_missing():
                                                            r"layers in 'OddLM': children are emb \(Embedding\), "
                                                            r"blocks \(ModuleList\)\)"):
         ArchAdapter(OddLM(with_list=True))
+
+
+def test_family_table_paths_override_discovery(monkeypatch):
+    """What discovery cannot find, a Family entry names: here no final norm and a head that
+    get_output_embeddings() does not return."""
+    monkeypatch.setitem(FAMILIES, "oddlm", Family("oddlm", final_norm="", unembed="head"))
+    model = OddLM(with_list=True, linear_head=True)
+    arch = ArchAdapter(model)
+    assert (arch.layout.layers, arch.layout.final_norm, arch.layout.embed, arch.layout.unembed) == \
+        ("blocks", "", "emb", "head")
+    h = torch.randn(3, 16)
+    torch.testing.assert_close(arch.unembed(h), model.head(h))  # no final norm applied
+    assert isinstance(arch.final_norm, nn.Identity)
+    monkeypatch.setitem(FAMILIES, "oddlm", Family("oddlm", final_norm="", unembed="lm_head"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"the unembedding at 'lm_head' \(the path in the family table\)"):
+        ArchAdapter(model)
 
 
 def test_load_time_check_refuses_with_the_numbers():
