@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from rich.progress import Progress
 
-from ..graders.scale import ScaleGrader, tournament
+from ..graders.scale import ScaleContext, ScaleGrader, SpecificScaleGrader, tournament
 from ..models.pair import ModelPair
 from ..models.tokens import encode, pad_id, pad_right
 from ..run.artifacts import CONTROLS, SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
@@ -27,6 +27,7 @@ SCALES: tuple[float, ...] = tuple([round(0.5 + 0.1 * i, 1) for i in range(16)] +
                                   + [float(x) for x in range(40, 201, 20)])
 INTERSECT_TOP = 16384
 KEEP_TOP = 50
+GRADED_TOP = 20  # the grader sees each scale's top-20 (paper App. C.1)
 
 
 def identity_prompt(triple: Sequence[str]) -> str:
@@ -93,21 +94,64 @@ def unpatched_tokens(pair: ModelPair, prompts: Sequence[str] = IDENTITY_PROMPTS,
     return [TokenProb(token=t, token_id=i, prob=v) for t, i, v in zip(decode_tokens(pair.tokenizer, idx), idx, vals)]
 
 
-def patchscope_vector(pair: ModelPair, layer: int, vector: torch.Tensor, eta: float, grader: ScaleGrader, *,
-                      source: Source, position: int, scales: Sequence[float] = SCALES,
-                      side: str = "ft") -> PatchscopeEntry:
+def sweep_lists(pair: ModelPair, layer: int, vector: torch.Tensor, eta: float, *, scales: Sequence[float] = SCALES,
+                side: str = "ft") -> list[PatchscopeScale]:
+    """The intersection-ranked tokens of one vector at every scale (one batched forward)."""
     probs = patched_next_token_probs(pair, layer, vector, scales, eta, side=side)
-    per_scale = []
-    candidates: dict[float, list[str]] = {}
+    out = []
     for si, s in enumerate(scales):
         idx, vals = intersect_rank(probs[si])
         toks = decode_tokens(pair.tokenizer, idx)
-        per_scale.append(PatchscopeScale(scale=s, tokens=[TokenProb(token=t, token_id=i, prob=v)
-                                                          for t, i, v in zip(toks, idx, vals)]))
-        candidates[s] = toks[:20]
-    chosen, selected, note = tournament(grader, candidates)
-    return PatchscopeEntry(source=source, position=position, scales=per_scale, chosen_scale=chosen,
-                           selected_tokens=list(selected), grader=grader.name, rationale=note)
+        out.append(PatchscopeScale(scale=s, tokens=[TokenProb(token=t, token_id=i, prob=v)
+                                                    for t, i, v in zip(toks, idx, vals)]))
+    return out
+
+
+def _top(scales: Sequence[PatchscopeScale], k: int = GRADED_TOP) -> dict[float, list[str]]:
+    return {s.scale: [t.token for t in s.tokens[:k]] for s in scales}
+
+
+def scale_context(sweeps: dict[tuple[Source, int], Sequence[PatchscopeScale]], source: Source, position: int,
+                  unpatched: Sequence[TokenProb] = ()) -> ScaleContext:
+    """What the grader may compare ``source`` at ``position`` with: its own whole sweep, the controls
+    (the random vector and δ̄ through the base model at every scale, the unpatched
+    prompt; a control is not its own control) and the same source's sweeps at the other positions.
+    The random vector's lists count at every position (more draws of what any vector gives)."""
+    controls: dict[str, list[list[str]]] = {}
+    for ctl in CONTROLS:
+        if ctl == source:
+            continue
+        # a random vector's tokens at any position show what the model says anyway; δ̄ through the
+        # base model only at this position (elsewhere it carries δ̄'s information too)
+        keys = [k for k in sorted(sweeps) if k[0] == ctl and (ctl == "random" or k[1] == position)]
+        if keys:
+            controls[ctl] = [toks for k in keys for toks in _top(sweeps[k]).values()]
+    if unpatched:
+        controls["unpatched"] = [[t.token for t in unpatched[:GRADED_TOP]]]
+    others = [_top(v) for (src, j), v in sorted(sweeps.items()) if src == source and j != position]
+    return ScaleContext(sweep=_top(sweeps[(source, position)]), controls=controls, other_positions=others)
+
+
+def grade_sweep(grader: ScaleGrader, scales: Sequence[PatchscopeScale], *, source: Source, position: int,
+                context: ScaleContext | None = None) -> PatchscopeEntry:
+    """The grader's scale and tokens for one sweep (the paper's tournament over the top-20 lists),
+    with every scale's specificity (:class:`SpecificScaleGrader`, whatever grader chose) so the
+    report can flag a chosen scale that is far less specific than another."""
+    candidates = _top(scales)
+    chosen, selected, note = tournament(grader, candidates, context=context)
+    prof = SpecificScaleGrader(embedder=getattr(grader, "embedder", SpecificScaleGrader.embedder)).profile(
+        candidates, context)
+    return PatchscopeEntry(source=source, position=position, scales=list(scales), chosen_scale=chosen,
+                           selected_tokens=list(selected), grader=grader.name, rationale=note,
+                           specificity=[round(prof[s.scale].score, 4) for s in scales])
+
+
+def patchscope_vector(pair: ModelPair, layer: int, vector: torch.Tensor, eta: float, grader: ScaleGrader, *,
+                      source: Source, position: int, scales: Sequence[float] = SCALES,
+                      side: str = "ft", context: ScaleContext | None = None) -> PatchscopeEntry:
+    """Patchscope of one vector, graded on its own (no controls unless ``context`` gives them)."""
+    return grade_sweep(grader, sweep_lists(pair, layer, vector, eta, scales=scales, side=side),
+                       source=source, position=position, context=context)
 
 
 def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: ScaleGrader, *,
@@ -117,17 +161,24 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
     Besides δ̄ and the baselines h̄_base, h̄_ft, the default ``sources`` include the controls a reader
     needs to tell what is specific to the difference: ``delta_via_base`` (δ̄ patched into the *base*
     model, scaled by η_base) and ``random`` (a random vector of δ̄'s norm); the unpatched identity
-    prompt's own tokens are stored as ``unpatched``.
+    prompt's own tokens are stored as ``unpatched``. Every sweep runs first; then each is graded with
+    the controls of its position as context (:func:`scale_context`).
     """
-    entries = []
+    sweeps: dict[tuple[Source, int], list[PatchscopeScale]] = {}
     jobs = [(s, j) for s in sources for j in positions]
+    unpatched = unpatched_tokens(pair)
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"patchscope layer {c.layer}", total=len(jobs))
+        task = bar.add_task(f"patchscope layer {c.layer}", total=2 * len(jobs))
         for source, j in jobs:
             v = c.vectors(source)[j]
             via_base = source == "delta_via_base"
-            entries.append(patchscope_vector(pair, c.layer, v, c.eta_base if via_base else c.eta_ft, grader,
-                                             source=source, position=j, side="base" if via_base else "ft"))
+            sweeps[(source, j)] = sweep_lists(pair, c.layer, v, c.eta_base if via_base else c.eta_ft,
+                                              side="base" if via_base else "ft")
+            bar.advance(task)
+        entries = []
+        for source, j in jobs:
+            entries.append(grade_sweep(grader, sweeps[(source, j)], source=source, position=j,
+                                       context=scale_context(sweeps, source, j, unpatched)))
             bar.advance(task)
     return PatchscopeResult(dataset=c.dataset, layer=c.layer, prompts=list(IDENTITY_PROMPTS), eta_ft=c.eta_ft,
-                            eta_base=c.eta_base, entries=entries, unpatched=unpatched_tokens(pair))
+                            eta_base=c.eta_base, entries=entries, unpatched=unpatched)

@@ -115,7 +115,8 @@ What you are given
   1) logit-lens tokens promoted by the activation difference at each of the first positions;
   2) Patchscope tokens promoted by the difference, including "selected_tokens": the most
      semantically coherent subset of the top tokens, picked by an automatic grader - it may or
-     may not relate to the finetuning;
+     may not relate to the finetuning; where another injection scale gave a far more specific
+     list than the grader's, "more_specific_scale" shows that list too;
   3) steering examples: for each prompt one steered and one unsteered generation of the finetuned
      model. Unsteered text is the finetuned model's ordinary behaviour; the steered text shows the
      difference amplified. Comparing the two is one of your strongest signals.

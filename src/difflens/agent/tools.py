@@ -573,6 +573,9 @@ class Toolbox:
                 e = ps_by[j]
                 row["patchscope"] = [t.token for t in e.at(e.chosen_scale).tokens[:k]]
                 row["selected_tokens"] = list(e.selected_tokens)
+                flag = e.more_specific()
+                if flag is not None:  # the grader's scale is far less specific than another one
+                    row["more_specific_scale"] = {"scale": flag[0], "patchscope": e.top_tokens(k, scale=flag[0])}
             rows.append(row)
         out["positions"] = rows
         steer = self._maybe("steering", dataset, layer)

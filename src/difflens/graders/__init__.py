@@ -17,10 +17,10 @@ from ..errors import ConfigError
 from ..models.embedder import DEFAULT_EMBEDDER
 from .coherence import CoherenceGrader, LLMCoherence, OfflineCoherence
 from .relevance import LLMRelevance, OfflineRelevance, RelevanceGrader
-from .scale import LLMScaleGrader, OfflineScaleGrader, ScaleGrader, tournament
+from .scale import LLMScaleGrader, OfflineScaleGrader, ScaleContext, ScaleGrader, SpecificScaleGrader, tournament
 
 __all__ = ["Graders", "make_graders", "graders_for", "grader_identity", "CoherenceGrader", "OfflineCoherence", "LLMCoherence",
-           "ScaleGrader", "OfflineScaleGrader", "LLMScaleGrader", "tournament", "RelevanceGrader",
+           "ScaleGrader", "ScaleContext", "OfflineScaleGrader", "SpecificScaleGrader", "LLMScaleGrader", "tournament", "RelevanceGrader",
            "OfflineRelevance", "LLMRelevance"]
 
 
@@ -42,7 +42,7 @@ def make_graders(backend: str, *, model: Any = None, tokenizer: Any = None, clie
     if backend == "offline":
         if model is None or tokenizer is None:
             raise ConfigError("offline coherence grading needs a reference model and tokenizer.")
-        return Graders(OfflineCoherence(model, tokenizer, scope=scope), OfflineScaleGrader(embedder),
+        return Graders(OfflineCoherence(model, tokenizer, scope=scope), SpecificScaleGrader(embedder),
                        OfflineRelevance(embedder))
     if backend == "llm":
         if client is None:

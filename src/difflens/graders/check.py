@@ -289,8 +289,8 @@ def offline_grader(kind: str, *, model: str = "smollm2-135m-instruct", embedder:
         return g
     from .leakage import LeakageGrader
     from .relevance import OfflineRelevance
-    from .scale import OfflineScaleGrader
+    from .scale import SpecificScaleGrader
 
     if kind == "leakage":
         return LeakageGrader(OfflineRelevance(emb))
-    return OfflineScaleGrader(emb) if kind == "scale" else OfflineRelevance(emb)
+    return SpecificScaleGrader(emb) if kind == "scale" else OfflineRelevance(emb)

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ from ..llm.replies import (Messages, chat_messages, clean_value, content_lines, 
                            quote_token, tagged)
 from ..models.embedder import DEFAULT_EMBEDDER
 from .text import (AFFIXES, WORD, clean_token, embedder_lexicon, is_generic, is_template_token, word_stems,
-                   word_vectors)
+                   word_vectors, word_zipf)
 
 # ============================================================================================
 # Patchscope scale grader (paper Prompt 21)
@@ -188,22 +188,60 @@ def parse_patchscope_scale(
     return float(scale), selected
 
 
+@dataclass(frozen=True)
+class ScaleContext:
+    """What a grader may compare one vector's Patchscope lists with (all optional).
+
+    - ``sweep``: the vector's own top tokens at every scale of the grid (a batch of the tournament
+      sees only 10 of them);
+    - ``controls``: control name -> token lists that the finetuned model produces without δ̄'s
+      information: ``random`` (a random vector, every scale), ``unpatched`` (nothing patched),
+      ``delta_via_base`` (δ̄ read through the base model, every scale);
+    - ``other_positions``: the same vector kind's sweeps at the other token positions (a finetune's
+      objective recurs across positions; an attractor of one position does not).
+    """
+
+    sweep: Mapping[float, Sequence[str]] = field(default_factory=dict)
+    controls: Mapping[str, Sequence[Sequence[str]]] = field(default_factory=dict)
+    other_positions: Sequence[Mapping[float, Sequence[str]]] = ()
+
+
 class ScaleGrader(Protocol):
     name: str
 
-    def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]: ...
+    def choose(self, candidates: dict[float, list[str]],
+               context: ScaleContext | None = None) -> tuple[float, list[str], str]: ...
 
 
-def tournament(grader: ScaleGrader, candidates: dict[float, list[str]], batch: int = 10) -> tuple[float, list[str], str]:
-    """The paper's selection: the grader picks a winner per batch of 10 scales, then a final."""
+def tournament(grader: ScaleGrader, candidates: dict[float, list[str]], batch: int = 10,
+               context: ScaleContext | None = None) -> tuple[float, list[str], str]:
+    """The paper's selection: the grader picks a winner per batch of 10 scales, then a final.
+    ``context`` (controls, the whole sweep) is passed to every call; graders that ignore it (the
+    LLM grader, paper-faithful) see what the paper's grader sees."""
     scales = sorted(candidates)
+    takes_context = _takes_context(grader)
+
+    def choose(c: dict[float, list[str]]) -> tuple[float, list[str], str]:
+        return grader.choose(c, context) if takes_context and context is not None else grader.choose(c)
+
     if len(scales) <= batch:
-        return grader.choose(candidates)
+        return choose(candidates)
     winners: dict[float, list[str]] = {}
     for i in range(0, len(scales), batch):
-        s, _toks, _note = grader.choose({x: candidates[x] for x in scales[i:i + batch]})
+        s, _toks, _note = choose({x: candidates[x] for x in scales[i:i + batch]})
         winners[s] = candidates[s]
-    return grader.choose(winners)
+    return choose(winners)
+
+
+def _takes_context(grader: Any) -> bool:
+    """Whether ``grader.choose`` accepts a context (graders written before it existed do not)."""
+    import inspect
+
+    try:
+        params = inspect.signature(grader.choose).parameters
+    except (TypeError, ValueError):
+        return False
+    return "context" in params or any(p.kind == p.VAR_POSITIONAL for p in params.values())
 
 
 def _prompt_id(text: str) -> str:
@@ -243,12 +281,19 @@ class OfflineScaleGrader:
     min_mean: float = 0.2
     min_group: int = 2
     top: int = 20
+    # a word outside the embedder's vocabulary still counts as a whole word when it is this common in
+    # English (wordfreq Zipf; "kiln" 3.1, "milkweed" 2.5, fragments "ceram" 1.7, "uhr" 2.0); None: never
+    min_zipf: float | None = None
+    # skip tokens that continue a word (no leading space, lower case: "ayer", "rove") rather than start one
+    skip_pieces: bool = False
     name: str = "offline"
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": "offline", "method": "quasi-clique-centered-v1", "embedder": self.embedder,
-                "min_pair": self.min_pair, "min_share": self.min_share, "min_mean": self.min_mean,
-                "min_group": self.min_group, "top": self.top}
+        out = {"backend": "offline", "method": "quasi-clique-centered-v1", "embedder": self.embedder,
+               "min_pair": self.min_pair, "min_share": self.min_share, "min_mean": self.min_mean,
+               "min_group": self.min_group, "top": self.top}
+        return (out | ({"min_zipf": self.min_zipf} if self.min_zipf is not None else {})
+                | ({"skip_pieces": True} if self.skip_pieces else {}))
 
     def content_words(self, tokens: Sequence[str]) -> list[tuple[str, str]]:
         """(token, lower-case word) for the topical whole words among ``tokens``, first spelling kept."""
@@ -260,17 +305,20 @@ class OfflineScaleGrader:
             lw = w.lower()
             if not WORD.fullmatch(w) or len(w) < 3 or lw in seen:
                 continue
+            if self.skip_pieces and t[:1].islower():
+                continue  # no leading space and lower case: the middle of a word ("ayer" of "prayer")
             if is_generic(w, calendar=False) or is_template_token(t) or lw in AFFIXES:
                 continue
-            if lexicon and lw not in lexicon:
+            if lexicon and lw not in lexicon and (self.min_zipf is None or word_zipf(lw) < self.min_zipf):
                 continue
             seen.add(lw)
             out.append((t, lw))
         return out
 
-    def _group(self, sims: np.ndarray, words: Sequence[str]) -> list[int]:
+    def _group(self, sims: np.ndarray, words: Sequence[str], weights: Sequence[float] | None = None) -> list[int]:
+        """The best quasi-clique: the largest (by :meth:`_size`, optionally weighted), then the densest."""
         n = len(sims)
-        best: tuple[int, float, list[int]] = (0, 0.0, [])
+        best: tuple[float, float, list[int]] = (0, 0.0, [])
 
         def fits(members: list[int], x: int) -> bool:
             s = sims[x, members]
@@ -297,22 +345,23 @@ class OfflineScaleGrader:
                 continue
             sub = sims[np.ix_(group, group)]
             mean = float((sub.sum() - len(group)) / (len(group) * (len(group) - 1)))
-            key = (self._size(group, words), mean)
+            key = (self._size(group, words, weights), mean)
             if key > best[:2]:
                 best = (key[0], mean, sorted(group))
         return best[2]
 
     @staticmethod
-    def _size(group: Sequence[int], words: Sequence[str]) -> float:
-        """Group size counting inflections of one word ("fan", "fans") as one word plus a quarter."""
-        n_stems = 0
+    def _size(group: Sequence[int], words: Sequence[str], weights: Sequence[float] | None = None) -> float:
+        """Group size counting inflections of one word ("fan", "fans") as one word plus a quarter;
+        with ``weights``, each word counts its weight instead of 1."""
+        total = 0.0
         seen: list[set[str]] = []
-        for i in group:
+        for i in sorted(group, key=lambda i: -(weights[i] if weights is not None else 1.0)):
+            w = weights[i] if weights is not None else 1.0
             forms = set(word_stems(words[i]))
-            if not any(forms & s for s in seen):
-                n_stems += 1
+            total += 0.25 * w if any(forms & f for f in seen) else w
             seen.append(forms)
-        return n_stems + 0.25 * (len(group) - n_stems)
+        return total
 
     def cluster(self, tokens: Sequence[str]) -> tuple[list[str], float]:
         """The coherent group of ``tokens`` (original spellings, in order) and its mean pairwise
@@ -329,7 +378,8 @@ class OfflineScaleGrader:
         mean = float((sub.sum() - len(group)) / (len(group) * (len(group) - 1)))
         return [words[i][0] for i in group], mean
 
-    def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]:
+    def choose(self, candidates: dict[float, list[str]],
+               context: ScaleContext | None = None) -> tuple[float, list[str], str]:
         if not candidates:
             raise ValueError("no scales to choose from")
         best: tuple[float, float, list[str]] | None = None
@@ -354,6 +404,177 @@ class OfflineScaleGrader:
         return s, [], "offline: no content words at any scale"
 
 
+CONTROL_DISCOUNT: dict[str, float] = {"unpatched": 0.2, "random": 0.3, "delta_via_base": 0.6}
+"""Weight left to a word that a control also produces (the smallest applies): the unpatched
+prompt's own tokens and a random vector's are what the finetuned model says anyway; δ̄ read through
+the base model shares δ̄'s information, so its words are discounted less."""
+
+
+@dataclass(frozen=True)
+class ScaleScore:
+    """One scale as the specificity grader sees it: the score, the selected tokens, and why."""
+
+    scale: float
+    score: float
+    selected: list[str]
+    words: list[tuple[str, float, str]]  # (word, weight, reason) for every content word considered
+    support: float = 0.0
+
+
+@dataclass
+class SpecificScaleGrader(OfflineScaleGrader):
+    """Prefers what is specific to the patched vector: a coherent group of rare words that the
+    controls do not produce (the default offline grader).
+
+    Content words are found as in :class:`OfflineScaleGrader`, except that a word the embedder's
+    vocabulary lacks still counts when it is a real English word (``min_zipf``: "kiln", "milkweed"),
+    and a token that continues a word (``skip_pieces``: "ayer", "rove") never does.
+    Each gets a weight:
+
+    - **rarity** — ``clip((common_zipf − zipf) / rarity_span, rarity_floor, 1)`` from its frequency
+      in ordinary English (:func:`~.text.word_zipf`): "home" 0.40, "story" 0.55, "cake" 0.82,
+      "porcelain" 1; words that are everywhere are weak evidence;
+    - **controls** — × :data:`CONTROL_DISCOUNT` when a control also produces the word (the random
+      vector at any position and scale, the unpatched prompt, δ̄ through the base model at this
+      position): the finetuned model says it anyway;
+    - **recurrence** — × (1 + ``recurrence_boost``·min(1, n/2)) when no control produces it and the
+      vector's lists at n other token positions hold it: a finetune's objective recurs across
+      positions, an attractor of one position does not. A word at ≥ 2 other positions is
+      *confirmed*: it counts as evidence with or without semantic neighbours in this list.
+
+    A scale's evidence is the largest weighted quasi-clique of its top-``top`` words (the similarity
+    graph of :class:`OfflineScaleGrader`; inflections count a quarter) together with its confirmed
+    words; score = their summed weight + the clique's mean similarity. Without either, the best lone
+    word at ``single_weight``. Ties (within ``tie``) go to the scale whose selected words recur at
+    more scales of the sweep, then to the middle of the tied run — never blindly to the lowest
+    scale. Without context (no controls, no other positions) only rarity and the clique remain.
+    """
+
+    min_zipf: float | None = 2.3
+    skip_pieces: bool = True
+    common_zipf: float = 7.0
+    rarity_span: float = 3.0
+    rarity_floor: float = 0.15
+    recurrence_boost: float = 1.0
+    single_weight: float = 0.5
+    tie: float = 0.05
+    control_discount: dict[str, float] = field(default_factory=lambda: dict(CONTROL_DISCOUNT))
+    name: str = "offline"
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "method": "specificity-v1", "common_zipf": self.common_zipf,
+                "rarity_span": self.rarity_span, "rarity_floor": self.rarity_floor,
+                "recurrence_boost": self.recurrence_boost, "single_weight": self.single_weight, "tie": self.tie,
+                "control_discount": dict(sorted(self.control_discount.items()))}
+
+    # ---- evidence per word -----------------------------------------------------------------
+    def _stem_sets(self, lists: Sequence[Sequence[str]]) -> set[str]:
+        out: set[str] = set()
+        for toks in lists:
+            for _t, w in self.content_words(list(toks)[: self.top]):
+                out.update(word_stems(w))
+        return out
+
+    def _prepare(self, context: ScaleContext | None) -> dict[str, Any]:
+        ctx = context or ScaleContext()
+        controls = {name: self._stem_sets(lists) for name, lists in ctx.controls.items() if lists}
+        others = [self._stem_sets(list(sweep.values())) for sweep in ctx.other_positions]
+        sweep = {float(k): {w for _t, w in self.content_words(list(v)[: self.top])} for k, v in ctx.sweep.items()}
+        return {"controls": controls, "others": others, "sweep": sweep}
+
+    def rarity(self, word: str) -> float:
+        r = (self.common_zipf - word_zipf(word)) / self.rarity_span
+        return float(min(1.0, max(self.rarity_floor, r)))
+
+    def weight(self, word: str, prep: Mapping[str, Any]) -> tuple[float, str, bool]:
+        """A content word's evidence weight, a short reason, and whether recurrence confirms it."""
+        stems = set(word_stems(word))
+        w = self.rarity(word)
+        reasons = [f"rarity {w:.2f}"]
+        hit = [name for name, ctl in prep["controls"].items() if stems & ctl]
+        confirmed = False
+        if hit:
+            f = min(self.control_discount.get(name, 0.5) for name in hit)
+            w *= f
+            reasons.append(f"also from {'/'.join(sorted(hit))} ×{f:g}")
+        else:
+            n = sum(1 for o in prep["others"] if stems & o)
+            if n:
+                f = 1.0 + self.recurrence_boost * min(1.0, n / 2)
+                w *= f
+                confirmed = n >= 2
+                reasons.append(f"at {n} other position{'s' if n > 1 else ''} ×{f:g}")
+        return w, ", ".join(reasons), confirmed
+
+    # ---- one scale -------------------------------------------------------------------------
+    def score_scale(self, scale: float, tokens: Sequence[str], prep: Mapping[str, Any]) -> ScaleScore:
+        words = self.content_words(list(tokens)[: self.top])
+        if not words:
+            return ScaleScore(scale, 0.0, [], [])
+        lw = [w for _t, w in words]
+        ev = [self.weight(w, prep) for w in lw]
+        weights = [x for x, _r, _c in ev]
+        listed = [(w, round(x, 3), why) for w, (x, why, _c) in zip(lw, ev)]
+        clique: list[int] = []
+        mean = 0.0
+        if len(words) >= 2:
+            vecs = word_vectors(lw, self.embedder)
+            sims = vecs @ vecs.T
+            clique = self._group(sims, lw, weights)
+            if len(clique) >= 2 and self._size(clique, lw) >= max(2, self.min_group):
+                sub = sims[np.ix_(clique, clique)]
+                mean = float((sub.sum() - len(clique)) / (len(clique) * (len(clique) - 1)))
+            else:
+                clique = []
+        members = sorted(set(clique) | {i for i, (_x, _r, c) in enumerate(ev) if c})
+        if members:
+            score = self._size(members, lw, weights) + mean
+        else:
+            best = max(range(len(words)), key=lambda i: (weights[i], -i))
+            members, score = [best], self.single_weight * weights[best]
+        sel = [words[i][0] for i in members]
+        return ScaleScore(scale, score, sel, listed, self._support(sel, prep))
+
+    def _support(self, selected: Sequence[str], prep: Mapping[str, Any]) -> float:
+        """Mean share of the sweep's scales whose lists hold each selected word."""
+        sweep = prep["sweep"]
+        if not sweep or not selected:
+            return 0.0
+        ws = [clean_token(t).lower() for t in selected]
+        return float(np.mean([sum(w in v for v in sweep.values()) / len(sweep) for w in ws]))
+
+    def profile(self, candidates: Mapping[float, Sequence[str]],
+                context: ScaleContext | None = None) -> dict[float, ScaleScore]:
+        """Every scale's :class:`ScaleScore` (the report's per-scale specificity)."""
+        prep = self._prepare(context)
+        return {float(s): self.score_scale(float(s), candidates[s], prep) for s in sorted(candidates)}
+
+    def choose(self, candidates: dict[float, list[str]],
+               context: ScaleContext | None = None) -> tuple[float, list[str], str]:
+        if not candidates:
+            raise ValueError("no scales to choose from")
+        prof = self.profile(candidates, context)
+        top = max(x.score for x in prof.values())
+        if top <= 0:
+            s = sorted(prof)[len(prof) // 2]
+            return s, [], "offline specificity: no content words at any scale"
+        tied = [x for x in prof.values() if x.score >= top - self.tie]
+        best_support = max(x.support for x in tied)
+        tied = [x for x in tied if x.support >= best_support - 1e-9]
+        pick = sorted(tied, key=lambda x: x.scale)[(len(tied) - 1) // 2]
+        chosen = {clean_token(t).lower() for t in pick.selected}
+        strong = sorted((w for w in pick.words if w[0] in chosen), key=lambda w: -w[1])
+        weak = [w for w in pick.words if "also from" in w[2] and w[0] not in chosen][:4]
+        why = "; ".join(f"{w} {x:.2f} ({r})" for w, x, r in strong[:6])
+        note = (f"offline specificity: score {pick.score:.2f} at λ={fmt_scale(pick.scale)}"
+                + (f" (tied with {len(tied) - 1} other scale{'s' if len(tied) > 2 else ''})" if len(tied) > 1 else "")
+                + f"; selected: {why}")
+        if weak:
+            note += "; left out as control words: " + ", ".join(f"{w} ({r.split('also from ')[1]})"
+                                                                for w, _x, r in weak)
+        return pick.scale, list(pick.selected), note
+
+
 @dataclass
 class LLMScaleGrader:
     client: Any
@@ -362,7 +583,8 @@ class LLMScaleGrader:
     def identity(self) -> dict[str, Any]:
         return {"backend": "llm", **llm_identity(self.client), "prompt": _prompt_id(PATCHSCOPE_SCALE_SYSTEM)}
 
-    def choose(self, candidates: dict[float, list[str]]) -> tuple[float, list[str], str]:
-        msgs = patchscope_scale_messages(candidates)
+    def choose(self, candidates: dict[float, list[str]],
+               context: ScaleContext | None = None) -> tuple[float, list[str], str]:
+        msgs = patchscope_scale_messages(candidates)  # the paper's prompt: the context is not shown
         s, toks = self.client.ask(msgs, parse=lambda r: parse_patchscope_scale(r, candidates))
         return s, toks, "llm"

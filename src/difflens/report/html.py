@@ -210,17 +210,30 @@ def _patch_cell(e: PatchscopeEntry) -> str:
             f'<span class="muted small">{n_sel} of {len(toks)} selected · grader {esc(e.grader)}</span></div>')
     body = _chips(toks, selected=sel)
     extra = ""
+    flag = e.more_specific()
+    if flag is not None:
+        other, score, mine = flag
+        try:
+            otoks = e.at(other).tokens[:PATCHSCOPE_TOP]
+        except KeyError:
+            otoks = []
+        extra += (f'<div class="flag">⚠ λ = {esc(fmt_scale(other))} is far more specific than the chosen scale '
+                  f'(specificity {esc(fmt(score, 3))} vs {esc(fmt(mine, 3))}): {_chips(otoks)}</div>')
     if e.rationale:
         extra += f'<div class="rationale">{esc(e.rationale)}</div>'
     if e.scales:
+        spec = e.specificity if e.specificity and len(e.specificity) == len(e.scales) else None
         rows = []
-        for sc in e.scales:
+        for i, sc in enumerate(e.scales):
             cls = ' class="chosen"' if abs(sc.scale - e.chosen_scale) < 1e-9 else ""
             toks8 = " ".join(f'<span class="mini" title="p={t.prob:.3g}">{_tok_html(t.token)}</span>'
-                             for t in sc.tokens[:8])
-            rows.append(f"<tr{cls}><td class='num'>{esc(fmt_scale(sc.scale))}</td><td>{toks8}</td></tr>")
-        extra += (f'<details class="scales"><summary>all {len(e.scales)} scales</summary>'
-                  f'<table class="compact"><thead><tr><th>λ</th><th>top tokens</th></tr></thead>'
+                             for t in sc.tokens[:PATCHSCOPE_TOP])
+            sp = f"<td class='num'>{esc(fmt(spec[i], 3))}</td>" if spec else ""
+            rows.append(f"<tr{cls}><td class='num'>{esc(fmt_scale(sc.scale))}</td>{sp}<td>{toks8}</td></tr>")
+        sp_head = ("<th title='specificity of the top-20: rare words, absent from the controls, recurring at "
+                   "other positions, in a coherent group'>specificity</th>") if spec else ""
+        extra += (f'<details class="scales"><summary>all {len(e.scales)} scales (top-{PATCHSCOPE_TOP})</summary>'
+                  f'<table class="compact"><thead><tr><th>λ</th>{sp_head}<th>top tokens</th></tr></thead>'
                   f'<tbody>{"".join(rows)}</tbody></table></details>')
     return head + body + extra
 

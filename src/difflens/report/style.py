@@ -87,6 +87,7 @@ details{margin:6px 0}
 details>summary{cursor:pointer;color:var(--accent);font-size:13px}
 details.scales table tr.chosen td{background:var(--selbg)}
 .rationale{font-size:12.5px;color:#4b5563;margin-top:5px;font-style:italic}
+.flag{font-size:12.5px;color:#92400e;background:#fffbeb;border:1px solid #fcd34d;border-radius:6px;padding:4px 6px;margin-top:6px}
 details.steerpos{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:8px 14px;margin:10px 0}
 details.steerpos>summary{font-size:14px;font-weight:600;color:#2b3445}
 .prompt{margin:12px 0 16px}

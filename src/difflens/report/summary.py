@@ -37,6 +37,10 @@ def summary_lines(run_dir: str | Path, *, max_chars: int = 200) -> list[str]:
                 tag = "" if e.selected_tokens else " (none selected; top tokens)"
                 lines.append(f"  Patchscope δ̄ j={e.position} λ={fmt_scale(e.chosen_scale)}: "
                              + ", ".join(show_token(t) for t in toks[:12]) + tag)
+                flag = e.more_specific()
+                if flag is not None:
+                    lines.append(f"    ⚠ λ={fmt_scale(flag[0])} is far more specific: "
+                                 + ", ".join(show_token(t) for t in e.top_tokens(12, scale=flag[0])))
         else:
             lines.append(f"  Patchscope: not run ({STAGE_COMMANDS['lens']})")
         if s.gens.ok and s.gens.value:

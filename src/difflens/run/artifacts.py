@@ -66,6 +66,22 @@ class PatchscopeEntry(BaseModel):
     selected_tokens: list[str]  # the grader's semantically coherent subset of the chosen scale's top-20
     grader: str
     rationale: str = ""
+    # per scale (aligned with ``scales``): the specificity grader's score of its top-20, whatever
+    # grader chose; None in results written before it existed
+    specificity: list[float] | None = None
+
+    def more_specific(self, *, ratio: float = 2.0, margin: float = 1.0) -> tuple[float, float, float] | None:
+        """``(scale, its specificity, the chosen scale's)`` when another scale's top-20 is far more
+        specific than the chosen one (≥ ``ratio`` × and ≥ ``margin`` above it), else None."""
+        if not self.specificity or len(self.specificity) != len(self.scales):
+            return None
+        chosen = next((x for sc, x in zip(self.scales, self.specificity)
+                       if abs(sc.scale - self.chosen_scale) < 1e-9), 0.0)
+        best_i = max(range(len(self.scales)), key=lambda i: (self.specificity[i], -i))
+        best = self.specificity[best_i]
+        if best >= ratio * chosen and best >= chosen + margin:
+            return self.scales[best_i].scale, best, chosen
+        return None
 
     def at(self, scale: float) -> PatchscopeScale:
         for s in self.scales:
@@ -73,8 +89,9 @@ class PatchscopeEntry(BaseModel):
                 return s
         raise KeyError(scale)
 
-    def top_tokens(self, n: int = 20) -> list[str]:
-        return [t.token for t in self.at(self.chosen_scale).tokens[:n]]
+    def top_tokens(self, n: int = 20, scale: float | None = None) -> list[str]:
+        """The top ``n`` tokens at ``scale`` (default: the chosen scale)."""
+        return [t.token for t in self.at(self.chosen_scale if scale is None else scale).tokens[:n]]
 
 
 class PatchscopeResult(BaseModel):
