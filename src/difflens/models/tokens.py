@@ -18,7 +18,7 @@ from ..data.chat import chat_prompt_text
 if TYPE_CHECKING:  # pragma: no cover
     from .arch import ArchAdapter
 
-__all__ = ["ensure_pad_token", "pad_id", "bos_prefix_ids", "bos_for_model", "encode", "chat_prompt_ids", "pad_right", "pad_left"]
+__all__ = ["ensure_pad_token", "pad_id", "bos_prefix_ids", "bos_for_model", "chat_bos_ids", "encode", "chat_prompt_ids", "pad_right", "pad_left"]
 
 
 def ensure_pad_token(tok: Any) -> Any:
@@ -53,6 +53,15 @@ def bos_for_model(tokenizer: Any, model: Any) -> list[int]:
         return bos_prefix_ids(tokenizer, ArchAdapter(model))
     except Exception:  # noqa: BLE001 - unknown architecture
         return []
+
+
+def chat_bos_ids(tokenizer: Any, arch: "ArchAdapter") -> list[int]:
+    """The BOS that text rendered with a chat template must start with (the policy of
+    :func:`chat_prompt_ids`): the template's own special tokens are kept, and an architecture trained
+    with BOS gets it where the template does not write it."""
+    if arch.uses_bos and tokenizer.bos_token_id is not None:
+        return [int(tokenizer.bos_token_id)]
+    return []
 
 
 def encode(tokenizer: Any, arch: "ArchAdapter", text: str, *, max_tokens: int | None = None) -> list[int]:

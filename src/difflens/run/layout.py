@@ -11,6 +11,10 @@
       lens/<dataset>/layer_<L>/patchscope.json
       steer/<dataset>/layer_<L>/steering.json
       steer/<dataset>/layer_<L>/generations.jsonl
+      methods/<dataset>/<method>.json       other diffing methods (difflens.methods): typed result
+      methods/<dataset>/<method>.safetensors   its per-vocabulary arrays (diff mining)
+      methods/<dataset>/<method>.sqlite     its example contexts, paged by a viewer (KL)
+      methods/<dataset>/partial.pt, progress.json   running statistics of an interrupted pass
       evaluate/...  agent/...              later stages
       stages/<stage>.json                   fingerprint + status of each finished stage
       report.html
@@ -110,6 +114,30 @@ class RunLayout:
 
     def steering_partial(self, dataset: str, layer: int) -> Path:
         return self.steer_dir(dataset, layer) / "steering.partial.json"
+
+    # -- other diffing methods (difflens.methods) ------------------------------------------
+    def methods_dir(self, dataset: str) -> Path:
+        return self.root / "methods" / slug(dataset)
+
+    def method_result(self, dataset: str, method: str) -> Path:
+        """A method's typed result (JSON, with the fingerprint of its inputs)."""
+        return self.methods_dir(dataset) / f"{method}.json"
+
+    def method_arrays(self, dataset: str, method: str) -> Path:
+        """A method's full per-vocabulary (or per-position) arrays."""
+        return self.methods_dir(dataset) / f"{method}.safetensors"
+
+    def method_store(self, dataset: str, method: str) -> Path:
+        """A method's SQLite store of example contexts."""
+        return self.methods_dir(dataset) / f"{method}.sqlite"
+
+    def methods_partial(self, dataset: str) -> Path:
+        """Running statistics of the methods' shared pass, checkpointed while it runs."""
+        return self.methods_dir(dataset) / "partial.pt"
+
+    def methods_progress(self, dataset: str) -> Path:
+        """How far the shared pass has come (JSON, for people and monitors)."""
+        return self.methods_dir(dataset) / "progress.json"
 
     @staticmethod
     def stage_key(stage: str, dataset: str | None = None, layer: int | None = None) -> str:

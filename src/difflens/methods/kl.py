@@ -1,0 +1,212 @@
+"""Per-token KL and activation differences, with their top contexts.
+
+At every position of N samples × T tokens: KL(P_ft ‖ P_base) of the two models' next-token
+distributions over the full shared vocabulary, and at layer ℓ the norm of the activation
+difference ‖h_ft − h_base‖ and the cosine distance 1 − cos(h_ft, h_base). Streaming, per
+statistic: count, sum, sum of squares and maximum over tokens, the mean per position (0..T−1),
+histograms over fixed log-spaced bins (with under- and overflow) of the per-token values and of
+the per-sample means and maxima. Per sample, the window's values go to an SQLite
+:class:`~difflens.methods.store.ExamplesStore` that a viewer pages by any per-sample statistic
+(``kl_max``, ``norm_mean``, …) with the token of the maximum marked.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from .base import DiffMethod, MethodResult, PairBatch, resolve_layer_option, row_chunks
+from .store import Example, ExampleRow, ExamplesStore
+
+__all__ = ["KLConfig", "KLResult", "TokenKL", "StatSummary", "Histogram", "STATS", "BINS"]
+
+STATS = ("kl", "norm", "cos")  # KL(P_ft‖P_base) in nats; ‖h_ft − h_base‖; 1 − cos(h_ft, h_base)
+
+# Fixed bins (part of the method's version): log10-spaced edges, values below the first edge count
+# in the underflow bin and above the last in the overflow bin. KL and cosine distance are ≥ 0 and
+# small for a narrow finetune; norms range over the model's scale.
+BINS: dict[str, tuple[float, float, int]] = {  # stat -> (log10 low, log10 high, bins)
+    "kl": (-6.0, 2.0, 64),
+    "norm": (-3.0, 4.0, 56),
+    "cos": (-7.0, math.log10(2.0), 60),
+}
+
+
+def bin_edges(stat: str) -> torch.Tensor:
+    lo, hi, n = BINS[stat]
+    return torch.logspace(lo, hi, n + 1, dtype=torch.float64)
+
+
+class KLConfig(BaseModel):
+    """Options: ``layer`` of the activation differences (absolute or relative depth), how many top
+    contexts per statistic the result previews (the store keeps every sample)."""
+
+    layer: float | int = 0.5
+    preview: int = Field(5, ge=0)
+    chunk_elements: int = Field(1 << 22, ge=1)
+
+    def semantic(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"chunk_elements", "preview"})
+
+
+class Histogram(BaseModel):
+    edges: list[float]  # n + 1 edges; counts[0] is below edges[0], counts[-1] above edges[-1]
+    counts: list[int]  # n + 2
+
+
+class StatSummary(BaseModel):
+    """One statistic over all tokens, and over samples."""
+
+    count: int
+    mean: float
+    std: float
+    max: float
+    by_position: list[float]  # mean at each position 0..T-1
+    tokens: Histogram  # per-token values
+    sample_means: Histogram
+    sample_maxes: Histogram
+    top: dict[str, list[Example]]  # "max" / "mean" -> the top samples by that per-sample aggregate
+
+
+class KLResult(MethodResult):
+    layer: int
+    stats: dict[str, StatSummary]  # "kl", "norm", "cos"
+    store: str  # the examples store's file name (beside the result)
+
+
+class TokenKL(DiffMethod):
+    name: ClassVar[str] = "kl"
+    version: ClassVar[int] = 1
+    result_type: ClassVar[type[MethodResult]] = KLResult
+
+    def __init__(self, config: KLConfig | None = None, **options: Any):
+        self.config = config or KLConfig(**options)
+        self.store: ExamplesStore | None = None
+
+    def prepare(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().prepare(ctx)
+        self.layer = resolve_layer_option(ctx, self.config.layer, "--layer")
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        return {**super().fingerprint_inputs(), "abs_layer": self.layer, "bins": BINS}
+
+    def needs(self) -> set[int]:
+        return {self.ctx.num_layers - 1, self.layer}
+
+    def outputs_present(self) -> bool:
+        return self.ctx.store_path is not None and self.ctx.store_path.exists()
+
+    def can_resume(self, n_done: int) -> bool:
+        from ..errors import RunDirError
+
+        if self.ctx.store_path is None or not self.ctx.store_path.exists():
+            return False
+        try:
+            with ExamplesStore.open(self.ctx.store_path, fingerprint=self.ctx.fingerprint) as st:
+                return st.count() >= n_done  # rows past the checkpoint are rewritten identically
+        except RunDirError:
+            return False
+
+    # -- running statistics ----------------------------------------------------------------------
+    def start(self, state: dict[str, Any] | None) -> None:
+        T = self.ctx.tokens
+        if state is None:
+            self.acc = {s: {"count": torch.zeros((), dtype=torch.int64), "sum": torch.zeros((), dtype=torch.float64),
+                            "sumsq": torch.zeros((), dtype=torch.float64),
+                            "max": torch.full((), -math.inf, dtype=torch.float64),
+                            "pos_sum": torch.zeros(T, dtype=torch.float64),
+                            "hist": torch.zeros(BINS[s][2] + 2, dtype=torch.int64),
+                            "hist_mean": torch.zeros(BINS[s][2] + 2, dtype=torch.int64),
+                            "hist_max": torch.zeros(BINS[s][2] + 2, dtype=torch.int64)} for s in STATS}
+        else:
+            self.acc = {s: {k: v.clone() for k, v in state[s].items()} for s in STATS}
+        assert self.ctx.store_path is not None, "the driver gives the kl method a store path"
+        meta = {"dataset": self.ctx.dataset, "tokens": T, "layer": self.layer}
+        if state is None:
+            self.store = ExamplesStore.create(self.ctx.store_path, fingerprint=self.ctx.fingerprint, stats=STATS,
+                                              meta=meta)
+        else:
+            self.store = ExamplesStore.resume(self.ctx.store_path, fingerprint=self.ctx.fingerprint, stats=STATS,
+                                              meta=meta)
+
+    def values(self, batch: PairBatch) -> dict[str, torch.Tensor]:
+        """Per-token statistics of one batch: stat -> [B, T] float32."""
+        V = self.ctx.vocab_size
+        lf = batch.logits("ft").reshape(-1, V)
+        lb = batch.logits("base").reshape(-1, V)
+        kl = torch.empty(lf.shape[0], dtype=torch.float32, device=lf.device)
+        for s in row_chunks(lf.shape[0], V, self.config.chunk_elements):
+            pf, pb = F.log_softmax(lf[s], dim=-1), F.log_softmax(lb[s], dim=-1)
+            kl[s] = (pf.exp() * (pf - pb)).sum(-1).clamp_min(0.0)
+        hf = batch.hidden["ft"][self.layer].float()
+        hb = batch.hidden["base"][self.layer].float().to(hf.device)
+        norm = (hf - hb).norm(dim=-1)
+        cos = (1.0 - F.cosine_similarity(hf, hb, dim=-1, eps=1e-12)).clamp_min(0.0)
+        B, T = batch.ids.shape
+        return {"kl": kl.reshape(B, T).cpu(), "norm": norm.reshape(B, T).cpu(), "cos": cos.reshape(B, T).cpu()}
+
+    def update(self, batch: PairBatch) -> None:
+        vals = self.values(batch)
+        for s, v in vals.items():
+            a, v64 = self.acc[s], v.double()
+            a["count"] += v.numel()
+            a["sum"] += v64.sum()
+            a["sumsq"] += (v64 * v64).sum()
+            a["max"] = torch.maximum(a["max"], v64.max())
+            a["pos_sum"] += v64.sum(0)
+            edges = bin_edges(s)
+            a["hist"] += _hist(v64.reshape(-1), edges)
+            a["hist_mean"] += _hist(v64.mean(1), edges)
+            a["hist_max"] += _hist(v64.max(1).values, edges)
+        assert self.store is not None
+        rows = []
+        for b in range(batch.ids.shape[0]):
+            row = batch.rows[b]
+            rows.append(ExampleRow(sample=int(batch.samples[b]), ids=row, tokens=self.ctx.decode(row),
+                                   start=batch.starts[b], values={s: vals[s][b].tolist() for s in STATS}))
+        self.store.add(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.acc
+
+    def flush(self) -> None:
+        if self.store is not None:
+            self.store.commit()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def finalize(self) -> KLResult:
+        self.flush()
+        assert self.store is not None
+        stats = {}
+        for s in STATS:
+            a = self.acc[s]
+            n = int(a["count"])
+            mean = float(a["sum"]) / max(1, n)
+            var = max(0.0, float(a["sumsq"]) / max(1, n) - mean * mean)
+            edges = bin_edges(s).tolist()
+            npos = max(1, n // max(1, self.ctx.tokens))
+            stats[s] = StatSummary(
+                count=n, mean=mean, std=math.sqrt(var), max=float(a["max"]),
+                by_position=(a["pos_sum"] / npos).tolist(),
+                tokens=Histogram(edges=edges, counts=a["hist"].tolist()),
+                sample_means=Histogram(edges=edges, counts=a["hist_mean"].tolist()),
+                sample_maxes=Histogram(edges=edges, counts=a["hist_max"].tolist()),
+                top={agg: self.store.top(f"{s}_{agg}", 0, self.config.preview) for agg in ("max", "mean")})
+        ctx = self.ctx
+        assert ctx.store_path is not None
+        return KLResult(method=self.name, fingerprint=ctx.fingerprint, dataset=ctx.dataset, n_samples=ctx.n_samples,
+                        tokens=ctx.tokens, n_positions=int(self.acc["kl"]["count"]), layer=self.layer, stats=stats,
+                        store=ctx.store_path.name)
+
+
+def _hist(v: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Counts of ``v`` in the bins of ``edges`` plus under- and overflow ([n + 2] int64)."""
+    idx = torch.bucketize(v, edges, right=True)  # 0: below edges[0]; n + 1: at or above edges[-1]
+    return torch.bincount(idx, minlength=edges.numel() + 1)
