@@ -1,0 +1,103 @@
+"""Per-token KL and activation differences: equal a naive full-logit computation; per-sample means and
+maxima, histograms and top contexts; the SQLite store pages and refuses another run's file."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from methods_helpers import naive, text_corpus, tiny_pair
+from difflens.errors import RunDirError
+from difflens.methods import ExamplesStore, PassConfig, TokenKL, open_examples, run_methods
+from difflens.methods.kl import bin_edges
+from difflens.run.layout import RunLayout
+
+
+@pytest.fixture
+def kl_run(tmp_path):
+    pair = tiny_pair(tmp_path)
+    corpus = text_corpus(tmp_path)
+    T, N, layer = 8, 11, 2
+    layout = RunLayout(tmp_path / "run")
+    m = TokenKL(layer=layer, preview=3, chunk_elements=700)
+    res = run_methods(pair, layout, [m], PassConfig(dataset=str(corpus), samples=N, tokens=T, batch_size=3),
+                      progress=False)["kl"]
+    ref = naive(pair, corpus, n=N, T=T, layer=layer)
+    lpf, lpb = ref["ft"]["logits"].log_softmax(-1), ref["base"]["logits"].log_softmax(-1)
+    want = {"kl": (lpf.exp() * (lpf - lpb)).sum(-1),
+            "norm": (ref["ft"]["hidden"] - ref["base"]["hidden"]).norm(dim=-1),
+            "cos": 1 - torch.nn.functional.cosine_similarity(ref["ft"]["hidden"], ref["base"]["hidden"], dim=-1)}
+    return pair, layout, corpus, res, want, ref
+
+
+def test_kl_and_activation_differences_equal_naive(kl_run):
+    pair, layout, corpus, res, want, ref = kl_run
+    N, T = want["kl"].shape
+    assert res.n_positions == N * T and res.layer == 2
+    assert want["kl"].min() > 0
+    for s, w in want.items():
+        st = res.stats[s]
+        assert st.count == N * T
+        assert st.mean == pytest.approx(float(w.mean()), rel=1e-4)
+        assert st.std == pytest.approx(float(w.std(unbiased=False)), rel=1e-3)
+        assert st.max == pytest.approx(float(w.max()), rel=1e-4)
+        assert st.by_position == pytest.approx(w.mean(0).tolist(), rel=1e-4)
+        # fixed bins, streamed: the same counts as binning everything at once; every token counted once
+        edges = bin_edges(s)
+        full = torch.bincount(torch.bucketize(w.reshape(-1), edges, right=True), minlength=edges.numel() + 1)
+        assert st.tokens.counts == full.tolist() and sum(st.tokens.counts) == N * T
+        assert sum(st.sample_means.counts) == sum(st.sample_maxes.counts) == N
+    # per-sample mean and max, with the position of the max, in the store
+    with open_examples(layout, str(corpus)) as store:
+        assert store.count() == N
+        for s, w in want.items():
+            for agg in ("max", "mean"):
+                per = w.max(1).values if agg == "max" else w.mean(1)
+                page = store.top(f"{s}_{agg}", 0, N)
+                assert [e.sample for e in page] == per.argsort(descending=True).tolist()
+                assert [e.value for e in page] == pytest.approx(per.sort(descending=True).values.tolist(), rel=1e-4)
+                for e in page:
+                    assert e.position == int(w[e.sample].argmax())
+                    assert e.ids == ref["ids"][e.sample] and e.values[s] == pytest.approx(w[e.sample].tolist(),
+                                                                                          rel=1e-4, abs=1e-7)
+    # the result previews the top contexts per statistic
+    top = res.stats["kl"].top["max"]
+    assert len(top) == 3 and top[0].sample == int(want["kl"].max(1).values.argmax())
+
+
+def test_store_pages_and_marks_the_token(kl_run):
+    pair, layout, corpus, res, want, _ = kl_run
+    N = want["kl"].shape[0]
+    with open_examples(layout, str(corpus)) as store:
+        full = store.top("norm_max", 0, N)
+        pages = [e for off in range(0, N, 4) for e in store.top("norm_max", off, 4)]
+        assert [e.sample for e in pages] == [e.sample for e in full]
+        assert [e.rank for e in pages] == list(range(N))
+        assert store.top("norm_max", N, 5) == []
+        e = full[0]
+        assert e.text == "".join(e.tokens) and e.tokens == [pair.tokenizer.decode([i]) for i in e.ids]
+        marked = e.marked("<<", ">>")
+        assert "<<" + e.tokens[e.index] + ">>" in marked
+        assert marked.replace("<<", "").replace(">>", "") == e.text
+        with pytest.raises(RunDirError, match="unknown statistic"):
+            store.top("perplexity")
+
+
+def test_store_from_another_run_is_refused(kl_run, tmp_path):
+    pair, layout, corpus, res, _, _ = kl_run
+    store_path = layout.method_store(str(corpus), "kl")
+    # a second run of the same pair on other data: its store copied over this run's is refused
+    other_corpus = text_corpus(tmp_path, n=30, name="other.jsonl")
+    other = RunLayout(tmp_path / "other")
+    run_methods(pair, other, [TokenKL(layer=2)], PassConfig(dataset=str(other_corpus), samples=5, tokens=8),
+                progress=False)
+    shutil.copy(other.method_store(str(other_corpus), "kl"), store_path)
+    with pytest.raises(RunDirError, match="holds examples of another run"):
+        open_examples(layout, str(corpus))
+    with pytest.raises(RunDirError, match="holds examples of another run"):
+        ExamplesStore.open(store_path, fingerprint=res.fingerprint)
+    # a file that is no store at all
+    store_path.write_text("not sqlite")
+    with pytest.raises(RunDirError, match="not a difflens examples store"):
+        open_examples(layout, str(corpus))
