@@ -127,7 +127,9 @@ def test_bad_options_are_refused_before_any_forward(setup, tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="--layer"):
         run_methods(pair, layout, [TokenKL(layer=99)], cfg, progress=False)
     with pytest.raises(ConfigError, match="--lens-layer"):
-        run_methods(pair, layout, [DiffMining(layer=1.5)], cfg, progress=False)
+        run_methods(pair, layout, [DiffMining(layer=-99)], cfg, progress=False)
+    with pytest.raises(ValueError, match=r"relative layer lies in \[0, 1\]"):
+        DiffMining(layer=1.5)
     with pytest.raises(ConfigError, match="each method once"):
         run_methods(pair, layout, [DiffMining(), DiffMining()], cfg, progress=False)
     from difflens.errors import DataError

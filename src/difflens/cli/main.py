@@ -264,6 +264,7 @@ def report(
 from .agent import agent_cmd, serve_cmd  # noqa: E402
 from .evaluate import evaluate_cmd, experiment_cmd, sweep_cmd  # noqa: E402  (sub-apps and commands in their own modules; import nothing heavy)
 from .graders import graders_app  # noqa: E402
+from .methods import diff_cmd; app.command("diff")(diff_cmd)  # noqa: E402,E702  (difflens diff: other methods)
 from .organism import organism_app  # noqa: E402
 
 app.command("evaluate")(evaluate_cmd)

@@ -107,6 +107,10 @@ class DiffMethod(ABC):
 
     config: BaseModel
 
+    def precheck(self, vocab_size: int) -> None:
+        """Check options against the tokenizers' vocabulary before any model is loaded (a
+        :class:`~difflens.errors.ConfigError` for one the pair cannot honour)."""
+
     def prepare(self, ctx: PassContext) -> None:
         """Resolve options against the pair and data; raise :class:`~difflens.errors.ConfigError`
         for an option the pair cannot honour. Called before any forward pass."""
@@ -160,6 +164,13 @@ def resolve_layer_option(ctx: PassContext, value: float | int | str, option: str
         return ctx.resolve_layer(value)
     except ValueError as e:
         raise ConfigError(f"{option}: {e}.") from e
+
+
+def check_layer_value(v: float | int | None) -> float | int | None:
+    """A layer option: an absolute index (int) or a relative depth (float) in [0, 1]."""
+    if isinstance(v, float) and not 0.0 <= v <= 1.0:
+        raise ValueError(f"a relative layer lies in [0, 1], got {v}")
+    return v
 
 
 def row_chunks(n_rows: int, width: int, budget: int = 1 << 22) -> list[slice]:

@@ -34,7 +34,8 @@ from .kl import TokenKL
 from .mining import DiffMining
 from .store import ExamplesStore
 
-__all__ = ["PassConfig", "METHODS", "make_method", "run_methods", "load_result", "open_examples", "sample_pass"]
+__all__ = ["PassConfig", "METHODS", "make_method", "run_methods", "check_inputs", "load_result", "open_examples",
+           "sample_pass"]
 
 METHODS: dict[str, type[DiffMethod]] = {"mining": DiffMining, "kl": TokenKL}
 SAMPLING = "window-from-start/v1"  # how the pass samples its T positions; bump when that changes
@@ -64,8 +65,15 @@ def make_method(name: str, **options: Any) -> DiffMethod:
 
 
 def _decoder(tokenizer: Any):
+    """Token ids -> one string each: the decoded token, else (ids that decode to nothing: padding rows
+    beyond the tokenizer) its raw token or ``<id N>``."""
     def decode(ids: list[int]) -> list[str]:
-        return list(tokenizer.batch_decode([[int(i)] for i in ids]))
+        out = list(tokenizer.batch_decode([[int(i)] for i in ids]))
+        for j, t in enumerate(out):
+            if not t:
+                raw = tokenizer.convert_ids_to_tokens(int(ids[j]))
+                out[j] = raw if raw else f"<id {int(ids[j])}>"
+        return out
     return decode
 
 
@@ -82,6 +90,31 @@ def sample_pass(pair: ModelPair, corpus: Corpus, cfg: PassConfig) -> TokenSample
         print(f"warning: {corpus.name}: {cfg.samples} samples of {cfg.tokens} tokens requested, {len(sample.ids)} "
               f"usable ({sample.n_skipped} too short) — using {len(sample.ids)}", file=sys.stderr, flush=True)
     return sample
+
+
+def check_inputs(base: str, finetuned: str, methods: Sequence[DiffMethod], cfg: PassConfig) -> None:
+    """What can be checked before any model is loaded, from the tokenizers and the data alone: the
+    dataset exists, both tokenizers map tokens to the same ids, every method's options fit the
+    vocabulary, and the dataset has texts of T tokens (the exact check, with the model's BOS policy,
+    runs again in :func:`run_methods` before any forward)."""
+    from ..models.pair import shared_vocab
+    from ..models.sources import load_tokenizer
+
+    if not methods:
+        raise ConfigError("give at least one method (--methods mining,kl).")
+    corpus = load_corpus(cfg.dataset, text_field=cfg.text_field)
+    base_tok = load_tokenizer(base)
+    ft_tok = load_tokenizer(finetuned, base=base)
+    shared_vocab(base_tok, ft_tok, base, finetuned)
+    for m in methods:
+        m.precheck(len(base_tok))
+    probe = sample_ids(corpus, base_tok, n=1, k=cfg.tokens, seed=cfg.seed, max_len=cfg.tokens)
+    if not probe.ids:
+        every = sample_ids(corpus, base_tok, n=len(corpus.texts), k=1, seed=0, max_len=1 << 30)
+        lengths = [len(x) - s for x, s in zip(every.ids, every.starts)]
+        what = "assistant reply" if corpus.is_chat else "text"
+        raise DataError(f"--tokens {cfg.tokens} is more than dataset '{corpus.name}' allows: its longest {what} has "
+                        f"{max(lengths, default=0)} tokens; use a smaller --tokens.")
 
 
 def check_run_pair(layout: RunLayout, pair: ModelPair) -> None:
@@ -128,7 +161,7 @@ class _Reporter:
             self.task = self.bar.add_task(label, total=total, completed=done)
         elif enabled:
             self.console.print(f"{label}: {done}/{total} samples" + (" (resumed)" if done else ""),
-                               markup=False, highlight=False)
+                               markup=False, highlight=False, soft_wrap=True)
 
     def update(self, done: int) -> None:
         if not self.enabled:
@@ -142,7 +175,8 @@ class _Reporter:
             rate = (done - self.done0) / max(1e-9, now - self.t0)
             left = (self.total - done) / rate if rate > 0 else float("nan")
             self.console.print(f"{self.label}: {done}/{self.total} samples ({100 * done / self.total:.0f}%), "
-                               f"{rate:.1f} samples/s, ~{_dur(left)} left", markup=False, highlight=False)
+                               f"{rate:.1f} samples/s, ~{_dur(left)} left", markup=False, highlight=False,
+                               soft_wrap=True)
             self.last_line, self.last_step = now, step
 
     def close(self) -> None:

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from .base import DiffMethod, MethodResult, PairBatch, resolve_layer_option, row_chunks
+from .base import DiffMethod, MethodResult, PairBatch, check_layer_value, resolve_layer_option, row_chunks
 from .store import Example, ExampleRow, ExamplesStore
 
 __all__ = ["KLConfig", "KLResult", "TokenKL", "StatSummary", "Histogram", "STATS", "BINS"]
@@ -47,6 +47,11 @@ class KLConfig(BaseModel):
     layer: float | int = 0.5
     preview: int = Field(5, ge=0)
     chunk_elements: int = Field(1 << 22, ge=1)
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, v: Any) -> Any:
+        return check_layer_value(v)
 
     def semantic(self) -> dict[str, Any]:
         return self.model_dump(exclude={"chunk_elements", "preview"})

@@ -15,11 +15,12 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from safetensors.torch import save_file
 
 from ..errors import ConfigError
-from .base import DiffMethod, MethodResult, PairBatch, PassContext, resolve_layer_option, row_chunks
+from .base import (DiffMethod, MethodResult, PairBatch, PassContext, check_layer_value, resolve_layer_option,
+                   row_chunks)
 
 __all__ = ["MiningConfig", "MiningResult", "DiffMining", "TokenStat", "RANKINGS"]
 
@@ -42,6 +43,11 @@ class MiningConfig(BaseModel):
     top_n: int = Field(100, ge=1)
     layer: Optional[float | int] = None
     chunk_elements: int = Field(1 << 22, ge=1)
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, v: Any) -> Any:
+        return check_layer_value(v)
 
     def semantic(self) -> dict[str, Any]:
         return self.model_dump(exclude={"chunk_elements", "top_n"})
@@ -82,11 +88,14 @@ class DiffMining(DiffMethod):
     def __init__(self, config: MiningConfig | None = None, **options: Any):
         self.config = config or MiningConfig(**options)
 
+    def precheck(self, vocab_size: int) -> None:
+        if self.config.top_k > vocab_size:
+            raise ConfigError(f"--top-k {self.config.top_k} is larger than the vocabulary ({vocab_size} tokens); "
+                              "use a smaller K.")
+
     def prepare(self, ctx: PassContext) -> None:
         super().prepare(ctx)
-        if self.config.top_k > ctx.vocab_size:
-            raise ConfigError(f"--top-k {self.config.top_k} is larger than the vocabulary ({ctx.vocab_size} "
-                              "tokens); use a smaller K.")
+        self.precheck(ctx.vocab_size)
         self.layer = None if self.config.layer is None else resolve_layer_option(ctx, self.config.layer, "--lens-layer")
 
     def fingerprint_inputs(self) -> dict[str, Any]:
