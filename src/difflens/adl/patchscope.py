@@ -28,6 +28,7 @@ SCALES: tuple[float, ...] = tuple([round(0.5 + 0.1 * i, 1) for i in range(16)] +
 INTERSECT_TOP = 16384
 KEEP_TOP = 50
 GRADED_TOP = 20  # the grader sees each scale's top-20 (paper App. C.1)
+_PROFILER = SpecificScaleGrader()  # every entry's per-scale specificity, whichever grader chose
 
 
 def identity_prompt(triple: Sequence[str]) -> str:
@@ -139,8 +140,8 @@ def grade_sweep(grader: ScaleGrader, scales: Sequence[PatchscopeScale], *, sourc
     report can flag a chosen scale that is far less specific than another."""
     candidates = _top(scales)
     chosen, selected, note = tournament(grader, candidates, context=context)
-    prof = SpecificScaleGrader(embedder=getattr(grader, "embedder", SpecificScaleGrader.embedder)).profile(
-        candidates, context)
+    profiler = grader if isinstance(grader, SpecificScaleGrader) else _PROFILER
+    prof = profiler.profile(candidates, context)
     return PatchscopeEntry(source=source, position=position, scales=list(scales), chosen_scale=chosen,
                            selected_tokens=list(selected), grader=grader.name, rationale=note,
                            specificity=[round(prof[s.scale].score, 4) for s in scales])
@@ -176,6 +177,11 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
                                               side="base" if via_base else "ft")
             bar.advance(task)
         entries = []
+        lists = [[t.token for t in sc.tokens[:GRADED_TOP]] for v in sweeps.values() for sc in v]
+        for g in (grader, _PROFILER):  # embed every word once, in one batch
+            warm = getattr(g, "warm", None)
+            if callable(warm):
+                warm(lists)
         for source, j in jobs:
             entries.append(grade_sweep(grader, sweeps[(source, j)], source=source, position=j,
                                        context=scale_context(sweeps, source, j, unpatched)))

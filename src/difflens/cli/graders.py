@@ -67,3 +67,54 @@ def check_cmd(
     if mistakes:
         for d in res.mistakes():
             console.print(f"  ✗ {json.dumps(d, ensure_ascii=False)[:300]}", markup=False, highlight=False)
+
+
+@graders_app.command("readout")
+def readout_cmd(
+    runs: list[Path] = typer.Argument(..., help="run directories with a finished lens stage (organism runs)"),
+    labels: Path = typer.Option(Path("tests/data/labels/domain_words.json"), "--labels",
+                                help="hand-labelled domain words per organism (JSON)"),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="sentence-transformers model (offline graders)"),
+    as_json: Optional[Path] = typer.Option(None, "--json", help="also write every row and the summary to this file"),
+) -> None:
+    """Does the first readout show the organism? δ̄'s Patchscope selection, re-graded offline by the
+    coherence grader (before) and the specificity grader (after), against labelled domain words:
+    per organism and position, and pooled per set (design vs held-out)."""
+    from ..eval.readout import find_patchscope, load_domain_labels, readout_rows, rows_json, summarize
+    from ..graders.scale import OfflineScaleGrader, SpecificScaleGrader
+    from ..models.embedder import DEFAULT_EMBEDDER
+    from ..run.artifacts import PatchscopeResult, load
+
+    try:
+        lab = load_domain_labels(labels)
+        jobs = []
+        for run in runs:
+            cfg_path = run / "run_config.json"
+            organism = json.loads(cfg_path.read_text()).get("organism") if cfg_path.is_file() else None
+            if not organism or organism not in lab:
+                raise ConfigError(f"{run}: its organism ({organism or 'none recorded'}) has no labels in {labels}.")
+            jobs.append((organism, find_patchscope(run)))
+        emb = embedder or DEFAULT_EMBEDDER
+        graders = {"coherence": OfflineScaleGrader(emb), "specificity": SpecificScaleGrader(emb)}
+        rows = []
+        for organism, path in jobs:
+            rows += readout_rows(organism, lab[organism], load(PatchscopeResult, path), graders)
+    except DifflensError as e:
+        _fail(e)
+        return
+    from rich.table import Table
+
+    table = Table(title="δ̄ Patchscope readout vs labelled domain words (top-20 lists)")
+    for col in ("organism", "set", "j", "best", "grader", "λ", "domain in λ's list", "selected (domain/all)", "selected"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.organism, r.set, str(r.position), str(r.best), r.grader, f"{r.chosen_scale:g}",
+                      str(r.chosen), f"{r.tp}/{r.n_selected}", " ".join(t.strip() for t in r.selected)[:60])
+    console.print(table)
+    summary = summarize(rows)
+    for d in sorted(summary.values(), key=lambda d: (d["set"], d["grader"])):
+        console.print(f"{d['set']:9} {d['grader']:12} hit {_fmt(d['hit_rate'])} ({d['hits']}/{d['with_domain']})  "
+                      f"recall {_fmt(d['recall'])} ({d['tp']}/{d['best']})  "
+                      f"precision {_fmt(d['precision'])} ({d['tp']}/{d['selected']})", markup=False)
+    if as_json:
+        as_json.write_text(json.dumps({"rows": rows_json(rows), "summary": summary}, indent=1))

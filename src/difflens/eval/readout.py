@@ -137,3 +137,35 @@ def summarize(rows: Iterable[ReadoutRow]) -> dict[str, dict[str, Any]]:
 
 def rows_json(rows: Sequence[ReadoutRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+def scale_cases(organism: str, labels: DomainLabels, res: PatchscopeResult, *, layer_note: str = "") -> list[dict[str, Any]]:
+    """Labelled scale-grader cases (``tests/data/labels/scale.jsonl`` format, with controls and the
+    other positions) for every δ̄ position where some scale's top-20 holds a domain word.
+
+    Acceptable (``best``) scales hold at least half as many domain words as the best scale (and one);
+    ``coherent_tokens`` are the domain words at the best scale. ``source`` names the set
+    (``[design]`` / ``[held-out]``), the organism and the position.
+    """
+    from ..adl.patchscope import scale_context
+
+    stored = {(e.source, e.position): e.scales for e in res.entries}
+    out = []
+    for j, sweep in sorted(_sweeps(res).items()):
+        counts = {s: len({clean_token(t).lower() for t in toks if labels.is_domain(t)}) for s, toks in sweep.items()}
+        top = max(counts.values())
+        if not top:
+            continue
+        best_scale = max(sweep, key=lambda s: (counts[s], -s))
+        ctx = scale_context(stored, "delta", j, res.unpatched)
+        tag = "held-out" if labels.set == "held-out" else "dev"
+        out.append({
+            "scales": {f"{s:g}": toks for s, toks in sweep.items()},
+            "best": [s for s, n in counts.items() if n >= max(1, (top + 1) // 2)],
+            "coherent_tokens": [t for t in sweep[best_scale] if labels.is_domain(t)],
+            "controls": {k: [list(x) for x in v] for k, v in ctx.controls.items()},
+            "other_positions": [{f"{s:g}": list(t) for s, t in o.items()} for o in ctx.other_positions],
+            "source": f"[{tag}] {organism} (real): Patchscope delta pos{j}, {res.dataset}, layer {res.layer}"
+                      + (f" ({layer_note})" if layer_note else ""),
+        })
+    return out

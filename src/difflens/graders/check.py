@@ -7,7 +7,8 @@ Label files are JSONL, one case per line:
 - ``relevance``: ``{"description": str, "frequent_tokens": [str], "tokens": [str],
   "relevant": [bool]}``; scored per token, positive class = relevant;
 - ``scale``: ``{"scales": {"0.5": [tok, ...], ...}, "best": [acceptable scale, ...],
-  "coherent_tokens": [str] (optional)}``; accuracy = the chosen scale is acceptable; precision /
+  "coherent_tokens": [str] (optional), "controls": {"random": [[tok, ...], ...], ...} (optional),
+  "other_positions": [{"0.5": [tok, ...], ...}, ...] (optional: the same vector at other positions)}``; accuracy = the chosen scale is acceptable; precision /
   recall / F1 are those of the selected tokens against ``coherent_tokens`` (pooled over the cases
   that give them; ``None`` when no case does).
 - ``leakage``: ``{"description": str, "frequent_tokens": [str], "text": str, "leaks": bool}``;
@@ -141,6 +142,14 @@ def _validate(kind: str, rec: Any, where: str) -> dict[str, Any]:
         if missing:
             raise DataError(f"{where}: 'best' scales {missing} are not among the offered scales.")
         _str_list(rec, "coherent_tokens", where, optional=True)
+        ctl = rec.get("controls", {})
+        if not isinstance(ctl, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, list) and all(isinstance(t, str) for t in x) for x in v)
+                for v in ctl.values()):
+            raise DataError(f"{where}: 'controls' must map a control name to a list of token lists.")
+        others = rec.get("other_positions", [])
+        if not isinstance(others, list) or not all(isinstance(o, dict) for o in others):
+            raise DataError(f"{where}: 'other_positions' must be a list of {{scale: tokens}} objects.")
     else:
         raise ConfigError(f"unknown grader kind {kind!r}: use one of {', '.join(KINDS)}.")
     return rec
@@ -198,7 +207,7 @@ def check_relevance(grader: Any, cases: Sequence[dict[str, Any]]) -> CheckResult
 def check_scale(grader: Any, cases: Sequence[dict[str, Any]]) -> CheckResult:
     """The tournament's chosen scale against the acceptable ``best`` scales; token P/R/F1 against
     ``coherent_tokens`` where given."""
-    from .scale import tournament
+    from .scale import ScaleContext, tournament
 
     hits = 0
     tp = fp = fn = 0
@@ -206,7 +215,10 @@ def check_scale(grader: Any, cases: Sequence[dict[str, Any]]) -> CheckResult:
     details = []
     for i, c in enumerate(cases):
         candidates = {float(k): list(v) for k, v in c["scales"].items()}
-        chosen, selected, note = tournament(grader, candidates)
+        context = ScaleContext(sweep=candidates, controls=c.get("controls", {}),
+                               other_positions=[{float(k): v for k, v in o.items()}
+                                                for o in c.get("other_positions", [])])
+        chosen, selected, note = tournament(grader, candidates, context=context)
         ok = any(abs(float(chosen) - float(b)) < 1e-9 for b in c["best"])
         hits += ok
         d: dict[str, Any] = {"case": i, "chosen": chosen, "best": c["best"], "selected": list(selected),

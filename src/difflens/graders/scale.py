@@ -315,6 +315,12 @@ class OfflineScaleGrader:
             out.append((t, lw))
         return out
 
+    def warm(self, lists: Sequence[Sequence[str]]) -> None:
+        """Embed every content word of ``lists`` in one batch (grading many sweeps then embeds nothing)."""
+        words = sorted({w for toks in lists for _t, w in self.content_words(list(toks)[: self.top])})
+        if words:
+            word_vectors(words, self.embedder)
+
     def _group(self, sims: np.ndarray, words: Sequence[str], weights: Sequence[float] | None = None) -> list[int]:
         """The best quasi-clique: the largest (by :meth:`_size`, optionally weighted), then the densest."""
         n = len(sims)
@@ -437,10 +443,11 @@ class SpecificScaleGrader(OfflineScaleGrader):
     - **controls** — × :data:`CONTROL_DISCOUNT` when a control also produces the word (the random
       vector at any position and scale, the unpatched prompt, δ̄ through the base model at this
       position): the finetuned model says it anyway;
-    - **recurrence** — × (1 + ``recurrence_boost``·min(1, n/2)) when no control produces it and the
-      vector's lists at n other token positions hold it: a finetune's objective recurs across
-      positions, an attractor of one position does not. A word at ≥ 2 other positions is
-      *confirmed*: it counts as evidence with or without semantic neighbours in this list.
+    - **recurrence** — × (1 + ``recurrence_boost``·n) when no control produces it and the vector's
+      lists at n other token positions hold it (each is another readout of the same δ̄ family): a
+      finetune's objective recurs across positions, an attractor of one position does not. A word
+      at ≥ 2 other positions is *confirmed*: it counts as evidence with or without semantic
+      neighbours in this list.
 
     A scale's evidence is the largest weighted quasi-clique of its top-``top`` words (the similarity
     graph of :class:`OfflineScaleGrader`; inflections count a quarter) together with its confirmed
@@ -455,11 +462,12 @@ class SpecificScaleGrader(OfflineScaleGrader):
     common_zipf: float = 7.0
     rarity_span: float = 3.0
     rarity_floor: float = 0.15
-    recurrence_boost: float = 1.0
+    recurrence_boost: float = 0.5
     single_weight: float = 0.5
     tie: float = 0.05
     control_discount: dict[str, float] = field(default_factory=lambda: dict(CONTROL_DISCOUNT))
     name: str = "offline"
+    _prep_cache: tuple[Any, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "method": "specificity-v1", "common_zipf": self.common_zipf,
@@ -476,6 +484,15 @@ class SpecificScaleGrader(OfflineScaleGrader):
         return out
 
     def _prepare(self, context: ScaleContext | None) -> dict[str, Any]:
+        # the tournament calls choose() several times with one context: prepare it once
+        cached = self._prep_cache
+        if cached is not None and cached[0] is context and context is not None:
+            return cached[1]
+        prep = self._prepare_new(context)
+        self._prep_cache = (context, prep)
+        return prep
+
+    def _prepare_new(self, context: ScaleContext | None) -> dict[str, Any]:
         ctx = context or ScaleContext()
         controls = {name: self._stem_sets(lists) for name, lists in ctx.controls.items() if lists}
         others = [self._stem_sets(list(sweep.values())) for sweep in ctx.other_positions]
@@ -500,7 +517,7 @@ class SpecificScaleGrader(OfflineScaleGrader):
         else:
             n = sum(1 for o in prep["others"] if stems & o)
             if n:
-                f = 1.0 + self.recurrence_boost * min(1.0, n / 2)
+                f = 1.0 + self.recurrence_boost * n
                 w *= f
                 confirmed = n >= 2
                 reasons.append(f"at {n} other position{'s' if n > 1 else ''} ×{f:g}")
