@@ -145,7 +145,7 @@ class TokenKL(DiffMethod):
         kl = torch.empty(lf.shape[0], dtype=torch.float32, device=lf.device)
         for s in row_chunks(lf.shape[0], V, self.config.chunk_elements):
             pf, pb = F.log_softmax(lf[s], dim=-1), F.log_softmax(lb[s], dim=-1)
-            kl[s] = (pf.exp() * (pf - pb)).sum(-1).clamp_min(0.0)
+            kl[s] = F.kl_div(pb, pf, reduction="none", log_target=True).sum(-1).clamp_min(0.0)
         hf = batch.hidden["ft"][self.layer].float()
         hb = batch.hidden["base"][self.layer].float().to(hf.device)
         norm = (hf - hb).norm(dim=-1)

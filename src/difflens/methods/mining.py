@@ -121,28 +121,32 @@ class DiffMining(DiffMethod):
         K, V = self.config.top_k, self.ctx.vocab_size
         lf = batch.logits("ft", self.layer).reshape(-1, V)
         lb = batch.logits("base", self.layer).reshape(-1, V)
+        if self.sum_diff.device != lf.device:  # count where the logits are (one transfer per checkpoint)
+            self.counts = {k: v.to(lf.device) for k, v in self.counts.items()}
+            self.sum_diff = self.sum_diff.to(lf.device)
         c = self.counts
         for s in row_chunks(lf.shape[0], V, self.config.chunk_elements):
             f, b = lf[s], lb[s]
             d = f - b
             c["top_k_count"] += _topk_counts(d, K, V)
-            c["bottom_k_count"] += _topk_counts(-d, K, V)
+            c["bottom_k_count"] += _topk_counts(d, K, V, largest=False)
             c["ft_top_k_count"] += _topk_counts(f, K, V)
             c["base_top_k_count"] += _topk_counts(b, K, V)
-            c["positive_count"] += (d > 0).sum(0, dtype=torch.int64).cpu()
-            self.sum_diff += d.sum(0, dtype=torch.float64).cpu()
+            c["positive_count"] += torch.gt(f, b).sum(0, dtype=torch.int32)  # f − b > 0 exactly when f > b
+            self.sum_diff += d.sum(0)  # float32 within a chunk of rows, float64 across chunks
         self.n_positions += lf.shape[0]
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.counts, "sum_diff": self.sum_diff, "n_positions": self.n_positions}
+        return {**{k: v.cpu() for k, v in self.counts.items()}, "sum_diff": self.sum_diff.cpu(),
+                "n_positions": self.n_positions}
 
     def stats(self) -> dict[str, np.ndarray]:
         """Per-vocabulary statistics (arrays of length V)."""
         n = max(1, self.n_positions)
-        out = {k: v.numpy() for k, v in self.counts.items()}
+        out = {k: v.cpu().numpy() for k, v in self.counts.items()}
         out["top_k_fraction"] = out["top_k_count"] / n
         out["positive_fraction"] = out["positive_count"] / n
-        out["mean_diff"] = self.sum_diff.numpy() / n
+        out["mean_diff"] = self.sum_diff.cpu().numpy() / n
         return out
 
     def finalize(self) -> MiningResult:
@@ -160,7 +164,7 @@ class DiffMining(DiffMethod):
                 for i, t in zip(order, toks)]
         if self.ctx.arrays_path is not None:
             self.ctx.arrays_path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({**{k: v.contiguous() for k, v in self.counts.items()}, "sum_diff": self.sum_diff.contiguous()},
+            save_file({k: v.contiguous() for k, v in self.state_dict().items() if isinstance(v, torch.Tensor)},
                       str(self.ctx.arrays_path), metadata={"fingerprint": self.ctx.fingerprint,
                                                            "n_positions": str(self.n_positions)})
         return MiningResult(method=self.name, fingerprint=self.ctx.fingerprint, dataset=self.ctx.dataset,
@@ -169,7 +173,7 @@ class DiffMining(DiffMethod):
                             rankings=rankings)
 
 
-def _topk_counts(x: torch.Tensor, k: int, V: int) -> torch.Tensor:
-    """How often each id is among the top ``k`` of the rows of ``x`` ([P, V] -> [V] int64, on the CPU)."""
-    idx = x.topk(k, dim=-1, sorted=False).indices.reshape(-1)
-    return torch.bincount(idx, minlength=V).cpu()
+def _topk_counts(x: torch.Tensor, k: int, V: int, largest: bool = True) -> torch.Tensor:
+    """How often each id is among the top (``largest``) or bottom ``k`` of the rows of ``x`` ([P, V] -> [V] int64)."""
+    idx = x.topk(k, dim=-1, largest=largest, sorted=False).indices.reshape(-1)
+    return torch.bincount(idx, minlength=V)
