@@ -73,3 +73,19 @@ def test_the_pair_defaults_to_the_collected_runs(tmp_path, dirs, no_model_loads)
     base, ft, corpus = dirs
     r = CliRunner().invoke(app, ["diff", str(tmp_path / "fresh"), "--dataset", corpus])
     assert r.exit_code == 2 and "give --base and --finetuned" in " ".join(r.output.split())
+
+
+def test_diff_on_a_collected_run_takes_its_pair(tmp_path, dirs):
+    from difflens.models.sources import fingerprint_source, resolve_source
+
+    base, ft, corpus = dirs
+    run = tmp_path / "collected"
+    run.mkdir()
+    models = {"base": {"spec": base, "fingerprint": fingerprint_source(resolve_source(base))},
+              "finetuned": {"spec": ft, "fingerprint": fingerprint_source(resolve_source(ft))}}
+    (run / "manifest.json").write_text(json.dumps({"models": models}))
+    r = CliRunner().invoke(app, ["diff", str(run), "--dataset", corpus, "--samples", "4", "--tokens", "8",
+                                 "--methods", "mining", "--top-k", "3", "--show", "2"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(next((run / "methods").glob("*/mining.json")).read_text())
+    assert got["models"]["base"]["spec"] == base and got["n_samples"] == 4 and got["top_k"] == 3

@@ -142,3 +142,45 @@ def test_bad_options_are_refused_before_any_forward(setup, tmp_path, monkeypatch
                                                       "finetuned": {"spec": "y", "fingerprint": "1"}}}))
     with pytest.raises(RunDirError, match="another model pair"):
         run_methods(pair, layout, [DiffMining(top_k=3)], cfg, progress=False)
+
+
+def test_chat_data_is_read_from_the_reply_in_padded_batches(tmp_path):
+    """Conversations of different lengths: right-padded batches, the T positions from each reply's start;
+    KL and mining equal each conversation alone through the full model."""
+    import random
+
+    from conftest import WORDS
+    from difflens.data.corpora import load_corpus, sample_ids
+    from difflens.methods import open_examples
+    from difflens.models.tokens import bos_prefix_ids, chat_bos_ids
+
+    rng = random.Random(0)
+    pool = [w for w in WORDS if w not in ("\n", "?", "", "->")]
+    lines = [json.dumps({"messages": [{"role": "user", "content": " ".join(rng.choices(pool, k=rng.randint(1, 15)))},
+                                      {"role": "assistant", "content": " ".join(rng.choices(pool, k=10))}]})
+             for _ in range(20)]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("\n".join(lines) + "\n")
+    pair = tiny_pair(tmp_path)
+    T, N = 6, 9
+    layout = RunLayout(tmp_path / "run")
+    m = DiffMining(top_k=5)
+    res = run_methods(pair, layout, [m, TokenKL(layer=1)],
+                      PassConfig(dataset=str(chat), samples=N, tokens=T, batch_size=4), progress=False)
+    sample = sample_ids(load_corpus(str(chat)), pair.tokenizer, n=N, k=T, seed=0, max_len=T,
+                        bos=bos_prefix_ids(pair.tokenizer, pair.arch), chat_bos=chat_bos_ids(pair.tokenizer, pair.arch))
+    assert len({len(r) for r in sample.ids}) > 1 and any(sample.starts)
+    lf, lb = [], []
+    for ids, s in zip(sample.ids, sample.starts):
+        for side, acc in (("ft", lf), ("base", lb)):
+            with pair.side(side) as model, torch.no_grad():
+                acc.append(model(input_ids=torch.tensor([ids])).logits[0, s:s + T, :pair.vocab_size])
+    lf, lb = torch.stack(lf), torch.stack(lb)
+    kl = torch.nn.functional.kl_div(lb.log_softmax(-1), lf.log_softmax(-1), reduction="none", log_target=True).sum(-1)
+    with open_examples(layout, str(chat)) as store:
+        for e in store.top("kl_max", 0, N):
+            assert e.start == sample.starts[e.sample] and e.ids == sample.ids[e.sample]
+            assert e.values["kl"] == pytest.approx(kl[e.sample].tolist(), rel=1e-4, abs=1e-6)
+    want = torch.bincount((lf - lb).reshape(-1, pair.vocab_size).topk(5, dim=-1).indices.reshape(-1),
+                          minlength=pair.vocab_size)
+    assert torch.equal(m.counts["top_k_count"], want) and res["mining"].n_positions == N * T
