@@ -14,7 +14,7 @@ from .options import BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, MAX_MEMO
 # config field -> the option that sets it (for one-line errors that name the option)
 _FLAGS = {"samples": "--samples", "tokens": "--tokens", "batch_size": "--batch-size",
           "checkpoint_every": "--checkpoint-every", "top_k": "--top-k", "top_n": "--top-n",
-          "layer": "--layer", "preview": "--show", "dataset": "--dataset", "seed": "--seed"}
+          "layer": "--layer", "dataset": "--dataset", "seed": "--seed"}
 
 
 def _config(cls: type, flags: dict[str, str] | None = None, **values: Any) -> Any:
@@ -94,7 +94,7 @@ def diff_cmd(
                 opts = _config(MiningConfig, {**_FLAGS, "layer": "--lens-layer"}, top_k=top_k, top_n=top_n,
                                layer=_layer(lens_layer, "--lens-layer"))
             elif name == "kl":
-                opts = _config(KLConfig, layer=_layer(layer, "--layer"), preview=show)
+                opts = _config(KLConfig, layer=_layer(layer, "--layer"))
             else:
                 opts = None
             chosen.append(make_method(name, config=opts))
@@ -108,10 +108,9 @@ def diff_cmd(
 
         pair = load_pair(base_spec, ft_spec, **loading)
         results = run_methods(pair, RunLayout(run), chosen, cfg)
+        _print(results, show, RunLayout(run), cfg.dataset)
     except DifflensError as e:
         fail(e)
-        return
-    _print(results, show, RunLayout(run), cfg.dataset)
 
 
 def _print(results: dict[str, Any], show: int, layout: Any, dataset: str) -> None:
@@ -127,12 +126,16 @@ def _print(results: dict[str, Any], show: int, layout: Any, dataset: str) -> Non
         console.print(table)
     kl = results.get("kl")
     if kl is not None:
+        from ..methods import open_examples
+
+        with open_examples(layout, dataset) as store:  # the top contexts, paged from the store
+            top = {stat: store.top(stat, 0, show) for stat in store.ranked_stats()}
         names = {"kl": "KL(P_ft‖P_base)", "norm": f"‖h_ft − h_base‖ (layer {kl.layer})",
                  "cos": f"cosine distance (layer {kl.layer})"}
         for s, st in kl.stats.items():
             console.print(f"[bold]{names[s]}[/]: mean {st.mean:.4g} ± {st.std:.3g}, max {st.max:.4g} over "
                           f"{st.count} tokens")
-            for e in st.top["max"][:show]:
+            for e in top[f"{s}_max"]:
                 console.print(f"  {e.value:.4g}  sample {e.sample}: {e.marked('[[', ']]')[-160:]!r}",
                               markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {layout.methods_dir(dataset)}")

@@ -8,7 +8,11 @@ running statistics whose size does not depend on the number of samples, can be c
 (:class:`MethodResult`, a pydantic model written as JSON where :class:`~difflens.run.layout.RunLayout`
 says). The life of a method in one pass::
 
+    m.precheck(vocab_size)  # options against the tokenizers' vocabulary: before any model loads
     m.prepare(ctx)          # resolve layers, validate options against the pair: before any forward
+    m.fingerprint_inputs()  # what besides pair and data identifies its result (after prepare)
+    m.outputs_present()     # a finished result is reused when its fingerprint matches and this holds
+    m.can_resume(n_done)    # a checkpoint is continued when every method can
     m.needs()               # the absolute layers whose hidden states it reads
     m.start(state or None)  # fresh statistics, or those of a checkpoint
     m.update(batch) ...     # once per batch, in sample order

@@ -128,7 +128,8 @@ class TokenKL(DiffMethod):
                             "hist_max": torch.zeros(BINS[s][2] + 2, dtype=torch.int64)} for s in STATS}
         else:
             self.acc = {s: {k: v.clone() for k, v in state[s].items()} for s in STATS}
-        assert self.ctx.store_path is not None, "the driver gives the kl method a store path"
+        if self.ctx.store_path is None:
+            raise ValueError("the kl method keeps its contexts in a store: give PassContext.store_path")
         meta = {"dataset": self.ctx.dataset, "tokens": T, "layer": self.layer}
         if state is None:
             self.store = ExamplesStore.create(self.ctx.store_path, fingerprint=self.ctx.fingerprint, stats=STATS,
@@ -166,13 +167,12 @@ class TokenKL(DiffMethod):
             a["hist"] += _hist(v64.reshape(-1), edges)
             a["hist_mean"] += _hist(v64.mean(1), edges)
             a["hist_max"] += _hist(v64.max(1).values, edges)
-        assert self.store is not None
         rows = []
         for b in range(batch.ids.shape[0]):
             row = batch.rows[b]
             rows.append(ExampleRow(sample=int(batch.samples[b]), ids=row, tokens=self.ctx.decode(row),
                                    start=batch.starts[b], values={s: vals[s][b].tolist() for s in STATS}))
-        self.store.add(rows)
+        self._store().add(rows)
 
     def state_dict(self) -> dict[str, Any]:
         return self.acc
@@ -186,9 +186,14 @@ class TokenKL(DiffMethod):
             self.store.close()
             self.store = None
 
+    def _store(self) -> ExamplesStore:
+        if self.store is None:
+            raise RuntimeError("the kl method's store is not open: call start() first")
+        return self.store
+
     def finalize(self) -> KLResult:
         self.flush()
-        assert self.store is not None
+        store = self._store()
         stats = {}
         for s in STATS:
             a = self.acc[s]
@@ -203,12 +208,11 @@ class TokenKL(DiffMethod):
                 tokens=Histogram(edges=edges, counts=a["hist"].tolist()),
                 sample_means=Histogram(edges=edges, counts=a["hist_mean"].tolist()),
                 sample_maxes=Histogram(edges=edges, counts=a["hist_max"].tolist()),
-                top={agg: self.store.top(f"{s}_{agg}", 0, self.config.preview) for agg in ("max", "mean")})
+                top={agg: store.top(f"{s}_{agg}", 0, self.config.preview) for agg in ("max", "mean")})
         ctx = self.ctx
-        assert ctx.store_path is not None
         return KLResult(method=self.name, fingerprint=ctx.fingerprint, dataset=ctx.dataset, n_samples=ctx.n_samples,
                         tokens=ctx.tokens, n_positions=int(self.acc["kl"]["count"]), layer=self.layer, stats=stats,
-                        store=ctx.store_path.name)
+                        store=store.path.name)
 
 
 def _hist(v: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
