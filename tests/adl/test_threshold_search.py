@@ -247,3 +247,54 @@ def test_required_coherent_is_relative_to_the_unsteered_pass_rate(rate, need):
     assert required_coherent(SteeringConfig(), rate) == need
     # the paper's absolute rule ignores the pass rate
     assert required_coherent(SteeringConfig(coherence_reference="absolute"), rate) == 8
+
+
+class CountGrader:
+    """Per prompt, a fixed number of the 10 samples of any α pass (α-independent): ``ok[prompt]``."""
+
+    name = "count"
+
+    def __init__(self, ok: dict[str, int], default: int = 10):
+        self.ok, self.default = ok, default
+
+    def grade(self, texts):
+        out, seen = [], {}
+        for t in texts:
+            a, p = t.split("|", 1)
+            k = seen[(a, p)] = seen.get((a, p), 0) + 1
+            out.append(k <= self.ok.get(p, self.default))
+        return out
+
+
+@pytest.mark.parametrize("schedule", ["batched", "paper"])
+def test_a_first_prompt_without_any_coherent_alpha_does_not_zero_the_others(world, schedule):
+    """roman_concrete: the first threshold prompt never passed, and the refinement range [0, 2α₁]
+    collapsed to [0, 0] for the other two, so α = 0 at every position."""
+    first = steering.THRESHOLD_PROMPTS[0]
+    per = {first: -1.0}  # incoherent at every α
+    th = search(SteeringConfig(search=schedule, grid=1), ThresholdGrader(30.0, per))
+    a1, a2, a3 = th.per_prompt
+    assert a1 == 0.0
+    for a in (a2, a3):  # the full range, to the first prompt's precision
+        assert 30 - 100 / 2 ** 10 <= a < 30
+    assert th.alpha == pytest.approx((a2 + a3) / 3)
+
+
+@pytest.mark.parametrize("schedule", ["batched", "paper"])
+def test_each_threshold_prompt_is_held_to_its_own_bar(world, schedule):
+    """A prompt whose unsteered samples pass 2 of 10 can never reach a pooled bar of 4: with its own
+    bar (2) it passes at every α; with the pooled one it is 0."""
+    p2 = steering.THRESHOLD_PROMPTS[1]
+    grader = CountGrader({p2: 2})
+    pooled = search(SteeringConfig(search=schedule, grid=1, min_coherent=4), grader)
+    assert pooled.per_prompt[1] == 0.0
+    own = search(SteeringConfig(search=schedule, grid=1, min_coherent=4, min_coherent_per_prompt=[4, 2, 4]), grader)
+    assert own.per_prompt[1] > 0 and own.per_prompt[0] > 90
+    assert all(s.coherent == (s.n_coherent >= (2 if s.prompt == p2 else 4)) for s in own.steps)
+
+
+def test_steering_config_need_falls_back_to_min_coherent():
+    cfg = SteeringConfig(min_coherent=6)
+    assert [cfg.need(i) for i in range(3)] == [6, 6, 6]
+    cfg = cfg.model_copy(update={"min_coherent_per_prompt": [3, 4]})
+    assert [cfg.need(i) for i in range(3)] == [3, 4, 6]

@@ -104,6 +104,14 @@ class SteeringConfig(BaseModel):
     early_stop: bool = False  # paper schedule only: 3 samples first, the other 7 only if needed
     random_control: bool = True  # also steer along a random direction at the same α·η (final samples)
     seed: int = 0
+    # set by the steer stage, not by users: the bar of each threshold prompt, from that prompt's own
+    # unsteered pass rate (required_coherent); None: min_coherent for every prompt
+    min_coherent_per_prompt: list[int] | None = None
+
+    def need(self, prompt_index: int) -> int:
+        """Coherent samples a tested α needs for threshold prompt ``prompt_index``."""
+        per = self.min_coherent_per_prompt
+        return per[prompt_index] if per is not None and prompt_index < len(per) else self.min_coherent
 
     @model_validator(mode="before")
     @classmethod
@@ -226,9 +234,10 @@ def early_stop_chunks(n: int, need: int) -> list[int]:
 
 def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha: float, *, layer: int,
                    direction: torch.Tensor, eta: float, cfg: SteeringConfig, seed: int,
-                   counter: SearchCounter) -> tuple[bool, int, int]:
-    """Whether ≥ min_coherent of search_samples steered samples are coherent (early-stopping chunks)."""
-    n, need = cfg.search_samples, cfg.min_coherent
+                   counter: SearchCounter, need: int | None = None) -> tuple[bool, int, int]:
+    """Whether ≥ ``need`` (default min_coherent) of search_samples steered samples are coherent
+    (early-stopping chunks)."""
+    n, need = cfg.search_samples, (cfg.min_coherent if need is None else need)
     chunks = early_stop_chunks(n, need) if cfg.early_stop else [n]
     ok = bad = drawn = 0
     for ci, m in enumerate(chunks):
@@ -248,13 +257,14 @@ def is_coherent_at(pair: ModelPair, grader: CoherenceGrader, prompt: str, alpha:
 
 def binary_search(pair: ModelPair, grader: CoherenceGrader, prompt: str, *, lo: float, hi: float, iters: int,
                   layer: int, direction: torch.Tensor, eta: float, cfg: SteeringConfig, seed: int,
-                  counter: SearchCounter, log: Callable[[str], None] | None = None) -> tuple[float, list[SearchStep]]:
+                  counter: SearchCounter, log: Callable[[str], None] | None = None,
+                  need: int | None = None) -> tuple[float, list[SearchStep]]:
     """Largest coherent α in [lo, hi] to a precision of (hi-lo)/2^iters."""
     steps = []
     for it in range(iters):
         mid = (lo + hi) / 2
         good, ok, drawn = is_coherent_at(pair, grader, prompt, mid, layer=layer, direction=direction, eta=eta,
-                                         cfg=cfg, seed=seed + 1000 * it, counter=counter)
+                                         cfg=cfg, seed=seed + 1000 * it, counter=counter, need=need)
         steps.append(SearchStep(prompt=prompt, alpha=mid, n_coherent=ok, n_samples=drawn, coherent=good))
         if good:
             lo = mid
@@ -273,14 +283,17 @@ def paper_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     prompts = cfg.threshold_prompts
     a1, steps = binary_search(pair, grader, prompts[0], lo=0.0, hi=cfg.alpha_max, iters=cfg.search_iters,
                               layer=layer, direction=direction, eta=eta, cfg=cfg, seed=cfg.seed, counter=counter,
-                              log=log)
+                              log=log, need=cfg.need(0))
     alphas = [a1]
     for pi, p in enumerate(prompts[1:], 1):
         if cfg.refine_iters == 0:
             break
-        a, more = binary_search(pair, grader, p, lo=0.0, hi=2 * a1, iters=cfg.refine_iters, layer=layer,
+        # [0, 2α₁] as in the paper; when the first prompt found no coherent α at all, an empty range
+        # would zero every prompt: search the full range instead
+        hi, iters = (2 * a1, cfg.refine_iters) if a1 > 0 else (cfg.alpha_max, cfg.search_iters)
+        a, more = binary_search(pair, grader, p, lo=0.0, hi=hi, iters=iters, layer=layer,
                                 direction=direction, eta=eta, cfg=cfg, seed=cfg.seed + 7919 * pi, counter=counter,
-                                log=log)
+                                log=log, need=cfg.need(pi))
         alphas.append(a)
         steps += more
     return alphas, steps
@@ -370,7 +383,8 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
                       log: Callable[[str], None] | None = None) -> tuple[list[float], list[SearchStep]]:
     """The batched schedule (see the module docstring): per-prompt thresholds and every tested α."""
     prompts = cfg.threshold_prompts
-    n, need = cfg.search_samples, cfg.min_coherent
+    n = cfg.search_samples
+    need = {p: cfg.need(i) for i, p in enumerate(prompts)}
     grid = cfg.grid or default_grid(pair)
     first = _Bracket(prompts[0], 0.0, cfg.alpha_max)
     tol1 = cfg.alpha_max / 2 ** cfg.search_iters
@@ -383,17 +397,20 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
         if g:
             out.append((first, grid_points(first.lo, first.hi, g)))
         done1 = g == 0
+        # the first prompt found no coherent α at all: an empty [0, 2α₁] would zero every prompt, so
+        # the others search the full range to the first prompt's precision instead
+        free = done1 and first.lo <= 0
         for b in refine:
             # the paper searches [0, 2α₁] to 2α₁/2^refine_iters: while α₁ ∈ [lo₁, hi₁] is open,
             # cap the range at 2·hi₁ and aim for the finer 2·lo₁/2^refine_iters
-            cap = 2 * (first.lo if done1 else first.hi)
+            cap = cfg.alpha_max if free else 2 * (first.lo if done1 else first.hi)
             if not b.started:
                 if not (done1 or first.lo > 0):
                     continue
                 b.started, b.hi = True, cap
             b.hi = min(b.hi, cap)
             b.lo = min(b.lo, b.hi)
-            gb = grid_size(b.hi - b.lo, 2 * first.lo * shrink, grid)
+            gb = grid_size(b.hi - b.lo, tol1 if free else 2 * first.lo * shrink, grid)
             if gb:
                 out.append((b, grid_points(b.lo, b.hi, gb)))
         return out
@@ -418,8 +435,9 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
             for a in points:
                 ok = sum(bool(x) for x in verdicts[i:i + n])
                 i += n
-                oks.append(ok >= need)
-                b.steps.append(SearchStep(prompt=b.prompt, alpha=a, n_coherent=ok, n_samples=n, coherent=ok >= need))
+                oks.append(ok >= need[b.prompt])
+                b.steps.append(SearchStep(prompt=b.prompt, alpha=a, n_coherent=ok, n_samples=n,
+                                          coherent=ok >= need[b.prompt]))
             b.lo, b.hi = narrow(b.lo, b.hi, points, oks)
         if log:
             state = "; ".join(f"{b.prompt[:24]!r} [{b.lo:.4g}, {b.hi:.4g}]" for b in [first, *refine] if b.started)
@@ -428,7 +446,7 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
     alphas = [a1]
     for b in refine:
         # the paper never tests above 2α₁: its result is at most 2α₁ − 2α₁/2^refine_iters
-        alphas.append(min(b.lo, 2 * a1 * (1 - shrink)) if b.started else 0.0)
+        alphas.append((min(b.lo, 2 * a1 * (1 - shrink)) if a1 > 0 else b.lo) if b.started else 0.0)
     return alphas, [s for b in [first, *refine] for s in b.steps]
 
 

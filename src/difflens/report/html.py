@@ -308,6 +308,12 @@ def _coherence_bar(res: SteeringResult) -> str:
     if res.min_coherent is None:
         return ""
     n = res.thresholds[0].steps[0].n_samples if res.thresholds and res.thresholds[0].steps else None
+    per, rates = res.min_coherent_per_prompt, res.unsteered_pass_rates
+    if per and rates and len(per) == len(rates):
+        return (" Each threshold prompt was held to its own unsteered pass rate: a tested α counted as coherent "
+                "with ≥ " + ", ".join(f"{esc(k)}" + (f"/{esc(n)}" if n else "") for k in per)
+                + " coherent samples for the three prompts, whose unsteered samples pass "
+                + ", ".join(f"{esc(fmt(100 * r, 3))}%" for r in rates) + " of the time at the search temperature.")
     bar = f" A tested α counted as coherent with ≥ {esc(res.min_coherent)}" + (f"/{esc(n)}" if n else "")
     bar += " coherent samples"
     if res.unsteered_pass_rate is not None:

@@ -148,6 +148,8 @@ class SteeringResult(BaseModel):
     # share of unsteered samples (threshold prompts, search temperature) the coherence grader passes
     unsteered_pass_rate: float | None = None
     min_coherent: int | None = None  # required coherent samples per tested α (steering.required_coherent)
+    unsteered_pass_rates: list[float] | None = None  # per threshold prompt (None: written before they were)
+    min_coherent_per_prompt: list[int] | None = None  # the bar each threshold prompt was held to
     max_new_tokens: int | None = None
     # who sampled the final steered / unsteered / control generations (the threshold search is always
     # the HF pair's): "hf" is the default and is left out of steering.json, so an HF run's file is

@@ -153,7 +153,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             # unsteered answers to the threshold prompts at the search temperature: the offline
             # grader's calibration and the reference pass rate of the relative coherence bar
             texts = generate(pair, cfg.threshold_prompts, layer=layer, direction=None, alpha=0.0, eta=c.eta_ft,
-                             n=cfg.search_samples, temperature=cfg.search_temperature,
+                             n=2 * cfg.search_samples, temperature=cfg.search_temperature,
                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 99)
             partial["calibration_texts"] = [t for ts in texts for t in ts]
             write_json(partial_path, partial)
@@ -161,12 +161,19 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             calibrate(partial["calibration_texts"] + [g["text"] for g in partial["generations"]
                                                       if g["position"] is None])
             partial["calibration"] = getattr(graders.coherence, "calibration", None)
-        if partial.get("unsteered_pass_rate") is None:
-            verdicts = graders.coherence.grade(partial["calibration_texts"])
-            partial["unsteered_pass_rate"] = sum(map(bool, verdicts)) / max(len(verdicts), 1)
+        if partial.get("unsteered_pass_rate") is None or partial.get("unsteered_pass_rates") is None:
+            verdicts = [bool(v) for v in graders.coherence.grade(partial["calibration_texts"])]
+            partial["unsteered_pass_rate"] = sum(verdicts) / max(len(verdicts), 1)
+            per = max(1, len(verdicts) // max(1, len(cfg.threshold_prompts)))
+            partial["unsteered_pass_rates"] = [sum(verdicts[i * per:(i + 1) * per]) / per
+                                               for i in range(len(cfg.threshold_prompts))]
             write_json(partial_path, partial)
         need = required_coherent(cfg, partial.get("unsteered_pass_rate"))
-        search_cfg = cfg.model_copy(update={"min_coherent": need})
+        # each threshold prompt is held to its own unsteered pass rate: prompts differ (roman_concrete's
+        # three pass 4, 2 and 8 of 10 unsteered), and a pooled bar above a prompt's own rate fails it
+        # at every α, α = 0 included
+        per_need = [required_coherent(cfg, r) for r in partial["unsteered_pass_rates"]]
+        search_cfg = cfg.model_copy(update={"min_coherent": need, "min_coherent_per_prompt": per_need})
         todo = [j for j in pos if str(j) not in partial["thresholds"]]
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"steering layer {layer}", total=len(pos), completed=len(pos) - len(todo))
@@ -189,6 +196,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
                                temperature=cfg.final_temperature,
                                unsteered_pass_rate=partial.get("unsteered_pass_rate"), min_coherent=need,
+                               unsteered_pass_rates=partial.get("unsteered_pass_rates"),
+                               min_coherent_per_prompt=per_need,
                                max_new_tokens=cfg.max_new_tokens, generation_backend=backend.name)
         gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
