@@ -14,13 +14,13 @@ from difflens.methods.kl import bin_edges
 from difflens.run.layout import RunLayout
 
 
-@pytest.fixture
-def kl_run(tmp_path):
+@pytest.fixture(params=[0, 2], ids=["all-positions", "skip-2"])
+def kl_run(tmp_path, request):
     pair = tiny_pair(tmp_path)
     corpus = text_corpus(tmp_path)
     T, N, layer = 8, 11, 2
     layout = RunLayout(tmp_path / "run")
-    m = TokenKL(layer=layer, preview=3, chunk_elements=700)
+    m = TokenKL(layer=layer, preview=3, chunk_elements=700, skip_positions=request.param)
     res = run_methods(pair, layout, [m], PassConfig(dataset=str(corpus), samples=N, tokens=T, batch_size=3),
                       progress=False)["kl"]
     ref = naive(pair, corpus, n=N, T=T, layer=layer)
@@ -34,36 +34,39 @@ def kl_run(tmp_path):
 def test_kl_and_activation_differences_equal_naive(kl_run):
     pair, layout, corpus, res, want, ref = kl_run
     N, T = want["kl"].shape
-    assert res.n_positions == N * T and res.layer == 2
+    k = res.skip_positions
+    assert res.n_positions == N * (T - k) and res.layer == 2
     assert want["kl"].min() > 0
-    for s, w in want.items():
+    for s, full_w in want.items():
         st = res.stats[s]
-        assert st.count == N * T
+        assert st.by_position == pytest.approx(full_w.mean(0).tolist(), rel=1e-4)  # every position
+        w = full_w[:, k:]  # the rest: the positions after the skipped ones
+        assert st.count == N * (T - k)
         assert st.mean == pytest.approx(float(w.mean()), rel=1e-4)
         assert st.std == pytest.approx(float(w.std(unbiased=False)), rel=1e-3)
         assert st.max == pytest.approx(float(w.max()), rel=1e-4)
-        assert st.by_position == pytest.approx(w.mean(0).tolist(), rel=1e-4)
         # fixed bins, streamed: the same counts as binning everything at once; every token counted once
         edges = bin_edges(s)
         full = torch.bincount(torch.bucketize(w.reshape(-1), edges, right=True), minlength=edges.numel() + 1)
-        assert st.tokens.counts == full.tolist() and sum(st.tokens.counts) == N * T
+        assert st.tokens.counts == full.tolist() and sum(st.tokens.counts) == N * (T - k)
         assert sum(st.sample_means.counts) == sum(st.sample_maxes.counts) == N
     # per-sample mean and max, with the position of the max, in the store
     with open_examples(layout, str(corpus)) as store:
         assert store.count() == N
-        for s, w in want.items():
+        for s, full_w in want.items():
+            w = full_w[:, k:]
             for agg in ("max", "mean"):
                 per = w.max(1).values if agg == "max" else w.mean(1)
                 page = store.top(f"{s}_{agg}", 0, N)
                 assert [e.sample for e in page] == per.argsort(descending=True).tolist()
                 assert [e.value for e in page] == pytest.approx(per.sort(descending=True).values.tolist(), rel=1e-4)
                 for e in page:
-                    assert e.position == int(w[e.sample].argmax())
-                    assert e.ids == ref["ids"][e.sample] and e.values[s] == pytest.approx(w[e.sample].tolist(),
-                                                                                          rel=1e-4, abs=1e-7)
+                    assert e.position == int(w[e.sample].argmax()) + k
+                    assert e.ids == ref["ids"][e.sample]
+                    assert e.values[s] == pytest.approx(full_w[e.sample].tolist(), rel=1e-4, abs=1e-7)
     # the result previews the top contexts per statistic
     top = res.stats["kl"].top["max"]
-    assert len(top) == 3 and top[0].sample == int(want["kl"].max(1).values.argmax())
+    assert len(top) == 3 and top[0].sample == int(want["kl"][:, k:].max(1).values.argmax())
 
 
 def test_store_pages_and_marks_the_token(kl_run):
@@ -80,6 +83,8 @@ def test_store_pages_and_marks_the_token(kl_run):
         marked = e.marked("<<", ">>")
         assert "<<" + e.tokens[e.index] + ">>" in marked
         assert marked.replace("<<", "").replace(">>", "") == e.text
+        short = e.marked("<<", ">>", context=3)
+        assert "<<" + e.tokens[e.index] + ">>" in short and len(short) <= 3 + 3 + 2 + 4 + len(e.tokens[e.index])
         with pytest.raises(RunDirError, match="unknown statistic"):
             store.top("perplexity")
 

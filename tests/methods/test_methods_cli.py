@@ -43,6 +43,8 @@ def test_diff_runs_mining_and_kl_on_a_pair_given_by_paths(tmp_path, dirs):
     (["--tokens", "500"], "--tokens 500 is more than dataset"),
     (["--layer", "1.5"], "--layer: a relative layer lies in [0, 1], got 1.5"),
     (["--lens-layer", "x"], "--lens-layer: 'x' is neither a layer index nor a relative depth"),
+    (["--skip-positions", "8"], "--skip-positions 8 leaves none of the 8 positions per sample"),
+    (["--skip-positions", "-1"], "--skip-positions: input should be greater than or equal to 0"),
     (["--methods", "mining,pca"], "unknown method 'pca'; choose from mining, kl"),
     (["--methods", ","], "give at least one method"),
     (["--dataset", "/nonexistent.jsonl"], "unknown dataset"),

@@ -14,7 +14,7 @@ from .options import BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, MAX_MEMO
 # config field -> the option that sets it (for one-line errors that name the option)
 _FLAGS = {"samples": "--samples", "tokens": "--tokens", "batch_size": "--batch-size",
           "checkpoint_every": "--checkpoint-every", "top_k": "--top-k", "top_n": "--top-n",
-          "layer": "--layer", "dataset": "--dataset", "seed": "--seed"}
+          "layer": "--layer", "skip_positions": "--skip-positions", "dataset": "--dataset", "seed": "--seed"}
 
 
 def _config(cls: type, flags: dict[str, str] | None = None, **values: Any) -> Any:
@@ -70,6 +70,8 @@ def diff_cmd(
     lens_layer: Optional[str] = typer.Option(None, "--lens-layer", help="mining through the logit lens at this "
                                              "layer (index or relative depth; default: the final logits)"),
     layer: str = typer.Option("0.5", "--layer", help="kl: layer ℓ of the activation differences"),
+    skip_positions: int = typer.Option(1, "--skip-positions", help="kl: first positions of each sample left out "
+                                       "(position 0 is the attention sink, its activation norms dwarf the rest)"),
     show: int = typer.Option(15, "--show", help="tokens and contexts printed per ranking"),
     batch_size: int = typer.Option(8, "--batch-size"),
     checkpoint_every: int = typer.Option(25, "--checkpoint-every", help="batches between checkpoints"),
@@ -94,7 +96,7 @@ def diff_cmd(
                 opts = _config(MiningConfig, {**_FLAGS, "layer": "--lens-layer"}, top_k=top_k, top_n=top_n,
                                layer=_layer(lens_layer, "--lens-layer"))
             elif name == "kl":
-                opts = _config(KLConfig, layer=_layer(layer, "--layer"))
+                opts = _config(KLConfig, layer=_layer(layer, "--layer"), skip_positions=skip_positions)
             else:
                 opts = None
             chosen.append(make_method(name, config=opts))
@@ -134,8 +136,8 @@ def _print(results: dict[str, Any], show: int, layout: Any, dataset: str) -> Non
                  "cos": f"cosine distance (layer {kl.layer})"}
         for s, st in kl.stats.items():
             console.print(f"[bold]{names[s]}[/]: mean {st.mean:.4g} ± {st.std:.3g}, max {st.max:.4g} over "
-                          f"{st.count} tokens")
+                          f"{st.count} tokens (positions ≥ {kl.skip_positions})")
             for e in top[f"{s}_max"]:
-                console.print(f"  {e.value:.4g}  sample {e.sample}: {e.marked('[[', ']]')[-160:]!r}",
+                console.print(f"  {e.value:.4g}  sample {e.sample}: {e.marked('[[', ']]', context=70)!r}",
                               markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {layout.methods_dir(dataset)}")

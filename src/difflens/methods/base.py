@@ -8,7 +8,7 @@ running statistics whose size does not depend on the number of samples, can be c
 (:class:`MethodResult`, a pydantic model written as JSON where :class:`~difflens.run.layout.RunLayout`
 says). The life of a method in one pass::
 
-    m.precheck(vocab_size)  # options against the tokenizers' vocabulary: before any model loads
+    m.precheck(vocab, T)    # options against the tokenizers' vocabulary and T: before any model loads
     m.prepare(ctx)          # resolve layers, validate options against the pair: before any forward
     m.fingerprint_inputs()  # what besides pair and data identifies its result (after prepare)
     m.outputs_present()     # a finished result is reused when its fingerprint matches and this holds
@@ -48,7 +48,7 @@ class MethodResult(BaseModel):
     dataset: str
     n_samples: int
     tokens: int  # T: positions read per sample
-    n_positions: int  # N × T
+    n_positions: int  # positions the statistics count: N × T (less any a method skips)
     models: dict[str, Any] = {}  # the pair (ModelPair.describe()), set by the driver
     seconds: float = 0.0  # wall time of the pass that computed it (all its methods together)
 
@@ -111,9 +111,9 @@ class DiffMethod(ABC):
 
     config: BaseModel
 
-    def precheck(self, vocab_size: int) -> None:
-        """Check options against the tokenizers' vocabulary before any model is loaded (a
-        :class:`~difflens.errors.ConfigError` for one the pair cannot honour)."""
+    def precheck(self, vocab_size: int, tokens: int) -> None:
+        """Check options against the tokenizers' vocabulary and the positions per sample before any
+        model is loaded (a :class:`~difflens.errors.ConfigError` for one that cannot be honoured)."""
 
     def prepare(self, ctx: PassContext) -> None:
         """Resolve options against the pair and data; raise :class:`~difflens.errors.ConfigError`

@@ -107,7 +107,7 @@ def check_inputs(base: str, finetuned: str, methods: Sequence[DiffMethod], cfg: 
     ft_tok = load_tokenizer(finetuned, base=base)
     shared_vocab(base_tok, ft_tok, base, finetuned)
     for m in methods:
-        m.precheck(len(base_tok))
+        m.precheck(len(base_tok), cfg.tokens)
     probe = sample_ids(corpus, base_tok, n=1, k=cfg.tokens, seed=cfg.seed, max_len=cfg.tokens)
     if not probe.ids:
         every = sample_ids(corpus, base_tok, n=len(corpus.texts), k=1, seed=0, max_len=1 << 30)

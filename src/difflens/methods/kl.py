@@ -2,7 +2,9 @@
 
 At every position of N samples × T tokens: KL(P_ft ‖ P_base) of the two models' next-token
 distributions over the full shared vocabulary, and at layer ℓ the norm of the activation
-difference ‖h_ft − h_base‖ and the cosine distance 1 − cos(h_ft, h_base). Streaming, per
+difference ‖h_ft − h_base‖ and the cosine distance 1 − cos(h_ft, h_base). The first
+``skip_positions`` positions (default 1: the attention sink) are left out of every statistic but
+the per-position means. Streaming, per
 statistic: count, sum, sum of squares and maximum over tokens, the mean per position (0..T−1),
 histograms over fixed log-spaced bins (with under- and overflow) of the per-token values and of
 the per-sample means and maxima. Per sample, the window's values go to an SQLite
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, field_validator
 
+from ..errors import ConfigError
 from .base import DiffMethod, MethodResult, PairBatch, check_layer_value, resolve_layer_option, row_chunks
 from .store import Example, ExampleRow, ExamplesStore
 
@@ -41,10 +44,14 @@ def bin_edges(stat: str) -> torch.Tensor:
 
 
 class KLConfig(BaseModel):
-    """Options: ``layer`` of the activation differences (absolute or relative depth), how many top
-    contexts per statistic the result previews (the store keeps every sample)."""
+    """Options: ``layer`` of the activation differences (absolute or relative depth);
+    ``skip_positions``: the first positions of each sample left out of every statistic but the
+    per-position means (position 0 is the attention sink: its activations are orders of magnitude
+    larger than the rest, so its ‖h_ft − h_base‖ tops every ranking); how many top contexts per
+    statistic the result previews (the store keeps every sample, with every position's values)."""
 
     layer: float | int = 0.5
+    skip_positions: int = Field(1, ge=0)
     preview: int = Field(5, ge=0)
     chunk_elements: int = Field(1 << 22, ge=1)
 
@@ -63,13 +70,13 @@ class Histogram(BaseModel):
 
 
 class StatSummary(BaseModel):
-    """One statistic over all tokens, and over samples."""
+    """One statistic over all tokens (at positions ≥ skip_positions), and over samples."""
 
     count: int
     mean: float
     std: float
     max: float
-    by_position: list[float]  # mean at each position 0..T-1
+    by_position: list[float]  # mean at each position 0..T-1 (the skipped ones too)
     tokens: Histogram  # per-token values
     sample_means: Histogram
     sample_maxes: Histogram
@@ -78,6 +85,7 @@ class StatSummary(BaseModel):
 
 class KLResult(MethodResult):
     layer: int
+    skip_positions: int
     stats: dict[str, StatSummary]  # "kl", "norm", "cos"
     store: str  # the examples store's file name (beside the result)
 
@@ -94,6 +102,12 @@ class TokenKL(DiffMethod):
     def prepare(self, ctx) -> None:  # type: ignore[no-untyped-def]
         super().prepare(ctx)
         self.layer = resolve_layer_option(ctx, self.config.layer, "--layer")
+        self.precheck(ctx.vocab_size, ctx.tokens)
+
+    def precheck(self, vocab_size: int, tokens: int) -> None:
+        if self.config.skip_positions >= tokens:
+            raise ConfigError(f"--skip-positions {self.config.skip_positions} leaves none of the {tokens} "
+                              "positions per sample; use more --tokens or skip fewer.")
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         return {**super().fingerprint_inputs(), "abs_layer": self.layer, "bins": BINS}
@@ -156,22 +170,29 @@ class TokenKL(DiffMethod):
 
     def update(self, batch: PairBatch) -> None:
         vals = self.values(batch)
+        k = self.config.skip_positions
+        means, maxes, argmax = {}, {}, {}
         for s, v in vals.items():
             a, v64 = self.acc[s], v.double()
-            a["count"] += v.numel()
+            a["pos_sum"] += v64.sum(0)  # every position, the skipped ones too
+            v64 = v64[:, k:]
+            a["count"] += v64.numel()
             a["sum"] += v64.sum()
             a["sumsq"] += (v64 * v64).sum()
             a["max"] = torch.maximum(a["max"], v64.max())
-            a["pos_sum"] += v64.sum(0)
+            means[s], (maxes[s], argmax[s]) = v64.mean(1), v64.max(1)
             edges = bin_edges(s)
             a["hist"] += _hist(v64.reshape(-1), edges)
-            a["hist_mean"] += _hist(v64.mean(1), edges)
-            a["hist_max"] += _hist(v64.max(1).values, edges)
+            a["hist_mean"] += _hist(means[s], edges)
+            a["hist_max"] += _hist(maxes[s], edges)
         rows = []
         for b in range(batch.ids.shape[0]):
             row = batch.rows[b]
             rows.append(ExampleRow(sample=int(batch.samples[b]), ids=row, tokens=self.ctx.decode(row),
-                                   start=batch.starts[b], values={s: vals[s][b].tolist() for s in STATS}))
+                                   start=batch.starts[b], values={s: vals[s][b].tolist() for s in STATS},
+                                   means={s: float(means[s][b]) for s in STATS},
+                                   maxes={s: float(maxes[s][b]) for s in STATS},
+                                   argmax={s: int(argmax[s][b]) + k for s in STATS}))
         self._store().add(rows)
 
     def state_dict(self) -> dict[str, Any]:
@@ -201,7 +222,7 @@ class TokenKL(DiffMethod):
             mean = float(a["sum"]) / max(1, n)
             var = max(0.0, float(a["sumsq"]) / max(1, n) - mean * mean)
             edges = bin_edges(s).tolist()
-            npos = max(1, n // max(1, self.ctx.tokens))
+            npos = max(1, n // max(1, self.ctx.tokens - self.config.skip_positions))  # samples
             stats[s] = StatSummary(
                 count=n, mean=mean, std=math.sqrt(var), max=float(a["max"]),
                 by_position=(a["pos_sum"] / npos).tolist(),
@@ -211,7 +232,8 @@ class TokenKL(DiffMethod):
                 top={agg: store.top(f"{s}_{agg}", 0, self.config.preview) for agg in ("max", "mean")})
         ctx = self.ctx
         return KLResult(method=self.name, fingerprint=ctx.fingerprint, dataset=ctx.dataset, n_samples=ctx.n_samples,
-                        tokens=ctx.tokens, n_positions=int(self.acc["kl"]["count"]), layer=self.layer, stats=stats,
+                        tokens=ctx.tokens, n_positions=int(self.acc["kl"]["count"]), layer=self.layer,
+                        skip_positions=self.config.skip_positions, stats=stats,
                         store=store.path.name)
 
 

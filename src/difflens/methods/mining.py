@@ -88,14 +88,14 @@ class DiffMining(DiffMethod):
     def __init__(self, config: MiningConfig | None = None, **options: Any):
         self.config = config or MiningConfig(**options)
 
-    def precheck(self, vocab_size: int) -> None:
+    def precheck(self, vocab_size: int, tokens: int) -> None:
         if self.config.top_k > vocab_size:
             raise ConfigError(f"--top-k {self.config.top_k} is larger than the vocabulary ({vocab_size} tokens); "
                               "use a smaller K.")
 
     def prepare(self, ctx: PassContext) -> None:
         super().prepare(ctx)
-        self.precheck(ctx.vocab_size)
+        self.precheck(ctx.vocab_size, ctx.tokens)
         self.layer = None if self.config.layer is None else resolve_layer_option(ctx, self.config.layer, "--lens-layer")
 
     def fingerprint_inputs(self) -> dict[str, Any]:

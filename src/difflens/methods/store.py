@@ -2,7 +2,7 @@
 
 One row per sample: its token ids and decoded tokens (the full row fed to the models and where
 the read window starts), per-token values of each statistic over the window, and per statistic
-the sample's mean, max and the position of the max. :meth:`ExamplesStore.top` pages the samples
+the sample's mean, max and the position of the max (as the writing method computed them). :meth:`ExamplesStore.top` pages the samples
 ranked by one per-sample statistic (``kl_max``, ``norm_mean``, ...), using an index, with the
 position of the statistic's maximum marked. The store records the fingerprint of the run that
 wrote it; opening it with another fingerprint is refused (a store copied from another run must
@@ -32,6 +32,9 @@ class ExampleRow(BaseModel):
     tokens: list[str]  # one decoded string per id of ``ids``
     start: int  # the window starts at ids[start]
     values: dict[str, list[float]]  # statistic -> per-position values over the window (T)
+    means: dict[str, float]  # statistic -> the sample's mean (over the positions the method ranks)
+    maxes: dict[str, float]  # statistic -> the sample's maximum
+    argmax: dict[str, int]  # statistic -> the window position of the maximum
 
 
 class Example(BaseModel):
@@ -56,10 +59,15 @@ class Example(BaseModel):
     def text(self) -> str:
         return "".join(self.tokens)
 
-    def marked(self, left: str = "[[", right: str = "]]") -> str:
-        """The text with the marked token between ``left`` and ``right``."""
+    def marked(self, left: str = "[[", right: str = "]]", context: int | None = None) -> str:
+        """The text with the marked token between ``left`` and ``right``; with ``context``, only that
+        many characters either side of it (``…`` where cut)."""
         i = self.index
-        return "".join(self.tokens[:i]) + left + self.tokens[i] + right + "".join(self.tokens[i + 1:])
+        before, after = "".join(self.tokens[:i]), "".join(self.tokens[i + 1:])
+        if context is not None:
+            before = ("…" + before[-context:]) if len(before) > context else before
+            after = (after[:context] + "…") if len(after) > context else after
+        return before + left + self.tokens[i] + right + after
 
 
 class ExamplesStore:
@@ -145,9 +153,7 @@ class ExamplesStore:
         for r in rows:
             aggs: list[Any] = []
             for s in self.stats:
-                v = r.values[s]
-                j = max(range(len(v)), key=lambda i: (v[i], -i))
-                aggs += [sum(v) / len(v), v[j], j]
+                aggs += [r.means[s], r.maxes[s], r.argmax[s]]
             out.append((r.sample, json.dumps(r.ids), json.dumps(r.tokens, ensure_ascii=False), r.start,
                         json.dumps(r.values), *aggs))
         marks = ", ".join("?" for _ in range(5 + 3 * len(self.stats)))
