@@ -136,7 +136,7 @@ def _print(results: dict[str, Any], show: int, layout: Any, dataset: str) -> Non
                  "cos": f"cosine distance (layer {kl.layer})"}
         for s, st in kl.stats.items():
             console.print(f"[bold]{names[s]}[/]: mean {st.mean:.4g} ± {st.std:.3g}, max {st.max:.4g} over "
-                          f"{st.count} tokens (positions ≥ {kl.skip_positions})")
+                          f"{st.count} tokens (positions ≥ {kl.skip_positions})", soft_wrap=True)
             for e in top[f"{s}_max"]:
                 console.print(f"  {e.value:.4g}  sample {e.sample}: {e.marked('[[', ']]', context=70)!r}",
                               markup=False, highlight=False, soft_wrap=True)
