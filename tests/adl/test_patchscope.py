@@ -97,3 +97,47 @@ def test_lens_stores_controls_and_unpatched(tiny_run):
     idx, vals = intersect_rank(probs)
     assert [t.token_id for t in res.unpatched] == idx
     assert [t.prob for t in res.unpatched] == pytest.approx(vals, rel=1e-4)
+
+
+def test_every_entry_is_graded_with_its_controls_and_scored_per_scale(tiny_run):
+    from difflens.adl.patchscope import patchscope, scale_context
+    from difflens.graders import ScaleContext
+
+    pair, _, c = tiny_run
+    seen: list[tuple[frozenset, int]] = []
+
+    class Recorder:
+        name = "recorder"
+
+        def choose(self, candidates, context=None):
+            assert isinstance(context, ScaleContext)
+            seen.append((frozenset(context.controls), len(context.other_positions)))
+            return max(candidates), [], "recorded"
+
+    res = patchscope(pair, c, [0, 1], Recorder(), progress=False)
+    # 5 sources × 2 positions, each graded as a tournament of 3 batches + a final
+    assert len(seen) == 10 * 4
+    by_source = {(e.source, e.position): e for e in res.entries}
+    d = by_source[("delta", 1)]
+    assert d.chosen_scale == max(SCALES) and d.grader == "recorder"
+    assert d.specificity is not None and len(d.specificity) == len(d.scales) == len(SCALES)
+    stored = {(e.source, e.position): e.scales for e in res.entries}
+    ctx = scale_context(stored, "delta", 1, res.unpatched)
+    # the random vector's lists at every position and scale; δ̄ through the base model at this position
+    assert len(ctx.controls["random"]) == 2 * len(SCALES) and len(ctx.controls["delta_via_base"]) == len(SCALES)
+    assert ctx.controls["unpatched"] == [[t.token for t in res.unpatched[:20]]]
+    assert len(ctx.other_positions) == 1 and ctx.sweep[0.5] == [t.token for t in d.at(0.5).tokens[:20]]
+    # a control is not its own control
+    assert "random" not in scale_context(stored, "random", 1, res.unpatched).controls
+
+
+def test_more_specific_flags_a_far_more_specific_scale():
+    from difflens.run.artifacts import PatchscopeEntry, PatchscopeScale
+
+    scales = [PatchscopeScale(scale=s, tokens=[]) for s in (0.5, 1.0, 2.0)]
+    e = PatchscopeEntry(source="delta", position=0, scales=scales, chosen_scale=0.5, selected_tokens=[],
+                        grader="llm", specificity=[0.4, 3.0, 1.0])
+    assert e.more_specific() == (1.0, 3.0, 0.4)
+    assert e.model_copy(update={"chosen_scale": 1.0}).more_specific() is None
+    assert e.model_copy(update={"specificity": [1.5, 2.5, 1.0]}).more_specific() is None  # not 2× more
+    assert e.model_copy(update={"specificity": None}).more_specific() is None  # results from before

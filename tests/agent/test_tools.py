@@ -390,3 +390,20 @@ def test_in_process_models_on_tiny_pair(tiny_run):
     with pytest.raises(ToolError, match="position 1 not available.*choose from 0"):
         tb.call("generate_steered", {"position": 1, "prompts": ["x"], "n": 1})
     assert loads == [1]
+
+
+def test_overview_shows_a_far_more_specific_scale_beside_the_graders(run, models):
+    from difflens.run.artifacts import PatchscopeResult, load, save
+
+    path = run.patchscope(DATASET, LAYER)
+    res = load(PatchscopeResult, path)
+    for e in res.entries:
+        if e.source == "delta" and e.position == 1:  # scale 1.0 far more specific than the chosen 2.0
+            e.specificity = [4.0, 0.5]
+        elif e.source == "delta":
+            e.specificity = [0.6, 0.5]  # not far more specific: no flag
+    save(res, path)
+    rows = Toolbox(run, models, kind="adl", overview_k=5, cut=50).overview()["slices"][0]["positions"]
+    assert rows[1]["more_specific_scale"] == {"scale": 1.0, "patchscope": [" wrong_scale"] * 5}
+    assert rows[1]["patchscope"] == ps_tokens(1)[:5]  # the grader's scale stays the main list
+    assert "more_specific_scale" not in rows[0] and "more_specific_scale" not in rows[2]

@@ -329,3 +329,16 @@ def test_browser_screenshot(tmp_path):
     keep = os.environ.get("DIFFLENS_REPORT_SCREENSHOT")  # e.g. for looking at the design by eye
     if keep:
         shutil.copy(png, keep)
+
+
+def test_patchscope_cell_flags_a_far_more_specific_scale_and_lists_specificity():
+    from difflens.report.html import _patch_cell
+
+    scales = [PatchscopeScale(scale=s, tokens=_tp(toks)) for s, toks in
+              ((0.6, [" kiln", " porcelain", " glaze"]), (2.0, [" Graham", " Houghton", " the"]))]
+    e = PatchscopeEntry(source="delta", position=1, scales=scales, chosen_scale=2.0, selected_tokens=[" Graham"],
+                        grader="llm", specificity=[3.1, 0.45])
+    cell = _patch_cell(e)
+    assert "⚠ λ = 0.6 is far more specific" in cell and "kiln" in cell.split("⚠")[1]
+    assert "specificity" in cell and "3.1" in cell  # the per-scale column
+    assert "⚠" not in _patch_cell(e.model_copy(update={"specificity": [0.5, 0.45]}))
