@@ -156,7 +156,7 @@ class TokenKL(DiffMethod):
         """Per-token statistics of one batch: stat -> [B, T] float32."""
         V = self.ctx.vocab_size
         lf = batch.logits("ft").reshape(-1, V)
-        lb = batch.logits("base").reshape(-1, V)
+        lb = batch.logits("base").reshape(-1, V).to(lf.device)  # a split pair: both on ft's device
         kl = torch.empty(lf.shape[0], dtype=torch.float32, device=lf.device)
         for s in row_chunks(lf.shape[0], V, self.config.chunk_elements):
             pf, pb = F.log_softmax(lf[s], dim=-1), F.log_softmax(lb[s], dim=-1)

@@ -120,7 +120,7 @@ class DiffMining(DiffMethod):
     def update(self, batch: PairBatch) -> None:
         K, V = self.config.top_k, self.ctx.vocab_size
         lf = batch.logits("ft", self.layer).reshape(-1, V)
-        lb = batch.logits("base", self.layer).reshape(-1, V)
+        lb = batch.logits("base", self.layer).reshape(-1, V).to(lf.device)  # a split pair: both on ft's device
         if self.sum_diff.device != lf.device:  # count where the logits are (one transfer per checkpoint)
             self.counts = {k: v.to(lf.device) for k, v in self.counts.items()}
             self.sum_diff = self.sum_diff.to(lf.device)
