@@ -7,6 +7,7 @@ final among the winners. :class:`OfflineScaleGrader` scores token sets by embedd
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import math
 import re
@@ -465,6 +466,7 @@ class SpecificScaleGrader(OfflineScaleGrader):
     recurrence_boost: float = 0.5
     single_weight: float = 0.5
     tie: float = 0.05
+    full_lift: float = 3.0
     control_discount: dict[str, float] = field(default_factory=lambda: dict(CONTROL_DISCOUNT))
     name: str = "offline"
     _prep_cache: tuple[Any, dict[str, Any]] | None = field(default=None, init=False, repr=False, compare=False)
@@ -473,15 +475,17 @@ class SpecificScaleGrader(OfflineScaleGrader):
         return {**super().identity(), "method": "specificity-v1", "common_zipf": self.common_zipf,
                 "rarity_span": self.rarity_span, "rarity_floor": self.rarity_floor,
                 "recurrence_boost": self.recurrence_boost, "single_weight": self.single_weight, "tie": self.tie,
+                "full_lift": self.full_lift,
                 "control_discount": dict(sorted(self.control_discount.items()))}
 
     # ---- evidence per word -----------------------------------------------------------------
-    def _stem_sets(self, lists: Sequence[Sequence[str]]) -> set[str]:
-        out: set[str] = set()
+    def _stem_counts(self, lists: Sequence[Sequence[str]]) -> tuple[Counter[str], int]:
+        """How many of ``lists`` hold each stem (a word's inflections counted once per list), and how
+        many lists there are."""
+        out: Counter[str] = Counter()
         for toks in lists:
-            for _t, w in self.content_words(list(toks)[: self.top]):
-                out.update(word_stems(w))
-        return out
+            out.update({st for _t, w in self.content_words(list(toks)[: self.top]) for st in word_stems(w)})
+        return out, len(lists)
 
     def _prepare(self, context: ScaleContext | None) -> dict[str, Any]:
         # the tournament calls choose() several times with one context: prepare it once
@@ -494,10 +498,20 @@ class SpecificScaleGrader(OfflineScaleGrader):
 
     def _prepare_new(self, context: ScaleContext | None) -> dict[str, Any]:
         ctx = context or ScaleContext()
-        controls = {name: self._stem_sets(lists) for name, lists in ctx.controls.items() if lists}
-        others = [self._stem_sets(list(sweep.values())) for sweep in ctx.other_positions]
+        controls = {name: self._stem_counts(lists) for name, lists in ctx.controls.items() if lists}
+        others = [set(self._stem_counts(list(sweep.values()))[0]) for sweep in ctx.other_positions]
+        own = self._stem_counts(list(ctx.sweep.values()))
+        # the vector's lists at every position: what the random vector's lists (every position) are compared to
+        every = self._stem_counts([t for sw in [ctx.sweep, *ctx.other_positions] for t in sw.values()])
         sweep = {float(k): {w for _t, w in self.content_words(list(v)[: self.top])} for k, v in ctx.sweep.items()}
-        return {"controls": controls, "others": others, "sweep": sweep}
+        return {"controls": controls, "others": others, "sweep": sweep, "own": own, "every": every}
+
+    def _lift(self, stems: set[str], mine: tuple[Counter[str], int], ctl: tuple[Counter[str], int]) -> float:
+        """How much more often the vector's lists hold the word than the control's lists do."""
+        (mc, mn), (cc, cn) = mine, ctl
+        m = max((mc[s] for s in stems), default=0) / max(mn, 1)
+        c = max((cc[s] for s in stems), default=0) / max(cn, 1)
+        return m / max(c, 1.0 / max(cn, 1))
 
     def rarity(self, word: str) -> float:
         r = (self.common_zipf - word_zipf(word)) / self.rarity_span
@@ -508,12 +522,25 @@ class SpecificScaleGrader(OfflineScaleGrader):
         stems = set(word_stems(word))
         w = self.rarity(word)
         reasons = [f"rarity {w:.2f}"]
-        hit = [name for name, ctl in prep["controls"].items() if stems & ctl]
+        factors: dict[str, float] = {}
+        for name, ctl in prep["controls"].items():
+            if not any(ctl[0][s] for s in stems):
+                continue
+            floor = self.control_discount.get(name, 0.5)
+            if name == "unpatched":  # the model's own answer to the bare prompt
+                factors[name] = floor
+                continue
+            # the vector's lists against the control's: at every position for the random vector, at
+            # this position for δ̄ through the base model
+            mine = prep["every"] if name == "random" else prep["own"]
+            lift = self._lift(stems, mine, ctl)
+            factors[name] = min(1.0, max(floor, lift / self.full_lift))
         confirmed = False
-        if hit:
-            f = min(self.control_discount.get(name, 0.5) for name in hit)
+        f = min(factors.values(), default=1.0)
+        if f < 1.0:
             w *= f
-            reasons.append(f"also from {'/'.join(sorted(hit))} ×{f:g}")
+            name = min(factors, key=factors.get)
+            reasons.append(f"also from {name} ×{f:.2g}")
         else:
             n = sum(1 for o in prep["others"] if stems & o)
             if n:
