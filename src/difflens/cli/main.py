@@ -13,8 +13,34 @@ from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BAC
                       LLM_URL, MAX_MEMORY, O_DEVICE, O_DTYPE, TP_SIZE, VLLM_MEM, backend_choice, backend_overrides,
                       console, fail as _fail, llm_client, pair_loading, placement_overrides)
 
-app = typer.Typer(help="difflens: read finetuning objectives out of base-vs-finetuned activation differences.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+class _App(typer.Typer):
+    """The command line; a value a config model rejects (``--samples -5``) is one ``error:`` line naming
+    the option, exit status 2, before any compute — never a pydantic traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as e:
+            import sys
+
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) if err["loc"] else e.title
+            from rich.markup import escape
+
+            flag = _FIELD_FLAGS.get(field) or (f"--{field.replace('_', '-')}" if field.isidentifier() else field)
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            console.print(f"[bold red]error:[/] {escape(flag)}: {escape(msg[:1].lower() + msg[1:])} "
+                          f"(got {escape(repr(err.get('input')))}).", highlight=False)
+            sys.exit(2)
+
+
+_FIELD_FLAGS = {"final_samples": "--samples"}  # config fields whose option has another name
+
+
+app = _App(help="difflens: read finetuning objectives out of base-vs-finetuned activation differences.",
+           no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 def _parse_layers(values: list[str]) -> list[float | int]:
