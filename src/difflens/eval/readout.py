@@ -158,14 +158,14 @@ def scale_cases(organism: str, labels: DomainLabels, res: PatchscopeResult, *, l
             continue
         best_scale = max(sweep, key=lambda s: (counts[s], -s))
         ctx = scale_context(stored, "delta", j, res.unpatched)
-        tag = "held-out" if labels.set == "held-out" else "dev"
+        tag, kind = ("held-out", "held-out organism") if labels.set == "held-out" else ("dev", "design organism")
         out.append({
             "scales": {f"{s:g}": toks for s, toks in sweep.items()},
             "best": [s for s, n in counts.items() if n >= max(1, (top + 1) // 2)],
             "coherent_tokens": [t for t in sweep[best_scale] if labels.is_domain(t)],
             "controls": {k: [list(x) for x in v] for k, v in ctx.controls.items()},
             "other_positions": [{f"{s:g}": list(t) for s, t in o.items()} for o in ctx.other_positions],
-            "source": f"[{tag}] {organism} (real): Patchscope delta pos{j}, {res.dataset}, layer {res.layer}"
+            "source": f"[{tag}] {organism} ({kind}, real): Patchscope delta pos{j}, {res.dataset}, layer {res.layer}"
                       + (f" ({layer_note})" if layer_note else ""),
         })
     return out
