@@ -472,10 +472,9 @@ def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, posi
     schedule). ``progress``: ``[difflens]`` lines on stderr per round and at the end (None: only
     when stderr is not a terminal)."""
     counter = SearchCounter()
-    bars = ("/".join(str(cfg.need(i)) for i in range(len(cfg.threshold_prompts)))
-            if cfg.min_coherent_per_prompt else str(cfg.min_coherent))
-    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search}, "
-                         f"≥{bars} of {cfg.search_samples} coherent)")
+    bars = (f"≥{', '.join(str(cfg.need(i)) for i in range(len(cfg.threshold_prompts)))} of {cfg.search_samples}"
+            if cfg.min_coherent_per_prompt else f"≥{cfg.min_coherent}/{cfg.search_samples}")
+    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search}, {bars} coherent)")
     search = batched_threshold if cfg.search == "batched" else paper_threshold
     alphas, steps = search(pair, grader, layer=layer, direction=direction, eta=eta, cfg=cfg, counter=counter,
                            log=log if log.on else None)
