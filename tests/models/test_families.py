@@ -3,7 +3,8 @@
 Per family (two differently seeded models as base/finetuned, saved and loaded through
 ``load_pair``, which runs the load-time check): δ̄ from :func:`difflens.adl.collect.collect` equals a
 naive full forward with ``output_hidden_states``; the logit lens of the last layer equals the
-model's logits; steering with α = 0 is a no-op (and α ≠ 0 is not: the hook is live); the load-time
+model's logits; steering with α = 0 is a no-op (and α ≠ 0 is not: the hook is live); Patchscope's edit
+replaces the layer output at the patched token only; the causal effect runs, finite and live; the load-time
 check passes with its numbers. Plus families outside the table found by discovery alone, and
 crafted non-standard layouts refused with a message naming what is missing.
 """
@@ -173,6 +174,29 @@ def test_family_every_check(tmp_path, corpus_file, family):
     gen = dict(layer=1, eta=got.eta_ft, temperature=1.0, max_new_tokens=3, seed=0)
     unsteered = generate_rows(pair, ["why", "tell me"], None, direction=None, **gen)
     assert generate_rows(pair, ["why", "tell me"], [0.0, 0.0], direction=direction, **gen) == unsteered
+
+    # 5. Patchscope's edit really replaces the layer output at the patched token (and only there)
+    from difflens.adl.interventions import replace_rows
+    from difflens.adl.patchscope import patched_next_token_probs
+
+    last = torch.tensor([2, 4])
+    values = torch.randn(2, D)
+    with pair.ft() as model, torch.no_grad():
+        plain = pair.ft_arch.capture(model, x, [1], attention_mask=mask)[1]
+        with pair.ft_arch.edit_layer(1, replace_rows(last, values)):
+            seen = pair.ft_arch.capture(model, x, [1], attention_mask=mask)[1]
+    torch.testing.assert_close(seen[torch.arange(2), last], values)
+    torch.testing.assert_close(seen[0, :2], plain[0, :2])
+    probs = patched_next_token_probs(pair, 1, direction, [0.5, 5.0], got.eta_ft)
+    assert probs.shape[:2] == (2, 3) and torch.allclose(probs.sum(-1), torch.ones(2, 3), atol=1e-4)
+    assert (probs[0].log() - probs[1].log()).abs().max() > 1e-3  # the scale reaches the output
+
+    # 6. the causal effect (eq. 1) runs on the family's layers: finite, and live
+    from difflens.eval.causal import delta_ce
+
+    texts = [[5, 17, 42, 9, 100, 7], [8, 30, 12, 11]]
+    ce = delta_ce(pair, 1, torch.stack([direction, torch.randn(D)]), texts, progress=False)
+    assert len(ce) == 2 and all(torch.isfinite(torch.tensor(ce))) and max(abs(c) for c in ce) > 0
 
 
 @pytest.mark.parametrize("family", UNTABLED)
