@@ -4,7 +4,8 @@ Per family (two differently seeded models as base/finetuned, saved and loaded th
 ``load_pair``, which runs the load-time check): δ̄ from :func:`difflens.adl.collect.collect` equals a
 naive full forward with ``output_hidden_states``; the logit lens of the last layer equals the
 model's logits; steering with α = 0 is a no-op (and α ≠ 0 is not: the hook is live); Patchscope's edit
-replaces the layer output at the patched token only; the causal effect runs, finite and live; the load-time
+replaces the layer output at the patched token only; CAFT's projection leaves no component along
+span(δ̄); the causal effect runs, finite and live; the load-time
 check passes with its numbers. Plus families outside the table found by discovery alone, and
 crafted non-standard layouts refused with a message naming what is missing.
 """
@@ -190,6 +191,15 @@ def test_family_every_check(tmp_path, corpus_file, family):
     probs = patched_next_token_probs(pair, 1, direction, [0.5, 5.0], got.eta_ft)
     assert probs.shape[:2] == (2, 3) and torch.allclose(probs.sum(-1), torch.ones(2, 3), atol=1e-4)
     assert (probs[0].log() - probs[1].log()).abs().max() > 1e-3  # the scale reaches the output
+
+    # CAFT's edit (project out span(δ̄)) leaves no component along the basis in the layer output
+    from difflens.adl.interventions import project_out
+    from difflens.organisms.train import caft_basis
+
+    q = caft_basis(res[str(corpus_file)][1].delta[:2], 2)
+    with pair.ft() as model, torch.no_grad(), pair.ft_arch.edit_layer(1, project_out(q)):
+        ablated = pair.ft_arch.capture(model, x, [1], attention_mask=mask)[1]
+    assert (ablated.float() @ q).abs().max() < 1e-4
 
     # 6. the causal effect (eq. 1) runs on the family's layers: finite, and live
     from difflens.eval.causal import delta_ce
