@@ -412,9 +412,10 @@ class OfflineScaleGrader:
 
 
 CONTROL_DISCOUNT: dict[str, float] = {"unpatched": 0.2, "random": 0.3, "delta_via_base": 0.6}
-"""Weight left to a word that a control also produces (the smallest applies): the unpatched
-prompt's own tokens and a random vector's are what the finetuned model says anyway; δ̄ read through
-the base model shares δ̄'s information, so its words are discounted less."""
+"""The least weight left to a word that a control also produces (the smallest factor over controls
+applies; see :class:`SpecificScaleGrader`): the unpatched prompt's own tokens and a random vector's are
+what the finetuned model says anyway; δ̄ read through the base model shares δ̄'s information, so its
+words are discounted less."""
 
 
 @dataclass(frozen=True)
@@ -441,10 +442,13 @@ class SpecificScaleGrader(OfflineScaleGrader):
     - **rarity** — ``clip((common_zipf − zipf) / rarity_span, rarity_floor, 1)`` from its frequency
       in ordinary English (:func:`~.text.word_zipf`): "home" 0.40, "story" 0.55, "cake" 0.82,
       "porcelain" 1; words that are everywhere are weak evidence;
-    - **controls** — × :data:`CONTROL_DISCOUNT` when a control also produces the word (the random
-      vector at any position and scale, the unpatched prompt, δ̄ through the base model at this
-      position): the finetuned model says it anyway;
-    - **recurrence** — × (1 + ``recurrence_boost``·n) when no control produces it and the vector's
+    - **controls** — when a control also produces the word (the random vector at any position and
+      scale, δ̄ through the base model at this position, the unpatched prompt), × min(1, max(floor,
+      lift / ``full_lift``)): *lift* is how much more often the vector's lists hold the word than the
+      control's lists do (floors :data:`CONTROL_DISCOUNT`; the unpatched prompt always its floor). The
+      finetuned model says such words anyway — unless δ̄ says them far more often (an overfit organism
+      answers a random vector in its own domain now and then);
+    - **recurrence** — × (1 + ``recurrence_boost``·n) when no control discounts it and the vector's
       lists at n other token positions hold it (each is another readout of the same δ̄ family): a
       finetune's objective recurs across positions, an attractor of one position does not. A word
       at ≥ 2 other positions is *confirmed*: it counts as evidence with or without semantic
