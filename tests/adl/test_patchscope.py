@@ -86,7 +86,7 @@ def test_lens_stores_controls_and_unpatched(tiny_run):
 
     pair, _, c = tiny_run
     res = patchscope(pair, c, [1], OfflineScaleGrader(), progress=False)
-    assert {e.source for e in res.entries} == {"delta", "base", "ft", "delta_via_base", "random"}
+    assert {e.source for e in res.entries} == {"delta", "base", "ft", "delta_via_base", "random", "base_via_ft"}
     assert res.eta_base == c.eta_base and res.unpatched == unpatched_tokens(pair)
     # unpatched = the finetuned model's own next tokens, each prompt run alone (no padding), ranked alike
     from difflens.adl.patchscope import _encode_prompts
@@ -115,8 +115,8 @@ def test_every_entry_is_graded_with_its_controls_and_scored_per_scale(tiny_run):
             return max(candidates), [], "recorded"
 
     res = patchscope(pair, c, [0, 1], Recorder(), progress=False)
-    # 5 sources × 2 positions, each graded as a tournament of 3 batches + a final
-    assert len(seen) == 10 * 4
+    # 6 sources × 2 positions, each graded as a tournament of 3 batches + a final
+    assert len(seen) == 12 * 4
     by_source = {(e.source, e.position): e for e in res.entries}
     d = by_source[("delta", 1)]
     assert d.chosen_scale == max(SCALES) and d.grader == "recorder"
@@ -141,3 +141,26 @@ def test_more_specific_flags_a_far_more_specific_scale():
     assert e.model_copy(update={"chosen_scale": 1.0}).more_specific() is None
     assert e.model_copy(update={"specificity": [1.5, 2.5, 1.0]}).more_specific() is None  # not 2× more
     assert e.model_copy(update={"specificity": None}).more_specific() is None  # results from before
+
+
+def test_h_base_is_read_by_the_base_model_and_its_control_by_the_finetuned_model(tiny_run):
+    """The authors' convention (auto_patch_scope): h̄_base patched into the BASE model at η_ft; the old
+    baseline, h̄_base through the finetuned model, stays as the control ``base_via_ft``."""
+    from difflens.adl.patchscope import patchscope
+
+    pair, _, c = tiny_run
+
+    class First:
+        name = "first"
+
+        def choose(self, candidates, context=None):
+            return min(candidates), [], ""
+
+    res = patchscope(pair, c, [1], First(), sources=("base", "base_via_ft"), progress=False)
+    for source, side in (("base", "base"), ("base_via_ft", "ft")):
+        want = patched_next_token_probs(pair, c.layer, c.base_mean[1], SCALES, c.eta_ft, side=side)
+        idx, vals = intersect_rank(want[0])
+        got = res.get(source, 1).at(SCALES[0]).tokens
+        assert [t.token_id for t in got] == idx and [t.prob for t in got] == pytest.approx(vals, rel=1e-4)
+    assert [t.token_id for t in res.get("base", 1).at(SCALES[0]).tokens] != \
+        [t.token_id for t in res.get("base_via_ft", 1).at(SCALES[0]).tokens]

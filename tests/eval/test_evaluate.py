@@ -127,7 +127,7 @@ def test_evaluate_writes_the_documented_summary_and_resumes(finished_run, monkey
     raw = json.loads(layout.evaluation().read_text())
     assert raw["schema_version"] == 1 and raw["frequent_tokens"][:2] == ["cake", "bake"]
     le = raw["results"][c.dataset]["2"]
-    assert set(le["relevance"]) == {"delta", "base", "ft", "delta_via_base", "random"}
+    assert set(le["relevance"]) == {"delta", "base", "ft", "delta_via_base", "random", "base_via_ft"}
     assert set(le["relevance"]["delta"]) == {"patchscope", "logit_lens"}
     assert set(le["relevance"]["delta"]["patchscope"]) >= {"per_position", "max"}
     assert set(le["steering_similarity"]) == {"steered_vs_ft", "unsteered_vs_ft", "random_vs_ft", "ft_self",

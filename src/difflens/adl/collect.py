@@ -79,13 +79,16 @@ class Collected:
         return int(self.delta.shape[0])
 
     def vectors(self, source: Source) -> torch.Tensor:
-        """The [k, d] vectors of one source: δ̄ (``delta`` and ``delta_via_base``), h̄_base (``base``),
+        """The [k, d] vectors of one source: δ̄ (``delta`` and ``delta_via_base``), h̄_base (``base`` and
+        ``base_via_ft``),
         h̄_ft (``ft``) or the control ``random``: per position a random direction with δ̄_j's norm,
         seeded by layer and position (the same vectors every time)."""
         if source == "random":
             return random_like(self.delta, seed=self.layer)
         if source == "delta_via_base":
             return self.delta
+        if source == "base_via_ft":
+            return self.base_mean
         return {"delta": self.delta, "base": self.base_mean, "ft": self.ft_mean}[source]
 
 

@@ -28,6 +28,13 @@ SCALES: tuple[float, ...] = tuple([round(0.5 + 0.1 * i, 1) for i in range(16)] +
 INTERSECT_TOP = 16384
 KEEP_TOP = 50
 GRADED_TOP = 20  # the grader sees each scale's top-20 (paper App. C.1)
+# the controls a sweep is graded against (h̄_base through the finetuned model is shown, not graded against)
+GRADING_CONTROLS: tuple[Source, ...] = ("delta_via_base", "random")
+# which model reads each source, and whose norm scales it (the authors' auto_patch_scope: δ̄ and h̄_ft
+# into the finetuned model, h̄_base into the BASE model, all at the finetuned model's norm η_ft)
+READERS: dict[str, tuple[str, str]] = {"delta": ("ft", "eta_ft"), "ft": ("ft", "eta_ft"), "base": ("base", "eta_ft"),
+                                       "random": ("ft", "eta_ft"), "base_via_ft": ("ft", "eta_ft"),
+                                       "delta_via_base": ("base", "eta_base")}
 _PROFILER = SpecificScaleGrader()  # every entry's per-scale specificity, whichever grader chose
 
 
@@ -119,7 +126,7 @@ def scale_context(sweeps: dict[tuple[Source, int], Sequence[PatchscopeScale]], s
     prompt; a control is not its own control) and the same source's sweeps at the other positions.
     The random vector's lists count at every position (more draws of what any vector gives)."""
     controls: dict[str, list[list[str]]] = {}
-    for ctl in CONTROLS:
+    for ctl in GRADING_CONTROLS:
         if ctl == source:
             continue
         # a random vector's tokens at any position show what the model says anyway; δ̄ through the
@@ -159,10 +166,12 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
                sources: Sequence[Source] = (*SOURCES, *CONTROLS), progress: bool = True) -> PatchscopeResult:
     """Patchscope for every source × position, each at the grader's chosen scale.
 
-    Besides δ̄ and the baselines h̄_base, h̄_ft, the default ``sources`` include the controls a reader
-    needs to tell what is specific to the difference: ``delta_via_base`` (δ̄ patched into the *base*
-    model, scaled by η_base) and ``random`` (a random vector of δ̄'s norm); the unpatched identity
-    prompt's own tokens are stored as ``unpatched``. Every sweep runs first; then each is graded with
+    δ̄ and h̄_ft are read by the finetuned model, the baseline h̄_base by the *base* model, all at the
+    finetuned model's norm (the authors' convention, :data:`READERS`). Besides them the default
+    ``sources`` include the controls a reader needs to tell what is specific to the difference:
+    ``delta_via_base`` (δ̄ patched into the base model, scaled by η_base), ``random`` (a random vector
+    of δ̄'s norm) and ``base_via_ft`` (h̄_base through the finetuned model: an overfit finetune answers
+    it in its own domain); the unpatched identity prompt's own tokens are stored as ``unpatched``. Every sweep runs first; then each is graded with
     the controls of its position as context (:func:`scale_context`).
     """
     sweeps: dict[tuple[Source, int], list[PatchscopeScale]] = {}
@@ -171,10 +180,8 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"patchscope layer {c.layer}", total=2 * len(jobs))
         for source, j in jobs:
-            v = c.vectors(source)[j]
-            via_base = source == "delta_via_base"
-            sweeps[(source, j)] = sweep_lists(pair, c.layer, v, c.eta_base if via_base else c.eta_ft,
-                                              side="base" if via_base else "ft")
+            side, eta = READERS[source]
+            sweeps[(source, j)] = sweep_lists(pair, c.layer, c.vectors(source)[j], getattr(c, eta), side=side)
             bar.advance(task)
         entries = []
         lists = [[t.token for t in sc.tokens[:GRADED_TOP]] for v in sweeps.values() for sc in v]

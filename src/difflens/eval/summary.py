@@ -13,7 +13,8 @@ Schema (version 1)::
           "dataset", "layer",
           "relevance": {source: {method: {"positions": [j], "per_position": [%], "max": %,
                                           "tokens": {j: [[token, relevant]]}}}},
-                       # source ∈ delta, base, ft, delta_via_base, random; method ∈ patchscope, logit_lens
+                       # source ∈ delta, base (read by the base model), ft, delta_via_base, random,
+                       # base_via_ft; method ∈ patchscope, logit_lens
           "steering_similarity": {"steered_vs_ft", "unsteered_vs_ft", "random_vs_ft", "ft_self",
                                   "steered_vs_chat", "unsteered_vs_chat": {"mean", "std", "n"}},
                        # steered: all positions' samples pooled; "n" counts text pairs

@@ -10,7 +10,8 @@ from .charts import interval_chart, line_chart
 from .text import esc, fmt, html_table, show_token
 
 SOURCE_NAMES = {"delta": "δ̄ (difference)", "base": "h̄_base", "ft": "h̄_ft",
-                "delta_via_base": "δ̄ via base model (control)", "random": "random vector (control)"}
+                "delta_via_base": "δ̄ via base model (control)", "random": "random vector (control)",
+                "base_via_ft": "h̄_base via finetuned model (control)"}
 SIM_NAMES = {"steered_vs_ft": "steered ↔ D_ft", "random_vs_ft": "random-direction steered ↔ D_ft (control)",
              "unsteered_vs_ft": "unsteered ↔ D_ft", "steered_vs_chat": "steered ↔ chat",
              "unsteered_vs_chat": "unsteered ↔ chat", "ft_self": "D_ft ↔ D_ft"}

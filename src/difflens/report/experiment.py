@@ -28,7 +28,8 @@ def _label(c: Cell) -> str:
 
 
 def _relevance(cells: list[Cell]) -> str:
-    sources = [s for s in ("delta", "base", "ft", "delta_via_base", "random") if any(s in c.relevance for c in cells)]
+    sources = [s for s in ("delta", "base", "ft", "delta_via_base", "random", "base_via_ft")
+               if any(s in c.relevance for c in cells)]
     rows = []
     for c in cells:
         rows.append([esc(_label(c)), *[f"<b>{_pct(c.relevance.get(s, {}).get('patchscope'))}</b>" if s == "delta"

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DifflensError
 from ..run.artifacts import (
+    CONTROLS,
     SOURCES,
     Generation,
     LogitLensResult,
@@ -28,9 +29,11 @@ from .text import WS_MARKS, esc, fmt, fmt_scale, html_table, show_token
 
 SOURCE_LABEL = {"delta": "δ̄", "base": "h̄<sub>base</sub>", "ft": "h̄<sub>ft</sub>",
                 "delta_via_base": "δ̄ through the base model <span class='ctl'>control</span>",
-                "random": "random vector, ‖δ̄‖ <span class='ctl'>control</span>"}
-#: Column order: δ̄, then its controls beside it, then the baselines.
-COLUMN_ORDER = ("delta", "delta_via_base", "random", "base", "ft")
+                "random": "random vector, ‖δ̄‖ <span class='ctl'>control</span>",
+                "base_via_ft": "h̄<sub>base</sub> through the finetuned model <span class='ctl'>control</span>"}
+#: Column order: δ̄, then its controls beside it, then the baselines (h̄_base read by the base model, the
+#: authors' convention, beside its control through the finetuned model).
+COLUMN_ORDER = ("delta", "delta_via_base", "random", "base", "base_via_ft", "ft")
 PATCHSCOPE_TOP = 20
 LENS_TOP = 10
 
@@ -276,14 +279,17 @@ def _patchscope_block(s: Slice) -> str:
 
 def _controls_note(res: PatchscopeResult) -> str:
     """What the controls are, and the unpatched prompt's own tokens (the floor every column sits on)."""
-    if not res.unpatched and not any(e.source in ("delta_via_base", "random") for e in res.entries):
+    if not res.unpatched and not any(e.source in CONTROLS for e in res.entries):
         return ""
     unpatched = (f'<div class="lensrow"><span class="plabel">unpatched</span>{_chips(res.unpatched[:PATCHSCOPE_TOP])}'
                  f'</div>' if res.unpatched else "")
     return ('<div class="controls"><p class="muted small"><b>Controls.</b> Tokens that also appear for a random '
             'vector, for δ̄ read through the base model, or with nothing patched are not evidence about the '
             'finetuning: the finetuned model produces them anyway. Only what δ̄ shows beyond its controls is '
-            'specific to the difference.</p>' + unpatched + '</div>')
+            'specific to the difference. δ̄ and h̄<sub>ft</sub> are read by the finetuned model, the baseline '
+            'h̄<sub>base</sub> by the base model (the authors\' convention), all at η_ft; h̄<sub>base</sub> '
+            'through the finetuned model is shown as a control: an overfit finetune answers even it in its '
+            'own domain.</p>' + unpatched + '</div>')
 
 
 def _lens_cell(pos: Sequence[TokenProb], neg: Sequence[TokenProb]) -> str:

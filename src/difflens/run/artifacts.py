@@ -11,9 +11,11 @@ from ..files import atomic_write_text
 
 # δ̄_j, h̄_base_j, h̄_ft_j, and the controls read beside them: δ̄_j read through the *base* model
 # (Patchscope) and a random vector of δ̄_j's norm (seeded per layer and position).
-Source = Literal["delta", "base", "ft", "delta_via_base", "random"]
+Source = Literal["delta", "base", "ft", "delta_via_base", "random", "base_via_ft"]
 SOURCES: tuple[Source, ...] = ("delta", "base", "ft")
-CONTROLS: tuple[Source, ...] = ("delta_via_base", "random")
+# base_via_ft: h̄_base patched into the finetuned model (difflens's baseline before the authors'
+# convention, where h̄_base is read by the base model, became the baseline)
+CONTROLS: tuple[Source, ...] = ("delta_via_base", "random", "base_via_ft")
 
 
 E = TypeVar("E")

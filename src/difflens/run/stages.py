@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
-from ..adl.patchscope import patchscope
+from ..adl.patchscope import READERS as PATCHSCOPE_READERS, patchscope
 from ..adl.steering import SteeringConfig, find_threshold, generate, required_coherent
 from ..backends import GenerationBackend, HFBackend, final_generations
 from ..errors import ConfigError, RunDirError
@@ -87,7 +87,8 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
         fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer, "pos": pos, "k": cfg.top_k,
-                          "grader": grader_identity(graders.scale), "controls": cfg.controls})
+                          "grader": grader_identity(graders.scale), "controls": cfg.controls,
+                          "readers": PATCHSCOPE_READERS})
         stage = layout.stage_key("lens", dataset, layer)
         if layout.stage_done(stage, fp) and layout.patchscope(dataset, layer).exists():
             out.append(A.load(A.PatchscopeResult, layout.patchscope(dataset, layer)))
