@@ -171,8 +171,9 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
     ``sources`` include the controls a reader needs to tell what is specific to the difference:
     ``delta_via_base`` (δ̄ patched into the base model, scaled by η_base), ``random`` (a random vector
     of δ̄'s norm) and ``base_via_ft`` (h̄_base through the finetuned model: an overfit finetune answers
-    it in its own domain); the unpatched identity prompt's own tokens are stored as ``unpatched``. Every sweep runs first; then each is graded with
-    the controls of its position as context (:func:`scale_context`).
+    it in its own domain); the unpatched identity prompt's own tokens are stored as ``unpatched``.
+    Every sweep runs first; then each is graded with the controls of its position as context
+    (:func:`scale_context`).
     """
     sweeps: dict[tuple[Source, int], list[PatchscopeScale]] = {}
     jobs = [(s, j) for s in sources for j in positions]
