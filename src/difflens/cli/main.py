@@ -11,7 +11,8 @@ from rich.table import Table
 from ..errors import DifflensError
 from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BACKEND, GRADER, LLM_KEY, LLM_MODEL,
                       LLM_URL, MAX_MEMORY, O_DEVICE, O_DTYPE, TP_SIZE, VLLM_MEM, backend_choice, backend_overrides,
-                      console, fail as _fail, llm_client, pair_loading, placement_overrides)
+                      console, fail as _fail, llm_client, pair_loading, placement_overrides,
+                      validation_error)
 
 class _App(typer.Typer):
     """The command line; a value a config model rejects (``--samples -5``) is one ``error:`` line naming
@@ -25,14 +26,10 @@ class _App(typer.Typer):
         except ValidationError as e:
             import sys
 
-            err = e.errors()[0]
-            field = ".".join(str(x) for x in err["loc"]) if err["loc"] else e.title
             from rich.markup import escape
 
-            flag = _FIELD_FLAGS.get(field) or (f"--{field.replace('_', '-')}" if field.isidentifier() else field)
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            console.print(f"[bold red]error:[/] {escape(flag)}: {escape(msg[:1].lower() + msg[1:])} "
-                          f"(got {escape(repr(err.get('input')))}).", highlight=False)
+            # the command has returned: print as fail() does, but exit here (no click handler is left)
+            console.print(f"[bold red]error:[/] {escape(str(validation_error(e, _FIELD_FLAGS)))}", highlight=False)
             sys.exit(2)
 
 

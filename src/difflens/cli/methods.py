@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError, DifflensError
-from .options import BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, MAX_MEMORY, console, fail, pair_loading
+from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, MAX_MEMORY, console, fail, pair_loading,
+                      validation_error)
 
 # config field -> the option that sets it (for one-line errors that name the option)
 _FLAGS = {"samples": "--samples", "tokens": "--tokens", "batch_size": "--batch-size",
@@ -24,11 +25,7 @@ def _config(cls: type, flags: dict[str, str] | None = None, **values: Any) -> An
     try:
         return cls(**values)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else ""
-        flag = (flags or _FLAGS).get(field, f"--{field.replace('_', '-')}")
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{flag}: {msg[:1].lower() + msg[1:]} (got {err.get('input')!r}).") from None
+        raise validation_error(e, flags or _FLAGS) from None
 
 
 def _layer(value: Optional[str], flag: str) -> Optional[float | int]:

@@ -19,6 +19,16 @@ LLM_URL = typer.Option(DEFAULT_LLM_URL, "--llm-base-url")
 LLM_KEY = typer.Option(DEFAULT_KEY_ENV, "--llm-key-env", help="NAME of the env var holding the API key")
 
 
+def validation_error(e: Any, flags: dict[str, str] | None = None) -> ConfigError:
+    """A pydantic ``ValidationError`` of a config model as one line naming the option that set the
+    field (``flags``: field → option where the names differ; default ``--field-name``)."""
+    err = e.errors()[0]
+    field = ".".join(str(x) for x in err["loc"]) if err["loc"] else e.title
+    flag = (flags or {}).get(field) or (f"--{field.replace('_', '-')}" if field.isidentifier() else field)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigError(f"{flag}: {msg[:1].lower() + msg[1:]} (got {err.get('input')!r}).")
+
+
 def fail(e: Exception) -> None:
     """Print a difflens error the way every command does and exit with status 2 (the message is
     printed verbatim: ``pip install 'difflens[vllm]'`` is not Rich markup)."""
