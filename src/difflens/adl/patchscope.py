@@ -140,6 +140,11 @@ def scale_context(sweeps: dict[tuple[Source, int], Sequence[PatchscopeScale]], s
     return ScaleContext(sweep=_top(sweeps[(source, position)]), controls=controls, other_positions=others)
 
 
+def _profiler_for(grader: ScaleGrader) -> SpecificScaleGrader:
+    """The grader that scores every scale's specificity: the specificity grader itself when it chose."""
+    return grader if isinstance(grader, SpecificScaleGrader) else _PROFILER
+
+
 def grade_sweep(grader: ScaleGrader, scales: Sequence[PatchscopeScale], *, source: Source, position: int,
                 context: ScaleContext | None = None) -> PatchscopeEntry:
     """The grader's scale and tokens for one sweep (the paper's tournament over the top-20 lists),
@@ -147,8 +152,7 @@ def grade_sweep(grader: ScaleGrader, scales: Sequence[PatchscopeScale], *, sourc
     report can flag a chosen scale that is far less specific than another."""
     candidates = _top(scales)
     chosen, selected, note = tournament(grader, candidates, context=context)
-    profiler = grader if isinstance(grader, SpecificScaleGrader) else _PROFILER
-    prof = profiler.profile(candidates, context)
+    prof = _profiler_for(grader).profile(candidates, context)
     return PatchscopeEntry(source=source, position=position, scales=list(scales), chosen_scale=chosen,
                            selected_tokens=list(selected), grader=grader.name, rationale=note,
                            specificity=[round(prof[s.scale].score, 4) for s in scales])
@@ -186,7 +190,8 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
             bar.advance(task)
         entries = []
         lists = [[t.token for t in sc.tokens[:GRADED_TOP]] for v in sweeps.values() for sc in v]
-        for g in (grader, _PROFILER):  # embed every word once, in one batch
+        profiler = _profiler_for(grader)
+        for g in (grader,) if profiler is grader else (grader, profiler):  # embed every word once, in one batch
             warm = getattr(g, "warm", None)
             if callable(warm):
                 warm(lists)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..graders.scale import ScaleGrader, tournament
+from ..graders.scale import ScaleContext, ScaleGrader, tournament
 from ..graders.text import clean_token, word_stems
 from ..run.artifacts import PatchscopeResult, load
 
@@ -41,7 +42,11 @@ class DomainLabels:
         w = clean_token(token).lower()
         return bool(w) and any(s in self._stems for s in word_stems(w))
 
-    @property
+    def domain_words(self, tokens: Iterable[str]) -> set[str]:
+        """The distinct domain words among ``tokens`` (cleaned, lower case)."""
+        return {clean_token(t).lower() for t in tokens if self.is_domain(t)}
+
+    @cached_property
     def _stems(self) -> frozenset[str]:
         return frozenset(s for w in self.domain for s in word_stems(w))
 
@@ -92,26 +97,33 @@ def _sweeps(res: PatchscopeResult, source: str = "delta") -> dict[int, dict[floa
             for e in res.entries if e.source == source}
 
 
-def readout_rows(organism: str, labels: DomainLabels, res: PatchscopeResult,
-                 graders: Mapping[str, ScaleGrader]) -> list[ReadoutRow]:
-    """Re-grade δ̄'s stored sweeps with each grader (controls as in the lens stage) and score them."""
+def _labelled_positions(labels: DomainLabels, res: PatchscopeResult) -> Iterator[tuple[int, dict[float, list[str]], ScaleContext,
+                                                                                      dict[float, set[str]], float]]:
+    """Per δ̄ position: its sweep (top-20 per scale), its grading context (as in the lens stage), the
+    domain words of each scale's list, and the scale with the most of them (the lowest on ties)."""
     from ..adl.patchscope import scale_context
 
     stored = {(e.source, e.position): e.scales for e in res.entries}
-    rows = []
     for j, sweep in sorted(_sweeps(res).items()):
-        ctx = scale_context(stored, "delta", j, res.unpatched)
-        per_scale = {s: [t for t in toks if labels.is_domain(t)] for s, toks in sweep.items()}
-        best_scale = max(sweep, key=lambda s: (len({clean_token(t).lower() for t in per_scale[s]}), -s))
-        best = len({clean_token(t).lower() for t in per_scale[best_scale]})
+        domain = {s: labels.domain_words(toks) for s, toks in sweep.items()}
+        best_scale = max(sweep, key=lambda s: (len(domain[s]), -s))
+        yield j, sweep, scale_context(stored, "delta", j, res.unpatched), domain, best_scale
+
+
+def readout_rows(organism: str, labels: DomainLabels, res: PatchscopeResult,
+                 graders: Mapping[str, ScaleGrader]) -> list[ReadoutRow]:
+    """Re-grade δ̄'s stored sweeps with each grader (controls as in the lens stage) and score them."""
+    rows = []
+    for j, sweep, ctx, domain, best_scale in _labelled_positions(labels, res):
+        best = len(domain[best_scale])
         for name, g in graders.items():
             scale, selected, _note = tournament(g, dict(sweep), context=ctx)
-            chosen = len({clean_token(t).lower() for t in per_scale[scale]})
+            chosen = len(domain[scale])
             sel_words = {clean_token(t).lower() for t in selected}
-            tp = len({w for w in sel_words if labels.is_domain(w)})
+            tp = len(labels.domain_words(sel_words))
             rows.append(ReadoutRow(organism, labels.set, name, j, best, scale, chosen,
                                    (chosen > 0) if best else None, tp, len(sel_words), list(selected),
-                                   sorted({clean_token(t).lower() for t in per_scale[best_scale]})))
+                                   sorted(domain[best_scale])))
     return rows
 
 
@@ -147,17 +159,12 @@ def scale_cases(organism: str, labels: DomainLabels, res: PatchscopeResult, *, l
     ``coherent_tokens`` are the domain words at the best scale. ``source`` names the set
     (``[design]`` / ``[held-out]``), the organism and the position.
     """
-    from ..adl.patchscope import scale_context
-
-    stored = {(e.source, e.position): e.scales for e in res.entries}
     out = []
-    for j, sweep in sorted(_sweeps(res).items()):
-        counts = {s: len({clean_token(t).lower() for t in toks if labels.is_domain(t)}) for s, toks in sweep.items()}
-        top = max(counts.values())
+    for j, sweep, ctx, domain, best_scale in _labelled_positions(labels, res):
+        counts = {s: len(words) for s, words in domain.items()}
+        top = counts[best_scale]
         if not top:
             continue
-        best_scale = max(sweep, key=lambda s: (counts[s], -s))
-        ctx = scale_context(stored, "delta", j, res.unpatched)
         tag, kind = ("held-out", "held-out organism") if labels.set == "held-out" else ("dev", "design organism")
         out.append({
             "scales": {f"{s:g}": toks for s, toks in sweep.items()},

@@ -483,13 +483,17 @@ class SpecificScaleGrader(OfflineScaleGrader):
                 "control_discount": dict(sorted(self.control_discount.items()))}
 
     # ---- evidence per word -----------------------------------------------------------------
-    def _stem_counts(self, lists: Sequence[Sequence[str]]) -> tuple[Counter[str], int]:
-        """How many of ``lists`` hold each stem (a word's inflections counted once per list), and how
-        many lists there are."""
+    def _words(self, toks: Sequence[str]) -> set[str]:
+        return {w for _t, w in self.content_words(list(toks)[: self.top])}
+
+    @staticmethod
+    def _stem_counts(word_sets: Sequence[set[str]]) -> tuple[Counter[str], int]:
+        """How many of the lists (as word sets) hold each stem (a word's inflections counted once per
+        list), and how many lists there are."""
         out: Counter[str] = Counter()
-        for toks in lists:
-            out.update({st for _t, w in self.content_words(list(toks)[: self.top]) for st in word_stems(w)})
-        return out, len(lists)
+        for words in word_sets:
+            out.update({st for w in words for st in word_stems(w)})
+        return out, len(word_sets)
 
     def _prepare(self, context: ScaleContext | None) -> dict[str, Any]:
         # the tournament calls choose() several times with one context: prepare it once
@@ -502,13 +506,16 @@ class SpecificScaleGrader(OfflineScaleGrader):
 
     def _prepare_new(self, context: ScaleContext | None) -> dict[str, Any]:
         ctx = context or ScaleContext()
-        controls = {name: self._stem_counts(lists) for name, lists in ctx.controls.items() if lists}
-        others = [set(self._stem_counts(list(sweep.values()))[0]) for sweep in ctx.other_positions]
-        own = self._stem_counts(list(ctx.sweep.values()))
+        controls = {name: self._stem_counts([self._words(t) for t in lists])
+                    for name, lists in ctx.controls.items() if lists}
+        sweep = {float(k): self._words(v) for k, v in ctx.sweep.items()}
+        other_sets = [[self._words(t) for t in sw.values()] for sw in ctx.other_positions]
+        others = [set(self._stem_counts(sets)[0]) for sets in other_sets]
+        own = self._stem_counts(list(sweep.values()))
         # the vector's lists at every position: what the random vector's lists (every position) are compared to
-        every = self._stem_counts([t for sw in [ctx.sweep, *ctx.other_positions] for t in sw.values()])
-        sweep = {float(k): {w for _t, w in self.content_words(list(v)[: self.top])} for k, v in ctx.sweep.items()}
-        return {"controls": controls, "others": others, "sweep": sweep, "own": own, "every": every}
+        every = self._stem_counts([*sweep.values(), *(s for sets in other_sets for s in sets)])
+        # scale scores, memoised: the tournament's batches, its final and profile() score the same lists
+        return {"controls": controls, "others": others, "sweep": sweep, "own": own, "every": every, "scores": {}}
 
     def _lift(self, stems: set[str], mine: tuple[Counter[str], int], ctl: tuple[Counter[str], int]) -> float:
         """How much more often the vector's lists hold the word than the control's lists do."""
@@ -595,7 +602,14 @@ class SpecificScaleGrader(OfflineScaleGrader):
                 context: ScaleContext | None = None) -> dict[float, ScaleScore]:
         """Every scale's :class:`ScaleScore` (the report's per-scale specificity)."""
         prep = self._prepare(context)
-        return {float(s): self.score_scale(float(s), candidates[s], prep) for s in sorted(candidates)}
+        memo: dict[tuple[float, tuple[str, ...]], ScaleScore] = prep["scores"]
+        out = {}
+        for s in sorted(candidates):
+            key = (float(s), tuple(candidates[s]))
+            if key not in memo:
+                memo[key] = self.score_scale(float(s), candidates[s], prep)
+            out[float(s)] = memo[key]
+        return out
 
     def choose(self, candidates: dict[float, list[str]],
                context: ScaleContext | None = None) -> tuple[float, list[str], str]:
