@@ -34,7 +34,7 @@ def make_finetune(out: Path, steps: int = 20) -> Path:
 def pair_and_collected(ft: str | None, workdir: Path, *, samples: int, norm_samples: int):
     """The benched pair (a short finetune is made when ``ft`` is None) and its collected layer."""
     from difflens.adl.collect import CollectConfig, collect
-    from difflens.run.layout import RunLayout
+    from difflens.rundir.layout import RunLayout
     from difflens.models.pair import load_pair
 
     ft = ft or str(make_finetune(workdir / "ft"))

@@ -61,7 +61,7 @@ def worker(method: str, ft: str, n: int, k: int, layer: float, anchor_len: int) 
     from difflens.models.tokens import bos_prefix_ids
     from difflens.adl.collect import CollectConfig, collect
     from difflens.data.corpora import load_corpus, sample_ids
-    from difflens.run.layout import RunLayout
+    from difflens.rundir.layout import RunLayout
     from difflens.models.pair import load_pair
 
     pair = load_pair(BASE, ft)

@@ -23,8 +23,8 @@ def main() -> None:
     from difflens.eval.ftdata import resolve_ft_data
     from difflens.files import read_json
     from difflens.graders.relevance import OfflineRelevance
-    from difflens.run.layout import RunLayout
-    from difflens.run.stages import pair_from_run
+    from difflens.rundir.layout import RunLayout
+    from difflens.models.pair import pair_from_run
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run", nargs="?", default="runs/demo-cake_bake")

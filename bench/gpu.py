@@ -108,7 +108,7 @@ def run_params(pair: Any, layer: int) -> tuple[int, int]:
 
 def bench_collect(pair: Any, work: Path, a: argparse.Namespace, peak: float | None) -> tuple[dict[str, Any], Any]:
     from difflens.adl.collect import CollectConfig, collect
-    from difflens.run.layout import RunLayout
+    from difflens.rundir.layout import RunLayout
 
     cfg = CollectConfig(samples=a.samples, positions=a.positions, layers=[0.5], batch_size=a.batch_size,
                         norm_samples=a.norm_samples)

@@ -31,7 +31,7 @@ from difflens.adl.patchscope import patched_next_token_probs  # noqa: E402
 from difflens.adl.steering import encode_prompts_left, generate, steering_hook  # noqa: E402
 from difflens.models.pair import ModelPair  # noqa: E402
 from difflens.models.sources import LoadedModel, ModelSource  # noqa: E402
-from difflens.run.layout import RunLayout  # noqa: E402
+from difflens.rundir.layout import RunLayout  # noqa: E402
 
 
 def build(layers: int, noise: float, dtype: torch.dtype, device: str, seed: int = 0):

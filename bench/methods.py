@@ -31,7 +31,7 @@ from collect import PeakRSS, rss_mb  # noqa: E402
 
 
 def trained_organism(name: str = "cake_bake") -> bool:
-    from difflens.run.layout import home
+    from difflens.rundir.layout import home
 
     root = home().root / "organisms" / name / BASE
     return any((d / "card.json").exists() and any(d.glob("*.safetensors")) for d in root.glob("*")) \
@@ -84,7 +84,7 @@ def worker(ft: str, n: int, tokens: int, batch_size: int, device: str, dtype: st
     from difflens.methods.driver import sample_pass
     from difflens.data.corpora import load_corpus
     from difflens.models.pair import load_pair
-    from difflens.run.layout import RunLayout
+    from difflens.rundir.layout import RunLayout
 
     cuda = device.startswith("cuda")
     pair = load_pair(BASE, ft, device=device, dtype=dtype)

@@ -115,13 +115,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 def no_model_loads(monkeypatch):
     """Any model-pair load fails the test: for checks that must refuse bad input before expensive work."""
     import difflens.models.pair as pair_mod
-    import difflens.run.stages as stages
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(pair_mod, "load_pair", refuse)
-    monkeypatch.setattr(stages, "load_pair", refuse)
+    monkeypatch.setattr(pair_mod, "load_pair", refuse)  # pair_from_run and every stage load through it
 
 
 @pytest.fixture
@@ -146,7 +144,7 @@ def tiny_run(tmp_path, corpus_file):
     """A collected tiny Llama pair: (pair, layout, Collected at layer 2)."""
     from difflens.adl.collect import CollectConfig, collect
     from difflens.models.pair import load_pair
-    from difflens.run.layout import RunLayout
+    from difflens.rundir.layout import RunLayout
 
     pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
     layout = RunLayout(tmp_path / "run")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import difflens.eval.experiment as E
+import difflens.run.experiment as E
 from difflens.errors import ConfigError
 from difflens.executors import LocalExecutor, Outcome, RayExecutor, make_executor
 

@@ -141,7 +141,9 @@ def test_nothing_below_the_cli_imports_it():
     ("difflens.adl", "difflens.organisms"),
     ("difflens.graders", "difflens.adl"),
     ("difflens.llm", "difflens.graders"),
-    ("difflens.run.layout", "difflens.adl"),
+    ("difflens.rundir", "difflens.adl"),
+    ("difflens.rundir", "difflens.models"),
+    ("difflens.methods", "difflens.adl"),
 ])
 def test_layers_point_one_way(low, high):
     """Nothing in a lower layer imports a higher one, directly or through other modules."""
@@ -158,3 +160,14 @@ def test_layers_point_one_way(low, high):
     bad = sorted(m for m in g if (m == low or m.startswith(low + "."))
                  and any(d == high or d.startswith(high + ".") for d in closure(m)))
     assert not bad, f"{low} reaches {high} from {bad}"
+
+
+def test_only_the_cli_drives_the_pipeline():
+    """``difflens.run`` (config, stages, runner, experiments over runs) sits above every stage, method,
+    evaluation, agent and report module: none of them imports it (the run directory's layout and
+    artifacts, which they all use, live below in ``difflens.rundir``)."""
+    g = import_graph()
+    up = sorted(m for m, deps in g.items()
+                if m != ROOT and not m.startswith(f"{ROOT}.cli") and not m.startswith(f"{ROOT}.run")
+                and any(d == f"{ROOT}.run" or d.startswith(f"{ROOT}.run.") for d in deps))
+    assert not up, f"modules below the pipeline import difflens.run: {up}"

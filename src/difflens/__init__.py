@@ -23,7 +23,7 @@ from .models.pair import ModelPair, load_pair
 from .models.sources import LoadedModel, load_model, register_resolver
 from .organisms.spec import OrganismSpec, list_specs, load_spec
 from .run.config import RunConfig, load_config
-from .run.layout import RunLayout
+from .rundir.layout import RunLayout
 from .run.pipeline import Runner
 from .run.stages import LensConfig, run_lens, run_steer
 

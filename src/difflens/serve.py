@@ -44,8 +44,8 @@ class ServedModels:
                  pair: Any = None) -> "ServedModels":
         from .adl.collect import load_collected
         from .files import read_json
-        from .run import artifacts as A
-        from .run.stages import pair_from_run
+        from .rundir import artifacts as A
+        from .models.pair import pair_from_run
 
         manifest = read_json(layout.manifest)
         ds = dataset or manifest["datasets"][0]["name"]

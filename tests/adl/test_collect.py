@@ -14,7 +14,7 @@ from difflens.adl.collect import CHAT_SAMPLING, CollectConfig, _stage_fp, collec
 from difflens.data.chat import render_chat
 from difflens.data.corpora import load_corpus, sample_ids
 from difflens.errors import DataError, ModelSourceError, RunDirError
-from difflens.run.layout import RunLayout, fingerprint
+from difflens.rundir.layout import RunLayout, fingerprint
 from difflens.models.pair import load_pair
 
 

@@ -132,7 +132,7 @@ def test_every_entry_is_graded_with_its_controls_and_scored_per_scale(tiny_run):
 
 
 def test_more_specific_flags_a_far_more_specific_scale():
-    from difflens.run.artifacts import PatchscopeEntry, PatchscopeScale
+    from difflens.rundir.artifacts import PatchscopeEntry, PatchscopeScale
 
     scales = [PatchscopeScale(scale=s, tokens=[]) for s in (0.5, 1.0, 2.0)]
     e = PatchscopeEntry(source="delta", position=0, scales=scales, chosen_scale=0.5, selected_tokens=[],

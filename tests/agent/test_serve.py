@@ -9,7 +9,7 @@ import openai
 import pytest
 import torch
 
-from difflens.run import artifacts as A
+from difflens.rundir import artifacts as A
 from difflens.serve import ServedModels, make_server
 
 

@@ -10,7 +10,7 @@ import pytest
 from difflens.adl.steering import generate
 from difflens.agent.prompts import AGENT_TOOLS_ADL, AGENT_TOOLS_BLACKBOX
 from difflens.agent.tools import InProcessModels, ToolError, Toolbox
-from difflens.run.artifacts import (
+from difflens.rundir.artifacts import (
     Generation,
     LogitLensEntry,
     LogitLensResult,
@@ -23,7 +23,7 @@ from difflens.run.artifacts import (
     save,
     save_jsonl,
 )
-from difflens.run.layout import RunLayout, write_json
+from difflens.rundir.layout import RunLayout, write_json
 
 K, LAYER, DATASET = 3, 15, "wiki"
 ALPHAS = {0: 1.0, 1: 3.0, 2: 2.0}  # position 1 has the largest α: the overview's steered samples
@@ -393,7 +393,7 @@ def test_in_process_models_on_tiny_pair(tiny_run):
 
 
 def test_overview_shows_a_far_more_specific_scale_beside_the_graders(run, models):
-    from difflens.run.artifacts import PatchscopeResult, load, save
+    from difflens.rundir.artifacts import PatchscopeResult, load, save
 
     path = run.patchscope(DATASET, LAYER)
     res = load(PatchscopeResult, path)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from conftest import write_run_config
 from difflens.cli import app
-from difflens.eval.experiment import ExperimentConfig, _run_config
+from difflens.run.experiment import ExperimentConfig, _run_config
 
 
 

@@ -13,7 +13,7 @@ from difflens.eval.evaluate import EvalConfig, evaluate
 from difflens.eval.ftdata import FtData, assistant_texts, ft_data_from_file, frequent_ft_tokens, organism_of_run
 from difflens.eval.relevance import token_relevance
 from difflens.graders import Graders
-from difflens.run import artifacts as A
+from difflens.rundir import artifacts as A
 from difflens.run.stages import LensConfig, run_lens, run_steer
 
 

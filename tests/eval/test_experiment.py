@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import difflens.eval.experiment as E
+import difflens.run.experiment as E
 from conftest import AllCoherent, FirstScale, save_tiny, write_mini_spec
 
 
@@ -200,7 +200,7 @@ def test_run_config_sizes(tmp_path):
 
 
 def test_report_shows_the_rank_control_beside_a_subliminal_probe():
-    from difflens.eval.experiment import Cell
+    from difflens.run.experiment import Cell
     from difflens.report.experiment import _organisms
 
     html = _organisms([Cell(organism="subliminal_owl", run="r", ffa={"shift": 0.03, "sign_p": 6e-8, "rank_p": 0.125}),

@@ -9,7 +9,7 @@ from difflens.adl.patchscope import SCALES
 from difflens.errors import ConfigError
 from difflens.eval.readout import DomainLabels, load_domain_labels, readout_rows, scale_cases, summarize
 from difflens.graders import OfflineScaleGrader, SpecificScaleGrader
-from difflens.run.artifacts import PatchscopeEntry, PatchscopeResult, PatchscopeScale, TokenProb
+from difflens.rundir.artifacts import PatchscopeEntry, PatchscopeResult, PatchscopeScale, TokenProb
 
 
 def _scales(lists: dict[float, str]) -> list[PatchscopeScale]:

@@ -11,7 +11,7 @@ from methods_helpers import naive, text_corpus, tiny_pair
 from difflens.errors import RunDirError
 from difflens.methods import ExamplesStore, PassConfig, TokenKL, open_examples, run_methods
 from difflens.methods.kl import bin_edges
-from difflens.run.layout import RunLayout
+from difflens.rundir.layout import RunLayout
 
 
 @pytest.fixture(params=[0, 2], ids=["all-positions", "skip-2"])

@@ -14,7 +14,7 @@ from methods_helpers import text_corpus, tiny_pair
 from difflens.errors import ConfigError, RunDirError
 from difflens.methods import DiffMining, PassConfig, TokenKL, run_methods
 from difflens.models.arch import ArchAdapter
-from difflens.run.layout import RunLayout
+from difflens.rundir.layout import RunLayout
 
 
 def _methods():

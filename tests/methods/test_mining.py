@@ -8,7 +8,7 @@ import torch
 
 from methods_helpers import crafted_pair, naive, text_corpus, tiny_pair
 from difflens.methods import DiffMining, PassConfig, load_result, run_methods
-from difflens.run.layout import RunLayout
+from difflens.rundir.layout import RunLayout
 
 
 def naive_counts(logits_ft, logits_base, K):

@@ -23,7 +23,7 @@ from difflens.errors import UnsupportedArchitectureError
 from difflens.models.arch import FAMILIES, TESTED_FAMILIES, ArchAdapter, Family, check_model
 from difflens.models.pair import load_pair
 from difflens.models.tokens import bos_prefix_ids, pad_left
-from difflens.run.layout import RunLayout
+from difflens.rundir.layout import RunLayout
 
 V, D, LAYERS = 512, 32, 3  # the tiny tokenizer has ~330 tokens
 

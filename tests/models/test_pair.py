@@ -7,7 +7,7 @@ import torch
 from conftest import save_tiny, save_tiny_adapter, tiny_tokenizer
 from difflens.adl.collect import CollectConfig, collect
 from difflens.errors import IncompatiblePairError
-from difflens.run.layout import RunLayout
+from difflens.rundir.layout import RunLayout
 from difflens.models.pair import load_pair
 
 

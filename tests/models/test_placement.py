@@ -20,7 +20,7 @@ from difflens.errors import ConfigError
 from difflens.eval.causal import delta_ce
 from difflens.models.pair import load_pair
 from difflens.models.placement import input_device, make_placement, parse_device_map, parse_max_memory
-from difflens.run.layout import RunLayout
+from difflens.rundir.layout import RunLayout
 
 FAMILIES = ["llama", "qwen2", "gemma2"]
 

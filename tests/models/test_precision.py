@@ -11,7 +11,7 @@ from difflens.adl.collect import CollectConfig, collect
 from difflens.errors import ConfigError
 from difflens.models.pair import load_pair
 from difflens.models.precision import count_parameters, resolve_precision, weight_dtype
-from difflens.run.layout import RunLayout, read_json
+from difflens.rundir.layout import RunLayout, read_json
 
 GiB = 2**30
 

@@ -109,7 +109,7 @@ def test_chat_mix_adds_ordinary_conversations_on_assistant_tokens(base, cake):
     assert organism_dir(cake, base, cfg).name.startswith("full-chat0.5")
     # configs and specs without chat mixing keep their cache key (no retraining of existing organisms)
     from difflens.organisms.train import EVAL_ONLY_FIELDS, cache_key
-    from difflens.run.layout import fingerprint
+    from difflens.rundir.layout import fingerprint
 
     plain = TrainConfig.from_spec(cake)
     assert "chat_mix" not in plain.semantic()
@@ -221,7 +221,7 @@ def test_resolve_source_organism(base, _isolated_home):
 def _fake_run(root: Path, d: int, layer: int, k: int = 5, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
-    from difflens.run.layout import RunLayout, write_json
+    from difflens.rundir.layout import RunLayout, write_json
 
     g = torch.Generator().manual_seed(seed)
     lay = RunLayout(root)
@@ -242,7 +242,7 @@ def test_caft_projection_removes_component(base, cake, tmp_path, monkeypatch):
     layer = arch.resolve_layer(0.5)
     run = _fake_run(tmp_path / "run", arch.hidden_size, layer, k=5)
     from difflens.adl.collect import load_collected
-    from difflens.run.layout import RunLayout
+    from difflens.rundir.layout import RunLayout
 
     delta = load_collected(RunLayout(run), "wiki", layer).delta
     q = caft_basis(delta, 3)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from difflens.run.artifacts import (
+from difflens.rundir.artifacts import (
     Generation,
     LogitLensEntry,
     LogitLensResult,
@@ -29,7 +29,7 @@ from difflens.run.artifacts import (
     save_jsonl,
 )
 from difflens.errors import RunDirError
-from difflens.run.layout import RunLayout, write_json
+from difflens.rundir.layout import RunLayout, write_json
 from difflens.report import STAGE_COMMANDS, render_report, show_token, summary_lines
 
 K, D, LAYER, DATASET = 5, 8, 15, "wiki"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from difflens.run import artifacts as A
+from difflens.rundir import artifacts as A
 from difflens.adl.logit_lens import logit_lens
 
 

@@ -1,7 +1,7 @@
 """Layouts: the run directory and the $DIFFLENS_HOME cache are named in one place."""
 from __future__ import annotations
 
-from difflens.run.layout import Home, RunLayout, home
+from difflens.rundir.layout import Home, RunLayout, home
 
 
 def test_home_follows_the_environment(tmp_path, monkeypatch):

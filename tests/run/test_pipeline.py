@@ -70,7 +70,7 @@ def test_more_steering_positions_keep_finished_ones(tmp_path, corpus_file, monke
     more = cfg.model_copy(update={"steering": cfg.steering.model_copy(update={"positions": [1, 2]})})
     Runner(more, progress=False).run()
     assert seen == [2]
-    from difflens.run import artifacts as A
+    from difflens.rundir import artifacts as A
 
     res = A.load(A.SteeringResult, Runner(more, progress=False).layout.steering(str(corpus_file), 2))
     assert [t.position for t in res.thresholds] == [1, 2]

@@ -23,9 +23,9 @@ from difflens.adl.steering import final_generations as hf_final_generations
 from difflens.backends import HFBackend
 from difflens.errors import ConfigError
 from difflens.graders import Graders, grader_identity
-from difflens.run import artifacts as A
+from difflens.rundir import artifacts as A
 from difflens.run.config import RunConfig, SteeringSection, load_config, with_overrides
-from difflens.run.layout import fingerprint, read_json
+from difflens.rundir.layout import fingerprint, read_json
 from difflens.run.pipeline import Runner
 from difflens.run.stages import run_steer, steer_backend
 

@@ -31,8 +31,8 @@ from ..data.corpora import Corpus, load_corpus, sample_ids
 from ..errors import DataError, RunDirError
 from ..models.pair import ModelPair
 from ..models.tokens import bos_prefix_ids, pad_id, pad_right
-from ..run.artifacts import Source
-from ..run.layout import RunLayout, fingerprint, read_json, write_json
+from ..rundir.artifacts import Source
+from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
 
 
 class CollectConfig(BaseModel):

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from ..models.pair import ModelPair
-from ..run.artifacts import SOURCES, LogitLensEntry, LogitLensResult, Source, TokenProb
+from ..rundir.artifacts import SOURCES, LogitLensEntry, LogitLensResult, Source, TokenProb
 from .collect import Collected
 
 __all__ = ["logit_lens", "top_tokens", "decode_tokens"]

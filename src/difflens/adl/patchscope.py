@@ -16,7 +16,7 @@ from rich.progress import Progress
 from ..graders.scale import ScaleContext, ScaleGrader, SpecificScaleGrader, tournament
 from ..models.pair import ModelPair
 from ..models.tokens import encode, pad_id, pad_right
-from ..run.artifacts import CONTROLS, SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
+from ..rundir.artifacts import CONTROLS, SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
 from .collect import Collected
 from .interventions import replace_rows
 from .logit_lens import decode_tokens

@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field, model_validator
 from ..graders.coherence import CoherenceGrader
 from ..models.pair import ModelPair
 from ..models.tokens import chat_prompt_ids, pad_id, pad_left
-from ..run.artifacts import Generation, SearchStep, SteeringThreshold
+from ..rundir.artifacts import Generation, SearchStep, SteeringThreshold
 from .interventions import add as add_edit
 
 STEERING_PROMPTS: list[str] = [

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from ..errors import ConfigError
 from ..executors import Executor
 from ..files import write_json
-from ..run.layout import RunLayout
+from ..rundir.layout import RunLayout
 
 __all__ = ["SETTINGS", "LockedModels", "run_agent_grid", "run_grid_cell", "agent_from_spec", "COMPARISONS"]
 

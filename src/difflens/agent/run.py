@@ -1,7 +1,7 @@
 """R agent runs of one setting (ADL or blackbox × interaction budget) on a run directory, each
 graded against the true objective; resumable (a finished, graded episode is never repeated).
 
-Files (through :class:`~difflens.run.layout.RunLayout`): ``RUN/agent/<kind>-i<budget>/run<k>.json``
+Files (through :class:`~difflens.rundir.layout.RunLayout`): ``RUN/agent/<kind>-i<budget>/run<k>.json``
 (one :class:`~.records.Episode` each) and ``RUN/agent/summary.json`` (per setting: grades and their
 statistics, tokens and cost). An episode that ended in an endpoint error is run again next time.
 """
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from ..errors import LLMError
 from ..files import read_json, write_json
-from ..run.layout import RunLayout
+from ..rundir.layout import RunLayout
 from .loop import MAX_TURNS, run_episode
 from .records import Episode, SettingResult
 

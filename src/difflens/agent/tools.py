@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 from ..files import read_json
-from ..run import artifacts as A
-from ..run.layout import RunLayout, slug
+from ..rundir import artifacts as A
+from ..rundir.layout import RunLayout, slug
 from .prompts import AGENT_TOOLS_ADL, AGENT_TOOLS_BLACKBOX
 
 __all__ = ["ToolError", "ModelAccess", "InProcessModels", "Toolbox", "MAX_K", "MAX_PROMPTS", "MAX_STEERED_N",
@@ -80,14 +80,14 @@ class InProcessModels:
     - ``ask``: both models answer every prompt once (one batched ``generate`` per model) at
       ``temperature`` and ``max_new_tokens``.
     - ``steered``: the finetuned model steered by ``α · η_ft · δ̂_j`` at the stored α of that position
-      (:meth:`~difflens.run.artifacts.SteeringResult.alpha`), η and temperature of the steering
+      (:meth:`~difflens.rundir.artifacts.SteeringResult.alpha`), η and temperature of the steering
       result (new samples are drawn like the cached ones), length ``min(max_new_tokens, the
       steering stage's max_new_tokens or 128)``.
     - Call ``i`` (0-based, ``ask`` and ``steered`` counted together) samples with seed ``seed + i``:
       a session is reproducible and asking the same prompt twice gives a fresh sample.
 
     ``pair_loader`` is a zero-argument callable returning the pair (default: the pair named in the
-    run's manifest, :func:`difflens.run.stages.pair_from_run`).
+    run's manifest, :func:`difflens.models.pair.pair_from_run`).
     """
 
     def __init__(self, layout: RunLayout, *, max_new_tokens: int = 200, temperature: float = 1.0, seed: int = 0,
@@ -110,7 +110,7 @@ class InProcessModels:
             if self._loader is not None:
                 self._pair = self._loader()
             else:
-                from ..run.stages import pair_from_run
+                from ..models.pair import pair_from_run
 
                 self._pair = pair_from_run(self.layout)
         return self._pair

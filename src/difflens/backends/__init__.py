@@ -77,7 +77,7 @@ def final_generations(backend: GenerationBackend, *, layer: int, position: int |
                       alpha: float, eta: float, cfg: Any) -> list[Any]:
     """:func:`difflens.adl.steering.final_generations` through any backend (same prompts, samples,
     temperature, length and seed): ``final_samples`` generations per steering prompt."""
-    from ..run.artifacts import Generation
+    from ..rundir.artifacts import Generation
 
     outs = backend.generate(cfg.prompts, layer=layer, direction=direction, alpha=alpha, eta=eta, n=cfg.final_samples,
                             temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)

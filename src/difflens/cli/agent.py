@@ -51,7 +51,7 @@ def agent_cmd(
     from ..agent.tools import InProcessModels, Toolbox
     from ..files import read_json
     from ..organisms.spec import load_spec
-    from ..run.layout import RunLayout
+    from ..rundir.layout import RunLayout
 
     kind = "blackbox" if blackbox else "adl"
     clients: list[Any] = []
@@ -106,7 +106,7 @@ def agent_cmd(
 
             access = BackendModels(layout, backend_for_run(backend, layout))
         else:
-            from ..run.stages import pair_from_run
+            from ..models.pair import pair_from_run
 
             loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                    base_device=base_device, ft_device=ft_device)
@@ -153,7 +153,7 @@ def serve_cmd(
     """An OpenAI-compatible endpoint over the run's base, finetuned and steered-p{j} models."""
     import os
 
-    from ..run.layout import RunLayout
+    from ..rundir.layout import RunLayout
     from ..serve import ServedModels, make_server
 
     try:
@@ -168,7 +168,7 @@ def serve_cmd(
         if host not in ("127.0.0.1", "localhost", "::1") and token is None:
             console.print("[yellow]warning: listening beyond loopback without --token-env: anyone who can reach "
                           "this port can use the models[/]")
-        from ..run.stages import pair_from_run
+        from ..models.pair import pair_from_run
 
         loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                base_device=base_device, ft_device=ft_device)

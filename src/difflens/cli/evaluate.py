@@ -44,8 +44,8 @@ def evaluate_cmd(
     from ..eval.ftdata import resolve_ft_data
     from ..files import read_json, write_json
     from ..graders.relevance import LLMRelevance, OfflineRelevance
-    from ..run.layout import RunLayout
-    from ..run.stages import pair_from_run
+    from ..rundir.layout import RunLayout
+    from ..models.pair import pair_from_run
 
     client = None
     try:
@@ -152,7 +152,7 @@ def experiment_cmd(
 
     NAME: adl (Fig. 2a, 2b, 7, identification, leakage), mixing (Fig. 8), all (both), or agents (the
     agent grid of Fig. 4 over the adl experiment's runs: ADL i=0/5, blackbox i=0/5/50)."""
-    from ..eval.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
+    from ..run.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
     from ..report.experiment import render_experiment
 
     from ..executors import make_executor

@@ -83,7 +83,7 @@ def readout_cmd(
     from ..eval.readout import find_patchscope, load_domain_labels, readout_rows, rows_json, summarize
     from ..graders.scale import OfflineScaleGrader, SpecificScaleGrader
     from ..models.embedder import DEFAULT_EMBEDDER
-    from ..run.artifacts import PatchscopeResult, load
+    from ..rundir.artifacts import PatchscopeResult, load
 
     try:
         lab = load_domain_labels(labels)

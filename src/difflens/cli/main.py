@@ -85,7 +85,7 @@ def collect(
     from ..adl.collect import CollectConfig, collect as run_collect
     from ..data.corpora import load_corpus
     from ..models.pair import load_pair
-    from ..run.layout import RunLayout
+    from ..rundir.layout import RunLayout
 
     try:
         cfg = CollectConfig(datasets=dataset, samples=samples, positions=positions, layers=_parse_layers(layers),
@@ -113,8 +113,8 @@ def _open_run(run: Path, grader: str, llm_model: Optional[str], llm_base_url: st
     """The run's layout, its model pair (``loading``: dtype and placement) and the graders; LLM usage
     is written when the block ends."""
     from ..graders import graders_for
-    from ..run.layout import RunLayout, write_json
-    from ..run.stages import pair_from_run
+    from ..rundir.layout import RunLayout, write_json
+    from ..models.pair import pair_from_run
 
     client = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="--grader llm") if grader == "llm" else None
     layout = RunLayout(run)
@@ -189,7 +189,7 @@ def steer(
     except DifflensError as e:
         _fail(e)
         return
-    from ..run import artifacts as A
+    from ..rundir import artifacts as A
 
     for r in res:
         gens = A.load_jsonl(A.Generation, layout.steering_generations(r.dataset, r.layer))

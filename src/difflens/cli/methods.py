@@ -39,7 +39,7 @@ def _layer(value: Optional[str], flag: str) -> Optional[float | int]:
 
 def _pair_specs(run: Path, base: Optional[str], finetuned: Optional[str]) -> tuple[str, str]:
     """The pair to diff: the options, or the run directory's collected pair."""
-    from ..run.layout import RunLayout, read_json
+    from ..rundir.layout import RunLayout, read_json
 
     if base and finetuned:
         return base, finetuned
@@ -81,7 +81,7 @@ def diff_cmd(
     """Diff mining and per-token KL / activation differences over N × T tokens, in one resumable pass."""
     from ..methods import KLConfig, MiningConfig, PassConfig, make_method
     from ..methods.driver import check_inputs, run_methods
-    from ..run.layout import RunLayout
+    from ..rundir.layout import RunLayout
 
     try:
         names = [x.strip() for x in methods.split(",") if x.strip()]

@@ -66,7 +66,7 @@ def _generator_client(generator: Optional[str], model: Optional[str], base_url: 
 def list_cmd() -> None:
     """List the known organisms and their trained variants."""
     from ..organisms.spec import list_specs
-    from ..run.layout import home
+    from ..rundir.layout import home
 
     try:
         specs = list_specs()

@@ -27,8 +27,8 @@ from pydantic import BaseModel, Field
 from ..errors import DifflensError
 from ..files import read_json, write_json
 from ..models.embedder import DEFAULT_EMBEDDER
-from ..run import artifacts as A
-from ..run.layout import RunLayout, fingerprint
+from ..rundir import artifacts as A
+from ..rundir.layout import RunLayout, fingerprint
 from .causal import CausalConfig, CausalResult
 from .ftdata import FtData, chat_assistant_texts, frequent_ft_tokens
 from .relevance import MethodRelevance, token_relevance
@@ -103,12 +103,6 @@ def _load(model: type[A.M], path: Path) -> A.M | None:
     return A.load(model, path) if path.exists() else None
 
 
-def _targets(layout: RunLayout, datasets: Sequence[str] | None, layers: Sequence[int] | None) -> list[tuple[str, int]]:
-    from ..run.stages import _targets as targets
-
-    return targets(layout, datasets, layers)
-
-
 def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = None, cfg: EvalConfig | None = None,
              pair_loader: Callable[[], Any] | None = None, datasets: Sequence[str] | None = None,
              layers: Sequence[int] | None = None, progress: bool = True) -> EvalSummary:
@@ -124,7 +118,7 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
         from ..errors import RunDirError
 
         raise RunDirError(f"{layout.root} is not a run directory (no manifest.json): run `difflens collect` first.")
-    targets = _targets(layout, datasets, layers)
+    targets = layout.targets(datasets, layers)
     summary = EvalSummary(ft_data=ft.describe() if ft else None, organism=ft.organism if ft else None,
                           description=ft.description if ft else None, embedder=cfg.embedder)
     description = ft.description if ft else None

@@ -200,7 +200,7 @@ def frequent_ft_tokens(ft: FtData, tokenizer: Any, *, k: int = 100, min_count: i
             return list(read_json(path)["tokens"])
         except (KeyError, ValueError, OSError):
             pass
-    from ..run.layout import home
+    from ..rundir.layout import home
 
     common = set(COMMON_ENGLISH_WORDS) | {t.lower() for t in common_tokens(
         tokenizer, cache=home().cache / f"common-tokens-{tok_id}.json")}

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from ..errors import ConfigError
 from ..graders.scale import ScaleContext, ScaleGrader, tournament
 from ..graders.text import clean_token, word_stems
-from ..run.artifacts import PatchscopeResult, load
+from ..rundir.artifacts import PatchscopeResult, load
 
 __all__ = ["DomainLabels", "load_domain_labels", "ReadoutRow", "readout_rows", "summarize", "find_patchscope"]
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from ..run.artifacts import LogitLensResult, PatchscopeResult
+from ..rundir.artifacts import LogitLensResult, PatchscopeResult
 
 __all__ = ["MethodRelevance", "token_relevance", "METHODS"]
 

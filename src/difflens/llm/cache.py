@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import LLMError
-from ..run.layout import home
+from ..rundir.layout import home
 from .types import LLMReply
 
 __all__ = ["ReplyCache", "cache_key"]

@@ -5,7 +5,7 @@ A method (:class:`DiffMethod`) never runs a model itself. The driver
 each batch once, and hands every requested method the same :class:`PairBatch`; a method updates
 running statistics whose size does not depend on the number of samples, can be checkpointed
 (:meth:`DiffMethod.state_dict`) and resumed, and at the end turns them into a typed result
-(:class:`MethodResult`, a pydantic model written as JSON where :class:`~difflens.run.layout.RunLayout`
+(:class:`MethodResult`, a pydantic model written as JSON where :class:`~difflens.rundir.layout.RunLayout`
 says). The life of a method in one pass::
 
     m.precheck(vocab, T)    # options against the tokenizers' vocabulary and T: before any model loads

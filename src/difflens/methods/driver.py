@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError, RunDirError
 from ..files import atomic_write_text
 from ..models.pair import ModelPair
 from ..models.tokens import bos_prefix_ids, chat_bos_ids, pad_id, pad_right
-from ..run.layout import RunLayout, fingerprint, read_json, write_json
+from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
 from .base import DiffMethod, MethodResult, PairBatch, PassContext
 from .kl import TokenKL
 from .mining import DiffMining

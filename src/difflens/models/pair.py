@@ -221,3 +221,15 @@ def load_pair(base: str, finetuned: str, *, dtype: torch.dtype | str = torch.flo
             with pair.side(which) as model:
                 check_model(model, pair.arch_of(which), name=name)
     return pair
+
+
+def pair_from_run(layout: Any, **kw: Any) -> ModelPair:
+    """Reload the model pair named in a run's manifest (``layout``: a
+    :class:`~difflens.rundir.layout.RunLayout`); ``kw`` as for :func:`load_pair`."""
+    from ..errors import RunDirError
+    from ..files import read_json
+
+    if not layout.manifest.exists():
+        raise RunDirError(f"{layout.root} has no manifest.json: run `difflens collect ... --out {layout.root}` first.")
+    m = read_json(layout.manifest)["models"]
+    return load_pair(m["base"]["spec"], m["finetuned"]["spec"], **kw)

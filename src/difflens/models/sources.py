@@ -25,7 +25,7 @@ from rich.console import Console
 
 from ..errors import ModelSourceError
 from ..files import installed_package_dir
-from ..run.layout import home
+from ..rundir.layout import home
 from .tokens import ensure_pad_token
 
 console = Console(stderr=True)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 from ..files import read_yaml
-from ..run.layout import home
+from ..rundir.layout import home
 
 __all__ = [
     "OrganismType",

@@ -13,7 +13,7 @@ hyper-parameters from :class:`TrainConfig` (defaults: the spec's ``training`` bl
   Wikipedia paragraphs (``wiki_split("heldout")``, never used for collection) as D_pt;
   ``n_docs`` trains on fewer documents; CAFT (``caft_run``) projects the span of the first ``k``
   δ̄ vectors of a collected run out of the layer-ℓ output in every training forward pass.
-- **Output.** ``$DIFFLENS_HOME/organisms/<name>/<base-slug>/<variant>/`` (:class:`difflens.run.layout.Home`) holds the model (full weights,
+- **Output.** ``$DIFFLENS_HOME/organisms/<name>/<base-slug>/<variant>/`` (:class:`difflens.rundir.layout.Home`) holds the model (full weights,
   or a LoRA adapter whose ``base_model_name_or_path`` is the base spec string), the tokenizer and
   ``card.json`` (config, data hash, loss curve, wall time). Training writes to a temporary
   directory that is renamed at the end, so a half-trained organism is never used; an organism
@@ -47,7 +47,7 @@ from ..errors import ConfigError, DataError
 from ..models.arch import ArchAdapter, lora_targets
 from ..models.placement import input_device
 from ..models.tokens import bos_for_model, pad_id, pad_right
-from ..run.layout import fingerprint, home, slug
+from ..rundir.layout import fingerprint, home, slug
 from .spec import (
     EmChatData,
     SubliminalData,
@@ -491,7 +491,7 @@ def caft_basis(delta: torch.Tensor, k: int, *, rtol: float = 1e-6) -> torch.Tens
 
 def _load_caft(cfg: TrainConfig, arch: Any) -> tuple[int, torch.Tensor, str]:
     from ..adl.collect import load_collected
-    from ..run.layout import RunLayout
+    from ..rundir.layout import RunLayout
 
     assert cfg.caft_run is not None
     run = Path(cfg.caft_run)

@@ -1,7 +1,7 @@
 """The run report: one self-contained HTML file summarising a run directory.
 
-``render_report(run_dir)`` reads every artifact that exists (through :mod:`difflens.run.layout`,
-:mod:`difflens.run.artifacts` and :func:`difflens.adl.collect.load_collected`) and writes
+``render_report(run_dir)`` reads every artifact that exists (through :mod:`difflens.rundir.layout`,
+:mod:`difflens.rundir.artifacts` and :func:`difflens.adl.collect.load_collected`) and writes
 ``report.html``: a header with models, data and layers; a chart of ‖δ̄_j‖ per position against the
 activation norm η; per dataset × layer the Patchscope and logit-lens tokens of δ̄_j next to the
 baselines h̄_base_j and h̄_ft_j; steering thresholds and steered-vs-unsteered samples; and, where a run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..agent.records import Episode
 from ..files import read_json
-from ..run.layout import RunLayout
+from ..rundir.layout import RunLayout
 from .text import esc
 
 __all__ = ["agent_section"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..eval.experiment import Cell, ExperimentResult
+from ..rundir.artifacts import Cell, ExperimentResult
 from ..files import atomic_write_text
 from .charts import grouped_bar_chart, line_chart
 from .evaluation import SOURCE_NAMES

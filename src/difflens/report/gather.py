@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DifflensError, RunDirError
-from ..run.artifacts import Generation, LogitLensResult, PatchscopeResult, SteeringResult, load, load_jsonl
-from ..run.layout import RunLayout, read_json
+from ..rundir.artifacts import Generation, LogitLensResult, PatchscopeResult, SteeringResult, load, load_jsonl
+from ..rundir.layout import RunLayout, read_json
 
 #: The command that produces each stage's artifacts; shown where a stage has not run.
 STAGE_COMMANDS: dict[str, str] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DifflensError
-from ..run.artifacts import (
+from ..rundir.artifacts import (
     CONTROLS,
     SOURCES,
     Generation,
@@ -19,7 +19,7 @@ from ..run.artifacts import (
     SteeringResult,
     TokenProb,
 )
-from ..run.layout import RunLayout, atomic_write_text, read_json
+from ..rundir.layout import RunLayout, atomic_write_text, read_json
 from .charts import bar_chart
 from .agent import agent_section
 from .evaluation import evaluation_section

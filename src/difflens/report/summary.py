@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..run.artifacts import Generation, PatchscopeResult
-from ..run.layout import RunLayout
+from ..rundir.artifacts import Generation, PatchscopeResult
+from ..rundir.layout import RunLayout
 from .gather import STAGE_COMMANDS, Norms, gather
 from .text import fmt, fmt_scale, show_token
 

@@ -15,7 +15,7 @@ from ..adl.collect import collect
 from ..errors import ConfigError, DifflensError
 from ..graders import graders_for
 from .config import RunConfig
-from .layout import RunLayout, read_json, write_json
+from ..rundir.layout import RunLayout, read_json, write_json
 from .stages import run_lens, run_steer, steer_backend
 
 

@@ -22,23 +22,15 @@ from ..adl.steering import SteeringConfig, find_threshold, generate, required_co
 from ..backends import GenerationBackend, HFBackend, final_generations
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
-from ..models.pair import ModelPair, load_pair
-from . import artifacts as A
-from .layout import RunLayout, fingerprint, read_json, write_json
+from ..models.pair import ModelPair, pair_from_run  # noqa: F401 - pair_from_run re-exported
+from ..rundir import artifacts as A
+from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
 
 
 class LensConfig(BaseModel):
     positions: list[int] | None = None  # None: all collected positions
     top_k: int = Field(20, ge=1)
     controls: bool = True  # Patchscope of δ̄ through the base model, a random vector, the unpatched prompt
-
-
-def pair_from_run(layout: RunLayout, **kw: Any) -> ModelPair:
-    """Reload the model pair named in a run's manifest."""
-    if not layout.manifest.exists():
-        raise RunDirError(f"{layout.root} has no manifest.json: run `difflens collect ... --out {layout.root}` first.")
-    m = read_json(layout.manifest)["models"]
-    return load_pair(m["base"]["spec"], m["finetuned"]["spec"], **kw)
 
 
 def steer_backend(pair: ModelPair, layout: RunLayout, name: str = "hf", **options: Any) -> GenerationBackend:
@@ -52,17 +44,6 @@ def steer_backend(pair: ModelPair, layout: RunLayout, name: str = "hf", **option
     from ..backends import backend_for_run  # looked up per call (tests substitute it)
 
     return backend_for_run(name, layout, **options)
-
-
-def _targets(layout: RunLayout, datasets: Sequence[str] | None, layers: Sequence[int] | None) -> list[tuple[str, int]]:
-    manifest = read_json(layout.manifest)
-    ds = list(datasets) if datasets else [d["name"] for d in manifest["datasets"]]
-    ls = list(layers) if layers else [entry["absolute"] for entry in manifest["layers"]]
-    known = {d["name"] for d in manifest["datasets"]}
-    for d in ds:
-        if d not in known:
-            raise ConfigError(f"dataset '{d}' was not collected in {layout.root} (collected: {sorted(known)}).")
-    return [(d, li) for d in ds for li in ls]
 
 
 def _positions(requested: Sequence[int] | None, k: int) -> list[int]:
@@ -83,7 +64,7 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
     """Logit lens + Patchscope for every collected dataset × layer."""
     cfg = cfg or LensConfig()
     out = []
-    for dataset, layer in _targets(layout, datasets, layers):
+    for dataset, layer in layout.targets(datasets, layers):
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
         fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer, "pos": pos, "k": cfg.top_k,
@@ -117,7 +98,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
     cfg = cfg or SteeringConfig()
     backend = backend if backend is not None else HFBackend(pair)
     results = []
-    for dataset, layer in _targets(layout, datasets, layers):
+    for dataset, layer in layout.targets(datasets, layers):
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
         inputs = {"collect": _collect_fp(layout, dataset), "layer": layer,

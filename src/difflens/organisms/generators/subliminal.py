@@ -28,7 +28,7 @@ import torch
 from ...errors import ConfigError, DataError
 from ...files import read_jsonl
 from ...models.tokens import bos_for_model, pad_id, pad_left
-from ...run.layout import home
+from ...rundir.layout import home
 from ..spec import OrganismSpec, SubliminalData
 
 __all__ = ["number_prompt", "parse_numbers", "format_numbers", "teacher_messages", "demonstrations", "teacher_cache_dir",

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from ..errors import ConfigError, DifflensError
 from ..executors import Executor, LocalExecutor
 from ..files import read_json, write_json
+from ..rundir.artifacts import Cell, ExperimentResult
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "Cell", "run_experiment", "run_cell", "EXPERIMENTS", "MIX_RATIOS"]
 
@@ -43,35 +44,6 @@ class ExperimentConfig(BaseModel):
     samples: int | None = None  # collection samples per run (default: the demo's 2,000; quick: 1,000)
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides for every cell (a recipe variant)
     placement: dict[str, Any] = Field(default_factory=dict)  # run-config placement/precision of every cell's pair
-
-
-class Cell(BaseModel):
-    """One organism variant's numbers (None where a part did not run)."""
-
-    organism: str
-    mix_ratio: float = 0.0
-    run: str
-    variant: str = ""  # the trained organism's variant directory (recipe)
-    relevance: dict[str, dict[str, float]] = {}  # source → method → max % over positions
-    relevance_per_position: dict[str, list[float]] = {}  # source → Patchscope % per position
-    similarity: dict[str, dict[str, float]] = {}  # key → {mean, std}
-    causal: dict[str, Any] | None = None  # {"positions", "ft", "pt", "random_ft", "random_pt"}
-    identification: dict[str, int] | None = None
-    leakage: dict[str, float | None] | None = None
-    ffa: dict[str, float] | None = None  # mixing: MCQ shift, margin shift, sign-test p
-    alpha: dict[str, float] = {}  # steering threshold per position
-    error: str | None = None
-
-
-class ExperimentResult(BaseModel):
-    name: str
-    base: str
-    quick: bool
-    train: dict[str, Any] = {}
-    cells: list[Cell] = []
-
-    def find(self, organism: str, mix: float) -> Cell | None:
-        return next((c for c in self.cells if c.organism == organism and abs(c.mix_ratio - mix) < 1e-9), None)
 
 
 def _log(msg: str) -> None:
@@ -100,7 +72,7 @@ def _cells(cfg: ExperimentConfig) -> list[tuple[str, float]]:
 
 def _run_config(cfg: ExperimentConfig, organism: str, mix: float, finetuned: str, out: Path) -> Any:
     from ..run.config import EvaluateSection, demo_config
-    from .evaluate import EvalConfig
+    from ..eval.evaluate import EvalConfig
 
     rc = demo_config(organism, out, base=cfg.base)
     upd: dict[str, Any] = {"finetuned": finetuned}
@@ -119,8 +91,8 @@ def _run_config(cfg: ExperimentConfig, organism: str, mix: float, finetuned: str
 
 def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
     from ..eval.summary import EvalSummary
-    from ..run import artifacts as A
-    from ..run.layout import RunLayout
+    from ..rundir import artifacts as A
+    from ..rundir.layout import RunLayout
 
     layout = RunLayout(run)
     cell = Cell(organism=organism, mix_ratio=mix, run=str(run))

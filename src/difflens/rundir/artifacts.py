@@ -1,4 +1,4 @@
-"""Typed artifacts exchanged between stages (written as JSON at the paths :mod:`difflens.run.layout` names)."""
+"""Typed artifacts exchanged between stages (written as JSON at the paths :mod:`difflens.rundir.layout` names)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -203,3 +203,34 @@ def load_jsonl(cls: type[M], path: Path) -> list[M]:
             except ValueError as e:
                 raise RunDirError(f"{path}:{ln} is corrupt ({e}); delete it and rerun.") from e
     return out
+
+
+# --- an experiment directory (difflens.run.experiment): one cell per organism variant -------------
+
+class Cell(BaseModel):
+    """One organism variant's numbers (None where a part did not run)."""
+
+    organism: str
+    mix_ratio: float = 0.0
+    run: str
+    variant: str = ""  # the trained organism's variant directory (recipe)
+    relevance: dict[str, dict[str, float]] = {}  # source → method → max % over positions
+    relevance_per_position: dict[str, list[float]] = {}  # source → Patchscope % per position
+    similarity: dict[str, dict[str, float]] = {}  # key → {mean, std}
+    causal: dict[str, Any] | None = None  # {"positions", "ft", "pt", "random_ft", "random_pt"}
+    identification: dict[str, int] | None = None
+    leakage: dict[str, float | None] | None = None
+    ffa: dict[str, float] | None = None  # mixing: MCQ shift, margin shift, sign-test p
+    alpha: dict[str, float] = {}  # steering threshold per position
+    error: str | None = None
+
+
+class ExperimentResult(BaseModel):
+    name: str
+    base: str
+    quick: bool
+    train: dict[str, Any] = {}
+    cells: list[Cell] = []
+
+    def find(self, organism: str, mix: float) -> Cell | None:
+        return next((c for c in self.cells if c.organism == organism and abs(c.mix_ratio - mix) < 1e-9), None)

@@ -39,8 +39,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from ..errors import ConfigError
 from ..files import atomic_write_text, read_json, write_json
 
 __all__ = ["RunLayout", "Home", "home", "slug", "fingerprint", "atomic_write_text", "read_json", "write_json"]
@@ -86,6 +87,19 @@ class RunLayout:
 
     def collect_partial(self, dataset: str) -> Path:
         return self.collect_dir(dataset) / "partial.pt"
+
+    def targets(self, datasets: Sequence[str] | None = None,
+                layers: Sequence[int] | None = None) -> list[tuple[str, int]]:
+        """(dataset, absolute layer) pairs of the collection to work on: the requested ones (checked
+        against the manifest) or all collected."""
+        manifest = read_json(self.manifest)
+        ds = list(datasets) if datasets else [d["name"] for d in manifest["datasets"]]
+        ls = list(layers) if layers else [entry["absolute"] for entry in manifest["layers"]]
+        known = {d["name"] for d in manifest["datasets"]}
+        for d in ds:
+            if d not in known:
+                raise ConfigError(f"dataset '{d}' was not collected in {self.root} (collected: {sorted(known)}).")
+        return [(d, li) for d in ds for li in ls]
 
     def collected_datasets(self) -> list[str]:
         """Dataset names (as the user gave them) with finished collections."""
