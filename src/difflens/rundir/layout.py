@@ -14,7 +14,9 @@
       methods/<dataset>/<method>.json       other diffing methods (difflens.methods): typed result
       methods/<dataset>/<method>.safetensors   its per-vocabulary arrays (diff mining)
       methods/<dataset>/<method>.sqlite     its example contexts, paged by a viewer (KL)
+      methods/<dataset>/amplify.json, amplify.samples.jsonl   logit-difference amplification: β grid and samples
       methods/<dataset>/partial.pt, progress.json   running statistics of an interrupted pass
+      methods/<dataset>/control-<name>/...  the same methods on a control pair (e.g. noise: base vs base + noise)
       evaluate/...  agent/...              later stages
       stages/<stage>.json                   fingerprint + status of each finished stage
       report.html
@@ -130,28 +132,35 @@ class RunLayout:
         return self.steer_dir(dataset, layer) / "steering.partial.json"
 
     # -- other diffing methods (difflens.methods) ------------------------------------------
-    def methods_dir(self, dataset: str) -> Path:
-        return self.root / "methods" / slug(dataset)
+    def methods_dir(self, dataset: str, control: str | None = None) -> Path:
+        """The diffing methods' results on ``dataset``; a control pair's (``control``, e.g. ``noise``:
+        the base model against itself with small random weight noise) in ``control-<name>/`` below it."""
+        d = self.root / "methods" / slug(dataset)
+        return d / f"control-{slug(control)}" if control else d
 
-    def method_result(self, dataset: str, method: str) -> Path:
+    def method_result(self, dataset: str, method: str, control: str | None = None) -> Path:
         """A method's typed result (JSON, with the fingerprint of its inputs)."""
-        return self.methods_dir(dataset) / f"{method}.json"
+        return self.methods_dir(dataset, control) / f"{method}.json"
 
-    def method_arrays(self, dataset: str, method: str) -> Path:
+    def method_arrays(self, dataset: str, method: str, control: str | None = None) -> Path:
         """A method's full per-vocabulary (or per-position) arrays."""
-        return self.methods_dir(dataset) / f"{method}.safetensors"
+        return self.methods_dir(dataset, control) / f"{method}.safetensors"
 
-    def method_store(self, dataset: str, method: str) -> Path:
+    def method_store(self, dataset: str, method: str, control: str | None = None) -> Path:
         """A method's SQLite store of example contexts."""
-        return self.methods_dir(dataset) / f"{method}.sqlite"
+        return self.methods_dir(dataset, control) / f"{method}.sqlite"
 
-    def methods_partial(self, dataset: str) -> Path:
+    def method_samples(self, dataset: str, method: str, control: str | None = None) -> Path:
+        """A generating method's samples (JSONL, one generation per line)."""
+        return self.methods_dir(dataset, control) / f"{method}.samples.jsonl"
+
+    def methods_partial(self, dataset: str, control: str | None = None) -> Path:
         """Running statistics of the methods' shared pass, checkpointed while it runs."""
-        return self.methods_dir(dataset) / "partial.pt"
+        return self.methods_dir(dataset, control) / "partial.pt"
 
-    def methods_progress(self, dataset: str) -> Path:
+    def methods_progress(self, dataset: str, control: str | None = None) -> Path:
         """How far the shared pass has come (JSON, for people and monitors)."""
-        return self.methods_dir(dataset) / "progress.json"
+        return self.methods_dir(dataset, control) / "progress.json"
 
     @staticmethod
     def stage_key(stage: str, dataset: str | None = None, layer: int | None = None) -> str:
