@@ -120,7 +120,10 @@ def _print(summary: Any) -> None:
 
 
 def experiment_cmd(
-    name: str = typer.Argument(..., help="adl (Fig. 2a/2b/7 + identification over organisms), mixing (Fig. 8) or all"),
+    name: str = typer.Argument(..., help="adl (Fig. 2a/2b/7 + identification over organisms), mixing (Fig. 8), all, "
+                               "methods (ADL vs diff mining, KL, amplification) or agents"),
+    methods: str = typer.Option("adl,mining,kl,amplify", "--methods", help="methods: which diffing methods to "
+                                "compare (comma-separated)"),
     out: Path = typer.Option(Path("experiments"), "--out", help="experiment directory (OUT/NAME/...)"),
     organism: Optional[list[str]] = typer.Option(None, "--organism", help="organisms (repeatable; default: all "
                                                  "built-in for adl, cake_bake for mixing)"),
@@ -150,8 +153,10 @@ def experiment_cmd(
 ) -> None:
     """The paper's comparisons over built-in organisms as one resumable experiment and report.
 
-    NAME: adl (Fig. 2a, 2b, 7, identification, leakage), mixing (Fig. 8), all (both), or agents (the
-    agent grid of Fig. 4 over the adl experiment's runs: ADL i=0/5, blackbox i=0/5/50)."""
+    NAME: adl (Fig. 2a, 2b, 7, identification, leakage), mixing (Fig. 8), all (both), methods (ADL vs
+    diff mining, per-token KL, amplification: relevance vs baseline vs control, identification rank,
+    cost), or agents (the agent grid of Fig. 4 over the adl experiment's runs: ADL i=0/5, blackbox
+    i=0/5/50)."""
     from ..run.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
     from ..report.experiment import render_experiment
 
@@ -172,7 +177,7 @@ def experiment_cmd(
         overrides = _parse_overrides(train or [])
         cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
                                mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples,
-                               train=overrides, placement=placement_overrides(
+                               train=overrides, methods=_method_list(methods), placement=placement_overrides(
                                    device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
                                    base_device=base_device, ft_device=ft_device))
         res = run_experiment(cfg, executor=ex)
@@ -184,6 +189,17 @@ def experiment_cmd(
     console.print(f"{len(res.cells) - len(failed)}/{len(res.cells)} cells finished; report: [bold]{path}[/]")
     for c in failed:
         console.print(f"[red]✗[/] {c.organism} 1:{c.mix_ratio:g}: {c.error}", highlight=False)
+
+
+def _method_list(methods: str) -> list[str]:
+    from ..run.experiment import ALL_METHODS
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in ALL_METHODS]
+    if bad or not names:
+        raise ConfigError(f"--methods: unknown method(s) {', '.join(bad) or '(none given)'}; choose from "
+                          f"{', '.join(ALL_METHODS)}.")
+    return names
 
 
 def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int, provider: str,

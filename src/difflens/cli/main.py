@@ -202,6 +202,9 @@ def steer(
 @app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="run config YAML (see examples/run.yaml)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="diffing methods, comma-separated: adl "
+                                          "(collect → lens → steer), mining, kl, amplify (the methods stage); "
+                                          "overrides the config's methods"),
     backend: Optional[str] = GEN_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
     vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
     device: Optional[str] = O_DEVICE, dtype: Optional[str] = O_DTYPE, device_map: Optional[str] = DEVICE_MAP,
@@ -216,6 +219,8 @@ def run_cmd(
         overrides = backend_overrides(backend, tensor_parallel_size, vllm_gpu_memory_utilization)
         overrides |= placement_overrides(device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
                                          base_device=base_device, ft_device=ft_device)
+        if methods is not None:
+            overrides["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
         Runner(load_config(config, **overrides)).run()
     except DifflensError as e:
         _fail(e)

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import numpy as np
 from pydantic import BaseModel, Field
 
-from ..errors import DifflensError
+from ..errors import DifflensError, RunDirError
 from ..files import read_json, write_json
 from ..models.embedder import DEFAULT_EMBEDDER
 from ..rundir import artifacts as A
@@ -37,8 +38,8 @@ from .summary import EvalSummary, IdentificationResult, LayerEval, LeakageResult
 
 __all__ = ["EvalConfig", "PARTS", "evaluate"]
 
-Part = Literal["relevance", "similarity", "causal", "identification", "leakage"]
-PARTS: tuple[Part, ...] = ("relevance", "similarity", "causal", "identification", "leakage")
+Part = Literal["relevance", "similarity", "causal", "identification", "leakage", "methods"]
+PARTS: tuple[Part, ...] = ("relevance", "similarity", "causal", "identification", "leakage", "methods")
 
 
 class EvalConfig(BaseModel):
@@ -112,13 +113,15 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
     ``relevance_grader``: the token-relevance grader (None: relevance skipped). ``pair_loader``:
     returns the model pair, called only if the causal effect must be computed.
     """
+    from ..methods.evidence import available
+
     cfg = cfg or EvalConfig()
     log = _Log(progress)
-    if not layout.manifest.exists():
-        from ..errors import RunDirError
-
-        raise RunDirError(f"{layout.root} is not a run directory (no manifest.json): run `difflens collect` first.")
-    targets = layout.targets(datasets, layers)
+    have_methods = available(layout)
+    if not layout.manifest.exists() and not have_methods:
+        raise RunDirError(f"{layout.root} is not a run directory (no manifest.json, no methods/): run `difflens "
+                          "collect` or `difflens diff` first.")
+    targets = layout.targets(datasets, layers) if layout.manifest.exists() else []
     summary = EvalSummary(ft_data=ft.describe() if ft else None, organism=ft.organism if ft else None,
                           description=ft.description if ft else None, embedder=cfg.embedder)
     description = ft.description if ft else None
@@ -264,16 +267,80 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
                 if val is not None:
                     le.leakage = LeakageResult(**val)
         summary.results.setdefault(dataset, {})[str(layer)] = le
+    if "methods" in summary.skipped:
+        pass
+    elif "methods" not in cfg.parts:
+        summary.skipped["methods"] = "not requested (--part)"
+    elif not have_methods:
+        summary.skipped["methods"] = "no diffing method has results: run `difflens diff RUN`"
+    else:
+        summary.methods = _methods(layout, have_methods, ft, relevance_grader if "relevance" not in summary.skipped
+                                   else None, description, frequent, cfg, log)
     write_json(layout.evaluation(), summary.model_dump(mode="json"))
     log(f"wrote {layout.evaluation()}")
     return summary
 
 
 def _tokenizer(layout: RunLayout) -> Any:
-    """The pair's tokenizer (the base model's), loaded without the weights."""
+    """The pair's tokenizer (the base model's), loaded without the weights: from the manifest, or from
+    a diffing method's result in a run that was never collected."""
     from ..models.sources import load_tokenizer
 
-    return load_tokenizer(read_json(layout.manifest)["models"]["base"]["spec"])
+    if layout.manifest.exists():
+        return load_tokenizer(read_json(layout.manifest)["models"]["base"]["spec"])
+    for path in sorted((layout.root / "methods").glob("*/*.json")):
+        try:
+            return load_tokenizer(read_json(path)["models"]["base"]["spec"])
+        except (KeyError, TypeError, RunDirError):
+            continue
+    raise RunDirError(f"{layout.root}: no manifest and no method result names the model pair.")
+
+
+def _methods(layout: RunLayout, have: dict[str, str], ft: FtData | None, grader: Any, description: str | None,
+             frequent: Sequence[str], cfg: EvalConfig, log: Any) -> dict[str, Any]:
+    """The per-method block (:mod:`difflens.eval.methods`): cached per method by its evidence."""
+    import hashlib
+
+    from ..graders import grader_identity
+    from ..methods.evidence import evidence
+    from ..models.embedder import embed
+    from .identify import candidate_descriptions
+    from .methods import MethodEval, evaluate_method
+
+    cands, true = None, None
+    if ft is not None and description:
+        cands = candidate_descriptions(cfg.candidates)
+        true = ft.organism if ft.organism in cands else "(true description)"
+        if true not in cands:
+            cands[true] = description
+    cache: dict[str, np.ndarray] = {}
+
+    def embed_fn(texts: Sequence[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in cache]
+        if todo:
+            for t, v in zip(todo, embed(todo, cfg.embedder)):
+                cache[t] = np.asarray(v)
+        return np.stack([cache[t] for t in texts])
+
+    memo: dict[tuple[str, ...], list[bool]] = {}
+    out: dict[str, Any] = {}
+    for name, dataset in have.items():
+        ev = evidence(layout, name, dataset, k=cfg.top_k)
+        fp = fingerprint({"evidence": hashlib.sha256(ev.model_dump_json().encode()).hexdigest(),
+                          "grader": grader_identity(grader) if grader is not None else None, "desc": description,
+                          "frequent": list(frequent), "ft": ft.content_hash if ft else None,
+                          "cands": sorted(cands.items()) if cands else None, "embedder": cfg.embedder,
+                          "n": cfg.similarity_samples, "seed": cfg.seed})
+        val = _cached(layout, dataset, 0, f"method-{name}", fp)
+        if val is None:
+            log(f"method {name}: relevance, similarity to D_ft, identification")
+            val = evaluate_method(ev, grader=grader, description=description, frequent=frequent,
+                                  ft_texts=ft.texts if ft else None, embed_fn=embed_fn, candidates=cands, true=true,
+                                  embedder=cfg.embedder, max_texts=cfg.similarity_samples, seed=cfg.seed,
+                                  memo=memo).model_dump(mode="json")
+            _store(layout, dataset, 0, f"method-{name}", fp, val)
+        out[name] = MethodEval(**val)
+    return out
 
 
 def _similarity(gens: Sequence[A.Generation], ft: FtData, chat: Sequence[str], cfg: EvalConfig) -> dict[str, Any]:

@@ -26,7 +26,18 @@ Schema (version 1)::
                              "adl_scores": {name: sim}, "blackbox_scores": {name: sim}},
           "leakage": {"ft": {"share", "n", "examples"}, "base": {...} | null, "min_words", "grader"},
                        # unsteered answers to the steering prompts with ≥ min_words domain words
-          "skipped": {part: reason}}}}
+          "skipped": {part: reason}}}},
+      "methods": {method: {                     # every diffing method the run has (adl, mining, kl, amplify)
+          "method", "dataset", "title",
+          "relevance": {list name: {"role": "method" | "baseline" | "control", "max": %, "mean": %,
+                                    "lists": [{"group", "tokens": [[token, relevant]], "relevance": %}]}},
+                       # e.g. mining: "top-K occurrence of ft − base" (method), "ft alone: top-K
+                       # occurrence" (baseline), "noise pair: ..." (control); ADL: one list per position
+          "similarity": {text set name: {"mean", "std", "n"}},   # cosine similarity to D_ft
+          "similarity_roles": {text set name: role},
+          "identification": {"rank", "n_candidates", "true", "scores"} | null,   # from its own evidence
+          "cost": {"seconds", "forward_tokens"}, "missing": [what is not computed, with the command],
+          "skipped": {part: reason}}}
     }
 
 Percentages are 0-100; ΔCE in nats per token (positive: removing the direction's component from
@@ -39,6 +50,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .causal import CausalResult
+from .methods import MethodEval
 from .relevance import MethodRelevance
 from .similarity import Stat
 
@@ -100,6 +112,7 @@ class EvalSummary(BaseModel):
     embedder: str | None = None
     skipped: dict[str, str] = Field(default_factory=dict)
     results: dict[str, dict[str, LayerEval]] = Field(default_factory=dict)
+    methods: dict[str, MethodEval] = Field(default_factory=dict)
 
     def layers(self) -> list[LayerEval]:
         return [le for per in self.results.values() for le in per.values()]

@@ -15,8 +15,10 @@ from ..models.placement import Placement, make_placement
 from ..models.precision import Precision
 from .stages import LensConfig
 
-Stage = Literal["collect", "lens", "steer", "evaluate", "report"]
-STAGES: tuple[str, ...] = ("collect", "lens", "steer", "evaluate", "report")
+Stage = Literal["collect", "lens", "steer", "methods", "evaluate", "report"]
+STAGES: tuple[str, ...] = ("collect", "lens", "steer", "methods", "evaluate", "report")
+Method = Literal["adl", "mining", "kl", "amplify"]
+ADL_STAGES = ("collect", "lens", "steer")  # the stages of the Activation Difference Lens
 
 
 class LLMSection(BaseModel):
@@ -36,6 +38,28 @@ class SteeringSection(SteeringConfig):
 
 class EvaluateSection(EvalConfig):
     model_config = ConfigDict(extra="forbid")
+
+
+class DiffSection(BaseModel):
+    """The diffing methods beside ADL (``methods`` stage; :mod:`difflens.methods`): one shared pass of
+    N samples × T tokens for mining and KL, amplification on the steering prompts, and the same
+    methods on a control pair (``control: noise``: the base model against itself with random weight
+    noise of the finetune's per-tensor size) so every figure has what it looks like without a
+    narrow finetune."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str | None = None  # default: the run's first dataset
+    samples: int = Field(2000, ge=1)
+    tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+    top_k: int = Field(100, ge=1)
+    lens_layer: float | int | None = None  # mining through the logit lens at this layer (None: final logits)
+    kl_layer: float | int = 0.5
+    skip_positions: int = Field(1, ge=0)
+    control: Literal["none", "noise"] = "noise"
+    control_scale: Literal["matched"] | float = "matched"
+    control_seed: int = 0
+    amplify: dict[str, Any] = Field(default_factory=dict)  # AmplifyConfig fields (betas, samples, ...)
 
 
 class RunConfig(BaseModel):
@@ -76,6 +100,10 @@ class RunConfig(BaseModel):
     grader: Literal["offline", "llm"] = "offline"
     llm: LLMSection | None = None
     stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
+    # which diffing methods the run computes: adl (collect → lens → steer) and any of mining, kl,
+    # amplify (the methods stage); a stage of a method not chosen is skipped
+    methods: list[Method] = Field(default_factory=lambda: ["adl"], min_length=1)
+    diff: DiffSection = Field(default_factory=DiffSection)
     lens: LensSection = Field(default_factory=LensSection)
     steering: SteeringSection = Field(default_factory=SteeringSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)

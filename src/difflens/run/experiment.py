@@ -30,12 +30,15 @@ from ..rundir.artifacts import Cell, ExperimentResult
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "Cell", "run_experiment", "run_cell", "EXPERIMENTS", "MIX_RATIOS"]
 
-EXPERIMENTS = ("adl", "mixing", "all")
+EXPERIMENTS = ("adl", "mixing", "all", "methods")
+# the organisms the method comparison runs on by default (issue 20: SDF, domain, taboo and EM families)
+METHOD_ORGANISMS = ("cake_bake", "domain_music", "kansas_abortion", "taboo_smile", "roman_concrete", "em_finance")
+ALL_METHODS = ("adl", "mining", "kl", "amplify")
 MIX_RATIOS = (0.0, 0.1, 1.0, 2.0)
 
 
 class ExperimentConfig(BaseModel):
-    name: Literal["adl", "mixing", "all"]
+    name: Literal["adl", "mixing", "all", "methods"]
     out: Path
     base: str = "smollm2-135m-instruct"
     organisms: list[str] | None = None  # adl: all built-in; mixing: cake_bake
@@ -44,6 +47,7 @@ class ExperimentConfig(BaseModel):
     samples: int | None = None  # collection samples per run (default: the demo's 2,000; quick: 1,000)
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides for every cell (a recipe variant)
     placement: dict[str, Any] = Field(default_factory=dict)  # run-config placement/precision of every cell's pair
+    methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS))  # experiment "methods": which ones
 
 
 def _log(msg: str) -> None:
@@ -55,6 +59,11 @@ def _cells(cfg: ExperimentConfig) -> list[tuple[str, float]]:
 
     builtin = [s.name for s in list_specs()]
     out: list[tuple[str, float]] = []
+    if cfg.name == "methods":
+        orgs = cfg.organisms or list(METHOD_ORGANISMS)
+        for o in orgs:
+            load_spec(o)
+        out += [(o, 0.0) for o in orgs]
     if cfg.name in ("adl", "all"):
         orgs = cfg.organisms or builtin
         for o in orgs:
@@ -82,11 +91,30 @@ def _run_config(cfg: ExperimentConfig, organism: str, mix: float, finetuned: str
         upd["steering"] = rc.steering.model_copy(update={"positions": [2], "max_new_tokens": 32,
                                                          "prompts": rc.steering.prompts[:6]})
         upd["evaluate"] = EvaluateSection(**EvalConfig.quick(similarity_samples=100).model_dump())
+    if cfg.name == "methods":
+        upd.update(_methods_update(cfg, rc))
     if cfg.placement:
         from ..run.config import with_overrides
 
         return with_overrides(rc.model_copy(update=upd), **cfg.placement)
     return rc.model_copy(update=upd)
+
+
+def _methods_update(cfg: ExperimentConfig, rc: Any) -> dict[str, Any]:
+    """The method comparison's run config: every method, its control, and the evaluation parts the
+    table needs (relevance, similarity, identification, the per-method block; the causal effect and
+    leakage are the adl experiment's). ``--quick``: N = 500 × 64 tokens for the shared pass and
+    amplification on 6 prompts × 2 samples of 32 tokens."""
+    from ..eval.evaluate import EvalConfig
+    from ..run.config import DiffSection, EvaluateSection
+
+    diff = DiffSection(samples=500 if cfg.quick else 2000, tokens=64, control="noise",
+                       amplify=({"prompts": list(rc.steering.prompts[:6]), "samples": 2, "max_new_tokens": 32}
+                                if cfg.quick else {"prompts": list(rc.steering.prompts[:10]), "samples": 2,
+                                                   "max_new_tokens": 40}))
+    ev = EvalConfig.quick(similarity_samples=100) if cfg.quick else EvalConfig.quick()
+    ev = ev.model_copy(update={"parts": ["relevance", "similarity", "identification", "methods"]})
+    return {"methods": list(cfg.methods), "diff": diff, "evaluate": EvaluateSection(**ev.model_dump())}
 
 
 def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
@@ -100,6 +128,8 @@ def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
         cell.error = "no evaluation summary"
         return cell
     s = EvalSummary.model_validate_json(layout.evaluation().read_text(encoding="utf-8"))
+    for name, me in s.methods.items():
+        cell.methods[name] = _method_numbers(me)
     le = s.layers()[0] if s.layers() else None
     if le is None:
         return cell
@@ -123,6 +153,17 @@ def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
         st = A.load(A.SteeringResult, steer_path)
         cell.alpha = {str(t.position): t.alpha for t in st.thresholds}
     return cell
+
+
+def _method_numbers(me: Any) -> dict[str, Any]:
+    """One method's row of the comparison (from the evaluation's ``methods`` block)."""
+    ident = me.identification or {}
+    return {"title": me.title, "relevance": me.role_relevance("method"), "relevance_mean": me.role_relevance("method", "mean"),
+            "baseline": me.role_relevance("baseline"), "control": me.role_relevance("control"),
+            "similarity": {r: me.role_similarity(r) for r in ("method", "baseline", "control")},
+            "rank": ident.get("rank"), "n_candidates": ident.get("n_candidates"),
+            "seconds": me.cost.get("seconds"), "forward_tokens": me.cost.get("forward_tokens"),
+            "missing": list(me.missing)}
 
 
 def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dict[str, float]:
@@ -186,7 +227,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         Runner(_run_config(cfg, organism, mix, finetuned, run), progress=progress).run()
         cell = _cell_from_run(organism, mix, run)
         cell.variant = Path(src.path).name
-        cell.ffa = _ffa(cfg, organism, finetuned, run) or None
+        cell.ffa = (_ffa(cfg, organism, finetuned, run) or None) if cfg.name != "methods" else None
     except (DifflensError, RuntimeError, ValueError, OSError) as e:  # one failing cell must not lose the others
         _log(f"cell {run.name} failed: {e}")
         cell = Cell(organism=organism, mix_ratio=mix, run=str(run), error=f"{type(e).__name__}: {e}")

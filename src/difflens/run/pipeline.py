@@ -14,7 +14,7 @@ from rich.console import Console
 from ..adl.collect import collect
 from ..errors import ConfigError, DifflensError
 from ..graders import graders_for
-from .config import RunConfig
+from .config import ADL_STAGES, RunConfig
 from ..rundir.layout import RunLayout, read_json, write_json
 from .stages import run_lens, run_steer, steer_backend
 
@@ -86,11 +86,22 @@ class Runner:
         return "; ".join(f"layer {r.layer} α " + ", ".join(f"p{t.position}={t.alpha:.2f}" for t in r.thresholds)
                          for r in res)
 
+    def stage_methods(self) -> str:
+        """The diffing methods beside ADL (:mod:`difflens.methods`), then the same on the control pair."""
+        from ..methods.stage import run_methods_stage
+
+        chosen = [m for m in self.cfg.methods if m != "adl"]
+        return run_methods_stage(lambda: self.pair, self.layout, chosen, self.cfg.diff,
+                                 coherence=lambda: self.graders.coherence,
+                                 dataset=self.cfg.diff.dataset or self.cfg.datasets[0],
+                                 steering=self.cfg.steering, progress=self.progress)
+
     def stage_evaluate(self) -> str:
         from ..eval.evaluate import evaluate
         from ..eval.ftdata import resolve_ft_data
 
-        manifest = read_json(self.layout.manifest)
+        manifest = read_json(self.layout.manifest) if self.layout.manifest.exists() else {
+            "models": {"base": {"spec": self.cfg.base}, "finetuned": {"spec": self.cfg.finetuned}}}
         ft = resolve_ft_data(manifest, organism=self.cfg.organism, ft_data=self.cfg.ft_data,
                              description=self.cfg.description)
         s = evaluate(self.layout, ft, relevance_grader=self.graders.relevance, cfg=self.cfg.evaluate,
@@ -106,6 +117,14 @@ class Runner:
                 bits.append(f"steered↔D_ft {ss['steered_vs_ft'].mean:.2f} vs unsteered {ss['unsteered_vs_ft'].mean:.2f}")
             if le.identification:
                 bits.append(f"identification rank {le.identification.adl_rank}/{le.identification.n_candidates}")
+        for name, me in s.methods.items():
+            if name == "adl":
+                continue
+            rel, base = me.role_relevance("method"), me.role_relevance("baseline")
+            if rel is not None:
+                bits.append(f"{name} relevance {rel:.0f}% (baseline {base or 0:.0f}%)")
+            if me.identification:
+                bits.append(f"{name} rank {me.identification['rank']}/{me.identification['n_candidates']}")
         return "; ".join(bits)
 
     def stage_report(self) -> str:
@@ -125,6 +144,13 @@ class Runner:
 
     def _run_stages(self) -> None:
         for stage in self.cfg.stages:
+            if stage in ADL_STAGES and "adl" not in self.cfg.methods:
+                self.status[stage] = "skipped"
+                self.console.print(f"[dim]- {stage} skipped (adl is not among the methods)[/]")
+                continue
+            if stage == "methods" and not [m for m in self.cfg.methods if m != "adl"]:
+                self.status[stage] = "skipped"
+                continue
             fn = getattr(self, f"stage_{stage}")
             t0 = time.time()
             try:

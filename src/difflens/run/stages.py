@@ -11,6 +11,7 @@ Steering's final generations (steered, unsteered, random-direction control) go t
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Sequence
 
 from pydantic import BaseModel, Field
@@ -75,11 +76,12 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
             out.append(A.load(A.PatchscopeResult, layout.patchscope(dataset, layer)))
             continue
         controls = tuple(A.CONTROLS) if cfg.controls else ()
+        t0 = time.time()
         A.save(logit_lens(pair, c, pos, k=cfg.top_k, sources=(*A.SOURCES, *(("random",) if controls else ()))),
                layout.logit_lens(dataset, layer))
         ps = patchscope(pair, c, pos, graders.scale, sources=(*A.SOURCES, *controls), progress=progress)
         A.save(ps, layout.patchscope(dataset, layer))
-        layout.mark_stage(stage, fp)
+        layout.mark_stage(stage, fp, seconds=round(time.time() - t0, 2))  # the cost column of method comparisons
         out.append(ps)
     return out
 

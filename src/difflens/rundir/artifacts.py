@@ -222,6 +222,11 @@ class Cell(BaseModel):
     leakage: dict[str, float | None] | None = None
     ffa: dict[str, float] | None = None  # mixing: MCQ shift, margin shift, sign-test p
     alpha: dict[str, float] = {}  # steering threshold per position
+    # experiment "methods": per diffing method (adl, mining, kl, amplify) the numbers of the comparison:
+    # {"relevance", "relevance_mean", "baseline", "control": % (None: not computed / not applicable),
+    #  "similarity": {"method", "baseline", "control": mean cosine to D_ft}, "rank", "n_candidates",
+    #  "seconds", "forward_tokens", "title"}
+    methods: dict[str, dict[str, Any]] = {}
     error: str | None = None
 
 
