@@ -124,3 +124,35 @@ def test_experiment_cell_numbers_from_the_methods_block():
     row = _method_numbers(me)
     assert (row["relevance"], row["baseline"], row["control"], row["rank"]) == (40.0, 5.0, None, 2)
     assert row["seconds"] == 2.0 and row["similarity"]["method"] is None
+
+
+def test_methods_experiment_cells_and_run_config(tmp_path):
+    from difflens.run.experiment import METHOD_ORGANISMS, ExperimentConfig, _cells, _run_config
+
+    cfg = ExperimentConfig(name="methods", out=tmp_path, quick=True)
+    assert _cells(cfg) == [(o, 0.0) for o in METHOD_ORGANISMS]
+    rc = _run_config(cfg, "cake_bake", 0.0, "organism:cake_bake", tmp_path / "r")
+    assert rc.methods == ["adl", "mining", "kl", "amplify"] and "methods" in rc.stages
+    assert rc.diff.samples == 500 and rc.diff.control == "noise"
+    assert rc.diff.amplify["prompts"] == rc.steering.prompts[:6] or len(rc.diff.amplify["prompts"]) == 6
+    assert "methods" in rc.evaluate.parts and "causal" not in rc.evaluate.parts
+    from difflens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no_such_organism"):
+        _cells(ExperimentConfig(name="methods", out=tmp_path, organisms=["no_such_organism"]))
+
+
+def test_run_config_methods_are_validated(tmp_path):
+    from difflens.errors import ConfigError
+    from difflens.run.config import load_config
+
+    p = tmp_path / "run.yaml"
+    p.write_text("out: r\nfinetuned: x\nmethods: [adl, sae]\n")
+    with pytest.raises(ConfigError, match="methods"):
+        load_config(p)
+    p.write_text("out: r\nfinetuned: x\nmethods: [mining]\ndiff: {samples: -1}\n")
+    with pytest.raises(ConfigError, match="diff.samples"):
+        load_config(p)
+    p.write_text("out: r\nfinetuned: x\nmethods: [mining, kl]\ndiff: {control: none, tokens: 16}\n")
+    cfg = load_config(p)
+    assert cfg.methods == ["mining", "kl"] and cfg.diff.tokens == 16

@@ -12,7 +12,7 @@ from .options import (BASE_DEVICE, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, GEN_BAC
                       LLM_URL, MAX_MEMORY, O_DEVICE, O_DTYPE, TP_SIZE, VLLM_MEM, backend_overrides, console, fail,
                       llm_client, pair_loading, placement_overrides)
 
-PARTS_HELP = ("parts to compute (repeatable): relevance, similarity, causal, identification, leakage "
+PARTS_HELP = ("parts to compute (repeatable): relevance, similarity, causal, identification, leakage, methods "
               "(default: all)")
 
 
@@ -50,8 +50,7 @@ def evaluate_cmd(
     client = None
     try:
         layout = RunLayout(run)
-        if not layout.manifest.exists():
-            raise ConfigError(f"{run} is not a run directory (no manifest.json): run `difflens collect` first.")
+        manifest = _run_manifest(layout)
         bad = [p for p in parts or [] if p not in PARTS]
         if bad:
             raise ConfigError(f"unknown part(s) {bad}: choose from {', '.join(PARTS)}.")
@@ -70,7 +69,7 @@ def evaluate_cmd(
             cfg = cfg.model_copy(update={"causal": cfg.causal.model_copy(update=causal)})
         loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                base_device=base_device, ft_device=ft_device)
-        ft = resolve_ft_data(read_json(layout.manifest), organism=organism, ft_data=ft_data, description=description)
+        ft = resolve_ft_data(manifest, organism=organism, ft_data=ft_data, description=description)
         rel = LLMRelevance(client) if client is not None else OfflineRelevance(cfg.embedder)
         summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=lambda: pair_from_run(layout, **loading),
                            layers=layer)
@@ -82,6 +81,23 @@ def evaluate_cmd(
             write_json(RunLayout(run).llm_usage(), client.usage_summary())
     _print(summary)
     console.print(f"summary: {RunLayout(run).evaluation()} (render it with `difflens report {run}`)")
+
+
+def _run_manifest(layout: Any) -> dict[str, Any]:
+    """The run's manifest; for a run with only `difflens diff` results, the pair its results name."""
+    from ..files import read_json
+
+    if layout.manifest.exists():
+        return read_json(layout.manifest)
+    for path in sorted((layout.root / "methods").glob("*/*.json")):
+        try:
+            models = read_json(path)["models"]
+            return {"models": {"base": {"spec": models["base"]["spec"]},
+                               "finetuned": {"spec": models["finetuned"]["spec"]}}}
+        except (KeyError, TypeError, DifflensError):
+            continue
+    raise ConfigError(f"{layout.root} is not a run directory (no manifest.json, no method results): run "
+                      "`difflens collect` or `difflens diff` first.")
 
 
 def _print(summary: Any) -> None:
@@ -117,6 +133,22 @@ def _print(summary: Any) -> None:
             i = le.identification
             console.print(f"identification ({title}): true objective ranked {i.adl_rank}/{i.n_candidates} from ADL "
                           f"evidence, {i.blackbox_rank}/{i.n_candidates} from unsteered samples only")
+    if summary.methods:
+        t = Table("method", "relevance max / mean", "baseline", "control", "sim. to D_ft (method / baseline / control)",
+                  "rank", "seconds", title="diffing methods (top-20 tokens; baselines: one model alone; controls: "
+                  "no narrow finetune)")
+        pct = lambda x: "–" if x is None else f"{x:.0f}%"  # noqa: E731
+        sim = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+        for name, me in summary.methods.items():
+            idn = me.identification or {}
+            t.add_row(name, f"{pct(me.role_relevance('method'))} / {pct(me.role_relevance('method', 'mean'))}",
+                      pct(me.role_relevance("baseline")), pct(me.role_relevance("control")),
+                      " / ".join(sim(me.role_similarity(r)) for r in ("method", "baseline", "control")),
+                      f"{idn['rank']}/{idn['n_candidates']}" if idn else "–", f"{me.cost.get('seconds', 0):.0f}")
+        console.print(t)
+        for name, me in summary.methods.items():
+            for why in me.missing:
+                console.print(f"[yellow]missing[/] {name}: {why}")
 
 
 def experiment_cmd(

@@ -114,7 +114,8 @@ def _methods_update(cfg: ExperimentConfig, rc: Any) -> dict[str, Any]:
                                                    "max_new_tokens": 40}))
     ev = EvalConfig.quick(similarity_samples=100) if cfg.quick else EvalConfig.quick()
     ev = ev.model_copy(update={"parts": ["relevance", "similarity", "identification", "methods"]})
-    return {"methods": list(cfg.methods), "diff": diff, "evaluate": EvaluateSection(**ev.model_dump())}
+    return {"methods": list(cfg.methods), "diff": diff, "evaluate": EvaluateSection(**ev.model_dump()),
+            "stages": ["collect", "lens", "steer", "methods", "evaluate", "report"]}
 
 
 def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
