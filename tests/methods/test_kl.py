@@ -27,7 +27,8 @@ def kl_run(tmp_path, request):
     lpf, lpb = ref["ft"]["logits"].log_softmax(-1), ref["base"]["logits"].log_softmax(-1)
     want = {"kl": (lpf.exp() * (lpf - lpb)).sum(-1),
             "norm": (ref["ft"]["hidden"] - ref["base"]["hidden"]).norm(dim=-1),
-            "cos": 1 - torch.nn.functional.cosine_similarity(ref["ft"]["hidden"], ref["base"]["hidden"], dim=-1)}
+            "cos": 1 - torch.nn.functional.cosine_similarity(ref["ft"]["hidden"], ref["base"]["hidden"], dim=-1),
+            "ent": -(lpf.exp() * lpf).sum(-1)}  # the baseline: the finetuned model alone
     return pair, layout, corpus, res, want, ref
 
 
@@ -37,6 +38,7 @@ def test_kl_and_activation_differences_equal_naive(kl_run):
     k = res.skip_positions
     assert res.n_positions == N * (T - k) and res.layer == 2
     assert want["kl"].min() > 0
+    assert set(res.stats) == {"kl", "norm", "cos", "ent"} and res.baselines == ["ent"]
     for s, full_w in want.items():
         st = res.stats[s]
         assert st.by_position == pytest.approx(full_w.mean(0).tolist(), rel=1e-4)  # every position

@@ -51,6 +51,7 @@ class MethodResult(BaseModel):
     n_positions: int  # positions the statistics count: N × T (less any a method skips)
     models: dict[str, Any] = {}  # the pair (ModelPair.describe()), set by the driver
     seconds: float = 0.0  # wall time of the pass that computed it (all its methods together)
+    control: str | None = None  # None: the run's pair; else the control pair it was computed on (e.g. "noise")
 
 
 @dataclass

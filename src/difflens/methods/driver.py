@@ -10,6 +10,13 @@ and the position in the data go to ``RUN/methods/<dataset>/partial.pt`` (and a r
 ``progress.json``); a killed pass resumes from there and gives the same results as an
 uninterrupted one. A method whose result exists with the same fingerprint is not recomputed.
 Progress shows as a bar on a terminal and as periodic lines in a log file.
+
+A control pair (``control``: a name such as ``noise``, for the pair of
+:func:`difflens.models.noise.noise_pair`: the base model against itself with small random weight
+noise) runs the same methods with every file in ``RUN/methods/<dataset>/control-<name>/``: its
+results, stores, arrays, checkpoint and progress never touch the real pair's. Its fingerprints
+include the control's name, its results record it (:attr:`MethodResult.control`), and only its base
+model is checked against the run's collected pair (its other side differs by design).
 """
 from __future__ import annotations
 
@@ -117,8 +124,9 @@ def check_inputs(base: str, finetuned: str, methods: Sequence[DiffMethod], cfg: 
                         f"{max(lengths, default=0)} tokens; use a smaller --tokens.")
 
 
-def check_run_pair(layout: RunLayout, pair: ModelPair) -> None:
-    """A run directory belongs to one model pair: a collected run of another pair is refused."""
+def check_run_pair(layout: RunLayout, pair: ModelPair, sides: Sequence[str] = ("base", "finetuned")) -> None:
+    """A run directory belongs to one model pair: a collected run of another pair is refused
+    (``sides``: which of the pair's sides must match the run's; a control pair's base only)."""
     if not layout.manifest.exists():
         return
     try:
@@ -126,7 +134,7 @@ def check_run_pair(layout: RunLayout, pair: ModelPair) -> None:
     except (RunDirError, KeyError, TypeError):
         return
     new = pair.describe()
-    for side in ("base", "finetuned"):
+    for side in sides:
         if old[side]["fingerprint"] != new[side]["fingerprint"]:
             raise RunDirError(f"{layout.root} holds results for another model pair ({side}: {old[side]['spec']}, "
                               f"fingerprint {old[side]['fingerprint']}); use a new output directory.")
@@ -200,12 +208,16 @@ def _save_checkpoint(path: Any, obj: dict[str, Any]) -> None:
 
 def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod], cfg: PassConfig, *,
                 progress: bool = True, console: Console | None = None,
-                stop_after_batches: int | None = None) -> dict[str, MethodResult]:
+                stop_after_batches: int | None = None, control: str | None = None) -> dict[str, MethodResult]:
     """Run ``methods`` over one shared pass (see the module docstring); returns each method's result.
 
-    ``stop_after_batches`` interrupts deliberately after that many batches of this call, without a
-    checkpoint (tests of resumption: what a killed process leaves).
+    ``control``: ``pair`` is a control pair of that name (e.g. ``noise``); everything is written to
+    the control's directory (:meth:`RunLayout.methods_dir`) and only the base side is checked
+    against the run's pair. ``stop_after_batches`` interrupts deliberately after that many batches
+    of this call, without a checkpoint (tests of resumption: what a killed process leaves).
     """
+    if control is not None and (not isinstance(control, str) or not control.strip()):
+        raise ConfigError(f"a control pair needs a name (got {control!r}).")
     if not methods:
         raise ConfigError("give at least one method (--methods mining,kl).")
     names = [m.name for m in methods]
@@ -213,7 +225,7 @@ def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod
         raise ConfigError(f"each method once, please (got {', '.join(names)}).")
     console = console or Console(stderr=True)
     corpus = load_corpus(cfg.dataset, text_field=cfg.text_field)
-    check_run_pair(layout, pair)
+    check_run_pair(layout, pair, ("base",) if control else ("base", "finetuned"))
     sample = sample_pass(pair, corpus, cfg)
     N, T = len(sample.ids), cfg.tokens
     arch = pair.arch
@@ -221,16 +233,19 @@ def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod
     common = {"base": desc["base"]["fingerprint"], "ft": desc["finetuned"]["fingerprint"], "data": corpus.content_hash,
               "sample": sample.order_hash, "n": N, "pass": cfg.semantic(), "sampling": SAMPLING,
               "precision": getattr(pair, "precision", "float32"), "vocab": pair.vocab_size}
+    if control:  # (absent for the real pair: its fingerprints stay what they were)
+        common["control"] = control
     results: dict[str, MethodResult] = {}
     pending: list[DiffMethod] = []
     for m in methods:  # every option is resolved and checked before any forward pass
         ctx = PassContext(dataset=cfg.dataset, tokens=T, n_samples=N, vocab_size=pair.vocab_size,
                           num_layers=arch.num_layers, resolve_layer=arch.resolve_layer,
-                          decode=_decoder(pair.tokenizer), store_path=layout.method_store(cfg.dataset, m.name),
-                          arrays_path=layout.method_arrays(cfg.dataset, m.name))
+                          decode=_decoder(pair.tokenizer),
+                          store_path=layout.method_store(cfg.dataset, m.name, control),
+                          arrays_path=layout.method_arrays(cfg.dataset, m.name, control))
         m.prepare(ctx)
         ctx.fingerprint = fingerprint({**common, "method": m.name, "inputs": m.fingerprint_inputs()})
-        done = _finished(layout, cfg.dataset, m, ctx.fingerprint)
+        done = _finished(layout, cfg.dataset, m, ctx.fingerprint, control)
         if done is not None:
             results[m.name] = done
         else:
@@ -239,7 +254,7 @@ def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod
         return {m.name: results[m.name] for m in methods}
 
     pass_fp = fingerprint(sorted(m.ctx.fingerprint for m in pending))
-    partial, progress_path = layout.methods_partial(cfg.dataset), layout.methods_progress(cfg.dataset)
+    partial, progress_path = layout.methods_partial(cfg.dataset, control), layout.methods_progress(cfg.dataset, control)
     start, n_done, batches_done, states = 0, 0, 0, None
     if partial.exists():
         try:
@@ -253,7 +268,8 @@ def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod
     pad = pad_id(pair.tokenizer)
     t0 = time.time()
     seconds_before = float(states.get("_seconds", 0.0)) if states else 0.0  # type: ignore[union-attr]
-    label = f"diff {cfg.dataset} ({', '.join(m.name for m in pending)})"
+    pair_label = f" on control pair {control}" if control else ""  # (no brackets: the bar's label is markup)
+    label = f"diff {cfg.dataset}{pair_label} ({', '.join(m.name for m in pending)})"
     reporter = _Reporter(console, label, N, n_done, progress)
 
     def unembed_of(side: str):
@@ -310,8 +326,8 @@ def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod
                 raise KeyboardInterrupt(f"pass stopped after {this_call} batches (test hook)")
         seconds = seconds_before + time.time() - t0
         for m in pending:
-            res = m.finalize().model_copy(update={"models": desc, "seconds": round(seconds, 2)})
-            atomic_write_text(layout.method_result(cfg.dataset, m.name), res.model_dump_json(indent=1) + "\n")
+            res = m.finalize().model_copy(update={"models": desc, "seconds": round(seconds, 2), "control": control})
+            atomic_write_text(layout.method_result(cfg.dataset, m.name, control), res.model_dump_json(indent=1) + "\n")
             results[m.name] = res
         partial.unlink(missing_ok=True)
         write_json(progress_path, {"fingerprint": pass_fp, "methods": [m.name for m in pending], "n_done": n_done,
@@ -324,8 +340,9 @@ def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod
     return {m.name: results[m.name] for m in methods}
 
 
-def _finished(layout: RunLayout, dataset: str, method: DiffMethod, fp: str) -> MethodResult | None:
-    path = layout.method_result(dataset, method.name)
+def _finished(layout: RunLayout, dataset: str, method: DiffMethod, fp: str,
+              control: str | None = None) -> MethodResult | None:
+    path = layout.method_result(dataset, method.name, control)
     if not path.exists():
         return None
     try:
@@ -337,20 +354,22 @@ def _finished(layout: RunLayout, dataset: str, method: DiffMethod, fp: str) -> M
     return res if method.outputs_present() else None
 
 
-def load_result(layout: RunLayout, dataset: str, method: str) -> MethodResult:
-    """A finished method's typed result."""
+def load_result(layout: RunLayout, dataset: str, method: str, control: str | None = None) -> MethodResult:
+    """A finished method's typed result (``control``: on that control pair, e.g. ``noise``)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; choose from {', '.join(METHODS)}.")
-    path = layout.method_result(dataset, method)
+    path = layout.method_result(dataset, method, control)
     if not path.exists():
-        raise RunDirError(f"{path} is missing; run `difflens diff {layout.root} --methods {method}`.")
+        how = f" --control {control}" if control else ""
+        raise RunDirError(f"{path} is missing; run `difflens diff {layout.root} --methods {method}{how}`.")
     try:
         return METHODS[method].result_type.model_validate_json(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise RunDirError(f"{path} is corrupt ({str(e).splitlines()[0]}); delete it and rerun `difflens diff`.") from e
 
 
-def open_examples(layout: RunLayout, dataset: str) -> ExamplesStore:
-    """The kl method's examples store of this run (refused when it was written by another run)."""
-    res = load_result(layout, dataset, "kl")
-    return ExamplesStore.open(layout.method_store(dataset, "kl"), fingerprint=res.fingerprint)
+def open_examples(layout: RunLayout, dataset: str, control: str | None = None) -> ExamplesStore:
+    """The kl method's examples store of this run, or of its control pair ``control`` (refused when
+    it was written by another run)."""
+    res = load_result(layout, dataset, "kl", control)
+    return ExamplesStore.open(layout.method_store(dataset, "kl", control), fingerprint=res.fingerprint)

@@ -10,6 +10,11 @@ histograms over fixed log-spaced bins (with under- and overflow) of the per-toke
 the per-sample means and maxima. Per sample, the window's values go to an SQLite
 :class:`~difflens.methods.store.ExamplesStore` that a viewer pages by any per-sample statistic
 (``kl_max``, ``norm_mean``, …) with the token of the maximum marked.
+
+Beside the pair's statistics, a baseline from one model alone: the finetuned model's next-token
+entropy H(P_ft) in nats (``ent``), with the same summaries, histograms and store rankings
+(``ent_max``, ``ent_mean``): where the pair differs most (KL) beside where the finetuned model
+alone is least certain. If the top KL contexts are merely the most uncertain ones, KL adds little.
 """
 from __future__ import annotations
 
@@ -24,9 +29,11 @@ from ..errors import ConfigError
 from .base import DiffMethod, MethodResult, PairBatch, check_layer_value, resolve_layer_option, row_chunks
 from .store import Example, ExampleRow, ExamplesStore
 
-__all__ = ["KLConfig", "KLResult", "TokenKL", "StatSummary", "Histogram", "STATS", "BINS"]
+__all__ = ["KLConfig", "KLResult", "TokenKL", "StatSummary", "Histogram", "STATS", "BASELINES", "BINS"]
 
-STATS = ("kl", "norm", "cos")  # KL(P_ft‖P_base) in nats; ‖h_ft − h_base‖; 1 − cos(h_ft, h_base)
+# KL(P_ft‖P_base) in nats; ‖h_ft − h_base‖; 1 − cos(h_ft, h_base); baseline: H(P_ft) in nats
+STATS = ("kl", "norm", "cos", "ent")
+BASELINES = ("ent",)  # the statistics read from one model alone
 
 # Fixed bins (part of the method's version): log10-spaced edges, values below the first edge count
 # in the underflow bin and above the last in the overflow bin. KL and cosine distance are ≥ 0 and
@@ -35,6 +42,7 @@ BINS: dict[str, tuple[float, float, int]] = {  # stat -> (log10 low, log10 high,
     "kl": (-6.0, 2.0, 64),
     "norm": (-3.0, 4.0, 56),
     "cos": (-7.0, math.log10(2.0), 60),
+    "ent": (-5.0, 1.5, 65),  # up to 31.6 nats (ln V is 10.8 for a vocabulary of 49,152)
 }
 
 
@@ -86,13 +94,14 @@ class StatSummary(BaseModel):
 class KLResult(MethodResult):
     layer: int
     skip_positions: int
-    stats: dict[str, StatSummary]  # "kl", "norm", "cos"
+    stats: dict[str, StatSummary]  # "kl", "norm", "cos" and the baseline "ent"
+    baselines: list[str] = list(BASELINES)  # the stats of one model alone (H(P_ft)), not of the pair
     store: str  # the examples store's file name (beside the result)
 
 
 class TokenKL(DiffMethod):
     name: ClassVar[str] = "kl"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: the baseline H(P_ft)
     result_type: ClassVar[type[MethodResult]] = KLResult
 
     def __init__(self, config: KLConfig | None = None, **options: Any):
@@ -158,15 +167,19 @@ class TokenKL(DiffMethod):
         lf = batch.logits("ft").reshape(-1, V)
         lb = batch.logits("base").reshape(-1, V).to(lf.device)  # a split pair: both on ft's device
         kl = torch.empty(lf.shape[0], dtype=torch.float32, device=lf.device)
+        ent = torch.empty_like(kl)
         for s in row_chunks(lf.shape[0], V, self.config.chunk_elements):
             pf, pb = F.log_softmax(lf[s], dim=-1), F.log_softmax(lb[s], dim=-1)
             kl[s] = F.kl_div(pb, pf, reduction="none", log_target=True).sum(-1).clamp_min(0.0)
+            # H(P_ft) = −Σ p log p; a logit of −inf (p = 0) contributes 0, not nan
+            ent[s] = (pf.exp() * -pf.clamp_min(torch.finfo(pf.dtype).min)).sum(-1).clamp_min(0.0)
         hf = batch.hidden["ft"][self.layer].float()
         hb = batch.hidden["base"][self.layer].float().to(hf.device)
         norm = (hf - hb).norm(dim=-1)
         cos = (1.0 - F.cosine_similarity(hf, hb, dim=-1, eps=1e-12)).clamp_min(0.0)
         B, T = batch.ids.shape
-        return {"kl": kl.reshape(B, T).cpu(), "norm": norm.reshape(B, T).cpu(), "cos": cos.reshape(B, T).cpu()}
+        return {"kl": kl.reshape(B, T).cpu(), "norm": norm.reshape(B, T).cpu(), "cos": cos.reshape(B, T).cpu(),
+                "ent": ent.reshape(B, T).cpu()}
 
     def update(self, batch: PairBatch) -> None:
         vals = self.values(batch)
