@@ -115,13 +115,11 @@ def test_mining_evidence_baseline_control_and_missing(tmp_path):
 
 
 def test_experiment_cell_numbers_from_the_methods_block():
-    from difflens.run.experiment import _method_numbers
-
     me = MethodEval(method="mining", dataset="wiki", title="Diff mining", cost={"seconds": 2.0, "forward_tokens": 10.0},
                     relevance={"m": {"role": "method", "max": 40.0, "mean": 40.0, "lists": []},
                                "b": {"role": "baseline", "max": 5.0, "mean": 5.0, "lists": []}},
                     identification={"rank": 2, "n_candidates": 16, "true": "cake_bake", "scores": {}})
-    row = _method_numbers(me)
+    row = me.numbers()
     assert (row["relevance"], row["baseline"], row["control"], row["rank"]) == (40.0, 5.0, None, 2)
     assert row["seconds"] == 2.0 and row["similarity"]["method"] is None
 

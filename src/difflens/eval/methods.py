@@ -66,6 +66,19 @@ class MethodEval(BaseModel):
         vals = [s.mean for name, s in self.similarity.items() if self.similarity_roles.get(name) == role]
         return max(vals) if vals else None
 
+    def numbers(self) -> dict[str, Any]:
+        """The method's row of a comparison (the shape of ``Cell.methods``): relevance of its best list
+        (max and mean over groups), of its best baseline and control, similarity to D_ft per role,
+        identification rank, cost, what is missing."""
+        ident = self.identification or {}
+        return {"title": self.title, "relevance": self.role_relevance("method"),
+                "relevance_mean": self.role_relevance("method", "mean"), "baseline": self.role_relevance("baseline"),
+                "control": self.role_relevance("control"),
+                "similarity": {r: self.role_similarity(r) for r in ("method", "baseline", "control")},
+                "rank": ident.get("rank"), "n_candidates": ident.get("n_candidates"),
+                "seconds": self.cost.get("seconds"), "forward_tokens": self.cost.get("forward_tokens"),
+                "missing": list(self.missing)}
+
 
 def _relevance(ev: Evidence, grader: Any, description: str, frequent: Sequence[str],
                memo: dict[tuple[str, ...], list[bool]]) -> dict[str, NameRelevance]:

@@ -250,7 +250,7 @@ def amplify_evidence(layout: RunLayout, dataset: str, *, k: int = TOP) -> Eviden
         sel = [r for r in rs if r.get("role") == role]
         return [r["text"] for r in sel], [r.get("prompt", "") for r in sel]
 
-    beta = res.get("beta")
+    beta = res.get("chosen_beta", res.get("beta"))
     ev = Evidence(method="amplify", dataset=dataset, title=f"Logit-difference amplification (β = {beta})",
                   facts={"beta": beta, "grid": res.get("grid", [])})
     amp, p = texts("amplified", rows)

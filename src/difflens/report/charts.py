@@ -23,9 +23,12 @@ def _nice_ticks(vmax: float, n: int = 4) -> list[float]:
 
 def bar_chart(values: Sequence[float], *, labels: Sequence[str], refs: Sequence[tuple[float, str, str]] = (),
               points: Sequence[Sequence[float]] = (), y_label: str = "", x_label: str = "position j",
-              width: int = 520, height: int = 230, bar_color: str = "#3b6fb6", title: str = "") -> str:
+              width: int = 520, height: int = 230, bar_color: str = "#3b6fb6", title: str = "",
+              tick_labels: Sequence[str] | None = None) -> str:
     """Bars (one per label), optional horizontal reference lines (value, text, css class), and
-    optional dots per bar (e.g. per-prompt values)."""
+    optional dots per bar (e.g. per-prompt values). ``labels`` name the bars (tooltips; under the axis,
+    thinned to about 24); ``tick_labels``, when given, is what is written under each bar instead
+    ("" for none: e.g. only the decades of a log-binned histogram)."""
     ml, mr, mt, mb = 52, 16, 14, 40
     pw, ph = width - ml - mr, height - mt - mb
     all_pts = [p for ps in points for p in ps]
@@ -55,8 +58,10 @@ def bar_chart(values: Sequence[float], *, labels: Sequence[str], refs: Sequence[
                    f'fill="{bar_color}" rx="2"><title>{esc(labels[i])}: {esc(fmt(v))}</title></rect>')
         if n <= 16 and not points:
             out.append(f'<text class="val" x="{cx:.1f}" y="{yy - 4:.1f}" text-anchor="middle">{esc(fmt(v, 3))}</text>')
-        if i % every == 0:
-            out.append(f'<text class="tick" x="{cx:.1f}" y="{mt + ph + 15}" text-anchor="middle">{esc(labels[i])}</text>')
+        tick = (tick_labels[i] if i < len(tick_labels) else "") if tick_labels is not None else (
+            labels[i] if i % every == 0 else "")
+        if tick:
+            out.append(f'<text class="tick" x="{cx:.1f}" y="{mt + ph + 15}" text-anchor="middle">{esc(tick)}</text>')
         if i < len(points):
             for p in points[i]:
                 out.append(f'<circle cx="{cx:.1f}" cy="{y(p):.1f}" r="3" class="dot"><title>{esc(fmt(p))}</title></circle>')
@@ -122,10 +127,11 @@ def _frame(width: int, height: int, title: str, ticks: list[float], y, ml: int, 
 def line_chart(series: Sequence[tuple[str, Sequence[float]]], *, labels: Sequence[str],
                bands: Sequence[tuple[float, float, str]] = (), y_label: str = "", x_label: str = "position j",
                width: int = 520, height: int = 240, title: str = "", y_min: float | None = None,
-               y_max: float | None = None) -> str:
+               y_max: float | None = None, tick_labels: Sequence[str] | None = None) -> str:
     """One line per (name, values) over ``labels`` (values may be negative), a legend, and optional
     horizontal bands (mean, std, label): a dotted line at the mean and a shaded ±std area —
-    the baseline a series must clear."""
+    the baseline a series must clear. Under the axis: ``tick_labels`` when given ("" for none), else
+    ``labels`` thinned to about 24."""
     ml, mr, mt, mb = 52, 16, 14, 40
     cols = 2 if any(len(name) > 16 for name, _ in series) else 3
     legend_h = 16 * ((len(series) + cols - 1) // cols)
@@ -148,8 +154,12 @@ def line_chart(series: Sequence[tuple[str, Sequence[float]]], *, labels: Sequenc
     def x(i: int) -> float:
         return ml + slot * (i + 0.5)
 
+    every = max(1, math.ceil(n / 24))
     for i, lab in enumerate(labels):
-        out.append(f'<text class="tick" x="{x(i):.1f}" y="{mt + ph + 15}" text-anchor="middle">{esc(lab)}</text>')
+        tick = (tick_labels[i] if i < len(tick_labels) else "") if tick_labels is not None else (
+            lab if i % every == 0 else "")
+        if tick:
+            out.append(f'<text class="tick" x="{x(i):.1f}" y="{mt + ph + 15}" text-anchor="middle">{esc(tick)}</text>')
     placed: list[float] = []
     for m, s, text in bands:
         out.append(f'<rect x="{ml}" y="{y(m + s):.1f}" width="{pw}" height="{max(y(m - s) - y(m + s), 0.5):.1f}" '
@@ -226,14 +236,22 @@ def interval_chart(rows: Sequence[tuple[str, float, float]], *, x_label: str = "
     return "".join(out)
 
 
+#: Colours of the marks a grouped bar chart draws across its bars (baseline, control, ...).
+MARK_COLORS = ("#111827", "#a21caf", "#b45309")
+
+
 def grouped_bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], *, y_label: str = "",
-                      width: int = 640, height: int = 250, title: str = "", y_max: float | None = None) -> str:
-    """One cluster of bars per group (e.g. organism), one bar per series (e.g. source); values ≥ 0."""
+                      width: int = 640, height: int = 250, title: str = "", y_max: float | None = None,
+                      marks: Sequence[tuple[str, Sequence[Sequence[float | None]]]] = ()) -> str:
+    """One cluster of bars per group (e.g. organism), one bar per series (e.g. source); values ≥ 0.
+    ``marks``: (name, values[series][group]) drawn as a short horizontal line across each bar (e.g.
+    the baseline and the control a method's bar must clear; None: no mark on that bar)."""
     ml, mr, mt, mb = 52, 16, 14, 58
-    legend_h = 16 * ((len(series) + 2) // 3)
+    legend_h = 16 * ((len(series) + len(marks) + 2) // 3)
     height += legend_h
     pw, ph = width - ml - mr, height - mt - mb - legend_h
-    vmax = y_max if y_max is not None else max([v for _, vs in series for v in vs] + [1e-9]) * 1.08
+    mark_vals = [v for _, per in marks for vs in per for v in vs if v is not None]
+    vmax = y_max if y_max is not None else max([v for _, vs in series for v in vs] + mark_vals + [1e-9]) * 1.08
     ticks = _nice_ticks(vmax)
     top = max(ticks[-1], vmax)
 
@@ -251,6 +269,18 @@ def grouped_bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequenc
             v = vs[g]
             out.append(f'<rect x="{x0 + k * bw:.1f}" y="{y(v):.1f}" width="{bw - 1:.1f}" height="{mt + ph - y(v):.1f}" '
                        f'fill="{PALETTE[k % len(PALETTE)]}"><title>{esc(name)} · {esc(sname)}: {esc(fmt(v))}</title></rect>')
+            for m, (mname, per) in enumerate(marks):
+                mv = per[k][g] if k < len(per) and g < len(per[k]) else None
+                if mv is None:
+                    continue
+                color = MARK_COLORS[m % len(MARK_COLORS)]
+                dash = ' stroke-dasharray="3 2"' if m % 2 else ""
+                x1, x2, ym = x0 + k * bw - 1.5, x0 + (k + 1) * bw + 0.5, y(mv)
+                out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{ym:.1f}" y2="{ym:.1f}" stroke="#fff" '
+                           f'stroke-width="4.5" opacity="0.9"/>')  # a halo: the mark reads on any bar
+                out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{ym:.1f}" y2="{ym:.1f}" stroke="{color}" '
+                           f'stroke-width="2.2"{dash}><title>{esc(name)} · {esc(sname)} · {esc(mname)}: '
+                           f'{esc(fmt(mv))}</title></line>')
         out.append(f'<text class="tick" x="{ml + slot * (g + 0.5):.1f}" y="{mt + ph + 14}" text-anchor="middle">'
                    f'{esc(name[:18])}</text>')
     out.append(f'<line class="axis" x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}"/>')
@@ -259,5 +289,12 @@ def grouped_bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequenc
         lx, yy = ml + (k % 3) * (pw / 3), ly + 16 * (k // 3)
         out.append(f'<rect x="{lx:.1f}" y="{yy - 9:.1f}" width="10" height="10" fill="{PALETTE[k % len(PALETTE)]}"/>')
         out.append(f'<text class="tick" x="{lx + 14:.1f}" y="{yy:.1f}">{esc(sname)}</text>')
+    for m, (mname, _) in enumerate(marks):
+        k = len(series) + m
+        lx, yy = ml + (k % 3) * (pw / 3), ly + 16 * (k // 3)
+        dash = ' stroke-dasharray="3 2"' if m % 2 else ""
+        out.append(f'<line x1="{lx:.1f}" x2="{lx + 12:.1f}" y1="{yy - 4:.1f}" y2="{yy - 4:.1f}" '
+                   f'stroke="{MARK_COLORS[m % len(MARK_COLORS)]}" stroke-width="2.2"{dash}/>')
+        out.append(f'<text class="tick" x="{lx + 16:.1f}" y="{yy:.1f}">{esc(mname)}</text>')
     out.append("</svg>")
     return "".join(out)

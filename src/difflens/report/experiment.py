@@ -9,6 +9,7 @@ from ..rundir.artifacts import Cell, ExperimentResult
 from ..files import atomic_write_text
 from .charts import grouped_bar_chart, line_chart
 from .evaluation import SOURCE_NAMES
+from .methods import COMPARISON_HEAD, TITLES, comparison_cells
 from .style import CSS
 from .text import esc, fmt, html_table
 
@@ -107,6 +108,50 @@ def _identification(cells: list[Cell]) -> str:
             + _table(["organism", "ADL rank", "blackbox rank", "candidates"], rows))
 
 
+METHOD_ORDER = ("adl", "mining", "kl", "amplify")
+SHORT = {"adl": "ADL (δ̄ Patchscope)", "mining": "diff mining", "kl": "KL peaks", "amplify": "amplification"}
+
+
+def _methods(cells: list[Cell]) -> str:
+    """Organism × method: relevance vs baseline vs control, similarity, identification rank and cost
+    (one table), and the methods' relevance per organism with their baselines and controls (one chart)."""
+    with_m = [c for c in cells if c.methods]
+    names = [m for m in METHOD_ORDER if any(m in c.methods for c in with_m)]
+    names += sorted({m for c in with_m for m in c.methods} - set(names))
+    rows, missing = [], []
+    for c in with_m:
+        present = [m for m in names if m in c.methods]
+        for i, m in enumerate(present):
+            n = c.methods[m]
+            first = (f'<td rowspan="{len(present)}" class="org"><b>{esc(_label(c))}</b></td>' if i == 0 else "")
+            cells_html = "".join(f"<td>{x}</td>" for x in [esc(TITLES.get(m, m)), *comparison_cells(n)])
+            rows.append(f"<tr>{first}{cells_html}</tr>")
+            missing += [f"<li><b>{esc(_label(c))}</b> · {esc(m)}: {esc(x)}</li>" for x in n.get("missing") or []]
+    head = "".join(f"<th>{h}</th>" for h in ["organism", "method", *COMPARISON_HEAD])
+    table = f'<table class="num compact methods"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+    def rel(key: str, m: str) -> list[float | None]:
+        return [c.methods.get(m, {}).get(key) for c in with_m]
+
+    graded = [m for m in names if any(v is not None for v in rel("relevance", m))]  # amplification: texts only
+    chart = grouped_bar_chart([_label(c) for c in with_m],
+                              [(SHORT.get(m, m), [v or 0.0 for v in rel("relevance", m)]) for m in graded],
+                              marks=[("its baseline", [rel("baseline", m) for m in graded]),
+                                     ("its control", [rel("control", m) for m in graded])],
+                              y_label="% relevant (top-20 tokens)", y_max=100,
+                              width=max(640, 60 + 26 * len(graded) * len(with_m)),
+                              title="token relevance per method, with its baseline and control") if graded else ""
+    note = (f"<details><summary>not computed ({len(missing)})</summary><ul>{''.join(missing)}</ul></details>"
+            if missing else "")
+    return ('<p class="muted small">Every diffing method graded by the same relevance grader on each organism: the '
+            "share of its top-20 tokens tied to the objective (the best list; ADL: max over positions), beside its "
+            "baseline (what one model alone gives) and its control (the method on a pair with small random weight "
+            "noise instead of a finetune, or ADL's random vector); the similarity of its texts to D_ft; the rank of "
+            "the true objective among the candidates from its own evidence; the cost. Bars: the method; black "
+            "line: its baseline; dashed magenta line: its control. ▲: above both.</p>"
+            f'<div class="chartrow">{chart}</div>{table}{note}')
+
+
 def _organisms(cells: list[Cell]) -> str:
     rows = []
     for c in cells:
@@ -158,7 +203,9 @@ def _mixing(cells: list[Cell]) -> str:
 
 def experiment_html(result: ExperimentResult) -> str:
     organisms = [c for c in result.cells if not c.mix_ratio]
-    sections = [
+    first = ([("methods", "Diffing methods compared", _methods(result.cells))]
+             if any(c.methods for c in result.cells) else [])
+    sections = [*first,
         ("relevance", "Token relevance (Fig. 2a)", _relevance(organisms or result.cells)),
         ("steering", "Steering similarity (Fig. 2b)", _similarity(organisms or result.cells)),
         ("causal", "Causal effect (Fig. 7)", _causal(result.cells)),

@@ -107,3 +107,94 @@ def gather(layout: RunLayout) -> tuple[dict[str, Any], list[Slice]]:
             s.gens = try_load(layout.steering_generations(dataset, li), lambda p: load_jsonl(Generation, p))
             slices.append(s)
     return manifest, slices
+
+
+# ---------------------------------------------------------------------------------------------
+# the other diffing methods (difflens.methods): what each surfaces, and how it was graded
+# ---------------------------------------------------------------------------------------------
+#: The methods with a section of their own below ADL's, in the order they are shown.
+METHOD_ORDER = ("mining", "kl", "amplify")
+#: Ranked contexts the KL section shows: store statistic -> how many.
+KL_CONTEXTS = {"kl_max": 10, "norm_max": 5, "ent_max": 5}
+
+
+@dataclass
+class MethodPart:
+    """One computed method on one dataset: its evidence, its raw result (and its control's), and
+    for KL the top contexts from the examples store (statistic -> list of Example)."""
+
+    name: str
+    dataset: str
+    evidence: Loaded = field(default_factory=Loaded)
+    result: Loaded = field(default_factory=Loaded)  # the result JSON as a dict
+    control: Loaded = field(default_factory=Loaded)  # the noise control's result JSON
+    contexts: Loaded = field(default_factory=Loaded)  # KL: {stat: [Example]} of the run's pair
+    control_contexts: Loaded = field(default_factory=Loaded)  # KL: {"kl_max": [Example]} of the noise pair
+
+    @property
+    def anchor(self) -> str:
+        return _anchor("method", self.name)
+
+
+@dataclass
+class MethodsData:
+    parts: list[MethodPart] = field(default_factory=list)
+    absent: dict[str, str] = field(default_factory=dict)  # method -> the command that computes it
+    evals: dict[str, Any] = field(default_factory=dict)  # method -> MethodEval (RUN/eval/summary.json)
+    summary: Any = None  # the EvalSummary, when readable
+    eval_error: str | None = None
+    adl: Loaded = field(default_factory=Loaded)  # ADL's Evidence (its steered samples beside amplified ones)
+
+    @property
+    def shown(self) -> bool:
+        """Whether the report has a methods section: some method beside ADL computed, or graded."""
+        return bool(self.parts) or bool(self.evals)
+
+
+def _store_top(path: Path, fingerprint: str | None, wanted: dict[str, int]) -> dict[str, Any]:
+    from ..methods.store import ExamplesStore
+
+    with ExamplesStore.open(path, fingerprint=fingerprint) as store:
+        have = store.ranked_stats()
+        return {stat: store.top(stat, 0, n) for stat, n in wanted.items() if stat in have}
+
+
+def gather_methods(layout: RunLayout) -> MethodsData:
+    """Every diffing method beside ADL that the run has, read defensively (an unreadable artifact is
+    an error in its place, never raised), with the evaluation's per-method block."""
+    from ..methods.evidence import UNITS, adl_evidence, available, evidence
+
+    data = MethodsData()
+    try:
+        avail = available(layout)
+    except Exception:  # noqa: BLE001 - no method results, or a layout this version cannot read
+        avail = {}
+    for name in METHOD_ORDER:
+        if name not in avail:
+            data.absent[name] = UNITS[name].command.replace("RUN", str(layout.root))
+            continue
+        d = avail[name]
+        part = MethodPart(name, d)
+        part.evidence = try_load(layout.method_result(d, name), lambda p, n=name, d=d: evidence(layout, n, d))
+        part.result = try_load(layout.method_result(d, name), read_json)
+        part.control = try_load(layout.method_result(d, name, "noise"), read_json)
+        if name == "kl" and part.result.ok:
+            fp = part.result.value.get("fingerprint")
+            part.contexts = try_load(layout.method_store(d, "kl"), lambda p: _store_top(p, fp, KL_CONTEXTS))
+            if part.control.ok:
+                cfp = part.control.value.get("fingerprint")
+                part.control_contexts = try_load(layout.method_store(d, "kl", "noise"),
+                                                 lambda p: _store_top(p, cfp, {"kl_max": 5}))
+        data.parts.append(part)
+    if "amplify" in avail and "adl" in avail:
+        d = avail["adl"]
+        data.adl = try_load(layout.root, lambda p: adl_evidence(layout, d))
+    if layout.evaluation().exists():
+        from ..eval.summary import EvalSummary
+
+        try:
+            data.summary = EvalSummary.model_validate_json(layout.evaluation().read_text(encoding="utf-8"))
+            data.evals = dict(data.summary.methods)
+        except Exception as e:  # noqa: BLE001 - the evaluation section shows the same error in place
+            data.eval_error = f"{type(e).__name__}: {str(e)[:300]}"
+    return data

@@ -23,9 +23,10 @@ from ..rundir.layout import RunLayout, atomic_write_text, read_json
 from .charts import bar_chart
 from .agent import agent_section
 from .evaluation import evaluation_section
-from .gather import STAGE_COMMANDS, Norms, Slice, gather
+from .gather import METHOD_ORDER, STAGE_COMMANDS, MethodsData, Norms, Slice, gather, gather_methods
+from .methods import methods_section, methods_toc
 from .style import CSS
-from .text import WS_MARKS, esc, fmt, fmt_scale, html_table, show_token
+from .text import esc, fmt, fmt_scale, html_table, show_token, tok_html
 
 SOURCE_LABEL = {"delta": "δ̄", "base": "h̄<sub>base</sub>", "ft": "h̄<sub>ft</sub>",
                 "delta_via_base": "δ̄ through the base model <span class='ctl'>control</span>",
@@ -38,10 +39,7 @@ PATCHSCOPE_TOP = 20
 LENS_TOP = 10
 
 
-def _tok_html(tok: str) -> str:
-    """HTML of a token: escaped, whitespace markers in a lighter colour."""
-    return "".join(f'<span class="ws">{c}</span>' if c in WS_MARKS else esc(c) for c in show_token(tok))
-
+_tok_html = tok_html
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +146,7 @@ def _header(layout: RunLayout, manifest: dict[str, Any]) -> str:
     return _kv(rows, "kv header")
 
 
-def _stage_overview(layout: RunLayout, slices: list[Slice]) -> str:
+def _stage_overview(layout: RunLayout, slices: list[Slice], methods: MethodsData | None = None) -> str:
     def status(pred_done: bool, pred_any: bool) -> str:
         if pred_done:
             return '<span class="badge ok">done</span>'
@@ -166,6 +164,10 @@ def _stage_overview(layout: RunLayout, slices: list[Slice]) -> str:
         ("lens", "Patchscope and logit lens", status(bool(lens) and all(lens), any(lens_any))),
         ("steer", "steering thresholds and steered generations", status(bool(steer) and all(steer), any(steer_any))),
     ]
+    if methods is not None:
+        n = len(methods.parts)
+        rows.append(("diff", "diff mining, per-token KL and activation differences, logit-difference amplification",
+                     status(n == len(METHOD_ORDER), n > 0)))
     rows.append(("evaluate", "token relevance, steering similarity, causal effect, identification",
                  status(layout.evaluation().exists(), False)))
     # the agent has no command in this version; its results are listed when a run has them
@@ -486,8 +488,9 @@ def _json_stage(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # page
 # ---------------------------------------------------------------------------------------------
-def _toc(slices: list[Slice], extra: Sequence[tuple[str, str]] = ()) -> str:
-    """The side navigation; ``extra`` holds (anchor, title) of the optional sections after the slices."""
+def _toc(slices: list[Slice], extra: Sequence[tuple[str, str]] = (), methods: MethodsData | None = None) -> str:
+    """The side navigation; ``extra`` holds (anchor, title) of the optional sections after the slices
+    (and after the diffing methods' section, when the run has one)."""
     items = ['<li><a href="#overview">Run overview</a></li>', '<li><a href="#stages">Stages</a></li>',
              '<li><a href="#norms">Difference norms ‖δ̄_j‖</a></li>']
     for s in slices:
@@ -495,6 +498,8 @@ def _toc(slices: list[Slice], extra: Sequence[tuple[str, str]] = ()) -> str:
                      f'<li><a href="#{s.anchor}-patchscope">Patchscope</a></li>'
                      f'<li><a href="#{s.anchor}-lens">Logit lens</a></li>'
                      f'<li><a href="#{s.anchor}-steer">Steering</a></li></ul></li>')
+    if methods is not None and methods.shown:
+        items.append(f'<li><a href="#methods">Diffing methods</a>{methods_toc(methods)}</li>')
     items += [f'<li><a href="#{a}">{t}</a></li>' for a, t in extra]
     return f'<nav class="toc"><div class="brand">difflens report</div><ul>{"".join(items)}</ul></nav>'
 
@@ -503,6 +508,7 @@ def build_html(run_dir: str | Path) -> str:
     """The report as an HTML string (see :func:`render_report`)."""
     layout = RunLayout(run_dir)
     manifest, slices = gather(layout)
+    methods = gather_methods(layout)
     models = manifest.get("models", {})
     base = (models.get("base") or {}).get("spec", "?")
     ft = (models.get("finetuned") or {}).get("spec", "?")
@@ -511,7 +517,7 @@ def build_html(run_dir: str | Path) -> str:
         f'<h1>Activation Difference Lens</h1><p class="sub"><b>{esc(ft)}</b> vs base <b>{esc(base)}</b> · run '
         f'<code>{esc(layout.root.resolve())}</code> · generated {esc(now)}</p>',
         f'<section id="overview"><h2>Run overview</h2>{_header(layout, manifest)}</section>',
-        f'<section id="stages"><h2>Stages</h2>{_stage_overview(layout, slices)}</section>',
+        f'<section id="stages"><h2>Stages</h2>{_stage_overview(layout, slices, methods)}</section>',
         f'<section id="norms"><h2>Difference norms ‖δ̄<sub>j</sub>‖</h2><p class="muted small">Norm of the mean '
         f'activation difference per position, with the finetuned model\'s mean activation norm η_ft (dashed) and '
         f'η_base (dotted) for reference.</p>{_norms_section(slices)}</section>',
@@ -519,6 +525,12 @@ def build_html(run_dir: str | Path) -> str:
     if not slices:
         body.append(f"<section><h2>Results</h2>{_empty('collect')}</section>")
     body += [_slice_section(s) for s in slices]
+    if methods.shown:
+        adl_anchor = next((f"{s.anchor}-patchscope" for s in slices if s.patch.ok), None)
+        body.append('<section id="methods"><h2>Diffing methods beside ADL</h2><p class="muted small">What each '
+                    "method surfaces, beside its baseline (what one model alone gives) and its control (the same "
+                    "method on a pair without a narrow finetune). ADL's own results are in the sections above.</p>"
+                    f"{methods_section(methods, adl_anchor)}</section>")
     # results of stages this version has no command for: shown when present, left out otherwise
     optional = [(a, t, p) for a, t, p in (("evaluation", "Evaluation", layout.evaluation()),
                                           ("agent", "Agent", layout.agent())) if p.exists()]
@@ -529,7 +541,7 @@ def build_html(run_dir: str | Path) -> str:
         body.append(f'<section id="llm-usage"><h2>LLM usage</h2>{_json_stage(layout.llm_usage())}</section>')
     body.append('<footer>Generated by difflens. Self-contained: no scripts, no network resources.</footer>')
     title = f"difflens · {ft} vs {base}"
-    toc = _toc(slices, [(a, t) for a, t, _ in optional])
+    toc = _toc(slices, [(a, t) for a, t, _ in optional], methods)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"

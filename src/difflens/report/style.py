@@ -115,4 +115,30 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 .msg.tool { border-left-color: var(--sel); }
 .msg .who { font-size: 11px; color: var(--muted); text-transform: uppercase; letter-spacing: .04em; }
 .msg pre { white-space: pre-wrap; word-break: break-word; margin: 4px 0; font-family: var(--mono); font-size: 12px; }
+.ctl.base { color: #1f5f8b; background: #e3f0f8; }
+.up { color: #17663a; font-size: 11px; }
+table.methods td:first-child, table.methods td.org + td { text-align: left; }
+table.lead td:first-child { text-align: left; }
+figure.fig { margin: 0; }
+figure.fig figcaption { font-size: 12.5px; font-weight: 600; color: #374151; margin: 0 0 2px 52px; }
+table.methods td.org { vertical-align: middle; background: #fafbfc; }
+table.ranked td { padding: 2px 6px; }
+table.ranked td:first-child { color: var(--muted); font-variant-numeric: tabular-nums; text-align: right; }
+table.ranked th { font-size: 12px; font-weight: 600; vertical-align: bottom; }
+.relv { font-weight: 600; color: var(--sel); font-size: 12px; }
+ul.missing { margin: 4px 0 0; padding-left: 20px; }
+.card.method h3 { margin-bottom: 2px; }
+.ctx { font-family: var(--mono); font-size: 12px; white-space: pre-wrap; word-break: break-word; }
+mark.tok { background: #fde68a; color: #1d2330; outline: 1.5px solid #d97706; border-radius: 2px; padding: 0 1px;
+           font-weight: 700; }
+mark.tok .ws { color: #92400e; }
+table.contexts td:nth-child(4) { max-width: 820px; }
+.heat { font-family: var(--mono); font-size: 12.5px; line-height: 1.9; white-space: pre-wrap; word-break: break-word;
+        background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; margin: 6px 0; }
+.heat span, .heat mark { border-radius: 2px; }
+.heat .pre { color: #9aa3b2; }
+.heat mark.peak { outline: 2px solid #1d2330; color: inherit; }
+.heatlegend { display: flex; gap: 8px; align-items: center; font-size: 12px; margin: 2px 0 10px; }
+.heatlegend .ramp { display: inline-block; width: 140px; height: 10px; border-radius: 3px;
+                    background: linear-gradient(90deg, rgba(194,65,12,0.04), rgba(194,65,12,0.85)); }
 """

@@ -55,3 +55,16 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = 
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def tok_html(tok: str) -> str:
+    """HTML of a token: escaped, with its whitespace markers (see :func:`show_token`) in a lighter colour."""
+    return "".join(f'<span class="ws">{c}</span>' if c in WS_MARKS else esc(c) for c in show_token(tok))
+
+
+def hint_html(text: str) -> str:
+    """A plain-text hint with `backticked` commands: escaped, each command in ``<code>``."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code spans
+        return esc(text)
+    return "".join(f"<code>{esc(p)}</code>" if i % 2 else esc(p) for i, p in enumerate(parts))

@@ -130,7 +130,7 @@ def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
         return cell
     s = EvalSummary.model_validate_json(layout.evaluation().read_text(encoding="utf-8"))
     for name, me in s.methods.items():
-        cell.methods[name] = _method_numbers(me)
+        cell.methods[name] = me.numbers()
     le = s.layers()[0] if s.layers() else None
     if le is None:
         return cell
@@ -154,17 +154,6 @@ def _cell_from_run(organism: str, mix: float, run: Path) -> Cell:
         st = A.load(A.SteeringResult, steer_path)
         cell.alpha = {str(t.position): t.alpha for t in st.thresholds}
     return cell
-
-
-def _method_numbers(me: Any) -> dict[str, Any]:
-    """One method's row of the comparison (from the evaluation's ``methods`` block)."""
-    ident = me.identification or {}
-    return {"title": me.title, "relevance": me.role_relevance("method"), "relevance_mean": me.role_relevance("method", "mean"),
-            "baseline": me.role_relevance("baseline"), "control": me.role_relevance("control"),
-            "similarity": {r: me.role_similarity(r) for r in ("method", "baseline", "control")},
-            "rank": ident.get("rank"), "n_candidates": ident.get("n_candidates"),
-            "seconds": me.cost.get("seconds"), "forward_tokens": me.cost.get("forward_tokens"),
-            "missing": list(me.missing)}
 
 
 def _ffa(cfg: ExperimentConfig, organism: str, finetuned: str, run: Path) -> dict[str, float]:
