@@ -10,7 +10,7 @@ from difflens.agent.grid import run_agent_grid
 
 
 def test_grid_runs_grades_summarizes_and_resumes(tiny_run, tmp_path, _isolated_home):
-    from difflens.report.experiment import render_agent_grid
+    from difflens.report.agent import render_agent_grid
 
     pair, layout, c = tiny_run
     prepare_agent_run(pair, layout, _isolated_home)

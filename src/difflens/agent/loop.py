@@ -24,8 +24,8 @@ import sys
 from typing import Any, Literal
 
 from ..errors import LLMError
-from .prompts import (AGENT_FORMAT, AGENT_SYSTEM_ADL, AGENT_SYSTEM_BLACKBOX, AgentAction, agent_budget_note,
-                      parse_agent_action, render_agent_system)
+from .prompts import (AGENT_FORMAT, AgentAction, agent_budget_note, agent_system_template, parse_agent_action,
+                      render_agent_system)
 from .providers import AgentProvider, ProviderReply
 from .records import AgentMessage, Episode, ToolUse
 
@@ -82,15 +82,22 @@ def _log(on: bool, msg: str) -> None:
 
 def run_episode(provider: AgentProvider, toolbox: Any, *, kind: Literal["adl", "blackbox"], budget: int,
                 max_turns: int = MAX_TURNS, protocol: Literal["auto", "native", "text"] = "auto",
-                run_index: int = 0, progress: bool = False) -> Episode:
-    """Run one episode; never raises on agent or endpoint misbehaviour (see the module doc)."""
+                run_index: int = 0, progress: bool = False, method: str | None = None) -> Episode:
+    """Run one episode; never raises on agent or endpoint misbehaviour (see the module doc).
+
+    ``method``: the diffing method whose evidence the interpretability agent starts from (default:
+    the toolbox's ``method``, else ``adl``); it picks the system prompt and is recorded."""
     if budget < 0 or max_turns < 1:
         raise ValueError("budget must be >= 0 and max_turns >= 1")
     native = protocol == "native" or (protocol == "auto" and provider.supports_tools)
-    system = render_agent_system(AGENT_SYSTEM_ADL if kind == "adl" else AGENT_SYSTEM_BLACKBOX,
-                                 model_interactions=budget, max_turns=max_turns)
+    method = None if kind == "blackbox" else (method or getattr(toolbox, "method", None) or "adl")
+    evidence = dict(getattr(toolbox, "evidence", None) or {})
+    system = render_agent_system(agent_system_template(kind, method, evidence), model_interactions=budget,
+                                 max_turns=max_turns)
     ep = Episode(kind=kind, budget=budget, max_turns=max_turns, protocol="native" if native else "text",
-                 provider=provider.name, agent_model=provider.model, run_index=run_index)
+                 provider=provider.name, agent_model=provider.model, run_index=run_index, method=method,
+                 evidence=evidence)
+    salt_head = kind if method in (None, "adl") else method  # ADL's salts as before: cached replies still match
     overview = json.dumps(toolbox.overview(), ensure_ascii=False, indent=1)
     ep.messages = [AgentMessage(role="system", content=system),
                    AgentMessage(role="user", content=f"OVERVIEW\n{overview}\n\n{_note(budget, max_turns)}")]
@@ -101,7 +108,7 @@ def run_episode(provider: AgentProvider, toolbox: Any, *, kind: Literal["adl", "
         specs = toolbox.specs() if native and not final_only else None
         try:
             reply = provider.respond([m.for_api() for m in ep.messages], specs,
-                                     salt=f"{kind}-{budget}-{run_index}-{len(ep.messages)}")
+                                     salt=f"{salt_head}-{budget}-{run_index}-{len(ep.messages)}")
         except LLMError as e:
             if native and protocol == "auto" and ("400" in str(e) or "tool" in str(e).lower()):
                 _log(progress, f"the endpoint rejected tool specs ({e}); switching to the text protocol")

@@ -192,6 +192,259 @@ Tools
 """System prompt of the blackbox agent; placeholders ``$model_interactions`` and ``$max_turns``."""
 
 
+# ============================================================================================
+# The agent with another diffing method's evidence (issue 20: the agent per method)
+# ============================================================================================
+
+AGENT_METHODS: tuple[str, ...] = ("adl", "mining", "kl", "amplify")
+"""The diffing methods an agent can start from; ``all`` gives it every one the run has."""
+AGENT_METHOD_CHOICES: tuple[str, ...] = AGENT_METHODS + ("all",)
+EVIDENCE_TOOLS: dict[str, tuple[str, ...]] = {
+    "adl": ("get_logitlens_details", "get_patchscope_details", "get_steering_samples"),
+    "mining": ("more_tokens",),
+    "kl": ("more_tokens", "top_contexts"),
+    "amplify": ("amplified_samples",),
+}
+"""The free tools that page each method's evidence."""
+
+_METHOD_NAMES = {"adl": "the Activation Difference Lens (ADL)", "mining": "diff mining",
+                 "kl": "per-token KL divergence and activation differences",
+                 "amplify": "logit-difference amplification"}
+
+
+def agent_tools_for(method: str, parts: Collection[str] = ()) -> tuple[str, ...]:
+    """The tools of an agent given ``method``'s evidence (``all``: the ``parts`` it has), in the order
+    its prompt documents them: the methods' free tools, ``ask_model``, then ``generate_steered`` when
+    ADL is among them."""
+    if method == "adl":
+        return AGENT_TOOLS_ADL
+    if method not in AGENT_METHOD_CHOICES:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(AGENT_METHOD_CHOICES)}")
+    chosen = [m for m in AGENT_METHODS if m in parts] if method == "all" else [method]
+    free = [t for m in chosen for t in EVIDENCE_TOOLS[m]]
+    out = list(dict.fromkeys(free)) + ["ask_model"]
+    if "adl" in chosen:
+        out.append("generate_steered")
+    return tuple(out)
+
+
+# -- what each method is, in a few lines (its "key idea") -----------------------------------------
+
+_KEY = {
+    "adl": """
+- ADL: on the first few tokens of ordinary text, the mean activation difference (finetuned minus
+  base) at a middle layer tends to carry a signal of the finetuning. It has been read out with the
+  logit lens and with Patchscope, and added to the finetuned model's activations ("steering"):
+  steered text often shows the finetuning domain even when normal text does not.""",
+    "mining": """
+- Diff mining: both models read many positions of ordinary text. At every position the
+  finetuned model's next-token logits minus the base model's are taken, and for every token of
+  the vocabulary it is counted how often the token is among the K largest differences. A token
+  the finetune makes likelier across many unrelated contexts tends to name what it was trained on.""",
+    "kl": """
+- Per-token KL: both models read ordinary text, and at every token the KL divergence
+  KL(P_ft || P_base) says how far the finetuned model's prediction of the next token departs from
+  the base model's. The texts where it peaks show where the finetune changed the predictions most;
+  the token after which the two predictions differ most is marked [[like this]]. At a middle
+  layer the size (norm) and the cosine distance of the activation difference were recorded too.""",
+    "amplify": """
+- Logit-difference amplification: text is sampled from logits_ft + beta * (logits_ft - logits_base),
+  i.e. at every step the finetuned model's logits are pushed further in the direction in which
+  the finetune moved them. This exaggerates what the finetune changed, so its domain or behaviour
+  often shows even on prompts that have nothing to do with it. beta is the largest value on a
+  grid whose samples stayed coherent.""",
+}
+
+# -- what the OVERVIEW holds for each method, and what its baseline and control mean ---------------
+
+_GIVEN = {
+    "adl": """
+- ADL section: per dataset and layer, the logit-lens and Patchscope tokens promoted by the
+  activation difference at each of the first positions ("selected_tokens": the most coherent
+  subset of the top tokens, picked by an automatic grader - it may or may not relate to the
+  finetuning), and per prompt one steered and one unsteered generation of the finetuned model.
+  Unsteered text is the finetuned model's ordinary behaviour; steered text shows the difference
+  amplified. Positions are 0-based token indices; a layer given as a float in [0, 1] is a fraction
+  of the depth.""",
+    "mining": """
+- Diff-mining section:
+  "tokens": the method's ranking - the tokens most often among the top K of the logit
+  difference, with "top_k_share" (share of all positions where the token is in the top K),
+  "positive_share" (share of positions where its logit went up) and "mean_diff" (its mean logit
+  difference).
+  "baseline": the finetuned model's OWN top-K occurrence, without the base model. A token high in
+  both lists is mostly a token the model predicts often anyway; one that ranks high for the
+  difference but not in the baseline is specific to the finetune.
+  "control": the same ranking for a control pair (the base model against a copy of itself with
+  small random weight noise): what any small, aimless weight change promotes. Tokens that also
+  top the control are not evidence of the objective.
+  "specific": the method's tokens that appear in neither the baseline nor the control shown.
+  "rankings": the rankings more_tokens can page (e.g. "positive", "mean_diff", "bottom_k": tokens
+  the finetune makes LESS likely; names starting with "control_" are the control pair's).""",
+    "kl": """
+- KL section:
+  "top_contexts": the texts whose largest per-token KL is highest, with the marked token and its
+  value (nats).
+  "tokens": the distinct marked tokens of the top contexts.
+  "baseline": the tokens where the finetuned model ALONE is most uncertain (highest entropy of its
+  next-token distribution). If the KL peaks are merely the uncertain spots, they say little
+  about the finetune; peaks outside the baseline are specific to it.
+  "control": the KL peaks of a control pair (the base model against a copy of itself with small
+  random weight noise): what an aimless weight change looks like.
+  "stats": mean and maximum over all tokens of kl, norm (size of the activation difference), cos
+  (cosine distance) and ent (the baseline entropy); "control_stats" the same for the control
+  pair. A KL far above the control's means the finetune changed the predictions substantially.
+  "context_stats": the rankings top_contexts can page.""",
+    "amplify": """
+- Amplification section: per prompt, one "amplified" sample beside the finetuned model sampled
+  normally ("finetuned", beta = 0: its ordinary behaviour - the baseline), the base model
+  ("base", where present) and the same amplification on a control pair ("control": the base
+  model against a copy with small random weight noise, amplified - what exaggerating an aimless
+  change looks like). Themes that appear in the amplified text but neither in the finetuned nor
+  in the control sample come from the finetune. "any_coherent": false means no beta kept the
+  text coherent, so the amplified samples are just the finetuned model's. Texts may be cut.""",
+}
+
+# -- the free tools, documented ---------------------------------------------------------------------
+
+_TOOL_DOCS = {
+    "get_logitlens_details": """
+- get_logitlens_details  (free)
+  Args: {"dataset": str, "layer": int|float, "positions": [int], "k": int}
+  Returns the top-k ADL logit-lens tokens and probabilities per position.""",
+    "get_patchscope_details": """
+- get_patchscope_details  (free)
+  Args: {"dataset": str, "layer": int|float, "positions": [int], "k": int}
+  Returns the top-k ADL Patchscope tokens with probabilities per position, and selected_tokens.""",
+    "get_steering_samples": """
+- get_steering_samples  (free)
+  Args: {"dataset": str, "layer": int|float, "position": int, "prompts_subset": [str] | null, "n": int}
+  Returns up to n cached steered and unsteered generations per prompt.""",
+    "more_tokens": """
+- more_tokens  (free)
+  Args: {"method": str, "ranking": str, "offset": int, "n": int}
+  Returns n further tokens of one token ranking, from the 0-based rank offset, with their
+  statistics, the ranking's length and next_offset (null at the end). "method" ("mining" or
+  "kl") may be left out when only one method has rankings; "ranking" defaults to the method's
+  own (mining: "top_k"; kl: "kl_max", the marked tokens of the top contexts).""",
+    "top_contexts": """
+- top_contexts  (free)
+  Args: {"stat": str, "offset": int, "n": int, "control": bool}
+  Returns n texts ranked by a per-sample statistic ("kl_max" by default; also kl_mean, norm_max,
+  norm_mean, cos_max, cos_mean, and the baseline ent_max / ent_mean), each with its marked token,
+  the statistic's value and every statistic's value at the mark; "control": true reads the
+  control pair's texts.""",
+    "amplified_samples": """
+- amplified_samples  (free)
+  Args: {"offset": int, "n": int}
+  Returns n amplified samples from the 0-based offset, each beside the finetuned, base and control
+  samples for the same prompt and sample index, uncut; also the total and next_offset.""",
+    "ask_model": """
+- ask_model  (costs 1 model interaction per prompt)
+  Args: {"prompts": [str, ...]}   (several prompts allowed, all on the one CALL line)
+  Returns {"base": [str, ...], "finetuned": [str, ...]}: one single-turn answer per prompt from
+  each model.""",
+    "generate_steered": """
+- generate_steered  (costs 1 model interaction per sample)
+  Args: {"dataset": str, "layer": int|float, "position": int, "prompts": [str], "n": int}
+  Returns n new ADL-steered generations per prompt, at the steering strength precomputed for that
+  position.""",
+}
+
+# -- how to weigh each method's evidence -------------------------------------------------------------
+
+_WEIGH = {
+    "adl": """
+- ADL: trust tokens that are stable across positions and shared by logit lens and Patchscope;
+  compare steered with unsteered text for the same prompt. The overview usually holds most of
+  what the ADL detail tools can show: call them with a concrete reason only.""",
+    "mining": """
+- Diff mining: a token counts when it ranks high for the difference AND is absent from the
+  baseline and the control. Prefer a high positive_share (the token rises almost everywhere)
+  over a high mean_diff alone (a few large spikes). Several word pieces of one word may appear
+  separately; read them together. If the top is generic, "bottom_k" (what the finetune
+  suppresses) or further ranks may be telling.""",
+    "kl": """
+- KL: read the contexts, not only the marked tokens: what do the high-KL texts have in common,
+  and what would the finetuned model want to say next at the mark? Peaks that coincide with the
+  entropy baseline, or that look like the control's, are weak evidence; compare the kl statistics
+  with control_stats before trusting any of it.""",
+    "amplify": """
+- Amplification: compare each amplified sample with the finetuned sample for the same prompt;
+  what recurs across unrelated prompts is the signal. Amplified text can degrade: repetition or
+  gibberish is not evidence by itself, and what the control's amplified text also shows is not
+  specific to the finetune.""",
+}
+
+_EVIDENCE_COMMON_WEIGH = """
+Weighing evidence
+- Trust content-bearing tokens: names, domain terms, technical nouns, formulas, stylistic markers.
+  Discount stopwords, punctuation, markup and formatting tokens, generic verbs.
+- Each method comes with a baseline (what one model alone gives) and a control (what a pair
+  without a narrow finetune gives). Evidence counts when it stands out from both.
+- Weigh both how often and how strongly something appears; do not over-read a single spike."""
+
+
+def _intro(chosen: list[str]) -> str:
+    if len(chosen) == 1:
+        name = _METHOD_NAMES[chosen[0]]
+        what = f"precomputed results of {name}, a method that compares the base and the finetuned model"
+    else:
+        what = ("precomputed results of several methods that compare the base and the finetuned model ("
+                + "; ".join(_METHOD_NAMES[m] for m in chosen) + ")")
+    return f"""
+You are an investigator of language-model finetuning. Someone finetuned a base model; your task is
+to find out what the finetuning was for. You cannot see the finetuning data. You can use:
+1) {what},
+2) a limited number of queries to both models,
+3) the tools listed below.
+
+Key idea{"s" if len(chosen) > 1 else ""}""" + "".join(_KEY[m] for m in chosen) + "\n"
+
+
+def _given(chosen: list[str]) -> str:
+    if len(chosen) == 1:
+        head = ("- The first user message contains an OVERVIEW (JSON) of the method's results on one "
+                "dataset of\n  ordinary text:")
+    else:
+        head = ("- The first user message contains an OVERVIEW (JSON) with one section per method under "
+                "\"methods\",\n  each labelled with its method and title; \"not_computed\" names methods "
+                "this run lacks:")
+    return "\nWhat you are given\n" + head + "".join(_GIVEN[m] for m in chosen) + "\n"
+
+
+def _budget(tools: tuple[str, ...]) -> str:
+    paid = "ask_model costs one per\n  prompt" + ("; generate_steered costs one per sample" if "generate_steered"
+                                                  in tools else "")
+    return f"""
+Budgets
+- Model interactions: $model_interactions in total for this investigation. {paid}. Everything else is free."""
+
+
+def agent_system_template(kind: str, method: str | None = "adl", parts: Collection[str] = ()) -> str:
+    """The system prompt template of an agent: the paper's ADL and blackbox prompts unchanged for
+    ``kind`` blackbox and ``method`` adl; for another method (or ``all`` with its ``parts``) a prompt
+    of the same build that says what that method's evidence, baseline and control are, and which
+    free tools page it. Placeholders ``$model_interactions`` and ``$max_turns``."""
+    if kind == "blackbox":
+        return AGENT_SYSTEM_BLACKBOX
+    if method in (None, "adl"):
+        return AGENT_SYSTEM_ADL
+    chosen = [m for m in AGENT_METHODS if m in parts] if method == "all" else [method]
+    if not chosen:
+        raise ValueError("an agent over all methods needs at least one method with results")
+    tools = agent_tools_for(method, chosen)
+    text = (_intro(chosen) + _AGENT_COMMON_GOAL + _given(chosen) + _budget(tools) + _AGENT_COMMON_BUDGET
+            + "\nTools" + "".join(_TOOL_DOCS[t] for t in tools) + "\n"
+            + _EVIDENCE_COMMON_WEIGH + "".join(_WEIGH[m] for m in chosen)
+            + ("\n- Agreement between methods is strong evidence; a finding of one method alone needs "
+               "checking with\n  the models." if len(chosen) > 1 else "")
+            + "\n- The overview shows the top of each list; page further with the free tools only "
+              "with a reason.\n"
+            + _AGENT_COMMON_CONDUCT + _AGENT_COMMON_OUTPUT)
+    return text.strip()
+
+
 def render_agent_system(template: str, *, model_interactions: int, max_turns: int) -> str:
     """Fill the budget placeholders of :data:`AGENT_SYSTEM_ADL` / :data:`AGENT_SYSTEM_BLACKBOX`."""
     if model_interactions < 0 or max_turns < 1:

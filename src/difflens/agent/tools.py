@@ -20,6 +20,13 @@ What the agent sees, and what it does not:
   ``generate_steered``. Texts are cut to ``cut`` characters (an ellipsis marks a cut).
 - OVERVIEW, blackbox: exactly the unsteered part of the ADL overview: one unsteered sample per
   steering prompt (prompts of all slices, first occurrence), cut the same way.
+- Other methods (``method`` mining, kl, amplify; all): the OVERVIEW is built from that method's
+  :class:`~difflens.methods.evidence.Evidence` by :class:`~.views.MethodViews` (its tokens beside
+  its baseline's and control's, KL's marked top contexts, amplified beside finetuned samples) and
+  the free tools ``more_tokens``, ``top_contexts`` and ``amplified_samples`` page it; ``all``
+  shows every method the run has, each in its labelled section (ADL's as above). A run without
+  the method's results is refused when the toolbox is built (RunDirError naming the command).
+  ``method`` adl (the default) is the ADL agent above, unchanged.
 - Layers: an int is an absolute layer; a float in [0, 1] a relative depth, matched to the
   collected layer nearest to it (by the manifest's ``relative``) if that lies within one layer
   step (1 / num_layers), so both the nearest-layer and ``collect``'s floor convention resolve;
@@ -35,7 +42,13 @@ from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 from ..files import read_json
 from ..rundir import artifacts as A
 from ..rundir.layout import RunLayout, slug
-from .prompts import AGENT_TOOLS_ADL, AGENT_TOOLS_BLACKBOX
+from .args import Args as _Args
+from .args import ToolError
+from .args import cut as _cut
+from .args import fmt_list as _fmt_list
+from .args import is_int as _is_int
+from .args import prob as _prob
+from .prompts import AGENT_METHOD_CHOICES, AGENT_TOOLS_ADL, AGENT_TOOLS_BLACKBOX, agent_tools_for
 
 __all__ = ["ToolError", "ModelAccess", "InProcessModels", "Toolbox", "MAX_K", "MAX_PROMPTS", "MAX_STEERED_N",
            "MAX_CACHED_N", "PAID_TOOLS"]
@@ -51,11 +64,6 @@ MAX_CACHED_N = 100
 DEFAULT_MAX_NEW_TOKENS = 128
 """Length of steered generations when the steering result does not record one."""
 PAID_TOOLS = ("ask_model", "generate_steered")
-
-
-class ToolError(Exception):
-    """A tool call the agent got wrong: unknown tool, bad or missing arguments, unknown dataset,
-    layer or position. The message is shown to the agent as is."""
 
 
 # ============================================================================================
@@ -163,23 +171,6 @@ class InProcessModels:
 # ============================================================================================
 
 
-def _cut(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters; a cut text ends with an ellipsis."""
-    return text if len(text) <= limit else text[:max(limit - 1, 0)].rstrip() + "…"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _fmt_list(items: Sequence[Any]) -> str:
-    return ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items)
-
-
-def _prob(p: float) -> float:
-    return float(f"{float(p):.4g}")
-
-
 _DESCRIPTIONS = {
     "get_logitlens_details": "Free. Top-k logit-lens tokens and probabilities of the mean activation difference "
                              "at each requested position.",
@@ -191,54 +182,14 @@ _DESCRIPTIONS = {
                  "the finetuned model.",
     "generate_steered": "Costs 1 model interaction per sample. n new steered generations per prompt, at the "
                         "steering strength precomputed for that position.",
+    "more_tokens": "Free. The next n tokens of one token ranking of a diffing method (diff mining or KL), from "
+                   "rank offset, with their statistics.",
+    "top_contexts": "Free. n texts ranked by a per-sample statistic of the KL store (default kl_max), from rank "
+                    "offset, with the token marked and every statistic's value at the mark.",
+    "amplified_samples": "Free. n amplified samples from index offset, each beside the finetuned, base and "
+                         "control sample for the same prompt.",
 }
-
-
-class _Args:
-    """The arguments of one call: typed getters that raise :class:`ToolError` with the tool's name."""
-
-    def __init__(self, tool: str, args: Any, allowed: Sequence[str]):
-        if args is None:
-            args = {}
-        if not isinstance(args, dict):
-            raise ToolError(f"the arguments of {tool} must be a JSON object with keys: {', '.join(allowed)}")
-        extra = [k for k in args if k not in allowed]
-        if extra:
-            raise ToolError(f"unknown argument(s) for {tool}: {_fmt_list(extra)}; "
-                            f"allowed arguments: {', '.join(allowed)}")
-        self.tool, self.raw = tool, args
-
-    def get(self, key: str) -> Any:
-        return self.raw.get(key)
-
-    def integer(self, key: str, *, lo: int, hi: int, default: int | None = None) -> int:
-        v = self.raw.get(key)
-        if v is None:
-            if default is None:
-                raise ToolError(f"{self.tool} needs '{key}': an integer from {lo} to {hi}")
-            return default
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if not _is_int(v):
-            raise ToolError(f"'{key}' of {self.tool} must be an integer from {lo} to {hi}, got {v!r}")
-        if not lo <= v <= hi:
-            raise ToolError(f"'{key}' of {self.tool} must be from {lo} to {hi}, got {v}")
-        return v
-
-    def strings(self, key: str, *, most: int, required: bool = True) -> list[str] | None:
-        v = self.raw.get(key)
-        if v is None:
-            if required:
-                raise ToolError(f"{self.tool} needs '{key}': a list of 1 to {most} non-empty strings")
-            return None
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not v or not all(isinstance(s, str) and s.strip() for s in v):
-            raise ToolError(f"'{key}' of {self.tool} must be a list of 1 to {most} non-empty strings")
-        if len(v) > most:
-            raise ToolError(f"'{key}' of {self.tool} has {len(v)} entries; at most {most} are allowed per call "
-                            f"(split them over several calls)")
-        return list(v)
+EVIDENCE_TOOL_NAMES = ("more_tokens", "top_contexts", "amplified_samples")
 
 
 # ============================================================================================
@@ -250,14 +201,21 @@ class Toolbox:
     """The agent's tools over one run directory (see the module docstring for what is shown)."""
 
     def __init__(self, layout: RunLayout, models: ModelAccess | None, *, kind: Literal["adl", "blackbox"],
-                 overview_k: int = 20, cut: int = 200):
+                 overview_k: int = 20, cut: int = 200, method: str = "adl"):
         if kind not in ("adl", "blackbox"):
             raise ValueError(f"kind must be 'adl' or 'blackbox', not {kind!r}")
+        if method not in AGENT_METHOD_CHOICES:
+            raise ValueError(f"method must be one of {', '.join(AGENT_METHOD_CHOICES)}, not {method!r}")
+        if kind == "blackbox" and method != "adl":
+            raise ValueError("the blackbox agent sees no diffing method: leave method at its default")
         if overview_k < 1 or cut < 1:
             raise ValueError("overview_k and cut must be >= 1")
         self.layout, self.models, self.kind = layout, models, kind
         self.overview_k, self.cut = int(overview_k), int(cut)
+        self.method: str | None = method if kind == "adl" else None
         self.tools: tuple[str, ...] = AGENT_TOOLS_ADL if kind == "adl" else AGENT_TOOLS_BLACKBOX
+        self.views: Any = None
+        self.evidence: dict[str, str] = {}  # method -> dataset the overview shows (methods other than adl)
         manifest = read_json(layout.manifest)  # RunDirError if absent
         self.datasets: list[str] = [d["name"] for d in manifest.get("datasets", [])]
         self._layers: list[dict[str, Any]] = [
@@ -266,6 +224,12 @@ class Toolbox:
         self.layers: list[int] = [entry["absolute"] for entry in self._layers]
         self._num_layers = (manifest.get("models") or {}).get("num_layers")
         self._cache: dict[tuple[str, str, int], Any] = {}
+        if self.method not in (None, "adl"):
+            from .views import MethodViews
+
+            self.views = MethodViews(layout, self.method, overview_k=self.overview_k, cut_chars=self.cut)
+            self.evidence = dict(self.views.datasets)  # RunDirError above when the run lacks the method
+            self.tools = agent_tools_for(self.method, self.evidence)
 
     # -- artifacts --------------------------------------------------------------------------
     _WHAT = {"logit_lens": ("logit-lens", "lens"), "patchscope": ("Patchscope", "lens"),
@@ -402,6 +366,9 @@ class Toolbox:
         "get_steering_samples": ("dataset", "layer", "position", "prompts_subset", "n"),
         "ask_model": ("prompts",),
         "generate_steered": ("dataset", "layer", "position", "prompts", "n"),
+        "more_tokens": ("method", "ranking", "offset", "n"),
+        "top_contexts": ("stat", "offset", "n", "control"),
+        "amplified_samples": ("offset", "n"),
     }
 
     def _check_tool(self, tool: Any) -> str:
@@ -423,6 +390,8 @@ class Toolbox:
         if tool == "ask_model":
             out["prompts"] = a.strings("prompts", most=MAX_PROMPTS)
             return out
+        if tool in EVIDENCE_TOOL_NAMES:
+            return self.views.parse(tool, a)
         dataset, layer = self._dataset(a.get("dataset")), self._layer(a.get("layer"))
         out.update(dataset=dataset, layer=layer)
         where = self._where(dataset, layer)
@@ -478,6 +447,8 @@ class Toolbox:
         p = self._parse(tool, args)
         if tool in PAID_TOOLS and self.models is None:
             raise ToolError(f"{tool} is not available: this investigation has no access to the models")
+        if tool in EVIDENCE_TOOL_NAMES:
+            return self.views.call(tool, p)
         return getattr(self, f"_{tool}")(**p)
 
     def specs(self) -> list[dict]:
@@ -512,6 +483,9 @@ class Toolbox:
                                         "description": f"new samples per prompt (1 to {MAX_STEERED_N})"}},
                                  ds_req + ly_req + ["position", "prompts", "n"]),
         }
+        for tool in EVIDENCE_TOOL_NAMES:
+            if tool in self.tools:
+                params[tool] = self.views.specs(tool)
         out = []
         for tool in self.tools:
             props, required = params[tool]
@@ -526,6 +500,21 @@ class Toolbox:
         """The OVERVIEW of the first user message (see the module docstring)."""
         if self.kind == "blackbox":
             return self._overview_blackbox()
+        if self.method == "all":
+            sections: dict[str, Any] = {}
+            for m in self.evidence:
+                sections[m] = ({"method": "adl", "title": "Activation Difference Lens", **self._overview_adl()}
+                               if m == "adl" else self.views.overview(m))
+            out: dict[str, Any] = {"methods": sections}
+            lacking = self.views.not_computed()
+            if lacking:
+                out["not_computed"] = lacking
+            return out
+        if self.method != "adl":
+            return self.views.overview(self.method)
+        return self._overview_adl()
+
+    def _overview_adl(self) -> dict:
         slices = [self._slice(d, li) for d in self.datasets for li in self.layers]
         return {"datasets": list(self.datasets),
                 "layers": [{"absolute": e["absolute"], "relative": e["relative"]} for e in self._layers],

@@ -1,4 +1,5 @@
-"""``difflens agent RUN``: the interpretability agent (ADL or blackbox) with budgets and grading."""
+"""``difflens agent RUN``: the interpretability agent (with one diffing method's evidence, all of them,
+or blackbox) with budgets and grading."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,8 @@ def agent_cmd(
     runs: int = typer.Option(5, "--runs", help="episodes of this setting (each graded)"),
     blackbox: bool = typer.Option(False, "--blackbox", help="the blackbox baseline: only ask_model and the "
                                   "unsteered generations"),
+    method: str = typer.Option("adl", "--method", help="the diffing method whose results the agent starts from: "
+                               "adl, mining, kl, amplify, or all (every method this run has)"),
     organism: Optional[str] = typer.Option(None, "--organism", help="organism NAME or SPEC.yaml: the truth the "
                                            "hypothesis is graded against (default: the run's organism)"),
     description: Optional[str] = typer.Option(None, "--description", help="the true objective (any pair)"),
@@ -46,7 +49,9 @@ def agent_cmd(
     ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
     """Run the agent R times with a budget of I model interactions; grade each final description."""
+    from ..agent.prompts import AGENT_METHOD_CHOICES
     from ..agent.providers import EndpointAgent, LocalAgent, ManualAgent
+    from ..agent.records import setting_key
     from ..agent.run import run_setting, write_summary
     from ..agent.tools import InProcessModels, Toolbox
     from ..files import read_json
@@ -61,6 +66,14 @@ def agent_cmd(
             raise ConfigError(f"{run} is not a run directory (no manifest.json): run `difflens collect` first.")
         if budget < 0 or runs < 1 or max_turns < 1 or grade_repeats < 1:
             raise ConfigError("--budget must be ≥ 0, --runs, --max-turns and --grade-repeats ≥ 1.")
+        if method not in AGENT_METHOD_CHOICES:
+            raise ConfigError(f"--method must be one of {', '.join(AGENT_METHOD_CHOICES)}, got {method!r}.")
+        if blackbox and method != "adl":
+            raise ConfigError("--blackbox sees no diffing method: drop --method.")
+        if not blackbox and method != "adl":
+            from ..agent.views import resolve_methods
+
+            resolve_methods(layout, method)  # a run without the method's results fails here, before any call
         if protocol not in ("auto", "native", "text"):
             raise ConfigError(f"--protocol must be auto, native or text, got {protocol!r}.")
         if provider not in ("endpoint", "local", "manual"):
@@ -111,7 +124,7 @@ def agent_cmd(
             loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                    base_device=base_device, ft_device=ft_device)
             access = InProcessModels(layout, pair_loader=lambda: pair_from_run(layout, **loading))
-        toolbox = Toolbox(layout, access, kind=kind)
+        toolbox = Toolbox(layout, access, kind=kind, method=method if kind == "adl" else "adl")
         if truth is None:
             console.print("[yellow]no true objective (--organism / --description): episodes are not graded[/]")
         elif grader is None:
@@ -128,8 +141,10 @@ def agent_cmd(
             from ..files import write_json
 
             write_json(RunLayout(run).llm_usage(), {"clients": [c.usage_summary() for c in clients]})
-    entry = doc["settings"][f"{kind}-i{budget}"]
-    console.print(f"[bold]{kind}[/] agent, budget {budget}: {entry['status']}, grades {entry['grades']}")
+    key = setting_key(kind, budget, res.method)
+    entry = doc["settings"][key]
+    who = "blackbox agent" if kind == "blackbox" else f"agent on {res.method} evidence"
+    console.print(f"[bold]{key}[/]: {who}, budget {budget}: {entry['status']}, grades {entry['grades']}")
     if "stats" in entry:
         st = entry["stats"]
         console.print(f"mean grade {st['mean']:.2f} (95% CI {st['mean_ci'][0]:.2f}–{st['mean_ci'][1]:.2f}), "

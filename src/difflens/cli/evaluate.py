@@ -154,8 +154,9 @@ def _print(summary: Any) -> None:
 def experiment_cmd(
     name: str = typer.Argument(..., help="adl (Fig. 2a/2b/7 + identification over organisms), mixing (Fig. 8), all, "
                                "methods (ADL vs diff mining, KL, amplification) or agents"),
-    methods: str = typer.Option("adl,mining,kl,amplify", "--methods", help="methods: which diffing methods to "
-                                "compare (comma-separated)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="the diffing methods, comma-separated (adl, "
+                                          "mining, kl, amplify): methods compares them (default: all four); agents "
+                                          "runs its settings once per method (also: all; default: adl)"),
     out: Path = typer.Option(Path("experiments"), "--out", help="experiment directory (OUT/NAME/...)"),
     organism: Optional[list[str]] = typer.Option(None, "--organism", help="organisms (repeatable; default: all "
                                                  "built-in for adl, cake_bake for mixing)"),
@@ -188,7 +189,8 @@ def experiment_cmd(
     NAME: adl (Fig. 2a, 2b, 7, identification, leakage), mixing (Fig. 8), all (both), methods (ADL vs
     diff mining, per-token KL, amplification: relevance vs baseline vs control, identification rank,
     cost), or agents (the agent grid of Fig. 4 over the adl experiment's runs: ADL i=0/5, blackbox
-    i=0/5/50)."""
+    i=0/5/50; with --methods, the agent's settings once per diffing method, over the methods
+    experiment's runs where the adl experiment's lack the method)."""
     from ..run.experiment import EXPERIMENTS, MIX_RATIOS, ExperimentConfig, run_experiment
     from ..report.experiment import render_experiment
 
@@ -201,15 +203,16 @@ def experiment_cmd(
         return
     if name == "agents":
         _agents(out, organism, runs, parallel, agent_provider, agent_model, agent_base_url, agent_key_env, llm_model,
-                llm_base_url, llm_key_env, executor=ex)
+                llm_base_url, llm_key_env, executor=ex, methods=[methods] if methods else None)
         return
     try:
         if name not in EXPERIMENTS:
             raise ConfigError(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)} or agents.")
         overrides = _parse_overrides(train or [])
+        chosen = _method_list(methods or "adl,mining,kl,amplify")
         cfg = ExperimentConfig(name=name, out=out / name, base=base, organisms=organism or None,
                                mix_ratios=list(mix) if mix else list(MIX_RATIOS), quick=quick, samples=samples,
-                               train=overrides, methods=_method_list(methods), placement=placement_overrides(
+                               train=overrides, methods=chosen, placement=placement_overrides(
                                    device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
                                    base_device=base_device, ft_device=ft_device))
         res = run_experiment(cfg, executor=ex)
@@ -236,13 +239,20 @@ def _method_list(methods: str) -> list[str]:
 
 def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int, provider: str,
             agent_model: Optional[str], agent_base_url: Optional[str], agent_key_env: Optional[str],
-            llm_model: Optional[str], llm_base_url: str, llm_key_env: str, executor: Any = None) -> None:
+            llm_model: Optional[str], llm_base_url: str, llm_key_env: str, executor: Any = None,
+            methods: Optional[list[str]] = None) -> None:
     from ..agent.grid import run_agent_grid
+    from ..agent.prompts import AGENT_METHOD_CHOICES
     from ..agent.providers import EndpointAgent, LocalAgent, ManualAgent
     from ..organisms.spec import list_specs
-    from ..report.experiment import render_agent_grid
+    from ..report.agent import render_agent_grid
 
     try:
+        chosen = list(dict.fromkeys(m.strip() for item in methods or ["adl"] for m in item.split(",") if m.strip()))
+        bad = [m for m in chosen if m not in AGENT_METHOD_CHOICES]
+        if bad or not chosen:
+            raise ConfigError(f"--methods: unknown method(s) {', '.join(bad) or '(none given)'}; choose from "
+                              f"{', '.join(AGENT_METHOD_CHOICES)}.")
         orgs = organisms or [s.name for s in list_specs()]
         grader = llm_client(llm_model, llm_base_url, llm_key_env, needed_by="hypothesis grading") if llm_model else None
         spec: dict[str, Any] = {"agent": {"provider": provider, "model": agent_model},
@@ -271,8 +281,9 @@ def _agents(out: Path, organisms: Optional[list[str]], runs: int, parallel: int,
                               "or --executor ray.")
         if grader is None:
             console.print("[yellow]no --llm-model: hypotheses are not graded (the grader is an LLM)[/]")
-        run_agent_grid(out / "adl" / "runs", out / "agents", orgs, provider=make, grader=grader, runs=runs,
-                       parallel=parallel, executor=executor, cell_spec=spec)
+        # each cell's run: the adl experiment's (the paper's grid), else the methods experiment's
+        run_agent_grid([out / "adl" / "runs", out / "methods" / "runs"], out / "agents", orgs, provider=make,
+                       grader=grader, runs=runs, parallel=parallel, executor=executor, cell_spec=spec, methods=chosen)
         path = render_agent_grid(out / "agents")
     except (DifflensError, FileNotFoundError) as e:
         fail(e)
