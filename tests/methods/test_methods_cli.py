@@ -48,6 +48,11 @@ def test_diff_runs_mining_and_kl_on_a_pair_given_by_paths(tmp_path, dirs):
     (["--methods", "mining,pca"], "unknown method 'pca'; choose from mining, kl"),
     (["--methods", ","], "give at least one method"),
     (["--dataset", "/nonexistent.jsonl"], "unknown dataset"),
+    (["--control", "bogus"], "--control: unknown control 'bogus'; choose from none, noise"),
+    (["--control", "noise", "--control-scale", "big"], "--control-scale: 'big' is neither 'matched' nor a number"),
+    (["--control", "noise", "--control-scale", "-0.1"], "--control-scale: the noise scale σ must be a finite number ≥ 0"),
+    (["--control-scale", "0.01"], "--control-scale needs --control noise"),
+    (["--control-seed", "3"], "--control-seed needs --control noise"),
 ])
 def test_bad_input_is_one_error_before_any_model_loads(tmp_path, dirs, no_model_loads, args, message):
     base, ft, corpus = dirs
@@ -91,3 +96,19 @@ def test_diff_on_a_collected_run_takes_its_pair(tmp_path, dirs):
     assert r.exit_code == 0, r.output
     got = json.loads(next((run / "methods").glob("*/mining.json")).read_text())
     assert got["models"]["base"]["spec"] == base and got["n_samples"] == 4 and got["top_k"] == 3
+
+
+def test_diff_with_a_noise_control_writes_beside_the_real_results(tmp_path, dirs):
+    r = _diff(tmp_path, *dirs, "--top-k", "5", "--layer", "1", "--show", "2", "--control", "noise",
+              "--control-scale", "0.01", "--control-seed", "2")
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "control noise: the base model against itself + noise (σ = 0.01, seed 2" in out
+    assert "control noise: diff mining" in out and "control noise: KL(P_ft‖P_base)" in out
+    assert "baseline, ft alone: entropy H(P_ft)" in out and "pair vs control noise: mean kl" in out
+    (ds,) = list((tmp_path / "run" / "methods").iterdir())
+    real, ctl = json.loads((ds / "kl.json").read_text()), json.loads((ds / "control-noise" / "kl.json").read_text())
+    assert real["control"] is None and ctl["control"] == "noise"
+    assert ctl["models"]["control"]["sigma"] == 0.01 and ctl["models"]["control"]["seed"] == 2
+    assert ctl["stats"]["kl"]["mean"] < real["stats"]["kl"]["mean"]  # σ = 1 % against two random inits
+    assert {p.name for p in (ds / "control-noise").iterdir()} >= {"mining.json", "kl.json", "kl.sqlite"}

@@ -67,6 +67,7 @@ def run_methods_stage(get_pair: Callable[[], Any], layout: RunLayout, chosen: Se
             bits.append("mining: " + " ".join(t.strip() for t in res["mining"].tokens("top_k", 6)))
         if "kl" in res:
             bits.append(f"KL mean {res['kl'].stats['kl'].mean:.3g}")
+    amp = None
     if acfg is not None:
         from .amplify import run_amplify
 
@@ -84,10 +85,12 @@ def run_methods_stage(get_pair: Callable[[], Any], layout: RunLayout, chosen: Se
                 cres = run_methods(ctl, layout, fresh, cfg, progress=progress, control="noise")
                 if "kl" in cres:
                     bits.append(f"noise control KL mean {cres['kl'].stats['kl'].mean:.3g}")
-            if acfg is not None:
+            if acfg is not None and amp is not None:
                 from .amplify import run_amplify
 
-                run_amplify(ctl, layout, acfg, coherence(), dataset=dataset, progress=progress, control="noise")
+                # the noise pair amplified at the real pair's β: the two differ only in the pair
+                run_amplify(ctl, layout, acfg, coherence(), dataset=dataset, progress=progress, control="noise",
+                            beta=amp.beta)
         finally:
             del ctl
     return "; ".join(bits)
