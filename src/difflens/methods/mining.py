@@ -73,7 +73,7 @@ class MiningResult(MethodResult):
     vocab_size: int
     rankings: dict[str, list[TokenStat]]  # RANKINGS name -> top_n entries
 
-    def tokens(self, ranking: str = "top_k", n: int = 20) -> list[str]:
+    def top_tokens(self, ranking: str = "top_k", n: int = 20) -> list[str]:
         return [e.token for e in self.rankings[ranking][:n]]
 
 

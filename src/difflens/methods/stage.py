@@ -64,7 +64,7 @@ def run_methods_stage(get_pair: Callable[[], Any], layout: RunLayout, chosen: Se
 
         res = run_methods(pair, layout, pass_methods, cfg, progress=progress)
         if "mining" in res:
-            bits.append("mining: " + " ".join(t.strip() for t in res["mining"].tokens("top_k", 6)))
+            bits.append("mining: " + " ".join(t.strip() for t in res["mining"].top_tokens("top_k", 6)))
         if "kl" in res:
             bits.append(f"KL mean {res['kl'].stats['kl'].mean:.3g}")
     amp = None

@@ -91,8 +91,11 @@ def load_norms(layout: RunLayout, dataset: str, layer: int) -> Norms:
 
 def gather(layout: RunLayout) -> tuple[dict[str, Any], list[Slice]]:
     if not layout.manifest.exists():
-        raise RunDirError(f"{layout.root} has no manifest.json; it is not a difflens run directory "
-                          f"(run `difflens collect ... --out {layout.root}` first).")
+        models = _methods_pair(layout)  # a run of `difflens diff` only: the pair its results name
+        if models is None:
+            raise RunDirError(f"{layout.root} has no manifest.json and no method results; it is not a difflens run "
+                              f"directory (run `difflens collect ... --out {layout.root}` or `difflens diff` first).")
+        return {"models": models, "datasets": [], "layers": []}, []
     manifest = read_json(layout.manifest)
     layers = manifest.get("layers", [])
     slices = []
@@ -107,6 +110,18 @@ def gather(layout: RunLayout) -> tuple[dict[str, Any], list[Slice]]:
             s.gens = try_load(layout.steering_generations(dataset, li), lambda p: load_jsonl(Generation, p))
             slices.append(s)
     return manifest, slices
+
+
+def _methods_pair(layout: RunLayout) -> dict[str, Any] | None:
+    """The model pair named by the first readable method result of a run that was never collected."""
+    for path in sorted((layout.root / "methods").glob("*/*.json")):
+        try:
+            models = read_json(path).get("models")
+        except RunDirError:
+            continue
+        if isinstance(models, dict) and "base" in models and "finetuned" in models:
+            return models
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
