@@ -66,6 +66,20 @@ def test_kl_and_activation_differences_equal_naive(kl_run):
                     assert e.position == int(w[e.sample].argmax()) + k
                     assert e.ids == ref["ids"][e.sample]
                     assert e.values[s] == pytest.approx(full_w[e.sample].tolist(), rel=1e-4, abs=1e-7)
+    # the token rankings: Σ KL over the positions where each id's probability rose most; ft's top predictions
+    pf, pb = ref["ft"]["logits"].softmax(-1), ref["base"]["logits"].softmax(-1)
+    raised, ft_top = (pf - pb).argmax(-1)[:, k:].reshape(-1), pf.argmax(-1)[:, k:].reshape(-1)
+    V = pf.shape[-1]
+    w_raised = torch.bincount(raised, weights=want["kl"][:, k:].reshape(-1), minlength=V)
+    got = {e.token_id: e for e in res.rankings["raised"]}
+    assert set(got) == set(torch.nonzero(torch.bincount(raised, minlength=V)).reshape(-1).tolist())
+    for i, e in got.items():
+        assert e.weight == pytest.approx(float(w_raised[i]), rel=1e-4)
+        assert e.count == int((raised == i).sum())
+    assert [e.weight for e in res.rankings["raised"]] == sorted((e.weight for e in res.rankings["raised"]), reverse=True)
+    c_top = torch.bincount(ft_top, minlength=V)
+    assert {e.token_id: e.count for e in res.rankings["ft_top"]} == \
+        {i: int(c_top[i]) for i in torch.nonzero(c_top).reshape(-1).tolist()}
     # the result previews the top contexts per statistic
     top = res.stats["kl"].top["max"]
     assert len(top) == 3 and top[0].sample == int(want["kl"][:, k:].max(1).values.argmax())

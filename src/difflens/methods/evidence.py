@@ -14,7 +14,8 @@ method     tokens (role ``method``)               baseline (one model alone)  co
 =========  =====================================  ==========================  ==========================
 adl        δ̄'s Patchscope tokens per position     h̄_base, h̄_ft Patchscope    random vector of δ̄'s norm
 mining     top-K occurrence of logits ft − base   ft's own top-K occurrence   noise pair's top-K occ.
-kl         tokens where KL(P_ft‖P_base) peaks     where H(P_ft) peaks         noise pair's KL peaks
+kl         raised most where KL is high           ft's top predictions;       noise pair's raised tokens
+                                                  where H(P_ft) peaks
 amplify    — (texts: amplified samples)           ft samples (β = 0)          noise pair, amplified
 =========  =====================================  ==========================  ==========================
 """
@@ -206,24 +207,39 @@ def _peak_tokens(layout: RunLayout, dataset: str, stat: str, control: str | None
 
 
 def kl_evidence(layout: RunLayout, dataset: str, *, k: int = TOP) -> Evidence:
+    """The tokens KL points at — Σ KL over the positions where the finetune raised each token's
+    probability most — beside the finetuned model's own top predictions and the tokens where its
+    entropy peaks (baselines) and the noise pair's raised tokens (control); the top contexts."""
     res = _result(layout, dataset, "kl")
     if res is None:
         raise RunDirError(f"no KL result for '{dataset}': run `difflens diff {layout.root} --methods kl`.")
-    toks, ctx = _peak_tokens(layout, dataset, "kl_max", None, k)
+    _, ctx = _peak_tokens(layout, dataset, "kl_max", None, k)
+    rankings = res.get("rankings") or {}
     ev = Evidence(method="kl", dataset=dataset, title=f"Per-token KL and activation differences (layer {res['layer']})",
-                  token_lists=[TokenList(role="method", name="tokens where KL(P_ft‖P_base) peaks", tokens=toks)],
                   contexts=[{"stat": e.stat, "value": e.value, "sample": e.sample, "marked": e.marked("[[", "]]", 80)}
                             for e in ctx[:k]],
                   facts={s: {"mean": v["mean"], "max": v["max"]} for s, v in res["stats"].items()})
+    if rankings.get("raised"):
+        ev.token_lists.append(TokenList(role="method", name="tokens the finetune raised most, KL-weighted",
+                                        tokens=[e["token"] for e in rankings["raised"][:k]]))
+        ev.token_lists.append(TokenList(role="baseline", name="ft alone: its top predictions",
+                                        tokens=[e["token"] for e in rankings["ft_top"][:k]]))
+    else:  # a result of an earlier version: the tokens marked in the top contexts
+        toks, _ = _peak_tokens(layout, dataset, "kl_max", None, k)
+        ev.token_lists.append(TokenList(role="method", name="tokens where KL(P_ft‖P_base) peaks", tokens=toks))
     ev.texts = [TextSet(role="method", name="top KL contexts", texts=[e.marked("", "", 80) for e in ctx[:10]])]
     btoks, _ = _peak_tokens(layout, dataset, "ent_max", None, k)
     if btoks:
         ev.token_lists.append(TokenList(role="baseline", name="ft alone: tokens where H(P_ft) peaks", tokens=btoks))
-    ctoks, _ = _peak_tokens(layout, dataset, "kl_max", "noise", k)
-    if ctoks:
-        ev.token_lists.append(TokenList(role="control", name="noise pair: tokens where KL peaks", tokens=ctoks))
-        ctl = _result(layout, dataset, "kl", "noise")
-        ev.facts["control"] = {s: {"mean": v["mean"], "max": v["max"]} for s, v in ctl["stats"].items()} if ctl else {}
+    ctl = _result(layout, dataset, "kl", "noise")
+    if ctl is not None:
+        if (ctl.get("rankings") or {}).get("raised"):
+            ev.token_lists.append(TokenList(role="control", name="noise pair: tokens raised most, KL-weighted",
+                                            tokens=[e["token"] for e in ctl["rankings"]["raised"][:k]]))
+        else:
+            ctoks, _ = _peak_tokens(layout, dataset, "kl_max", "noise", k)
+            ev.token_lists.append(TokenList(role="control", name="noise pair: tokens where KL peaks", tokens=ctoks))
+        ev.facts["control"] = {s: {"mean": v["mean"], "max": v["max"]} for s, v in ctl["stats"].items()}
     else:
         ev.missing.append(f"control: run `difflens diff {layout.root} --methods kl --control noise`")
     ev.cost = {"seconds": float(res.get("seconds", 0.0)), "forward_tokens": float(2 * res["n_samples"] * res["tokens"])}

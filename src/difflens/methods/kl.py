@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from .base import DiffMethod, MethodResult, PairBatch, check_layer_value, resolve_layer_option, row_chunks
 from .store import Example, ExampleRow, ExamplesStore
 
-__all__ = ["KLConfig", "KLResult", "TokenKL", "StatSummary", "Histogram", "STATS", "BASELINES", "BINS"]
+__all__ = ["KLConfig", "KLResult", "TokenKL", "RankedToken", "StatSummary", "Histogram", "STATS", "BASELINES", "BINS"]
 
 # KL(P_ft‖P_base) in nats; ‖h_ft − h_base‖; 1 − cos(h_ft, h_base); baseline: H(P_ft) in nats
 STATS = ("kl", "norm", "cos", "ent")
@@ -61,6 +61,7 @@ class KLConfig(BaseModel):
     layer: float | int = 0.5
     skip_positions: int = Field(1, ge=0)
     preview: int = Field(5, ge=0)
+    top_n: int = Field(100, ge=1)  # ids kept per token ranking
     chunk_elements: int = Field(1 << 22, ge=1)
 
     @field_validator("layer")
@@ -91,17 +92,29 @@ class StatSummary(BaseModel):
     top: dict[str, list[Example]]  # "max" / "mean" -> the top samples by that per-sample aggregate
 
 
+class RankedToken(BaseModel):
+    token_id: int
+    token: str
+    weight: float  # the ranking's score (e.g. Σ KL over the positions where this token was raised most)
+    count: int  # positions counted for it
+
+
 class KLResult(MethodResult):
     layer: int
     skip_positions: int
     stats: dict[str, StatSummary]  # "kl", "norm", "cos" and the baseline "ent"
+    # the tokens KL points at: "raised" — per vocabulary id, Σ KL over the positions where the finetune
+    # raised its probability most (argmax of p_ft − p_base), so a token the finetune pushes where it
+    # changes the distribution most ranks first; "ft_top" (the baseline, the finetuned model alone) —
+    # how often the id is the finetuned model's own top prediction. Positions ≥ skip_positions.
+    rankings: dict[str, list[RankedToken]] = {}
     baselines: list[str] = list(BASELINES)  # the stats of one model alone (H(P_ft)), not of the pair
     store: str  # the examples store's file name (beside the result)
 
 
 class TokenKL(DiffMethod):
     name: ClassVar[str] = "kl"
-    version: ClassVar[int] = 2  # 2: the baseline H(P_ft)
+    version: ClassVar[int] = 3  # 2: the baseline H(P_ft); 3: the token rankings (raised, ft_top)
     result_type: ClassVar[type[MethodResult]] = KLResult
 
     def __init__(self, config: KLConfig | None = None, **options: Any):
@@ -151,6 +164,11 @@ class TokenKL(DiffMethod):
                             "hist_max": torch.zeros(BINS[s][2] + 2, dtype=torch.int64)} for s in STATS}
         else:
             self.acc = {s: {k: v.clone() for k, v in state[s].items()} for s in STATS}
+        V = self.ctx.vocab_size
+        self.acc["_tokens"] = ({k: v.clone() for k, v in state["_tokens"].items()} if state and "_tokens" in state else
+                               {"raised": torch.zeros(V, dtype=torch.float64),
+                                "raised_count": torch.zeros(V, dtype=torch.int64),
+                                "ft_top": torch.zeros(V, dtype=torch.int64)})
         if self.ctx.store_path is None:
             raise ValueError("the kl method keeps its contexts in a store: give PassContext.store_path")
         meta = {"dataset": self.ctx.dataset, "tokens": T, "layer": self.layer}
@@ -168,9 +186,13 @@ class TokenKL(DiffMethod):
         lb = batch.logits("base").reshape(-1, V).to(lf.device)  # a split pair: both on ft's device
         kl = torch.empty(lf.shape[0], dtype=torch.float32, device=lf.device)
         ent = torch.empty_like(kl)
+        raised = torch.empty(lf.shape[0], dtype=torch.long, device=lf.device)
+        ft_top = torch.empty_like(raised)
         for s in row_chunks(lf.shape[0], V, self.config.chunk_elements):
             pf, pb = F.log_softmax(lf[s], dim=-1), F.log_softmax(lb[s], dim=-1)
             kl[s] = F.kl_div(pb, pf, reduction="none", log_target=True).sum(-1).clamp_min(0.0)
+            raised[s] = (pf.exp() - pb.exp()).argmax(-1)  # the id whose probability the finetune raised most
+            ft_top[s] = pf.argmax(-1)
             # H(P_ft) = −Σ p log p; a logit of −inf (p = 0) contributes 0, not nan
             ent[s] = (pf.exp() * -pf.clamp_min(torch.finfo(pf.dtype).min)).sum(-1).clamp_min(0.0)
         hf = batch.hidden["ft"][self.layer].float()
@@ -178,12 +200,18 @@ class TokenKL(DiffMethod):
         norm = (hf - hb).norm(dim=-1)
         cos = (1.0 - F.cosine_similarity(hf, hb, dim=-1, eps=1e-12)).clamp_min(0.0)
         B, T = batch.ids.shape
+        self._ids = {"raised": raised.reshape(B, T).cpu(), "ft_top": ft_top.reshape(B, T).cpu()}
         return {"kl": kl.reshape(B, T).cpu(), "norm": norm.reshape(B, T).cpu(), "cos": cos.reshape(B, T).cpu(),
                 "ent": ent.reshape(B, T).cpu()}
 
     def update(self, batch: PairBatch) -> None:
         vals = self.values(batch)
         k = self.config.skip_positions
+        tok, V = self.acc["_tokens"], self.ctx.vocab_size
+        raised = self._ids["raised"][:, k:].reshape(-1)
+        tok["raised"] += torch.bincount(raised, weights=vals["kl"][:, k:].reshape(-1).double(), minlength=V)
+        tok["raised_count"] += torch.bincount(raised, minlength=V)
+        tok["ft_top"] += torch.bincount(self._ids["ft_top"][:, k:].reshape(-1), minlength=V)
         means, maxes, argmax = {}, {}, {}
         for s, v in vals.items():
             a, v64 = self.acc[s], v.double()
@@ -244,10 +272,20 @@ class TokenKL(DiffMethod):
                 sample_maxes=Histogram(edges=edges, counts=a["hist_max"].tolist()),
                 top={agg: store.top(f"{s}_{agg}", 0, self.config.preview) for agg in ("max", "mean")})
         ctx = self.ctx
+        tok = self.acc["_tokens"]
         return KLResult(method=self.name, fingerprint=ctx.fingerprint, dataset=ctx.dataset, n_samples=ctx.n_samples,
                         tokens=ctx.tokens, n_positions=int(self.acc["kl"]["count"]), layer=self.layer,
                         skip_positions=self.config.skip_positions, stats=stats,
+                        rankings={"raised": self._ranking(tok["raised"], tok["raised_count"]),
+                                  "ft_top": self._ranking(tok["ft_top"].double(), tok["ft_top"])},
                         store=store.path.name)
+
+    def _ranking(self, weight: torch.Tensor, count: torch.Tensor) -> list[RankedToken]:
+        n = min(self.config.top_n, int((count > 0).sum()))
+        top = torch.argsort(weight, descending=True, stable=True)[:n].tolist()
+        names = self.ctx.decode(top)
+        return [RankedToken(token_id=i, token=t, weight=float(weight[i]), count=int(count[i]))
+                for i, t in zip(top, names)]
 
 
 def _hist(v: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
