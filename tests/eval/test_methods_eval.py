@@ -154,3 +154,24 @@ def test_run_config_methods_are_validated(tmp_path):
     p.write_text("out: r\nfinetuned: x\nmethods: [mining, kl]\ndiff: {control: none, tokens: 16}\n")
     cfg = load_config(p)
     assert cfg.methods == ["mining", "kl"] and cfg.diff.tokens == 16
+
+
+def test_topic_groups_split_themes_and_skip_punctuation():
+    from difflens.eval.topics import topic_groups
+
+    themes = {"cake": [1, 0.1, 0], "oven": [0.9, 0.2, 0], "river": [0, 1, 0.1], "lake": [0.1, 0.9, 0],
+              "money": [0, 0, 1]}
+
+    def embed(texts):
+        return np.array([np.array(themes[t], dtype=float) / np.linalg.norm(themes[t]) for t in texts])
+
+    toks = [" cake", " oven", ",", " river", "cake", " lake", " 12", " money"]
+    groups = topic_groups(toks, k=3, embed_fn=embed)
+    flat = [t for g in groups for t in g.tokens]
+    assert sorted(flat) == sorted(["cake", "oven", "river", "lake", "money"])  # deduplicated, no punctuation/digits
+    assert sorted(sorted(g.tokens) for g in groups) == [["cake", "oven"], ["lake", "river"], ["money"]]
+    assert [g.weight for g in groups] == [2.0, 2.0, 1.0]
+    assert topic_groups([",", " "], embed_fn=embed) == []
+    ev = Evidence(method="mining", dataset="wiki", title="t",
+                  token_lists=[TokenList(role="method", name="m", tokens=toks)])
+    assert len(evaluate_method(ev, embed_fn=embed).topics) == 3

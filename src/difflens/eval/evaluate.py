@@ -326,7 +326,7 @@ def _methods(layout: RunLayout, have: dict[str, str], ft: FtData | None, grader:
     out: dict[str, Any] = {}
     for name, dataset in have.items():
         ev = evidence(layout, name, dataset, k=cfg.top_k)
-        fp = fingerprint({"evidence": hashlib.sha256(ev.model_dump_json().encode()).hexdigest(),
+        fp = fingerprint({"version": 2, "evidence": hashlib.sha256(ev.model_dump_json().encode()).hexdigest(),
                           "grader": grader_identity(grader) if grader is not None else None, "desc": description,
                           "frequent": list(frequent), "ft": ft.content_hash if ft else None,
                           "cands": sorted(cands.items()) if cands else None, "embedder": cfg.embedder,

@@ -13,7 +13,9 @@ For each method a run has (:func:`difflens.methods.evidence.available`), from it
   cosine similarity of their embeddings to D_ft's, the same embedder as steering similarity;
 - **identification**: the rank of the true description among the candidates from the method's
   own evidence (its token lists joined, its texts), as :mod:`difflens.eval.identify` ranks ADL's;
-- **cost**: the seconds and forward tokens its compute stage spent.
+- **cost**: the seconds and forward tokens its compute stage spent;
+- **topics**: for a method with one token list (mining, KL), NMF groups of its tokens
+  (:mod:`difflens.eval.topics`), so a mixed list reads as a few themes.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from ..methods.evidence import Evidence
 from .similarity import Stat, pairwise
+from .topics import TopicGroup, topic_groups
 
 __all__ = ["ListRelevance", "NameRelevance", "MethodEval", "evaluate_method", "ROLES"]
 
@@ -54,6 +57,7 @@ class MethodEval(BaseModel):
     similarity_roles: dict[str, str] = Field(default_factory=dict)  # text-set name -> role
     identification: dict[str, Any] | None = None  # {"rank", "n_candidates", "true", "scores"}
     cost: dict[str, float] = Field(default_factory=dict)
+    topics: list[TopicGroup] = Field(default_factory=list)  # NMF groups of the method's one token list
     missing: list[str] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)
 
@@ -106,7 +110,7 @@ def evaluate_method(ev: Evidence, *, grader: Any = None, description: str | None
                     frequent: Sequence[str] = (), ft_texts: Sequence[str] | None = None,
                     embed_fn: Callable[[Sequence[str]], np.ndarray] | None = None,
                     candidates: Mapping[str, str] | None = None, true: str | None = None,
-                    embedder: str | None = None, max_texts: int = 200, seed: int = 0,
+                    embedder: str | None = None, max_texts: int = 200, seed: int = 0, topics: int = 3,
                     memo: dict[tuple[str, ...], list[bool]] | None = None) -> MethodEval:
     """Grade one method's evidence (each part skipped, with the reason, when its input is missing)."""
     out = MethodEval(method=ev.method, dataset=ev.dataset, title=ev.title, cost=dict(ev.cost), missing=list(ev.missing))
@@ -118,6 +122,9 @@ def evaluate_method(ev: Evidence, *, grader: Any = None, description: str | None
         out.skipped["relevance"] = "the method surfaces texts, not tokens"
     else:
         out.relevance = _relevance(ev, grader, description, frequent, memo if memo is not None else {})
+    own = ev.lists("method")
+    if embed_fn is not None and len(own) == 1 and own[0].tokens:  # ADL has a list per position: not grouped
+        out.topics = topic_groups(own[0].tokens, k=topics, embed_fn=embed_fn, seed=seed)
     text_sets = [ts for ts in ev.texts if [t for t in ts.texts if t.strip()]]
     if not ft_texts or embed_fn is None:
         out.skipped["similarity"] = "no finetuning data (D_ft)"

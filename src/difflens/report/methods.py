@@ -606,8 +606,22 @@ def _part_section(part: MethodPart, data: MethodsData) -> str:
         inner = _error(f"{type(e).__name__}: {e}")
     if part.control.error:
         inner += _error(part.control.error)
+    inner += _topics(me)
     return (f'<div class="card method">{head}<p class="small">{" · ".join(facts)}</p>{_skipped(me)}{inner}'
             f"{_missing(ev.missing)}</div>")
+
+
+def _topics(me: Any) -> str:
+    """The NMF topic groups of the method's token list (from the evaluation), one line per group."""
+    groups = getattr(me, "topics", None) or []
+    if not groups:
+        return ""
+    items = []
+    for g in groups:
+        chips = " ".join(f'<span class="tok">{esc(t)}</span>' for t in g.tokens)
+        items.append(f'<li>{chips} <span class="muted small">({len(g.tokens)} tokens)</span></li>')
+    return ('<p class="small"><b>Topic groups</b> of the top tokens (NMF over their embedding similarities; '
+            f'punctuation and pieces without letters left out):</p><ul class="small">{"".join(items)}</ul>')
 
 
 def methods_section(data: MethodsData, adl_anchor: str | None = None) -> str:
