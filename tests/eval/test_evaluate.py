@@ -163,7 +163,7 @@ def test_missing_inputs_are_skipped_with_reasons(tiny_run):
     pair, layout, c = tiny_run  # collected only: no lens, no steering
     s = evaluate(layout, None, relevance_grader=None, cfg=EvalConfig(**QUICK), pair_loader=lambda: pair,
                  progress=False)
-    assert set(s.skipped) == {"relevance", "similarity", "causal", "identification", "leakage"}
+    assert set(s.skipped) == {"relevance", "similarity", "causal", "identification", "leakage", "methods"}
     assert "--ft-data" in s.skipped["causal"]
     s = evaluate(layout, FT, relevance_grader=KnownWords(frozenset()), cfg=EvalConfig(parts=["relevance", "similarity"],
                  **QUICK), pair_loader=lambda: pair, progress=False)
