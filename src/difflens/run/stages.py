@@ -20,7 +20,7 @@ from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import READERS as PATCHSCOPE_READERS, patchscope
 from ..adl.steering import SteeringConfig, find_threshold, generate, required_coherent
-from ..backends import GenerationBackend, HFBackend, final_generations
+from ..backends import GenerationBackend, HFBackend, final_generations, final_generations_batch
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, pair_from_run  # noqa: F401 - pair_from_run re-exported
@@ -164,16 +164,23 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             for j in todo:
                 th = find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
                                     eta=c.eta_ft, cfg=search_cfg)
-                gens = final_generations(backend, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
-                                         eta=c.eta_ft, cfg=cfg)
-                if cfg.random_control:  # a random direction at the same α·η: what steering does without δ̄
-                    gens += [g.model_copy(update={"control": "random"}) for g in
-                             final_generations(backend, layer=layer, position=j, direction=c.vectors("random")[j],
-                                               alpha=th.alpha, eta=c.eta_ft, cfg=cfg)]
                 partial["thresholds"][str(j)] = th.model_dump()
-                partial["generations"] += [g.model_dump() for g in gens]
                 write_json(partial_path, partial)
                 bar.advance(task)
+        # the final steered (and random-direction control) generations of every searched position
+        # without them, in as few generation calls as memory allows (one batch, a steering vector per row)
+        have = {(g["position"], g.get("control")) for g in partial["generations"] if g["position"] is not None}
+        jobs = []
+        for j in sorted(int(x) for x in partial["thresholds"]):
+            alpha = float(partial["thresholds"][str(j)]["alpha"])
+            if (j, None) not in have:
+                jobs.append((j, c.delta[j], alpha, None))
+            if cfg.random_control and (j, "random") not in have:  # what steering does without δ̄
+                jobs.append((j, c.vectors("random")[j], alpha, "random"))
+        if jobs:
+            gens = final_generations_batch(backend, jobs, layer=layer, eta=c.eta_ft, cfg=cfg)
+            partial["generations"] += [g.model_dump() for g in gens]
+            write_json(partial_path, partial)
         done = sorted(set(pos) | {int(j) for j in partial["thresholds"]})
         res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
                                thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],
