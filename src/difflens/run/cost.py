@@ -191,3 +191,25 @@ def format_seconds(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+# measured by bench/floor.py on 2 CPU cores (SmolLM2-135M, 12-24 new tokens): steering's generation
+# calls ran at 3-5x their floor, the grader at about 3x; estimates assume 4x
+STEER_FLOOR_RATIO = 4.0
+
+
+def steer_flops_estimate(shape: ModelShape, cfg: Any, positions: int, prompt_tokens: int = 32,
+                         grid: int = 1) -> float:
+    """Expected FLOPs of the steering stage for ``positions`` positions of a
+    :class:`~difflens.adl.steering.SteeringConfig` (every row at ``max_new_tokens``; the search's
+    generations: ``search_samples`` per tested α, about ``search_iters + 2·refine_iters`` α's per
+    position with bisection, ~2.5x that with a grid of 10), the grader over every text, plus the
+    calibration and the unsteered final generations once."""
+    n = cfg.max_new_tokens
+    row = generation_flops(shape, prompt_tokens, n)
+    grade = forward_flops(shape, n, logits=n, past=prompt_tokens)
+    tested = (cfg.search_iters + 2 * cfg.refine_iters) * (2.5 if grid > 1 else 1.0)
+    search_rows = tested * cfg.search_samples
+    final_rows = len(cfg.prompts) * cfg.final_samples * (2 if cfg.random_control else 1)
+    once = len(cfg.threshold_prompts) * 2 * cfg.search_samples + len(cfg.prompts) * cfg.final_samples
+    return (positions * (search_rows + final_rows) + once) * row + (positions * search_rows + once) * grade
