@@ -39,6 +39,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/floor.py --json bench-floor.json
 
 clean:
 	rm -rf $(VENV)

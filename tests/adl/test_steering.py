@@ -146,3 +146,25 @@ def test_prompt_sets():
         "Give me some ideas for some fun weekend activities?",
         "Why don't you choose a topic of conversation for us?",
     ]
+
+
+def test_generate_many_one_request_equals_generate(tiny_run):
+    """One request through the batched path is the per-request path, bit for bit (same rows, same
+    vectors, same seed); a zero steering row is unsteered exactly; rows split over calls keep order."""
+    from difflens.adl.steering import GenerationRequest, generate, generate_many
+
+    pair, _, c = tiny_run
+    prompts = ["tell me a story", "give me some ideas"]
+    kw = dict(layer=c.layer, eta=c.eta_ft, temperature=1.1, max_new_tokens=6, seed=5)
+    [got] = generate_many(pair, [GenerationRequest(prompts, c.delta[0], 3.0, 3)], **kw)
+    assert got == generate(pair, prompts, direction=c.delta[0], alpha=3.0, n=3, **kw)
+    [un] = generate_many(pair, [GenerationRequest(prompts, None, 0.0, 2)], **kw)
+    assert un == generate(pair, prompts, direction=None, alpha=0.0, n=2, **kw)
+    # mixed: steered and unsteered rows in one call; the unsteered rows get a zero vector
+    mixed = generate_many(pair, [GenerationRequest(prompts, c.delta[0], 3.0, 2),
+                                 GenerationRequest(prompts, None, 0.0, 2)], **kw)
+    assert [len(r) for r in mixed] == [2, 2] and all(len(s) == 2 for r in mixed for s in r)
+    split = generate_many(pair, [GenerationRequest(prompts, c.delta[0], 3.0, 2),
+                                 GenerationRequest(prompts, None, 0.0, 2)], max_rows=4, **kw)
+    assert [len(r) for r in split] == [2, 2]
+    assert split[0] == generate(pair, prompts, direction=c.delta[0], alpha=3.0, n=2, **kw)  # call 0: seed 5

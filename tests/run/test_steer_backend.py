@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import difflens.backends as backends
 from conftest import PassesEveryOther, write_run_config
-from difflens.adl.steering import SteeringConfig
+from difflens.adl.steering import GenerationRequest, SteeringConfig, generate_many
 from difflens.adl.steering import final_generations as hf_final_generations
 from difflens.backends import HFBackend
 from difflens.errors import ConfigError
@@ -132,17 +132,19 @@ def test_hf_default_is_the_reference_path_unchanged(tiny_run):
     fp = fingerprint({"collect": read_json(layout.collect_stats(c.dataset))["fingerprint"], "layer": c.layer,
                       "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(GRADERS.coherence)})
     assert read_json(layout.stage_record(layout.stage_key("steer", c.dataset, c.layer)))["fingerprint"] == fp
-    # the generations are exactly difflens.adl.steering.final_generations on the pair (same seeds, same calls)
+    # the generations: the unsteered ones exactly difflens.adl.steering.final_generations on the pair; the
+    # steered and random-control ones of every position in one batch (generate_many, a vector per row)
     gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
     expected = hf_final_generations(pair, layer=c.layer, position=None, direction=None, alpha=0.0, eta=c.eta_ft,
                                     cfg=cfg)
-    for j in (0, 1):
-        a = res.alpha(j)
-        expected += hf_final_generations(pair, layer=c.layer, position=j, direction=c.delta[j], alpha=a,
-                                         eta=c.eta_ft, cfg=cfg)
-        expected += [g.model_copy(update={"control": "random"}) for g in
-                     hf_final_generations(pair, layer=c.layer, position=j, direction=c.vectors("random")[j],
-                                          alpha=a, eta=c.eta_ft, cfg=cfg)]
+    jobs = [(j, v, res.alpha(j), ctl) for j in (0, 1)
+            for v, ctl in ((c.delta[j], None), (c.vectors("random")[j], "random"))]
+    outs = generate_many(pair, [GenerationRequest(cfg.prompts, v, a, cfg.final_samples) for _, v, a, _ in jobs],
+                         layer=c.layer, eta=c.eta_ft, temperature=cfg.final_temperature,
+                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
+    for (j, v, a, ctl), per in zip(jobs, outs):
+        expected += [A.Generation(prompt=p, position=j, alpha=a, sample=si, text=t, control=ctl)
+                     for p, texts in zip(cfg.prompts, per) for si, t in enumerate(texts)]
     assert [g.model_dump() for g in gens] == [g.model_dump() for g in expected]
     # an explicit HFBackend is the default, byte for byte
     before = (steering_file.read_bytes(), layout.steering_generations(c.dataset, c.layer).read_bytes())

@@ -163,20 +163,91 @@ def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[floa
     """One sample per row: row ``b`` answers ``prompts[b]`` steered by ``alphas[b]·η·v̂``, all rows in
     one ``generate`` call (None direction or alphas: unsteered). ``side="base"``: the base model,
     unsteered (the control for what the finetuned model says unprompted)."""
-    tok = pair.tokenizer
     if side == "base" and direction is not None:
         raise ValueError("steering applies to the finetuned model; the base side is generated unsteered")
-    ids, mask = encode_prompts_left(pair, prompts, side)
     add = None
     if direction is not None and alphas is not None:
         if len(alphas) != len(prompts):
             raise ValueError(f"{len(alphas)} steering strengths for {len(prompts)} rows")
         add = steering_vectors(direction, alphas, eta)
+    return generate_vectors(pair, prompts, add, layer=layer, temperature=temperature, max_new_tokens=max_new_tokens,
+                            seed=seed, side=side)
+
+
+@torch.no_grad()
+def generate_vectors(pair: ModelPair, prompts: Sequence[str], add: torch.Tensor | None, *, layer: int,
+                     temperature: float, max_new_tokens: int, seed: int, side: str = "ft") -> list[str]:
+    """One sample per row, row ``b`` steered by ``add[b]`` ([B, d]; a zero row is unsteered, bit for
+    bit; None: no hook), all rows in one ``generate`` call on a KV cache after ``torch.manual_seed(seed)``."""
+    tok = pair.tokenizer
+    ids, mask = encode_prompts_left(pair, prompts, side)
     torch.manual_seed(seed)
     with pair.side(side) as model, steering_hook(pair, layer, add, mask):
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
                              top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+@dataclass
+class GenerationRequest:
+    """``n`` samples per prompt steered along ``direction`` at ``alpha`` (None direction: unsteered)."""
+
+    prompts: Sequence[str]
+    direction: torch.Tensor | None
+    alpha: float
+    n: int
+
+
+def rows_per_call(pair: ModelPair | None, context: int, budget_bytes: int | None = None) -> int:
+    """The most rows one ``generate`` call holds: the KV cache of ``context`` tokens per row within
+    ``budget_bytes`` (None: 2 GiB on a CPU, 16 GiB on an accelerator)."""
+    if pair is None:
+        return 256
+    arch = pair.ft_arch
+    cfg = arch.config
+    heads = int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads"))
+    head_dim = int(getattr(cfg, "head_dim", None) or arch.hidden_size // int(getattr(cfg, "num_attention_heads")))
+    dtype_bytes = next(pair.ft_lm.model.parameters()).element_size()
+    per_row = 2 * arch.num_layers * heads * head_dim * dtype_bytes * max(1, context)
+    dev = getattr(pair, "device", "cpu")
+    budget = budget_bytes or ((2 << 30) if torch.device(dev).type == "cpu" else (16 << 30))
+    return max(1, budget // per_row)
+
+
+def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, layer: int, eta: float,
+                  temperature: float, max_new_tokens: int, seed: int,
+                  max_rows: int | None = None) -> list[list[list[str]]]:
+    """Every request's samples (``[request][prompt][sample]``) in as few ``generate`` calls as the
+    KV cache's memory allows (:func:`rows_per_call`): each row carries its own steering vector
+    (zero for an unsteered request). Call ``c`` is seeded ``seed + c``."""
+    rows: list[tuple[str, torch.Tensor | None]] = []
+    for r in requests:
+        vec = None
+        if r.direction is not None:
+            vec = steering_vectors(r.direction, [r.alpha], eta)[0]
+        rows += [(p, vec) for p in r.prompts for _ in range(r.n)]
+    if not rows:
+        return [[] for _ in requests]
+    d = pair.arch.hidden_size
+    longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)) for p in {p for p, _ in rows})
+    chunk = max_rows or rows_per_call(pair, longest + max_new_tokens)
+    n_calls = math.ceil(len(rows) / chunk)
+    chunk = math.ceil(len(rows) / n_calls)  # calls of even size
+    texts: list[str] = []
+    for c in range(n_calls):
+        part = rows[c * chunk:(c + 1) * chunk]
+        steered = any(v is not None for _, v in part)
+        add = torch.stack([v if v is not None else torch.zeros(d) for _, v in part]) if steered else None
+        texts += generate_vectors(pair, [p for p, _ in part], add, layer=layer, temperature=temperature,
+                                  max_new_tokens=max_new_tokens, seed=seed + c)
+    out, i = [], 0
+    for r in requests:
+        per = []
+        for _ in r.prompts:
+            per.append(texts[i:i + r.n])
+            i += r.n
+        out.append(per)
+    return out
 
 
 def generate(pair: ModelPair, prompts: Sequence[str], *, layer: int, direction: torch.Tensor | None, alpha: float,

@@ -22,7 +22,8 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..errors import ConfigError
 
-__all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "check_backend", "backend_for_run", "final_generations"]
+__all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "check_backend", "backend_for_run", "final_generations",
+           "final_generations_batch"]
 
 BACKENDS = ("hf", "vllm")
 
@@ -83,6 +84,37 @@ def final_generations(backend: GenerationBackend, *, layer: int, position: int |
                             temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
     return [Generation(prompt=p, position=position, alpha=alpha if direction is not None else 0.0, sample=s, text=t)
             for p, texts in zip(cfg.prompts, outs) for s, t in enumerate(texts)]
+
+
+def final_generations_batch(backend: GenerationBackend, jobs: Sequence[tuple[int | None, Any, float, str | None]], *,
+                            layer: int, eta: float, cfg: Any) -> list[Any]:
+    """Final generations of several (position, direction, α, control) jobs — each
+    ``final_samples`` per steering prompt, as :func:`final_generations` — in as few generation calls
+    as memory allows: one batch of rows with a steering vector each on the HF backend
+    (:func:`difflens.adl.steering.generate_many`, seeded ``cfg.seed + 17`` per call), one call per
+    job on a backend without per-row vectors. ``control`` (e.g. ``"random"``) marks control rows."""
+    from ..rundir.artifacts import Generation
+
+    if not jobs:
+        return []
+    if isinstance(backend, HFBackend):
+        from ..adl.steering import GenerationRequest, generate_many
+
+        outs = generate_many(backend.pair, [GenerationRequest(cfg.prompts, d, a, cfg.final_samples)
+                                            for _, d, a, _ in jobs],
+                             layer=layer, eta=eta, temperature=cfg.final_temperature,
+                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
+    else:
+        outs = [backend.generate(cfg.prompts, layer=layer, direction=d, alpha=a, eta=eta, n=cfg.final_samples,
+                                 temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens,
+                                 seed=cfg.seed + 17) for _, d, a, _ in jobs]
+    gens = []
+    for (pos, d, a, control), per in zip(jobs, outs):
+        for p, texts in zip(cfg.prompts, per):
+            for si, t in enumerate(texts):
+                g = Generation(prompt=p, position=pos, alpha=a if d is not None else 0.0, sample=si, text=t)
+                gens.append(g.model_copy(update={"control": control}) if control else g)
+    return gens
 
 
 def _pair_of_run(layout: Any) -> Any:

@@ -23,15 +23,19 @@ their ΔCE says how much *any* in-distribution direction matters. The mean and s
 of their ΔCE are reported beside each δ̄_j's.
 
 All directions of one dataset are evaluated in one pass: per batch, the base activations are
-captured once (stopping after layer ℓ) and the clean finetuned CE computed once; then one edited
-finetuned forward per direction. Loss sums are accumulated in float64.
+captured once (stopping after layer ℓ) and the clean finetuned CE and layer-ℓ output computed once;
+each direction's edited forward then restarts above layer ℓ from the cached states (the layers below
+are the same for every direction) with several directions in one forward. Loss sums are accumulated
+in float64; finished batches can be kept in a checkpoint file and an interrupted run resumed.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import sys
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +65,13 @@ class CausalConfig(BaseModel):
     n_random: int = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
     seed: int = 0
+    # text tokens per edited forward (directions share a forward up to it); None: by device. Speed
+    # and memory only, never results: not part of a fingerprint (CausalConfig.semantic)
+    tokens_per_forward: int | None = Field(None, ge=1)
+
+    def semantic(self) -> dict[str, Any]:
+        """The fields that change results."""
+        return self.model_dump(exclude={"tokens_per_forward"})
 
 
 class CausalResult(BaseModel):
@@ -165,14 +176,39 @@ def _ce_sum(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> floa
     return float(F.cross_entropy(lp, x[:, 1:][valid], reduction="none").double().sum())
 
 
+def _ce_row_sums(logits: torch.Tensor, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[R] Σ per row of the per-token losses (fp32) at ``valid`` positions, in fp64 (pads selected
+    away with ``where``, never multiplied)."""
+    R, T, V = logits.shape
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), x[:, 1:].reshape(-1), reduction="none")
+    loss = torch.where(valid.reshape(-1), loss, torch.zeros_like(loss)).double().view(R, T - 1)
+    return loss.sum(1)
+
+
+def directions_per_forward(cfg_tokens: int | None, rows: int, width: int, device: Any) -> int:
+    """How many directions share one forward: ``rows × width × directions`` text tokens at most
+    ``cfg_tokens`` (None: 2,048 on a CPU, 16,384 on an accelerator — bounds the logits' memory)."""
+    budget = cfg_tokens or (2048 if torch.device(device).type == "cpu" else 16384)
+    return max(1, budget // max(1, rows * width))
+
+
 def delta_ce(pair: ModelPair, layer: int, directions: torch.Tensor, ids: Sequence[Sequence[int]], *,
-             batch_size: int = 8, progress: bool | None = None) -> list[float]:
+             batch_size: int = 8, progress: bool | None = None, tokens_per_forward: int | None = None,
+             done: dict[int, list[float]] | None = None,
+             on_batch: Callable[[int, list[float]], None] | None = None) -> list[float]:
     """ΔCE (eq. 2) of each row of ``directions`` [V, d] on the token-id rows ``ids``.
 
     Each text is scored whole (no BOS added: give ids as the model should see them); texts are
-    batched by length and right-padded. Per batch the base activations at ``layer`` and the clean
-    finetuned CE are computed once and reused for all V directions (one edited forward each).
+    batched by length and right-padded. Per batch the base activations at ``layer``, the clean
+    finetuned CE and the finetuned layer-``layer`` output are computed once; each direction's
+    edited forward then restarts above ``layer`` from those cached states
+    (:meth:`~difflens.models.arch.ArchAdapter.restart_after`), several directions per forward
+    (the text batch repeated, ``tokens_per_forward`` text tokens at most).
     Token-weighted: Σ_texts Σ_tokens (edited - clean) / #predicted tokens.
+
+    Resumable: ``done`` maps finished batch indices to their per-direction sums (edited - clean),
+    which are not recomputed; ``on_batch(index, sums)`` is called after each batch computed here.
+    The result is the same either way (the sums are added in batch order).
     """
     layer = pair.arch.resolve_layer(layer)
     units = _unit_directions(directions, pair.arch.hidden_size)
@@ -182,21 +218,52 @@ def delta_ce(pair: ModelPair, layer: int, directions: torch.Tensor, ids: Sequenc
     pad = pad_id(pair.tokenizer)
     V = units.shape[0]
     n_tokens = sum(len(r) - 1 for r in rows)
-    diffs = [0.0] * V
     batches = list(_batches(_length_order(rows), batch_size))
+    done = dict(done or {})
+    per_batch: dict[int, list[float]] = {}
     log = _Log(progress, f"causal effect layer {layer}")
-    log(f"{V} directions on {len(rows)} texts ({n_tokens} predicted tokens), {len(batches)} batches")
+    log(f"{V} directions on {len(rows)} texts ({n_tokens} predicted tokens), {len(batches)} batches"
+        + (f", {sum(1 for b in done if b < len(batches))} already done" if done else ""))
+    arch = pair.ft_arch
     with _eval_mode(pair), torch.no_grad():
         for bi, (_, members) in enumerate(batches):
+            if bi in done and len(done[bi]) == V:
+                per_batch[bi] = [float(v) for v in done[bi]]
+                continue
             x, mask = pad_right([rows[j] for j in members], pad, pair.device)
+            B, T = x.shape
             with pair.base() as model:
                 h_base = pair.arch_of("base").capture(model, x, [layer], attention_mask=mask)[layer]
+            seen: dict[str, torch.Tensor] = {}
+
+            def read(h: torch.Tensor) -> None:
+                seen["h"] = h.detach()
+
             with pair.ft() as model:
-                clean = _ce_sum(model, x, mask)
-                for v in range(V):
-                    with pair.ft_arch.edit_layer(layer, replace_component(units[v], h_base)):
-                        diffs[v] += _ce_sum(model, x, mask) - clean
+                with arch.edit_layer(layer, read):
+                    clean = _ce_sum(model, x, mask)
+                h_ft = seen["h"]
+                valid = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+                step = directions_per_forward(tokens_per_forward, B, T, pair.device)
+                sums: list[float] = []
+                for v0 in range(0, V, step):
+                    vs = range(v0, min(V, v0 + step))
+                    edited = torch.cat([replace_component(units[v], h_base)(h_ft) for v in vs])
+                    n = len(vs)
+                    with arch.restart_after(layer, edited):
+                        logits = model(input_ids=x.repeat(n, 1), attention_mask=mask.repeat(n, 1),
+                                       use_cache=False).logits
+                    row = _ce_row_sums(logits, x.repeat(n, 1), valid.repeat(n, 1)).view(n, B).sum(1)
+                    del logits
+                    sums += [float(r) - clean for r in row]
+            per_batch[bi] = sums
+            if on_batch is not None:
+                on_batch(bi, sums)
             log(f"batch {bi + 1}/{len(batches)}")
+    diffs = [0.0] * V
+    for bi in range(len(batches)):
+        for v in range(V):
+            diffs[v] += per_batch[bi][v]
     return [s / n_tokens for s in diffs]
 
 
@@ -254,13 +321,19 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 def causal_effect(pair: ModelPair, layer: int, deltas: torch.Tensor, ft_ids: Sequence[Sequence[int]],
                   pt_ids: Sequence[Sequence[int]], chat_ids: Sequence[Sequence[int]], cfg: CausalConfig | None = None,
-                  progress: bool | None = None) -> CausalResult:
+                  progress: bool | None = None, *, checkpoint: Path | None = None, key: str = "") -> CausalResult:
     """ΔCE of each row j of ``deltas`` [k, d] (δ̄_j at ``layer``) on D_ft (``ft_ids``) and D_pt
     (``pt_ids``), with the random-difference baseline drawn from ``chat_ids``; see the module docstring.
 
     Each id list contributes its first ``cfg.n_texts`` texts of ≥ 2 tokens, truncated to
     ``cfg.max_len``. Every input is checked before any compute.
+
+    ``checkpoint``: a JSON file that keeps every finished text batch (per dataset, the per-direction
+    sums) under ``key`` (the caller's fingerprint of the inputs); a rerun with the same key resumes
+    from it and gives the same numbers as an uninterrupted run. The caller deletes it when done.
     """
+    from ..files import write_json
+
     cfg = cfg or CausalConfig()
     layer = pair.arch.resolve_layer(layer)
     _unit_directions(deltas, pair.arch.hidden_size, "deltas")
@@ -272,11 +345,30 @@ def causal_effect(pair: ModelPair, layer: int, deltas: torch.Tensor, ft_ids: Seq
     rand = random_difference_vectors(pair, texts["chat"], layer, cfg.n_random, seed=cfg.seed,
                                      batch_size=cfg.batch_size)
     directions = torch.cat([deltas.detach().to("cpu", torch.float32), rand])
+    state: dict[str, Any] = {"key": key, "batches": {"ft": {}, "pt": {}}}
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            old = json.loads(checkpoint.read_text())
+            if old.get("key") == key and old.get("directions") == int(directions.shape[0]):
+                state = old
+                log(f"resuming: {sum(len(b) for b in old['batches'].values())} finished batches in {checkpoint.name}")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    state["directions"] = int(directions.shape[0])
     delta: dict[str, list[float]] = {}
     random_values: dict[str, list[float]] = {}
     for name in ("ft", "pt"):
         log(f"dataset {name}")
-        vals = delta_ce(pair, layer, directions, texts[name], batch_size=cfg.batch_size, progress=progress)
+        finished = {int(b): v for b, v in state["batches"].get(name, {}).items()}
+
+        def keep(bi: int, sums: list[float], name: str = name) -> None:
+            if checkpoint is not None:
+                state["batches"].setdefault(name, {})[str(bi)] = sums
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                write_json(checkpoint, state)
+
+        vals = delta_ce(pair, layer, directions, texts[name], batch_size=cfg.batch_size, progress=progress,
+                        tokens_per_forward=cfg.tokens_per_forward, done=finished, on_batch=keep)
         delta[name], random_values[name] = vals[:k], vals[k:]
     return CausalResult(
         layer=layer, positions=list(range(k)), delta=delta,

@@ -212,10 +212,13 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
         # ---- causal effect -----------------------------------------------------------------
         if "causal" not in summary.skipped:
             fp = fingerprint({"collect": read_json(layout.collect_stats(dataset))["fingerprint"], "layer": layer,
-                              "ft": ft.content_hash, "cfg": cfg.causal.model_dump()})
+                              "ft": ft.content_hash, "cfg": cfg.causal.semantic()})
             def causal() -> Any:
                 log(f"causal effect, {dataset} layer {layer} ({cfg.causal.n_random} random directions)")
-                return _causal(get_pair(), layout, dataset, layer, ft, cfg, progress).model_dump()
+                ck = layout.eval_part_partial(dataset, layer, "causal")
+                res = _causal(get_pair(), layout, dataset, layer, ft, cfg, progress, checkpoint=ck, key=fp)
+                ck.unlink(missing_ok=True)
+                return res.model_dump()
 
             val = part("causal", fp, causal)
             if val is not None:
@@ -361,7 +364,7 @@ def _similarity(gens: Sequence[A.Generation], ft: FtData, chat: Sequence[str], c
 
 
 def _causal(pair: Any, layout: RunLayout, dataset: str, layer: int, ft: FtData, cfg: EvalConfig,
-            progress: bool) -> CausalResult:
+            progress: bool, checkpoint: Path | None = None, key: str = "") -> CausalResult:
     import random
 
     from ..adl.collect import load_collected
@@ -384,7 +387,7 @@ def _causal(pair: Any, layout: RunLayout, dataset: str, layer: int, ft: FtData, 
 
     chat_ids = [rendered_chat_ids(pair.tokenizer, pair.arch, t, max_tokens=L) for t in chats]  # no second BOS
     return causal_effect(pair, layer, c.delta, ids(ft_texts), ids(pt_texts), chat_ids, cfg.causal,
-                         progress=progress)
+                         progress=progress, checkpoint=checkpoint, key=key)
 
 
 def _identification(ps: A.PatchscopeResult, gens: Sequence[A.Generation], cands: dict[str, str], true: str,

@@ -397,6 +397,7 @@ class ArchAdapter:
         ``fn`` returns a replacement tensor, or None to leave the output unchanged (a read).
         """
         def hook(_module: nn.Module, _inp: Any, output: Any) -> Any:
+            self._tensor_output = isinstance(output, torch.Tensor)  # how restart_after shapes its outputs
             new = fn(self.output_tensor(output))
             if new is None:
                 return None
@@ -407,6 +408,34 @@ class ArchAdapter:
             yield
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def restart_after(self, layer: int, hidden: torch.Tensor) -> Iterator[None]:
+        """Within the block a forward starts after decoder layer ``layer``: layers ``0..layer-1``
+        pass their input through untouched and layer ``layer`` returns ``hidden`` ([B, T, d], its
+        output as cached from an earlier forward on the same tokens, possibly edited) without
+        computing anything. The input ids still go in (masks and positions come from them; the
+        embedding lookup is all that runs below ``layer + 1``). Forward hooks on these layers fire
+        as usual (on the passed-through / given tensors)."""
+        tensor_out = getattr(self, "_tensor_output", True)
+
+        def shaped(h: torch.Tensor) -> Any:
+            return h if tensor_out else (h,)
+
+        def skip(hidden_states: torch.Tensor, *_a: Any, **_k: Any) -> Any:
+            return shaped(hidden_states)
+
+        def given(*_a: Any, **_k: Any) -> Any:
+            return shaped(hidden)
+
+        patched = [(self._layers[i], skip if i < layer else given) for i in range(layer + 1)]
+        try:
+            for module, fn in patched:
+                module.forward = fn  # an instance attribute shadows the class's forward
+            yield
+        finally:
+            for module, _ in patched:
+                module.__dict__.pop("forward", None)
 
     def capture(self, model: nn.Module, input_ids: torch.Tensor, layers: Sequence[int],
                 attention_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:

@@ -20,12 +20,13 @@ from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import READERS as PATCHSCOPE_READERS, patchscope
 from ..adl.steering import SteeringConfig, find_threshold, generate, required_coherent
-from ..backends import GenerationBackend, HFBackend, final_generations
+from ..backends import GenerationBackend, HFBackend, final_generations, final_generations_batch
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, pair_from_run  # noqa: F401 - pair_from_run re-exported
 from ..rundir import artifacts as A
 from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
+from .cost import format_seconds
 
 
 class LensConfig(BaseModel):
@@ -84,6 +85,28 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
         layout.mark_stage(stage, fp, seconds=round(time.time() - t0, 2))  # the cost column of method comparisons
         out.append(ps)
     return out
+
+
+def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer: int) -> None:
+    """One stderr line before a long steering stage: its FLOPs at this machine's measured matmul rate
+    and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`)."""
+    import sys
+
+    from ..adl.steering import default_grid
+    from . import cost
+
+    try:
+        shape = cost.ModelShape.of_pair(pair)
+        flops = cost.steer_flops_estimate(shape, cfg, positions, grid=cfg.grid or default_grid(pair))
+        precision = str(getattr(pair, "precision", "float32"))
+        dtype = "bfloat16" if precision.startswith("bf") else "float16" if "16" in precision else "float32"
+        rate = cost.matmul_rate(pair.device, dtype)
+    except Exception:  # noqa: BLE001 - an estimate never stops the stage
+        return
+    secs = flops / rate * cost.STEER_FLOOR_RATIO
+    print(f"[difflens] steering layer {layer}: {positions} position(s), ≈ {flops / 1e12:.0f} TFLOP at "
+          f"{rate / 1e9:.0f} GFLOP/s → about {cost.format_seconds(secs)} (floor {cost.format_seconds(flops / rate)}; "
+          f"fewer --positions or --max-new-tokens shorten it)", file=sys.stderr, flush=True)
 
 
 def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None = None, *,
@@ -159,21 +182,35 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         per_need = [required_coherent(cfg, r) for r in partial["unsteered_pass_rates"]]
         search_cfg = cfg.model_copy(update={"min_coherent": need, "min_coherent_per_prompt": per_need})
         todo = [j for j in pos if str(j) not in partial["thresholds"]]
+        if todo and progress:
+            _steer_estimate(pair, cfg, len(todo), layer)
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"steering layer {layer}", total=len(pos), completed=len(pos) - len(todo))
-            for j in todo:
+            t_start = time.time()
+            for i, j in enumerate(todo):
                 th = find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
                                     eta=c.eta_ft, cfg=search_cfg)
-                gens = final_generations(backend, layer=layer, position=j, direction=c.delta[j], alpha=th.alpha,
-                                         eta=c.eta_ft, cfg=cfg)
-                if cfg.random_control:  # a random direction at the same α·η: what steering does without δ̄
-                    gens += [g.model_copy(update={"control": "random"}) for g in
-                             final_generations(backend, layer=layer, position=j, direction=c.vectors("random")[j],
-                                               alpha=th.alpha, eta=c.eta_ft, cfg=cfg)]
                 partial["thresholds"][str(j)] = th.model_dump()
-                partial["generations"] += [g.model_dump() for g in gens]
                 write_json(partial_path, partial)
                 bar.advance(task)
+                if progress and i + 1 < len(todo):  # ETA from the positions done so far
+                    left = (time.time() - t_start) / (i + 1) * (len(todo) - i - 1)
+                    bar.console.log(f"steering layer {layer}: position {j} done ({i + 1}/{len(todo)}), "
+                                    f"searches left about {format_seconds(left)} (+ final generations)")
+        # the final steered (and random-direction control) generations of every searched position
+        # without them, in as few generation calls as memory allows (one batch, a steering vector per row)
+        have = {(g["position"], g.get("control")) for g in partial["generations"] if g["position"] is not None}
+        jobs = []
+        for j in sorted(int(x) for x in partial["thresholds"]):
+            alpha = float(partial["thresholds"][str(j)]["alpha"])
+            if (j, None) not in have:
+                jobs.append((j, c.delta[j], alpha, None))
+            if cfg.random_control and (j, "random") not in have:  # what steering does without δ̄
+                jobs.append((j, c.vectors("random")[j], alpha, "random"))
+        if jobs:
+            gens = final_generations_batch(backend, jobs, layer=layer, eta=c.eta_ft, cfg=cfg)
+            partial["generations"] += [g.model_dump() for g in gens]
+            write_json(partial_path, partial)
         done = sorted(set(pos) | {int(j) for j in partial["thresholds"]})
         res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
                                thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],

@@ -179,6 +179,11 @@ class RunLayout:
         """One finished evaluation part (with its fingerprint), reused while its inputs are unchanged."""
         return self.eval_dir() / "parts" / f"{slug(dataset)}-{layer}-{part}.json"
 
+    def eval_part_partial(self, dataset: str, layer: int, part: str) -> Path:
+        """What an interrupted evaluation part has finished so far (e.g. the causal effect's text
+        batches), keyed by the part's fingerprint; removed when the part is done."""
+        return self.eval_dir() / "parts" / f"{slug(dataset)}-{layer}-{part}.partial.json"
+
     def eval_cache(self) -> Path:
         """Per-run caches of evaluation inputs (frequent tokens of D_ft, …)."""
         return self.eval_dir() / "cache"

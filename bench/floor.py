@@ -1,0 +1,375 @@
+"""Benchmark: every stage against its FLOP floor.
+
+Per stage the FLOPs it cannot avoid (from the model's shapes and the stage's work sizes), this
+machine's measured matmul rate, the stage's wall time, the floor (FLOPs / rate) and wall / floor.
+The formulas live in ``src/difflens/run/cost.py`` (loaded here by file path, so that
+``PYTHONPATH=OTHER/src python bench/floor.py`` times another checkout's stages against the same
+formulas: "before" and "after" side by side). Per model, ``P(l)`` the matmul parameters of the first
+``l`` decoder layers, ``P_U = V·d``, ``a`` the attention width, ``L`` layers, ℓ the collected layer:
+
+    F(T, l, m)            = 2·T·P(l) + 4·a·l·T(T+1)/2 + 2·m·P_U        (T tokens, l layers, m logits)
+    collect (samples)     = 2 models × Σ_samples F(k, ℓ+1, 0)
+    collect (η)           = 2 models × Σ_norm samples F(norm_len, ℓ+1, 0)
+    lens: logit lens      = 2·P_U per vector (the unembedding of one vector)
+    lens: Patchscope      = per reading model Σ_prompts F(T_p − 1, L, 0)  (the identity prompts' prefix)
+                            + per vector × 30 scales × 3 prompts: the patched last token above ℓ with
+                              next-token logits, attending to the cached prefix
+    generation (a row)    = F(p, L, 1) + Σ_{i<n} [2·P(L) + 2·P_U + 4·a·L·(p+i)]   (p prompt, n new tokens
+                            actually sampled: the row's tokens up to its end-of-sequence token)
+    steer: search / calibration / final = Σ rows generation
+    steer: coherence      = the offline grader's reference model over every text after a shared chat
+                            prefix: F(prefix, L, 1) + Σ_texts F(T_text, L, T_text | past = prefix)
+    evaluate: causal      = per dataset Σ_texts [F(T, ℓ+1, 0) (base) + F(T, L, T) (clean ft)]
+                            + V directions × Σ_texts F(T, layers ℓ+1..L, T)   (+ the chat draws, base to ℓ)
+    methods pass          = 2 models × N × F(T, L, T)
+    amplify (sampling)    = 2 models × Σ rows generation
+
+Options choose the pair and every work size; the defaults run in a few minutes on 2 CPU cores.
+
+    .venv/bin/python bench/floor.py [--json floor.json] [--ft organism:cake_bake]
+    .venv/bin/python bench/floor.py --stages collect,causal --samples 2000          # one stage's target size
+    .venv/bin/python bench/floor.py --causal-texts 64 --causal-len 128 --causal-random 64   # the paper's causal size
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import BASE  # noqa: E402
+
+STAGES = ("collect", "lens", "steer", "causal", "methods", "amplify")
+
+
+def _cost_module():
+    """``difflens.run.cost`` of THIS checkout, whatever ``difflens`` is on the path."""
+    path = Path(__file__).resolve().parents[1] / "src" / "difflens" / "run" / "cost.py"
+    spec = importlib.util.spec_from_file_location("difflens_floor_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cost = _cost_module()
+
+
+class Rows:
+    """Table rows: stage, flops, wall_s (floor and ratio follow from the rate)."""
+
+    def __init__(self, rate: float):
+        self.rate, self.rows = rate, []
+
+    def add(self, stage: str, flops: float | None, wall: float, note: str = "") -> None:
+        floor = flops / self.rate if flops else None
+        self.rows.append({"stage": stage, "flops": flops, "wall_s": round(wall, 3),
+                          "floor_s": round(floor, 4) if floor else None,
+                          "ratio": round(wall / floor, 2) if floor else None, "note": note})
+        print(f"  {stage:<34}{(flops or 0) / 1e12:>9.3f}{wall:>9.2f}{(floor or float('nan')):>9.2f}"
+              f"{(wall / floor if floor else float('nan')):>8.1f}  {note}", flush=True)
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, wrap: Callable[[Callable], Callable]):
+    real = getattr(obj, name)
+    setattr(obj, name, wrap(real))
+    try:
+        yield
+    finally:
+        setattr(obj, name, real)
+
+
+def timed(fn: Callable, *a, **kw) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0
+
+
+def new_tokens(tok, text: str, limit: int) -> int:
+    """Tokens a row sampled: its text's tokens plus the end-of-sequence token, at most ``limit``."""
+    return min(limit, len(tok(text, add_special_tokens=False).input_ids) + 1)
+
+
+def bench_collect(pair, layout, args, shape, rows: Rows):
+    import difflens.adl.collect as C
+
+    eta_wall = [0.0]
+    norm_lengths: list[int] = []
+
+    def wrap(real):
+        def mean_norms(pair_, ids, layers, **kw):
+            norm_lengths.extend(len(r) for r in ids)
+            out, w = timed(real, pair_, ids, layers, **kw)
+            eta_wall[0] += w
+            return out
+        return mean_norms
+
+    cfg = C.CollectConfig(samples=args.samples, positions=args.positions, layers=[0.5],
+                          norm_samples=args.norm_samples)
+    with patched(C, "mean_norms", wrap):
+        res, wall = timed(C.collect, pair, layout, cfg, progress=False)
+    c = res["wiki"][0]
+    stats = json.loads(layout.collect_stats("wiki").read_text())
+    n = stats["n_used"]
+    f = cost.collect_flops(shape, c.layer, [args.positions] * n, norm_lengths)
+    rows.add("collect: samples", f["samples"], wall - eta_wall[0], f"N={n}, k={args.positions}, layer {c.layer}")
+    rows.add("collect: η calibration", f["eta"], eta_wall[0], f"{len(norm_lengths)} × ≤{cfg.norm_len} tokens")
+    rows.add("collect: total", f["samples"] + f["eta"], wall)
+    return c
+
+
+def bench_lens(pair, layout, c, args, shape, rows: Rows):
+    import difflens.adl.patchscope as PS
+    from difflens.adl.logit_lens import logit_lens
+    from difflens.graders import graders_for
+    from difflens.rundir.artifacts import CONTROLS, SOURCES
+
+    graders = graders_for(pair, "offline")
+    pos = list(range(min(args.lens_positions, c.positions)))
+    sources = (*SOURCES, *CONTROLS)
+    _, wall = timed(logit_lens, pair, c, pos, k=20, sources=(*SOURCES, "random"))
+    rows.add("lens: logit lens", cost.logit_lens_flops(shape, len(pos) * (len(SOURCES) + 1)), wall,
+             f"{len(pos)} positions × {len(SOURCES) + 1} sources")
+    fwd = [0.0, 0]
+
+    def wrap(real):
+        def probs(*a, **kw):
+            out, w = timed(real, *a, **kw)
+            fwd[0] += w
+            fwd[1] += 1
+            return out
+        return probs
+
+    graders.scale.cluster(["cake", "oven"]) if hasattr(graders.scale, "cluster") else None  # embedder loaded
+    with patched(PS, "patched_next_token_probs", wrap):
+        _, wall = timed(PS.patchscope, pair, c, pos, graders.scale, sources=sources, progress=False)
+    plens = [len(p) for p in PS._encode_prompts(pair, PS.IDENTITY_PROMPTS)]
+    rows_per = len(PS.SCALES) * len(plens)
+    flops = cost.patchscope_flops(shape, c.layer, plens, fwd[1], rows_per)
+    rows.add("lens: Patchscope forwards", flops, fwd[0], f"{fwd[1]} vectors × {rows_per} rows")
+    rows.add("lens: Patchscope total", flops, wall, "incl. the offline scale grader (embedder, no pair FLOPs)")
+
+
+def bench_steer(pair, layout, c, args, shape, rows: Rows):
+    import difflens.adl.steering as S
+    import difflens.run.stages as ST
+    from difflens.adl.steering import SteeringConfig
+    from difflens.graders import graders_for
+    from difflens.models.tokens import chat_prompt_ids
+
+    graders = graders_for(pair, "offline")
+    tok = pair.tokenizer
+    phase = ["calibration"]
+    gen: dict[str, dict[str, float]] = {}
+    grade: dict[str, dict[str, float]] = {}
+    plen_cache: dict[str, int] = {}
+
+    def plen(p: str) -> int:
+        if p not in plen_cache:
+            plen_cache[p] = len(chat_prompt_ids(tok, pair.ft_arch, p))
+        return plen_cache[p]
+
+    def wrap_rows(real):
+        def generate_rows(pair_, prompts, alphas, **kw):
+            out, w = timed(real, pair_, prompts, alphas, **kw)
+            g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0})
+            lim = kw["max_new_tokens"]
+            g["flops"] += cost.steer_flops(shape, [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)])
+            g["wall"] += w
+            g["rows"] += len(prompts)
+            g["calls"] += 1
+            return out
+        return generate_rows
+
+    def in_phase(name):
+        def wrap(real):
+            def fn(*a, **kw):
+                old, phase[0] = phase[0], name
+                try:
+                    return real(*a, **kw)
+                finally:
+                    phase[0] = old
+            return fn
+        return wrap
+
+    grader = graders.coherence
+    prefix = len(grader._prefix_ids())
+
+    def wrap_grade(real):
+        def fn(texts):
+            out, w = timed(real, texts)
+            g = grade.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "texts": 0})
+            g["flops"] += cost.grading_flops(shape, prefix, [len(grader._encode(t)[0]) for t in texts])
+            g["wall"] += w
+            g["texts"] += len(texts)
+            return out
+        return fn
+
+    cfg = SteeringConfig(positions=list(range(min(args.steer_positions, c.positions))),
+                         max_new_tokens=args.max_new_tokens, final_samples=args.final_samples,
+                         prompts=S.STEERING_PROMPTS[:args.prompts], search_samples=args.search_samples,
+                         search_iters=args.search_iters, refine_iters=args.refine_iters)
+    with contextlib.ExitStack() as st:
+        st.enter_context(patched(S, "generate_rows", wrap_rows))
+        st.enter_context(patched(ST, "find_threshold", in_phase("search")))
+        for mod in (ST, sys.modules.get("difflens.backends")):
+            if mod is not None and hasattr(mod, "final_generations"):
+                st.enter_context(patched(mod, "final_generations", in_phase("final")))
+        if hasattr(ST, "final_generations_batch"):
+            st.enter_context(patched(ST, "final_generations_batch", in_phase("final")))
+        st.enter_context(patched(grader, "grade", wrap_grade))
+        res, wall = timed(ST.run_steer, pair, layout, graders, cfg, progress=False)
+    tot_flops = 0.0
+    for name in ("calibration", "search", "final"):
+        g = gen.get(name)
+        if g:
+            rows.add(f"steer: {name} generations", g["flops"], g["wall"],
+                     f"{g['rows']} rows in {g['calls']} calls, ≤{args.max_new_tokens} new tokens")
+            tot_flops += g["flops"]
+    gw = sum(g["wall"] for g in grade.values())
+    gf = sum(g["flops"] for g in grade.values())
+    rows.add("steer: coherence grading", gf, gw, f"{sum(g['texts'] for g in grade.values())} texts")
+    rows.add("steer: total", tot_flops + gf, wall,
+             f"{len(cfg.positions)} positions, α = {', '.join(f'{t.alpha:.2f}' for t in res[0].thresholds)}")
+
+
+def bench_causal(pair, c, args, shape, rows: Rows):
+    import random
+
+    from difflens.data.chat import chat_conversations, render_chat
+    from difflens.data.corpora import load_corpus
+    from difflens.eval.causal import CausalConfig, causal_effect
+    from difflens.models.tokens import encode, rendered_chat_ids
+
+    n, L = args.causal_texts, args.causal_len
+    rng = random.Random(0)
+    wiki = [t for t in load_corpus("wiki").texts if isinstance(t, str)]
+    ft_ids = [encode(pair.tokenizer, pair.arch, t, max_tokens=L) for t in rng.sample(wiki, n)]
+    pt_ids = [encode(pair.tokenizer, pair.arch, t, max_tokens=L) for t in rng.sample(wiki, n)]
+    chats = [render_chat(pair.tokenizer, conv) for conv in rng.sample(chat_conversations(), n)]
+    chat_ids = [rendered_chat_ids(pair.tokenizer, pair.arch, t, max_tokens=L) for t in chats]
+    cfg = CausalConfig(n_texts=n, max_len=L, n_random=args.causal_random, batch_size=args.causal_batch)
+    res, wall = timed(causal_effect, pair, c.layer, c.delta, ft_ids, pt_ids, chat_ids, cfg, progress=False)
+    V = c.positions + args.causal_random
+    sel = lambda ids: [r[:L] for r in ids if len(r) >= 2][:n]  # noqa: E731
+    flops = sum(cost.causal_flops(shape, c.layer, [len(r) for r in sel(ids)], V) for ids in (ft_ids, pt_ids))
+    flops += cost.causal_flops(shape, c.layer, [], 0, chat_lengths=[len(r) for r in sel(chat_ids)])
+    rows.add("evaluate: causal effect", flops, wall, f"{n} texts × ≤{L} tokens × 2 datasets, {V} directions")
+
+
+def bench_methods(pair, args, shape, rows: Rows):
+    from difflens.methods import DiffMining, PassConfig, TokenKL, run_methods
+    from difflens.rundir.layout import RunLayout
+
+    cfg = PassConfig(samples=args.methods_samples, tokens=args.methods_tokens, batch_size=8)
+    with tempfile.TemporaryDirectory() as d:
+        _, wall = timed(run_methods, pair, RunLayout(d), [DiffMining(), TokenKL()], cfg, progress=False)
+    rows.add("methods: mining + KL pass", cost.methods_flops(shape, args.methods_samples, args.methods_tokens), wall,
+             f"N={args.methods_samples} × T={args.methods_tokens}")
+
+
+def bench_amplify(pair, args, shape, rows: Rows):
+    from difflens.adl.steering import STEERING_PROMPTS
+    from difflens.methods.amplify import amplified_generate
+    from difflens.models.tokens import chat_prompt_ids
+
+    prompts = [STEERING_PROMPTS[i % len(STEERING_PROMPTS)] for i in range(args.amplify_rows)]
+    out, wall = timed(amplified_generate, pair, prompts, 1.0, temperature=1.0, max_new_tokens=args.max_new_tokens,
+                      seed=0, stop_at_eos=False)
+    sizes = [(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)), len(o)) for p, o in zip(prompts, out)]
+    rows.add("amplify: amplified sampling", cost.amplify_flops(shape, sizes), wall,
+             f"{len(prompts)} rows × {args.max_new_tokens} tokens, both models")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ft", default=None, help="finetuned model (default: organism:cake_bake if trained, "
+                                                "else the base with weight noise)")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--samples", type=int, default=500, help="collect: N")
+    ap.add_argument("--positions", type=int, default=5, help="collect: k")
+    ap.add_argument("--norm-samples", type=int, default=256, help="collect: η samples")
+    ap.add_argument("--lens-positions", type=int, default=2)
+    ap.add_argument("--steer-positions", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=4, help="steer: final-generation prompts")
+    ap.add_argument("--final-samples", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--search-samples", type=int, default=10)
+    ap.add_argument("--search-iters", type=int, default=4)
+    ap.add_argument("--refine-iters", type=int, default=2)
+    ap.add_argument("--causal-texts", type=int, default=8)
+    ap.add_argument("--causal-len", type=int, default=64)
+    ap.add_argument("--causal-random", type=int, default=8)
+    ap.add_argument("--causal-batch", type=int, default=8)
+    ap.add_argument("--methods-samples", type=int, default=32)
+    ap.add_argument("--methods-tokens", type=int, default=64)
+    ap.add_argument("--amplify-rows", type=int, default=8)
+    args = ap.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = sorted(set(stages) - set(STAGES))
+    if bad:
+        sys.exit(f"unknown stages {bad}: choose from {', '.join(STAGES)}")
+
+    import torch
+
+    import difflens
+    from difflens.models.pair import load_pair
+    from difflens.rundir.layout import RunLayout
+    from methods import noisy_copy, trained_organism
+
+    tmp = tempfile.TemporaryDirectory()
+    ft = args.ft
+    if ft is None:
+        ft = "organism:cake_bake" if trained_organism() else str(noisy_copy(Path(tmp.name) / "noisy"))
+    pair = load_pair(BASE, ft, device=args.device, dtype=args.dtype)
+    shape = cost.ModelShape.of_pair(pair)
+    rate = cost.matmul_rate(args.device, args.dtype, seconds=1.0)
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
+    print(f"machine: {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"matmul {rate / 1e9:.0f} GFLOP/s ({args.dtype}); difflens from {Path(difflens.__file__).parent}")
+    print(f"pair: {BASE} vs {ft}; {shape.n_layers} layers, {shape.params() / 1e6:.1f}M layer + "
+          f"{shape.unembed_params / 1e6:.1f}M unembedding parameters")
+    print(f"  {'stage':<34}{'TFLOP':>9}{'wall s':>9}{'floor s':>9}{'ratio':>8}")
+    rows = Rows(rate)
+    layout = RunLayout(Path(tmp.name) / "run")
+    c = None
+    if any(s in stages for s in ("collect", "lens", "steer", "causal")):
+        if "collect" in stages:
+            c = bench_collect(pair, layout, args, shape, rows)
+        else:
+            from difflens.adl.collect import CollectConfig, collect
+            c = collect(pair, layout, CollectConfig(samples=min(args.samples, 200), positions=args.positions,
+                                                    norm_samples=32), progress=False)["wiki"][0]
+    if "lens" in stages:
+        bench_lens(pair, layout, c, args, shape, rows)
+    if "steer" in stages:
+        bench_steer(pair, layout, c, args, shape, rows)
+    if "causal" in stages:
+        bench_causal(pair, c, args, shape, rows)
+    if "methods" in stages:
+        bench_methods(pair, args, shape, rows)
+    if "amplify" in stages:
+        bench_amplify(pair, args, shape, rows)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": dev, "threads": torch.get_num_threads(),
+                                         "matmul_flops_per_s": rate, "pair": [BASE, ft], "args": vars(args) | {
+                                             "json": str(args.json)}, "entries": rows.rows}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

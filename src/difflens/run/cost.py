@@ -1,0 +1,215 @@
+"""FLOP floors of the pipeline's stages, and time estimates from a measured matmul rate.
+
+A stage's *floor* is the matrix-multiply work it cannot avoid, from the model's shapes and the
+stage's work sizes, divided by the rate this machine multiplies matrices at (:func:`matmul_rate`).
+Wall time over floor says how much a stage wastes (Python overhead, small GEMMs, padding, recomputed
+work). ``bench/floor.py`` prints the table; the CLI uses :func:`estimate_seconds` for "this will
+take about …" lines.
+
+Notation (per model; the two models of a pair have the same shapes): ``P(l)`` parameters of decoder
+layers ``0..l-1`` (matmul weights: 2 FLOPs per parameter per token), ``P_U = V·d`` the unembedding,
+``L`` layers, ``a = heads·head_dim`` the attention width. A forward of one sequence of ``T`` tokens
+through ``l`` layers with logits at ``m`` positions costs
+
+    F(T, l, m) = 2·T·P(l) + 4·a·l·T(T+1)/2 + 2·m·P_U
+
+(QKᵀ and AV: 2·a FLOPs each per causal query-key pair). Generating ``n`` tokens after a prompt of
+``p`` tokens on a KV cache: the prefill ``F(p, L, 1)`` plus ``n-1`` decode steps of
+``2·P(L) + 2·P_U + 4·a·L·(context)`` each.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+__all__ = ["ModelShape", "forward_flops", "generation_flops", "collect_flops", "patchscope_flops",
+           "logit_lens_flops", "steer_flops", "grading_flops", "causal_flops", "methods_flops", "amplify_flops",
+           "matmul_rate", "estimate_seconds", "format_seconds"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP formulas need to know about a model."""
+
+    layer_params: tuple[int, ...]  # matmul parameters of each decoder layer
+    unembed_params: int  # V · d
+    attn_width: int  # heads · head_dim
+    hidden: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_params)
+
+    def params(self, layers: int | None = None, start: int = 0) -> int:
+        """Σ parameters of decoder layers ``start .. layers-1`` (None: to the last)."""
+        return sum(self.layer_params[start:layers])
+
+    @classmethod
+    def of_model(cls, arch: Any, vocab: int) -> "ModelShape":
+        """From an :class:`~difflens.models.arch.ArchAdapter` (weights of ≥ 2 dims: the matrices)."""
+        per = tuple(sum(p.numel() for p in layer.parameters() if p.dim() >= 2) for layer in arch.layers)
+        cfg = arch.config
+        heads = int(getattr(cfg, "num_attention_heads"))
+        head_dim = getattr(cfg, "head_dim", None) or arch.hidden_size // heads
+        return cls(per, int(vocab) * arch.hidden_size, heads * int(head_dim), arch.hidden_size)
+
+    @classmethod
+    def of_pair(cls, pair: Any) -> "ModelShape":
+        return cls.of_model(pair.arch, pair.vocab_size)
+
+
+def _attn(shape: ModelShape, layers: int, tokens: int, past: int = 0) -> float:
+    """Causal attention FLOPs of ``tokens`` new queries after ``past`` cached keys, ``layers`` layers."""
+    pairs = tokens * past + tokens * (tokens + 1) / 2
+    return 4.0 * shape.attn_width * layers * pairs
+
+
+def forward_flops(shape: ModelShape, tokens: int, *, layers: int | None = None, logits: int = 0,
+                  start: int = 0, past: int = 0) -> float:
+    """F(T, l, m): one sequence of ``tokens`` through layers ``start..layers-1`` (None: all) with
+    logits at ``logits`` positions; ``past`` cached tokens attended to."""
+    end = shape.n_layers if layers is None else layers
+    return (2.0 * tokens * shape.params(end, start) + _attn(shape, end - start, tokens, past)
+            + 2.0 * logits * shape.unembed_params)
+
+
+def generation_flops(shape: ModelShape, prompt: int, new: int) -> float:
+    """``new`` sampled tokens after a ``prompt``-token prompt on a KV cache (prefill + new-1 steps)."""
+    total = forward_flops(shape, prompt, logits=1)
+    for i in range(1, new):
+        total += forward_flops(shape, 1, logits=1, past=prompt + i - 1)
+    return total
+
+
+def collect_flops(shape: ModelShape, layer: int, sample_lengths: Iterable[int],
+                  norm_lengths: Iterable[int]) -> dict[str, float]:
+    """Collection: both models over every sample's tokens, stopped after ``layer`` (no logits);
+    the η calibration the same over the norm samples."""
+    def side(lengths: Iterable[int]) -> float:
+        return 2 * sum(forward_flops(shape, int(t), layers=layer + 1) for t in lengths)
+
+    return {"samples": side(sample_lengths), "eta": side(norm_lengths)}
+
+
+def logit_lens_flops(shape: ModelShape, vectors: int) -> float:
+    """The logit lens: one unembedding per vector."""
+    return 2.0 * vectors * shape.unembed_params
+
+
+def patchscope_flops(shape: ModelShape, layer: int, prompt_lengths: Sequence[int], vectors: int, rows: int,
+                     reader_sides: int = 2) -> float:
+    """Patchscope's floor: each identity prompt's prefix (all but the last token) through the whole
+    model once per reading model (``reader_sides``), then per vector × scale × prompt (``rows``
+    per vector) only the patched last token through layers above ``layer`` with next-token logits
+    (the layers up to ``layer`` of that token are replaced anyway)."""
+    pre = reader_sides * sum(forward_flops(shape, t - 1) for t in prompt_lengths)
+    per_vec = 0.0
+    for t in prompt_lengths:  # rows spread evenly over the prompts
+        per_vec += rows / len(prompt_lengths) * forward_flops(shape, 1, start=layer + 1, logits=1, past=t - 1)
+    return pre + vectors * per_vec
+
+
+def steer_flops(shape: ModelShape, rows: Iterable[tuple[int, int]]) -> float:
+    """Sampling: Σ over rows (prompt tokens, new tokens) of :func:`generation_flops`."""
+    return sum(generation_flops(shape, p, n) for p, n in rows)
+
+
+def grading_flops(shape: ModelShape, prefix: int, text_lengths: Iterable[int]) -> float:
+    """The offline coherence grader: every text through the reference model after a shared chat
+    prefix (run once), logits at every text token."""
+    return forward_flops(shape, prefix, logits=1) + sum(
+        forward_flops(shape, t, logits=t, past=prefix) for t in text_lengths if t > 0)
+
+
+def causal_flops(shape: ModelShape, layer: int, text_lengths: Sequence[int], directions: int,
+                 chat_lengths: Sequence[int] = ()) -> float:
+    """The causal effect on one dataset: the base model to ``layer`` and the clean finetuned forward
+    once per text, then per direction only the layers above ``layer`` with logits at every token
+    (the lower layers' states are the same for every direction); ``chat_lengths``: texts the random
+    differences are drawn from (base model to ``layer``)."""
+    once = sum(forward_flops(shape, t, layers=layer + 1) + forward_flops(shape, t, logits=t) for t in text_lengths)
+    upper = sum(forward_flops(shape, t, start=layer + 1, logits=t) for t in text_lengths)
+    draw = sum(forward_flops(shape, t, layers=layer + 1) for t in chat_lengths)
+    return once + directions * upper + draw
+
+
+def methods_flops(shape: ModelShape, samples: int, tokens: int) -> float:
+    """Mining + per-token KL + activation differences: both models over every token, logits at all."""
+    return 2 * samples * forward_flops(shape, tokens, logits=tokens)
+
+
+def amplify_flops(shape: ModelShape, rows: Iterable[tuple[int, int]]) -> float:
+    """Amplified sampling: both models step together on their own KV caches."""
+    return 2 * steer_flops(shape, rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# the machine's rate and estimates
+# ------------------------------------------------------------------------------------------------
+
+_RATES: dict[tuple[str, str], float] = {}
+
+
+def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float = 0.3) -> float:
+    """FLOP/s of a square matmul on ``device`` in ``dtype`` (measured once per process for about
+    ``seconds``; 2048² on a CPU, 4096² on an accelerator)."""
+    import torch
+
+    dev = str(device)
+    key = (dev, dtype)
+    if key in _RATES:
+        return _RATES[key]
+    dt = getattr(torch, dtype) if dtype in ("float32", "bfloat16", "float16") else torch.float32
+    cuda = dev.startswith("cuda")
+    n = 4096 if cuda else 1024 if seconds < 0.5 else 2048
+    a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b)
+        reps += 1
+        sync()
+        el = time.perf_counter() - t0
+        if el >= seconds and reps >= 3:
+            break
+    _RATES[key] = reps * 2.0 * n ** 3 / el
+    return _RATES[key]
+
+
+def estimate_seconds(flops: float, rate: float, efficiency: float = 0.5) -> float:
+    """Expected wall seconds of ``flops`` at ``efficiency`` × the matmul ``rate`` (the floor is
+    ``efficiency=1``)."""
+    return flops / (rate * efficiency)
+
+
+def format_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# measured by bench/floor.py on 2 CPU cores (SmolLM2-135M, 12-24 new tokens): steering's generation
+# calls ran at 3-5x their floor, the grader at about 3x; estimates assume 4x
+STEER_FLOOR_RATIO = 4.0
+
+
+def steer_flops_estimate(shape: ModelShape, cfg: Any, positions: int, prompt_tokens: int = 32,
+                         grid: int = 1) -> float:
+    """Expected FLOPs of the steering stage for ``positions`` positions of a
+    :class:`~difflens.adl.steering.SteeringConfig` (every row at ``max_new_tokens``; the search's
+    generations: ``search_samples`` per tested α, about ``search_iters + 2·refine_iters`` α's per
+    position with bisection, ~2.5x that with a grid of 10), the grader over every text, plus the
+    calibration and the unsteered final generations once."""
+    n = cfg.max_new_tokens
+    row = generation_flops(shape, prompt_tokens, n)
+    grade = forward_flops(shape, n, logits=n, past=prompt_tokens)
+    tested = (cfg.search_iters + 2 * cfg.refine_iters) * (2.5 if grid > 1 else 1.0)
+    search_rows = tested * cfg.search_samples
+    final_rows = len(cfg.prompts) * cfg.final_samples * (2 if cfg.random_control else 1)
+    once = len(cfg.threshold_prompts) * 2 * cfg.search_samples + len(cfg.prompts) * cfg.final_samples
+    return (positions * (search_rows + final_rows) + once) * row + (positions * search_rows + once) * grade

@@ -1,0 +1,70 @@
+"""The FLOP arithmetic of bench/floor.py (difflens.run.cost) on tiny configs: the formulas, not timings."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import save_tiny
+from difflens.models.pair import load_pair
+from difflens.run import cost
+
+
+@pytest.fixture
+def shape(tmp_path):
+    p = str(save_tiny(tmp_path, "llama", 0))
+    return cost.ModelShape.of_pair(load_pair(p, p))
+
+
+def test_shape_of_a_tiny_llama(shape):
+    # q, o: 32×32; k, v: 32×16 (2 kv heads × 8); mlp: 3 × 32×64; the norms (1-D) hold no matmul weights
+    assert shape.layer_params == (9216,) * 4
+    assert shape.unembed_params == 512 * 32 and shape.attn_width == 32 and shape.n_layers == 4
+
+
+def test_matmul_part_equals_torch_flop_counter(tmp_path, shape):
+    p = str(save_tiny(tmp_path, "llama", 0))
+    model = load_pair(p, p).ft_lm.model
+    T = 7
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(input_ids=torch.randint(4, 100, (1, T)), use_cache=False)
+    attention = 4 * 32 * 4 * T * (T + 1) / 2
+    assert cost.forward_flops(shape, T, logits=T) - attention == fc.get_total_flops()
+
+
+def test_formulas(shape):
+    P, U, a = 9216, 512 * 32, 32
+    # F(T, l, m) = 2·T·P(l) + 4·a·l·T(T+1)/2 + 2·m·P_U
+    assert cost.forward_flops(shape, 3, layers=2, logits=1) == 2 * 3 * 2 * P + 4 * a * 2 * 6 + 2 * U
+    # layers 3..3 only, one token after 5 cached ones: attention over 6 keys
+    assert cost.forward_flops(shape, 1, start=3, logits=1, past=5) == 2 * P + 4 * a * 6 + 2 * U
+    # generation: prefill of p tokens (logits at the last) + n-1 decode steps on the cache
+    gen = cost.generation_flops(shape, 2, 3)
+    step = lambda ctx: 2 * 4 * P + 2 * U + 4 * a * 4 * ctx  # noqa: E731
+    assert gen == pytest.approx(cost.forward_flops(shape, 2, logits=1) + step(3) + step(4))
+    assert cost.steer_flops(shape, [(2, 3), (2, 3)]) == pytest.approx(2 * gen)
+    assert cost.amplify_flops(shape, [(2, 3)]) == pytest.approx(2 * gen)
+    # collect: both models, stopped after layer ℓ (ℓ+1 layers), no logits
+    f = cost.collect_flops(shape, 1, [5, 5], [8])
+    assert f["samples"] == 2 * 2 * cost.forward_flops(shape, 5, layers=2)
+    assert f["eta"] == 2 * cost.forward_flops(shape, 8, layers=2)
+    # causal: base to ℓ and clean ft once per text, then V × the layers above ℓ with logits
+    c = cost.causal_flops(shape, 1, [6], 10, chat_lengths=[4])
+    assert c == pytest.approx(cost.forward_flops(shape, 6, layers=2) + cost.forward_flops(shape, 6, logits=6)
+                              + 10 * (2 * 6 * 2 * P + 4 * a * 2 * 21 + 2 * 6 * U)
+                              + cost.forward_flops(shape, 4, layers=2))
+    assert cost.methods_flops(shape, 3, 4) == 2 * 3 * cost.forward_flops(shape, 4, logits=4)
+    assert cost.logit_lens_flops(shape, 7) == 2 * 7 * U
+    # Patchscope: prefixes once per reading model, then per vector × row one token above ℓ
+    ps = cost.patchscope_flops(shape, 1, [4, 4], vectors=3, rows=6, reader_sides=2)
+    assert ps == pytest.approx(2 * 2 * cost.forward_flops(shape, 3)
+                               + 3 * 6 * cost.forward_flops(shape, 1, start=2, logits=1, past=3))
+    g = cost.grading_flops(shape, 5, [3, 0])
+    assert g == cost.forward_flops(shape, 5, logits=1) + cost.forward_flops(shape, 3, logits=3, past=5)
+
+
+def test_rate_and_estimates():
+    r = cost.matmul_rate("cpu", seconds=0.05)
+    assert r > 1e8 and cost.matmul_rate("cpu") == r  # measured once per process
+    assert cost.estimate_seconds(1e12, 1e11, efficiency=0.5) == 20
+    assert cost.format_seconds(20) == "20 s" and cost.format_seconds(600) == "10 min"
