@@ -20,13 +20,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Headless Chromium for the report's browser test (Debian package; skipped quietly if apt is unavailable).
+# Headless Chromium for the browser tests (Debian packages; skipped quietly if apt is unavailable): chromium for
+# the report's screenshot, chromium-driver (the WebDriver of the same Debian build) for the explorer's Selenium test.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "warning: could not install chromium; the browser test will be skipped"; \
-	  else echo "note: chromium not installed; the browser test will be skipped"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "warning: could not install chromium / chromium-driver; the browser tests will be skipped"; \
+	  else echo "note: chromium or chromium-driver not installed; the browser tests will be skipped"; fi; }
 
 demo: install
 	$(BIN)/difflens demo

@@ -1,16 +1,14 @@
-"""`difflens serve`: an OpenAI-compatible endpoint over a run's models (tiny real pair): model list,
-completions and streaming through the openai SDK, the bearer token, steering really applied, bad
-requests; and the agent loop end to end with a served model as the agent."""
+"""`difflens serve`: an OpenAI-compatible endpoint over a run's models (tiny real pair, served by uvicorn on
+a loopback port): model list, completions and streaming through the openai SDK, the bearer token,
+steering really applied, bad requests; and the agent loop end to end with a served model as the agent."""
 from __future__ import annotations
-
-import threading
 
 import openai
 import pytest
 import torch
 
 from difflens.rundir import artifacts as A
-from difflens.serve import ServedModels, make_server
+from difflens.serve import Limits, ModelService, ThreadedServer, serve_app
 
 
 @pytest.fixture
@@ -21,14 +19,9 @@ def served(tiny_run):
     th = A.SteeringThreshold(position=1, alpha=40.0, per_prompt=[40.0], steps=[], generations_used=0, grader_calls=0)
     A.save(A.SteeringResult(dataset=c.dataset, layer=2, eta_ft=c.eta_ft, grader="t", thresholds=[th],
                             prompts=["p"], samples_per_prompt=1, temperature=1.0), layout.steering(c.dataset, 2))
-    models = ServedModels.from_run(layout, pair=pair)
-    models.default_max_tokens = 6
-    httpd = make_server(models, token="s3cret")
-    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    t.start()
-    yield models, f"http://127.0.0.1:{httpd.server_address[1]}/v1", layout
-    httpd.shutdown()
-    httpd.server_close()
+    models = ModelService.from_run(layout, pair=pair, limits=Limits(default_max_tokens=6))
+    with ThreadedServer(serve_app(models, token="s3cret")) as srv:
+        yield models, f"{srv.url}/v1", layout
 
 
 def _client(url, key="s3cret"):
@@ -40,7 +33,7 @@ def test_models_completions_and_streaming(served, monkeypatch):
         monkeypatch.delenv(v, raising=False)
     models, url, _ = served
     cl = _client(url)
-    assert [m.id for m in cl.models.list().data] == ["base", "finetuned", "steered-p1"]
+    assert [m.id for m in cl.models.list().data] == ["base", "finetuned", "steered-p1", "amplified"]
     msgs = [{"role": "user", "content": "tell me a story"}]
     r = cl.chat.completions.create(model="finetuned", messages=msgs, max_tokens=5, temperature=0)
     assert isinstance(r.choices[0].message.content, str) and r.usage.completion_tokens <= 5
@@ -52,7 +45,8 @@ def test_models_completions_and_streaming(served, monkeypatch):
     chunks = list(cl.chat.completions.create(model="finetuned", messages=msgs, max_tokens=5, temperature=0,
                                              stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    # OpenAI's finish reasons: "length" when max_tokens ended it, "stop" at the end-of-sequence token
+    assert chunks[-1].choices[0].finish_reason == ("length" if r.usage.completion_tokens == 5 else "stop")
 
 
 def test_token_and_bad_requests(served, monkeypatch):

@@ -154,49 +154,106 @@ def agent_cmd(
                       f"{(e.final or e.error or '')[:200]!r}", highlight=False, markup=False)
 
 
+def _serve_models(run: Path, *, dataset: Optional[str], layer: Optional[int], token_env: Optional[str], host: str,
+                  loading: dict[str, Any], max_queue: int, max_tokens: int) -> tuple[Any, Any, Optional[str]]:
+    """(layout, model service, token) of ``difflens serve`` / ``difflens explore``: the run checked, the
+    token read from its variable (never printed), the pair loaded with the placement options."""
+    import os
+
+    from ..explore.service import Limits, ModelService
+    from ..rundir.layout import RunLayout
+
+    layout = RunLayout(run)
+    if not layout.manifest.exists() and not (layout.root / "methods").is_dir():
+        raise ConfigError(f"{run} is not a run directory (no manifest.json and no method results).")
+    if max_queue < 1 or max_tokens < 1:
+        raise ConfigError("--max-queue and --max-tokens must be ≥ 1.")
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise ConfigError(f"--token-env {token_env}: the variable is not set or empty.")
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        console.print("[yellow]warning: listening beyond loopback without --token-env: anyone who can reach "
+                      "this port can use the models[/]")
+    from ..models.pair import load_pair, pair_from_run
+
+    def loader() -> Any:
+        if layout.manifest.exists():
+            return pair_from_run(layout, **loading)
+        from ..report.gather import _methods_pair
+
+        models = _methods_pair(layout) or {}
+        return load_pair(models["base"]["spec"], models["finetuned"]["spec"], **loading)
+
+    limits = Limits(max_queue=max_queue, max_tokens=max_tokens, default_max_tokens=min(256, max_tokens))
+    return layout, ModelService.from_run(layout, dataset=dataset, layer=layer, pair_loader=loader, limits=limits), token
+
+
+_HOST = typer.Option("127.0.0.1", "--host", help="interface to listen on (loopback by default)")
+_TOKEN_ENV = typer.Option(None, "--token-env", help="NAME of an env var holding a bearer token that clients must "
+                          "send (never printed)")
+_MAX_QUEUE = typer.Option(64, "--max-queue", help="generation requests that may wait; beyond: 429 with Retry-After")
+_MAX_TOKENS = typer.Option(512, "--max-tokens", help="most new tokens one completion may ask for")
+
+
 def serve_cmd(
     run: Path = typer.Argument(..., help="run directory"),
-    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (loopback by default)"),
+    host: str = _HOST,
     port: int = typer.Option(8000, "--port"),
-    token_env: Optional[str] = typer.Option(None, "--token-env", help="NAME of an env var holding a bearer token "
-                                            "that clients must send (never printed)"),
+    token_env: Optional[str] = _TOKEN_ENV,
     dataset: Optional[str] = typer.Option(None, "--dataset"), layer: Optional[int] = typer.Option(None, "--layer"),
+    max_queue: int = _MAX_QUEUE, max_tokens: int = _MAX_TOKENS,
     device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
     max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
     ft_device: Optional[str] = FT_DEVICE,
 ) -> None:
-    """An OpenAI-compatible endpoint over the run's base, finetuned and steered-p{j} models."""
-    import os
-
-    from ..rundir.layout import RunLayout
-    from ..serve import ServedModels, make_server
+    """An OpenAI-compatible endpoint over the run's base, finetuned, steered-p{j} and amplified models."""
+    from ..explore.server import serve_forever
+    from ..serve import serve_app
 
     try:
-        layout = RunLayout(run)
-        if not layout.manifest.exists():
-            raise ConfigError(f"{run} is not a run directory (no manifest.json).")
-        token = None
-        if token_env:
-            token = os.environ.get(token_env)
-            if not token:
-                raise ConfigError(f"--token-env {token_env}: the variable is not set or empty.")
-        if host not in ("127.0.0.1", "localhost", "::1") and token is None:
-            console.print("[yellow]warning: listening beyond loopback without --token-env: anyone who can reach "
-                          "this port can use the models[/]")
-        from ..models.pair import pair_from_run
-
         loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                base_device=base_device, ft_device=ft_device)
-        models = ServedModels.from_run(layout, dataset=dataset, layer=layer, pair=pair_from_run(layout, **loading))
-        httpd = make_server(models, host=host, port=port, token=token)
+        _, service, token = _serve_models(run, dataset=dataset, layer=layer, token_env=token_env, host=host,
+                                          loading=loading, max_queue=max_queue, max_tokens=max_tokens)
     except (DifflensError, OSError) as e:
         fail(e)
         return
-    console.print(f"serving {', '.join(models.names())} at http://{host}:{httpd.server_address[1]}/v1 "
+    console.print(f"serving {', '.join(service.names())} at http://{host}:{port}/v1 "
                   f"({'bearer token required' if token else 'no token'}); Ctrl-C stops")
+    for note in service.notes.values():
+        console.print(f"[yellow]{note}[/]", highlight=False)
+    serve_forever(serve_app(service, token=token), host=host, port=port)
+
+
+def explore_cmd(
+    run: Path = typer.Argument(..., help="run directory (any finished stage; missing ones are named in the page)"),
+    host: str = _HOST,
+    port: int = typer.Option(8765, "--port"),
+    token_env: Optional[str] = _TOKEN_ENV,
+    dataset: Optional[str] = typer.Option(None, "--dataset"), layer: Optional[int] = typer.Option(None, "--layer"),
+    max_queue: int = _MAX_QUEUE, max_tokens: int = _MAX_TOKENS,
+    device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
+    max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
+    ft_device: Optional[str] = FT_DEVICE,
+) -> None:
+    """An interactive explorer in the browser: chat with base, finetuned, steered and amplified models side by
+    side, per-token heat maps of any text, the Patchscope grid, top contexts and the run's results."""
+    from ..explore.app import create_app
+    from ..explore.server import serve_forever
+
     try:
-        httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        httpd.server_close()
+        loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                               base_device=base_device, ft_device=ft_device)
+        layout, service, token = _serve_models(run, dataset=dataset, layer=layer, token_env=token_env, host=host,
+                                               loading=loading, max_queue=max_queue, max_tokens=max_tokens)
+    except (DifflensError, OSError) as e:
+        fail(e)
+        return
+    where = f"[{host}]" if ":" in host else host
+    console.print(f"difflens explore: http://{where}:{port}/  ({'bearer token required' if token else 'no token'}; "
+                  f"models {', '.join(service.names())}); Ctrl-C stops")
+    for note in service.notes.values():
+        console.print(f"[yellow]{note}[/]", highlight=False)
+    serve_forever(create_app(service, layout=layout, token=token), host=host, port=port)

@@ -289,7 +289,7 @@ def report(
             console.print(f"could not open a browser; open {path.resolve().as_uri()} yourself")
 
 
-from .agent import agent_cmd, serve_cmd  # noqa: E402
+from .agent import agent_cmd, explore_cmd, serve_cmd  # noqa: E402
 from .evaluate import evaluate_cmd, experiment_cmd, sweep_cmd  # noqa: E402  (sub-apps and commands in their own modules; import nothing heavy)
 from .graders import graders_app  # noqa: E402
 from .methods import diff_cmd; app.command("diff")(diff_cmd)  # noqa: E402,E702  (difflens diff: other methods)
@@ -298,6 +298,7 @@ from .organism import organism_app  # noqa: E402
 app.command("evaluate")(evaluate_cmd)
 app.command("agent")(agent_cmd)
 app.command("serve")(serve_cmd)
+app.command("explore")(explore_cmd)
 app.command("experiment")(experiment_cmd)
 app.command("sweep")(sweep_cmd)
 app.add_typer(organism_app, name="organism", help="model organisms: list, show, train, ffa")

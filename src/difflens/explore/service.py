@@ -1,0 +1,589 @@
+"""The model side of ``difflens serve`` and ``difflens explore``: a run's pair as named chat models,
+generating token by token on one worker thread behind a bounded queue.
+
+Models (the names ``difflens serve`` has always used, plus one):
+
+- ``base`` and ``finetuned``: the pair's two models, unsteered;
+- ``steered-p{j}``: the finetuned model steered with ``α · η_ft · δ̂_j`` at layer ℓ (the steering stage's
+  hook, :func:`difflens.adl.steering.steering_hook`), α the run's threshold for position j unless the
+  request gives ``alpha``;
+- ``amplified``: sampling from ``l_ft + β·(l_ft − l_base)`` with both models stepping on their own KV
+  cache (:mod:`difflens.methods.amplify`'s per-model stream), β the run's chosen β when it has the
+  amplification method, else 1, unless the request gives ``beta``.
+
+Every generation and every heat map runs on ONE worker thread (the models are used by one job at a
+time); requests wait in a bounded queue of ``Limits.max_queue`` jobs, and :meth:`ModelService.submit`
+raises :class:`QueueFull` (with a Retry-After estimate) when it is full. A job streams events to the
+asyncio loop of its request (:class:`Job`); a cancelled job (its client went away) stops at the next
+token, or is skipped if it had not started. A job that raises reports an ``error`` event: the worker,
+and so the server, carries on.
+
+Sampling follows the steering stage's generations: ``torch.manual_seed(seed)`` before the call,
+``do_sample`` with ``top_k=0, top_p=1`` at the temperature (greedy at temperature 0) — so a served
+answer at a seed is the answer ``model.generate`` gives there, and an amplified one the answer of
+:func:`difflens.methods.amplify.amplified_generate` for the same prompt and seed.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import RunDirError
+from ..methods.amplify import GenerationCount, _eos_ids, _Stream
+from ..models.tokens import pad_id, pad_left
+
+__all__ = ["Limits", "ModelService", "ModelSpec", "Job", "QueueFull", "BadRequest", "UnknownModel",
+           "AMPLIFIED", "DEFAULT_BETA"]
+
+AMPLIFIED = "amplified"
+DEFAULT_BETA = 1.0  # β when the run has no amplification result (the method's grid starts at 0.5 … 8)
+BETA_MAX = 64.0
+ALPHA_MAX = 1000.0
+
+
+@dataclass
+class Limits:
+    """What one request may ask for, and how many may wait."""
+
+    max_tokens: int = 512  # most new tokens per completion
+    default_max_tokens: int = 256
+    max_messages: int = 64
+    max_message_chars: int = 16_000  # per message
+    max_prompt_tokens: int = 4096  # the rendered conversation
+    max_body_bytes: int = 512 * 1024  # a request body beyond this is refused (413) before it is parsed
+    max_queue: int = 64  # jobs waiting for the worker (the running one not counted); beyond: 429
+    max_text_chars: int = 32_000  # heat-map text
+    max_heatmap_tokens: int = 1024
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the generation queue is full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class BadRequest(ValueError):
+    """A request field the service cannot honour (HTTP 400)."""
+
+
+class UnknownModel(KeyError):
+    """A model name the service does not serve (HTTP 404)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One resolved model of a request: which side generates, and with which intervention."""
+
+    name: str
+    side: str  # "base" or "ft"
+    position: int | None = None  # steered: δ̄ of this position
+    alpha: float | None = None
+    beta: float | None = None  # amplified
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.name}
+        if self.position is not None:
+            out.update(position=self.position, alpha=self.alpha)
+        if self.beta is not None:
+            out["beta"] = self.beta
+        return out
+
+
+class Job:
+    """One unit of work for the worker thread, streaming ``(kind, payload)`` events to the asyncio loop
+    of the request that submitted it. Kinds: ``token`` (text delta, token id), ``done`` (a dict),
+    ``error`` (a message); the last event is ``done`` or ``error``."""
+
+    def __init__(self, work: Callable[["Job"], Any], loop: asyncio.AbstractEventLoop | None = None):
+        self.work = work
+        self.loop = loop
+        self.cancelled = threading.Event()
+        self.events: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
+        self.sync: queue.Queue = queue.Queue()  # the same events, for callers without a loop (tests, CLI)
+        self.enqueued = time.perf_counter()
+
+    def emit(self, kind: str, payload: Any = None) -> None:
+        if self.loop is None:
+            self.sync.put((kind, payload))
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))  # type: ignore[union-attr]
+        except RuntimeError:  # the request's loop is gone: nobody listens any more
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def stream(self) -> Any:
+        """The events as they come (an async iterator ending after ``done`` or ``error``)."""
+        assert self.events is not None
+        while True:
+            kind, payload = await self.events.get()
+            yield kind, payload
+            if kind in ("done", "error"):
+                return
+
+    def wait(self, timeout: float | None = None) -> tuple[str, Any]:
+        """Block until the job ends (loop-less jobs): the final ``(kind, payload)``."""
+        while True:
+            kind, payload = self.sync.get(timeout=timeout)
+            if kind in ("done", "error"):
+                return kind, payload
+
+
+class _Detokenizer:
+    """Text deltas of a growing token sequence: each new token's text once it decodes cleanly (an
+    incomplete UTF-8 sequence waits for the token that finishes it); the deltas concatenate to the
+    decoded whole."""
+
+    def __init__(self, tokenizer: Any):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def _text(self) -> str:
+        return self.tok.decode(self.ids, skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self._text()
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def finish(self) -> str:
+        text = self._text()
+        delta = text[len(self.sent):] if text.startswith(self.sent) else ""
+        self.sent += delta
+        return delta
+
+
+def _message_text(content: Any) -> str:
+    """A message's content: a string, or OpenAI's list of parts (text parts joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
+                parts.append(p["text"])
+            else:
+                raise BadRequest("message content parts must be {'type': 'text', 'text': ...}")
+        return "".join(parts)
+    raise BadRequest("message content must be a string or a list of text parts")
+
+
+class ModelService:
+    """A run's pair as named chat models (see the module docstring)."""
+
+    def __init__(self, pair: Any, *, layer: int, eta: float = 1.0,
+                 steering: dict[int, tuple[torch.Tensor, float]] | None = None, dataset: str | None = None,
+                 beta: float | None = None, limits: Limits | None = None, notes: dict[str, str] | None = None):
+        self.pair = pair
+        self.layer = int(layer)
+        self.eta = float(eta)
+        self.steering = dict(steering or {})  # j → (δ̄_j, α_j)
+        self.dataset = dataset
+        self.run_beta = beta  # the run's chosen β (None: the run has no amplification result)
+        self.limits = limits or Limits()
+        self.notes = dict(notes or {})  # stage → what is missing and the command that makes it
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=self.limits.max_queue)
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._seconds: list[float] = []  # recent job durations (Retry-After estimate)
+        self.running: Job | None = None
+
+    # -- building -------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, layout: Any, *, dataset: str | None = None, layer: int | None = None, pair: Any = None,
+                 pair_loader: Callable[[], Any] | None = None, limits: Limits | None = None) -> "ModelService":
+        """The service of a run directory: its pair (``pair``, else ``pair_loader()``, else
+        :func:`~difflens.models.pair.pair_from_run`), δ̄ and thresholds of its steering stage on
+        ``dataset`` × ``layer`` (default: the first collected), the β of its amplification result. A
+        stage that is missing leaves a note naming the command that makes it."""
+        from ..files import read_json
+        from ..rundir import artifacts as A
+
+        notes: dict[str, str] = {}
+        manifest = read_json(layout.manifest) if layout.manifest.exists() else None
+        if manifest is None:
+            from ..report.gather import _methods_pair
+
+            models = _methods_pair(layout)
+            if models is None:
+                raise RunDirError(f"{layout.root} is not a difflens run (no manifest.json and no method results).")
+            if pair is None and pair_loader is None:
+                from ..models.pair import load_pair
+
+                pair = load_pair(models["base"]["spec"], models["finetuned"]["spec"])
+        if pair is None:
+            if pair_loader is not None:
+                pair = pair_loader()
+            else:
+                from ..models.pair import pair_from_run
+
+                pair = pair_from_run(layout)
+        ds = dataset or (manifest["datasets"][0]["name"] if manifest and manifest.get("datasets") else None)
+        if layer is not None:
+            li = int(layer)
+        elif manifest and manifest.get("layers"):
+            li = int(manifest["layers"][0]["absolute"])
+        else:
+            li = pair.arch.resolve_layer(0.5)
+        steering: dict[int, tuple[torch.Tensor, float]] = {}
+        eta = 1.0
+        if ds is None:
+            notes["steer"] = f"no collection yet: run `difflens collect ... --out {layout.root}`"
+        else:
+            path = layout.steering(ds, li)
+            if path.exists():
+                from ..adl.collect import load_collected
+
+                res = A.load(A.SteeringResult, path)
+                c = load_collected(layout, ds, li)
+                eta = float(res.eta_ft)
+                steering = {t.position: (c.delta[t.position], float(t.alpha)) for t in res.thresholds}
+            else:
+                notes["steer"] = f"no steering yet: run `difflens steer {layout.root}`"
+        beta = None
+        for d in ([ds] if ds else []) + ["chat"] + _method_datasets(layout):
+            p = layout.method_result(d, "amplify")
+            if p.exists():
+                try:
+                    beta = float(read_json(p).get("chosen_beta"))
+                except (RunDirError, TypeError, ValueError):
+                    beta = None
+                break
+        if beta is None:
+            notes["amplify"] = (f"no amplification result: β starts at {DEFAULT_BETA:g} (run `difflens diff "
+                                f"{layout.root} --methods amplify` for the graded choice)")
+        return cls(pair, layer=li, eta=eta, steering=steering, dataset=ds, beta=beta, limits=limits, notes=notes)
+
+    # -- models ---------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return ["base", "finetuned", *[f"steered-p{j}" for j in sorted(self.steering)], AMPLIFIED]
+
+    @property
+    def beta(self) -> float:
+        return self.run_beta if self.run_beta is not None else DEFAULT_BETA
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``/v1/models`` entries, each with what it is under ``difflens``."""
+        out = [{"id": "base", "object": "model", "owned_by": "difflens", "difflens": {"kind": "base"}},
+               {"id": "finetuned", "object": "model", "owned_by": "difflens", "difflens": {"kind": "finetuned"}}]
+        for j in sorted(self.steering):
+            out.append({"id": f"steered-p{j}", "object": "model", "owned_by": "difflens",
+                        "difflens": {"kind": "steered", "position": j, "alpha": self.steering[j][1],
+                                     "layer": self.layer, "eta": self.eta}})
+        out.append({"id": AMPLIFIED, "object": "model", "owned_by": "difflens",
+                    "difflens": {"kind": "amplified", "beta": self.beta, "beta_from_run": self.run_beta is not None}})
+        return out
+
+    def resolve(self, model: Any, *, alpha: Any = None, beta: Any = None) -> ModelSpec:
+        """The model a request names, with its α or β (UnknownModel, BadRequest)."""
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' must be a model name (GET /v1/models lists them)")
+        if model not in self.names():
+            raise UnknownModel(f"unknown model {model!r}; available: {', '.join(self.names())}")
+        if alpha is not None and not model.startswith("steered-p"):
+            raise BadRequest(f"'alpha' applies to the steered models, not {model!r}")
+        if beta is not None and model != AMPLIFIED:
+            raise BadRequest(f"'beta' applies to the {AMPLIFIED!r} model, not {model!r}")
+        if model == "base":
+            return ModelSpec("base", "base")
+        if model == "finetuned":
+            return ModelSpec("finetuned", "ft")
+        if model == AMPLIFIED:
+            b = self.beta if beta is None else _number(beta, "beta", 0.0, BETA_MAX)
+            return ModelSpec(AMPLIFIED, "ft", beta=b)
+        j = int(model.split("steered-p", 1)[1])
+        a = self.steering[j][1] if alpha is None else _number(alpha, "alpha", -ALPHA_MAX, ALPHA_MAX)
+        return ModelSpec(model, "ft", position=j, alpha=a)
+
+    def prompt_ids(self, messages: Any) -> list[int]:
+        """The conversation's token ids (chat template, the architecture's BOS policy), after checking
+        the messages against the limits (BadRequest)."""
+        from ..data.chat import render_chat
+        from ..models.tokens import rendered_chat_ids
+
+        lim = self.limits
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("'messages' must be a non-empty list")
+        if len(messages) > lim.max_messages:
+            raise BadRequest(f"'messages' has {len(messages)} messages; at most {lim.max_messages}")
+        msgs = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise BadRequest(f"messages[{i}] must be an object with 'role' and 'content'")
+            role = m.get("role", "user")
+            if role not in ("system", "user", "assistant", "developer"):
+                raise BadRequest(f"messages[{i}].role must be system, user or assistant, not {role!r}")
+            text = _message_text(m.get("content"))
+            if len(text) > lim.max_message_chars:
+                raise BadRequest(f"messages[{i}] has {len(text)} characters; at most {lim.max_message_chars}")
+            msgs.append({"role": "system" if role == "developer" else role, "content": text})
+        tok = self.pair.tokenizer
+        try:
+            text = render_chat(tok, msgs, add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - e.g. a template that refuses a system message
+            raise BadRequest(f"the chat template refused these messages: {type(e).__name__}: {e}") from e
+        ids = rendered_chat_ids(tok, self.pair.arch, text)
+        if len(ids) > lim.max_prompt_tokens:
+            raise BadRequest(f"the conversation is {len(ids)} tokens; at most {lim.max_prompt_tokens}")
+        return ids
+
+    def check_max_tokens(self, value: Any) -> int:
+        if value is None:
+            return min(self.limits.default_max_tokens, self.limits.max_tokens)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest("'max_tokens' must be an integer")
+        if not 1 <= value <= self.limits.max_tokens:
+            raise BadRequest(f"'max_tokens' must be between 1 and {self.limits.max_tokens}, got {value}")
+        return value
+
+    # -- the worker -----------------------------------------------------------------------------
+    def submit(self, job: Job) -> Job:
+        """Queue ``job`` for the worker thread; QueueFull when ``max_queue`` jobs already wait."""
+        self._ensure_worker()
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(self.retry_after()) from None
+        return job
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def retry_after(self) -> int:
+        """Seconds after which a place in the queue is likely free: it frees when the running job ends,
+        so twice the mean recent job time (at least 1 s, at most 120 s)."""
+        recent = self._seconds[-20:]
+        per = sum(recent) / len(recent) if recent else 1.0
+        return int(min(120, max(1, math.ceil(2 * per))))
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="difflens-models", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job.cancelled.is_set():
+                continue
+            self.running = job
+            t0 = time.perf_counter()
+            try:
+                job.work(job)
+            except Exception as e:  # noqa: BLE001 - a failed job answers its request; the worker goes on
+                job.emit("error", f"{type(e).__name__}: {e}")
+            finally:
+                self.running = None
+                self._seconds = self._seconds[-99:] + [time.perf_counter() - t0]
+
+    # -- generation (on the worker thread) ------------------------------------------------------
+    def chat_job(self, spec: ModelSpec, ids: Sequence[int], *, max_tokens: int, temperature: float,
+                 seed: int | None, loop: asyncio.AbstractEventLoop | None = None) -> Job:
+        """A job that streams one completion: ``token`` events, then ``done`` with the finish reason,
+        token counts, the seed and temperature used and the time to the first token."""
+        seed = random.randrange(2 ** 31) if seed is None else int(seed)
+
+        def work(job: Job) -> None:
+            t0 = time.perf_counter()
+            detok = _Detokenizer(self.pair.tokenizer)
+            first: list[float] = []
+            n = 0
+            finish = "length"
+            for token, is_eos in self.generate_ids(spec, ids, max_tokens=max_tokens, temperature=temperature,
+                                                   seed=seed, cancelled=job.cancelled):
+                if job.cancelled.is_set():  # the client went away: no more tokens for it
+                    break
+                n += 1
+                if not first:
+                    first.append(time.perf_counter() - job.enqueued)
+                if is_eos:
+                    finish = "stop"
+                    break
+                delta = detok.push(token)
+                if delta:
+                    job.emit("token", (delta, token))
+            tail = detok.finish()
+            if tail:
+                job.emit("token", (tail, None))
+            if job.cancelled.is_set():
+                finish = "cancelled"
+            job.emit("done", {"finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": n,
+                              "seed": seed, "temperature": temperature, "text": detok.sent,
+                              "first_token_s": first[0] if first else None,
+                              "seconds": time.perf_counter() - t0, **spec.describe()})
+
+        return Job(work, loop)
+
+    def generate_ids(self, spec: ModelSpec, ids: Sequence[int], *, max_tokens: int, temperature: float, seed: int,
+                     cancelled: threading.Event | None = None) -> Iterator[tuple[int, bool]]:
+        """``(token id, is end-of-sequence)`` as each is drawn (the worker thread calls this)."""
+        if spec.beta is not None:
+            yield from self._amplified(ids, beta=spec.beta, max_tokens=max_tokens, temperature=temperature,
+                                       seed=seed, cancelled=cancelled)
+        else:
+            yield from self._generate(spec, ids, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                      cancelled=cancelled)
+
+    def _generate(self, spec: ModelSpec, ids: Sequence[int], *, max_tokens: int, temperature: float, seed: int,
+                  cancelled: threading.Event | None) -> Iterator[tuple[int, bool]]:
+        """``model.generate`` on a thread of its own, its tokens handed over one by one (a streamer);
+        a steered model under the steering stage's hook."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        from ..adl.steering import steering_hook, steering_vectors
+
+        pair, tok = self.pair, self.pair.tokenizer
+        x, mask = pad_left([list(ids)], pad_id(tok), pair.input_device(spec.side))
+        add = None
+        if spec.position is not None:
+            delta, _ = self.steering[spec.position]
+            add = steering_vectors(delta, [float(spec.alpha or 0.0)], self.eta)
+        handoff: queue.Queue = queue.Queue()
+        stop = threading.Event()  # set when the consumer is done (or cancelled): generate() stops at its next step
+
+        class Tokens(BaseStreamer):
+            started = False
+
+            def put(self, value: torch.Tensor) -> None:
+                if not self.started:  # generate() first hands over the prompt
+                    self.started = True
+                    return
+                for t in value.reshape(-1).tolist():
+                    handoff.put(("token", int(t)))
+
+            def end(self) -> None:
+                handoff.put(("end", None))
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> torch.Tensor:
+                done = stop.is_set() or (cancelled is not None and cancelled.is_set())
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+        kw: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": int(max_tokens),
+                              "pad_token_id": tok.pad_token_id, "streamer": Tokens(),
+                              "stopping_criteria": StoppingCriteriaList([Cancelled()])}
+        if temperature > 0:
+            kw.update(temperature=float(temperature), top_p=1.0, top_k=0)
+
+        def run() -> None:
+            try:
+                with torch.no_grad(), pair.side(spec.side) as m, steering_hook(pair, self.layer, add, mask):
+                    torch.manual_seed(seed)
+                    m.generate(input_ids=x, attention_mask=mask, **kw)
+            except Exception as e:  # noqa: BLE001 - handed to the consumer, raised there
+                handoff.put(("fail", e))
+            finally:
+                handoff.put(("end", None))
+
+        with pair.side(spec.side) as m:
+            eos = set(_eos_ids(m, tok))
+        # generate() runs on its own thread so that this generator can hand each token on as it comes;
+        # the worker thread waits for it, so the models are still used by one job at a time
+        gen = threading.Thread(target=run, name="difflens-generate", daemon=True)
+        gen.start()
+        try:
+            while True:
+                kind, val = handoff.get()
+                if kind == "end":
+                    break
+                if kind == "fail":
+                    raise val
+                yield val, val in eos
+                if val in eos:
+                    break
+        finally:
+            stop.set()
+            gen.join()
+
+    def _amplified(self, ids: Sequence[int], *, beta: float, max_tokens: int, temperature: float, seed: int,
+                   cancelled: threading.Event | None) -> Iterator[tuple[int, bool]]:
+        """Logit-difference amplification, one token at a time: both models on their own KV cache
+        (amplify's per-model stream), the next token from ``softmax((l_ft + β(l_ft − l_base)) / T)``
+        (greedy at T = 0), the same draws as :func:`~difflens.methods.amplify.amplified_generate`."""
+        pair = self.pair
+        count = GenerationCount()
+        with torch.no_grad():
+            streams = [_ChatStream(pair, side, ids) for side in ("base", "ft")]
+            with pair.side("ft") as m:
+                eos = set(_eos_ids(m, pair.tokenizer))
+            dev = pair.input_device("ft")
+            V = pair.vocab_size
+            torch.manual_seed(seed)
+            for t in range(max_tokens):
+                if cancelled is not None and cancelled.is_set():
+                    return
+                lb, lf = (s.step(pair, count).to(dtype=torch.float32, device=dev, copy=True) for s in streams)
+                lf, lb = lf[:, :V], lb[:, :V]
+                scores = lf + beta * (lf - lb)
+                if temperature > 0:
+                    if temperature != 1.0:
+                        scores = scores / temperature
+                    nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                else:
+                    nxt = scores.argmax(-1)
+                token = int(nxt[0])
+                yield token, token in eos
+                if token in eos:
+                    return
+                if t + 1 < max_tokens:
+                    for s in streams:
+                        s.advance(nxt)
+
+    # -- heat maps (on the worker thread) -------------------------------------------------------
+    def heatmap_job(self, text: str, *, loop: asyncio.AbstractEventLoop | None = None, top: int = 5) -> Job:
+        from .heatmap import token_heatmap
+
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest("'text' must be a non-empty string")
+        if len(text) > self.limits.max_text_chars:
+            raise BadRequest(f"'text' has {len(text)} characters; at most {self.limits.max_text_chars}")
+
+        def work(job: Job) -> None:
+            job.emit("done", token_heatmap(self.pair, text, layer=self.layer, top=top,
+                                           max_tokens=self.limits.max_heatmap_tokens))
+
+        return Job(work, loop)
+
+
+def _method_datasets(layout: Any) -> list[str]:
+    d = layout.root / "methods"
+    return [p.name for p in sorted(d.iterdir()) if p.is_dir()] if d.is_dir() else []
+
+
+def _number(value: Any, name: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise BadRequest(f"'{name}' must be a finite number")
+    if not lo <= float(value) <= hi:
+        raise BadRequest(f"'{name}' must be between {lo:g} and {hi:g}, got {value}")
+    return float(value)
+
+
+class _ChatStream(_Stream):
+    """Amplification's per-model stream (its KV cache, its next inputs), started from a rendered
+    conversation's ids instead of a single prompt."""
+
+    def __init__(self, pair: Any, side: str, ids: Sequence[int]):
+        super().__init__(pair, side, [""])
+        self.ids, self.mask = pad_left([list(ids)], pad_id(pair.tokenizer), pair.input_device(side))
+        self.pos = (self.mask.long().cumsum(-1) - 1).masked_fill(self.mask == 0, 0)
