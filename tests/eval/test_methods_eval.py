@@ -131,7 +131,7 @@ def test_methods_experiment_cells_and_run_config(tmp_path):
     assert _cells(cfg) == [(o, 0.0) for o in METHOD_ORGANISMS]
     rc = _run_config(cfg, "cake_bake", 0.0, "organism:cake_bake", tmp_path / "r")
     assert rc.methods == ["adl", "mining", "kl", "amplify"] and "methods" in rc.stages
-    assert rc.diff.samples == 500 and rc.diff.control == "noise"
+    assert rc.diff.samples == 300 and rc.diff.control == "noise"
     assert rc.diff.amplify["prompts"] == rc.steering.prompts[:6] or len(rc.diff.amplify["prompts"]) == 6
     assert "methods" in rc.evaluate.parts and "causal" not in rc.evaluate.parts
     from difflens.errors import ConfigError

@@ -103,15 +103,17 @@ def _run_config(cfg: ExperimentConfig, organism: str, mix: float, finetuned: str
 def _methods_update(cfg: ExperimentConfig, rc: Any) -> dict[str, Any]:
     """The method comparison's run config: every method, its control, and the evaluation parts the
     table needs (relevance, similarity, identification, the per-method block; the causal effect and
-    leakage are the adl experiment's). ``--quick``: N = 500 × 64 tokens for the shared pass and
-    amplification on 6 prompts × 2 samples of 32 tokens."""
+    leakage are the adl experiment's). ``--quick``: see below."""
     from ..eval.evaluate import EvalConfig
     from ..run.config import DiffSection, EvaluateSection
 
-    diff = DiffSection(samples=500 if cfg.quick else 2000, tokens=64, control="noise",
-                       amplify=({"prompts": list(rc.steering.prompts[:6]), "samples": 2, "max_new_tokens": 32}
-                                if cfg.quick else {"prompts": list(rc.steering.prompts[:10]), "samples": 2,
-                                                   "max_new_tokens": 40}))
+    # --quick: N = 300 × 64 for the shared pass; amplification on 6 prompts × 2 samples of 32 tokens, its
+    # β grid judged on 6 samples per threshold prompt (bar 5 of 6, relative to 10 unamplified samples)
+    quick_amp = {"prompts": list(rc.steering.prompts[:6]), "samples": 2, "max_new_tokens": 32, "search_samples": 6,
+                 "min_coherent": 5, "calibration_samples": 10}
+    diff = DiffSection(samples=300 if cfg.quick else 2000, tokens=64, control="noise",
+                       amplify=(quick_amp if cfg.quick else {"prompts": list(rc.steering.prompts[:10]), "samples": 2,
+                                                             "max_new_tokens": 40}))
     ev = EvalConfig.quick(similarity_samples=100) if cfg.quick else EvalConfig.quick()
     ev = ev.model_copy(update={"parts": ["relevance", "similarity", "identification", "methods"]})
     return {"methods": list(cfg.methods), "diff": diff, "evaluate": EvaluateSection(**ev.model_dump()),
