@@ -141,17 +141,19 @@ def bench_lens(pair, layout, c, args, shape, rows: Rows):
     rows.add("lens: logit lens", cost.logit_lens_flops(shape, len(pos) * (len(SOURCES) + 1)), wall,
              f"{len(pos)} positions × {len(SOURCES) + 1} sources")
     fwd = [0.0, 0]
+    batched = hasattr(PS, "patched_probs_many")  # a checkout before it: one patched forward per vector
 
     def wrap(real):
         def probs(*a, **kw):
             out, w = timed(real, *a, **kw)
             fwd[0] += w
-            fwd[1] += 1
+            fwd[1] += int(a[2].shape[0]) if batched else 1
             return out
         return probs
 
     graders.scale.cluster(["cake", "oven"]) if hasattr(graders.scale, "cluster") else None  # embedder loaded
-    with patched(PS, "patched_next_token_probs", wrap):
+    name = "patched_probs_many" if batched else "patched_next_token_probs"
+    with patched(PS, name, wrap):
         _, wall = timed(PS.patchscope, pair, c, pos, graders.scale, sources=sources, progress=False)
     plens = [len(p) for p in PS._encode_prompts(pair, PS.IDENTITY_PROMPTS)]
     rows_per = len(PS.SCALES) * len(plens)
