@@ -181,9 +181,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             plen_cache[p] = len(chat_prompt_ids(tok, pair.ft_arch, p))
         return plen_cache[p]
 
-    def wrap_rows(real):
-        def generate_rows(pair_, prompts, alphas, **kw):
-            out, w = timed(real, pair_, prompts, alphas, **kw)
+    def wrap_rows(real):  # every generate call (search, calibration, finals) goes through generate_vectors
+        def generate_vectors(pair_, prompts, add, **kw):
+            out, w = timed(real, pair_, prompts, add, **kw)
             g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0})
             lim = kw["max_new_tokens"]
             g["flops"] += cost.steer_flops(shape, [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)])
@@ -191,7 +191,7 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             g["rows"] += len(prompts)
             g["calls"] += 1
             return out
-        return generate_rows
+        return generate_vectors
 
     def in_phase(name):
         def wrap(real):
@@ -222,8 +222,10 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
                          prompts=S.STEERING_PROMPTS[:args.prompts], search_samples=args.search_samples,
                          search_iters=args.search_iters, refine_iters=args.refine_iters)
     with contextlib.ExitStack() as st:
-        st.enter_context(patched(S, "generate_rows", wrap_rows))
+        st.enter_context(patched(S, "generate_vectors", wrap_rows))
         st.enter_context(patched(ST, "find_threshold", in_phase("search")))
+        if hasattr(ST, "find_thresholds"):  # the positions' searches in shared rounds
+            st.enter_context(patched(ST, "find_thresholds", in_phase("search")))
         for mod in (ST, sys.modules.get("difflens.backends")):
             if mod is not None and hasattr(mod, "final_generations"):
                 st.enter_context(patched(mod, "final_generations", in_phase("final")))
