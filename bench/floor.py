@@ -305,7 +305,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--samples", type=int, default=500, help="collect: N")
     ap.add_argument("--positions", type=int, default=5, help="collect: k")
-    ap.add_argument("--norm-samples", type=int, default=256, help="collect: η samples")
+    ap.add_argument("--norm-samples", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="collect: η texts (auto: about N·k tokens, CollectConfig.norm_texts)")
     ap.add_argument("--lens-positions", type=int, default=2)
     ap.add_argument("--steer-positions", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=4, help="steer: final-generation prompts")
