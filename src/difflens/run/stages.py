@@ -87,6 +87,24 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
     return out
 
 
+def collect_estimate(pair: ModelPair, cfg: Any) -> float | None:
+    """One stderr line before a long collection (:func:`~difflens.run.cost.announce`): both models
+    to the deepest layer over N samples of k tokens and the η texts, per dataset, at the ratio
+    bench/floor.py measured. Nothing when it would be short."""
+    from . import cost
+
+    try:
+        shape = cost.ModelShape.of_pair(pair)
+        layer = max(pair.arch.resolve_layer(x) for x in cfg.layers)
+        f = cost.collect_flops(shape, layer, [cfg.positions] * cfg.samples, [cfg.norm_len] * cfg.norm_texts())
+        flops = (f["samples"] + f["eta"]) * len(cfg.datasets)
+    except Exception:  # noqa: BLE001 - an estimate never stops the stage
+        return None
+    return cost.announce(f"collecting {len(cfg.datasets)} dataset(s) × {cfg.samples} samples × {cfg.positions} "
+                         f"tokens to layer {layer}", flops, pair.device, str(getattr(pair, "precision", "float32")),
+                         cost.COLLECT_FLOOR_RATIO, "an interrupted collection resumes from its last checkpoint")
+
+
 def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer: int) -> None:
     """One stderr line before a long steering stage: its FLOPs at this machine's measured matmul rate
     and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`)."""
