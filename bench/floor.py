@@ -141,17 +141,19 @@ def bench_lens(pair, layout, c, args, shape, rows: Rows):
     rows.add("lens: logit lens", cost.logit_lens_flops(shape, len(pos) * (len(SOURCES) + 1)), wall,
              f"{len(pos)} positions × {len(SOURCES) + 1} sources")
     fwd = [0.0, 0]
+    batched = hasattr(PS, "patched_probs_many")  # a checkout before it: one patched forward per vector
 
     def wrap(real):
         def probs(*a, **kw):
             out, w = timed(real, *a, **kw)
             fwd[0] += w
-            fwd[1] += 1
+            fwd[1] += int(a[2].shape[0]) if batched else 1
             return out
         return probs
 
     graders.scale.cluster(["cake", "oven"]) if hasattr(graders.scale, "cluster") else None  # embedder loaded
-    with patched(PS, "patched_next_token_probs", wrap):
+    name = "patched_probs_many" if batched else "patched_next_token_probs"
+    with patched(PS, name, wrap):
         _, wall = timed(PS.patchscope, pair, c, pos, graders.scale, sources=sources, progress=False)
     plens = [len(p) for p in PS._encode_prompts(pair, PS.IDENTITY_PROMPTS)]
     rows_per = len(PS.SCALES) * len(plens)
@@ -179,9 +181,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             plen_cache[p] = len(chat_prompt_ids(tok, pair.ft_arch, p))
         return plen_cache[p]
 
-    def wrap_rows(real):
-        def generate_rows(pair_, prompts, alphas, **kw):
-            out, w = timed(real, pair_, prompts, alphas, **kw)
+    def wrap_rows(real):  # every generate call (search, calibration, finals) goes through generate_vectors
+        def generate_vectors(pair_, prompts, add, **kw):
+            out, w = timed(real, pair_, prompts, add, **kw)
             g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0})
             lim = kw["max_new_tokens"]
             g["flops"] += cost.steer_flops(shape, [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)])
@@ -189,7 +191,7 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             g["rows"] += len(prompts)
             g["calls"] += 1
             return out
-        return generate_rows
+        return generate_vectors
 
     def in_phase(name):
         def wrap(real):
@@ -220,8 +222,10 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
                          prompts=S.STEERING_PROMPTS[:args.prompts], search_samples=args.search_samples,
                          search_iters=args.search_iters, refine_iters=args.refine_iters)
     with contextlib.ExitStack() as st:
-        st.enter_context(patched(S, "generate_rows", wrap_rows))
+        st.enter_context(patched(S, "generate_vectors", wrap_rows))
         st.enter_context(patched(ST, "find_threshold", in_phase("search")))
+        if hasattr(ST, "find_thresholds"):  # the positions' searches in shared rounds
+            st.enter_context(patched(ST, "find_thresholds", in_phase("search")))
         for mod in (ST, sys.modules.get("difflens.backends")):
             if mod is not None and hasattr(mod, "final_generations"):
                 st.enter_context(patched(mod, "final_generations", in_phase("final")))
@@ -301,7 +305,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--samples", type=int, default=500, help="collect: N")
     ap.add_argument("--positions", type=int, default=5, help="collect: k")
-    ap.add_argument("--norm-samples", type=int, default=256, help="collect: η samples")
+    ap.add_argument("--norm-samples", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="collect: η texts (auto: about N·k tokens, CollectConfig.norm_texts)")
     ap.add_argument("--lens-positions", type=int, default=2)
     ap.add_argument("--steer-positions", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=4, help="steer: final-generation prompts")

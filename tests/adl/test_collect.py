@@ -309,3 +309,38 @@ def test_chat_shortfall_counts_conversations_without_reply(tmp_path, chat_file, 
     assert ds["shortfall"] == 100 - ds["n_used"]
     assert (f"{chat_file}: 100 samples requested, {ds['n_used']} usable (of 60 records; {ds['n_skipped_short']} too short, "
             f"4 without an assistant reply) — using {ds['n_used']}") in capsys.readouterr().err
+
+
+def test_auto_norm_samples_follow_the_samples_token_count():
+    auto = CollectConfig()  # the paper's N = 10,000, k = 5: 50,000 tokens → the cap, 256 × 64 tokens
+    assert auto.norm_samples == "auto" and auto.norm_texts() == 256
+    assert auto.semantic() == CollectConfig(norm_samples=256).semantic()  # earlier runs keep their fingerprint
+    assert CollectConfig(samples=1000).norm_texts() == 79  # ⌈1000·5 / 64⌉: as many tokens as the samples
+    assert CollectConfig(samples=20).norm_texts() == 16  # at least 16 texts
+    assert CollectConfig(samples=1000, norm_len=128).norm_texts() == 40
+    assert CollectConfig(samples=1000, norm_samples=300).norm_texts() == 300  # explicit: as given
+    assert CollectConfig(samples=1000).semantic() != CollectConfig(samples=1000, norm_samples=256).semantic()
+    with pytest.raises(ValueError):
+        CollectConfig(norm_samples=0)
+
+
+def test_auto_calibration_changes_eta_only(tmp_path, corpus_file, monkeypatch):
+    import difflens.adl.collect as C
+
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    seen = []
+    real = C.mean_norms
+
+    def counting(pair_, ids, layers, **kw):
+        seen.append(len(ids))
+        return real(pair_, ids, layers, **kw)
+
+    monkeypatch.setattr(C, "mean_norms", counting)
+    out = {}
+    for name, ns in (("fixed", 60), ("auto", "auto")):
+        cfg = CollectConfig(datasets=[str(corpus_file)], samples=40, layers=[2], norm_samples=ns, norm_len=8)
+        out[name] = collect(pair, RunLayout(tmp_path / name), cfg, progress=False)[str(corpus_file)][0]
+    assert seen == [60, 25]  # auto: ⌈40·5 / 8⌉ texts
+    assert torch.equal(out["fixed"].delta, out["auto"].delta)  # δ̄ bit-identical
+    assert torch.equal(out["fixed"].base_mean, out["auto"].base_mean)
+    assert out["fixed"].eta_ft == pytest.approx(out["auto"].eta_ft, rel=0.2)  # another sample of the same norm

@@ -17,10 +17,11 @@ on stderr and the shortfall recorded in its stats and the manifest.
 from __future__ import annotations
 
 import importlib.metadata as md
+import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, Field, field_validator
@@ -35,6 +36,10 @@ from ..rundir.artifacts import Source
 from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
 
 
+NORM_MIN_TEXTS = 16
+NORM_MAX_TOKENS = 256 * 64
+
+
 class CollectConfig(BaseModel):
     """What to collect. Defaults follow the paper: k=5, N=10,000, middle layer."""
 
@@ -44,7 +49,10 @@ class CollectConfig(BaseModel):
     layers: list[float | int] = Field(default_factory=lambda: [0.5])
     seed: int = 0
     batch_size: int = Field(64, ge=1)
-    norm_samples: int = Field(256, ge=1)
+    # texts of up to norm_len tokens for each model's norm η; "auto": about as many tokens as the
+    # samples themselves (N·k), at least NORM_MIN_TEXTS texts and at most NORM_MAX_TOKENS tokens
+    # (:meth:`norm_texts`), so that η never costs more than the means it scales
+    norm_samples: int | Literal["auto"] = "auto"
     norm_len: int = Field(64, ge=4)
     text_field: str = "text"
     checkpoint_every: int = Field(25, ge=1)
@@ -56,9 +64,29 @@ class CollectConfig(BaseModel):
             raise ValueError("give at least one layer")
         return v
 
+    @field_validator("norm_samples")
+    @classmethod
+    def _norm_samples(cls, v: int | str) -> int | str:
+        if v != "auto" and int(v) < 1:
+            raise ValueError("norm_samples must be ≥ 1 or 'auto'")
+        return v
+
+    def norm_texts(self) -> int:
+        """How many texts η is measured on: ``norm_samples``, or for ``"auto"`` the number of
+        ``norm_len``-token texts that holds about N·k tokens, within [NORM_MIN_TEXTS, the texts of
+        NORM_MAX_TOKENS tokens] (256 texts of 64 tokens, the fixed default before; N·k ≥ 16,384,
+        e.g. the paper's N = 10,000, k = 5, gives the same η as before)."""
+        if self.norm_samples != "auto":
+            return int(self.norm_samples)
+        most = max(NORM_MIN_TEXTS, math.ceil(NORM_MAX_TOKENS / self.norm_len))
+        return max(NORM_MIN_TEXTS, min(most, math.ceil(self.samples * self.positions / self.norm_len)))
+
     def semantic(self) -> dict[str, Any]:
-        """The fields that change results (batch size and checkpointing do not)."""
-        return self.model_dump(exclude={"batch_size", "checkpoint_every", "datasets"})
+        """The fields that change results (batch size and checkpointing do not); ``norm_samples`` as
+        resolved (an "auto" that resolves to 256 keeps the fingerprints of runs from before "auto")."""
+        out = self.model_dump(exclude={"batch_size", "checkpoint_every", "datasets"})
+        out["norm_samples"] = self.norm_texts()
+        return out
 
 
 @dataclass
@@ -314,7 +342,7 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
             raise DataError(f"non-finite activations ({', '.join(overflow)}) with the pair in "
                             f"{getattr(pair, 'precision', '?')}: the model overflows that dtype's range; rerun with "
                             "--dtype bf16-fp32res (or float32).")
-        norm_sample = sample_ids(corpus, pair.tokenizer, n=cfg.norm_samples, k=4, seed=cfg.seed + 1,
+        norm_sample = sample_ids(corpus, pair.tokenizer, n=cfg.norm_texts(), k=4, seed=cfg.seed + 1,
                                  max_len=cfg.norm_len, bos=bos, chat_bos=chat_bos)
         eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, cfg.batch_size // 4),
                          starts=norm_sample.starts if corpus.is_chat else None)

@@ -20,6 +20,13 @@ for the other two; the threshold is the mean of the three prompts' values):
   prompts bisected side by side, 10-13 rounds for ~1.1x the generations. Which is faster depends
   on what a round costs against a generation (:func:`default_grid`, the default by device).
 
+Several positions search in shared rounds (:func:`find_thresholds`, what the steer stage runs):
+each round tests what every position's batched schedule asks next, all rows in one ``generate``
+call (a steering vector per row) and one grader call, so no round waits on one position. Each
+position keeps its schedule and its rounds' seeds; only which rows share a call changes, so its
+samples are other draws of the same distributions (one position alone: exactly
+:func:`find_threshold`).
+
 Coherent means ≥ ``min_coherent`` of ``search_samples`` by default relative to how often the
 unsteered model's own samples pass the grader (:func:`required_coherent`): the paper's 8/10 when
 they all pass, fewer for a small model whose unsteered text at T=1.2 is often incoherent itself.
@@ -449,29 +456,34 @@ class _Bracket:
     started: bool = True
 
 
-def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, direction: torch.Tensor, eta: float,
-                      cfg: SteeringConfig, counter: SearchCounter,
-                      log: Callable[[str], None] | None = None) -> tuple[list[float], list[SearchStep]]:
-    """The batched schedule (see the module docstring): per-prompt thresholds and every tested α."""
-    prompts = cfg.threshold_prompts
-    n = cfg.search_samples
-    need = {p: cfg.need(i) for i, p in enumerate(prompts)}
-    grid = cfg.grid or default_grid(pair)
-    first = _Bracket(prompts[0], 0.0, cfg.alpha_max)
-    tol1 = cfg.alpha_max / 2 ** cfg.search_iters
-    refine = [_Bracket(p, 0.0, 0.0, started=False) for p in prompts[1:]] if cfg.refine_iters > 0 else []
-    shrink = 2.0 ** -cfg.refine_iters
+class _PositionSearch:
+    """The batched schedule's state for one direction: the first prompt's bracket and the refinement
+    prompts' brackets, what the next round tests (:meth:`plan`) and how its verdicts narrow them
+    (:meth:`update`)."""
 
-    def plan() -> list[tuple[_Bracket, list[float]]]:
+    def __init__(self, pair: ModelPair | None, cfg: SteeringConfig):
+        self.cfg = cfg
+        self.n = cfg.search_samples
+        self.need = {p: cfg.need(i) for i, p in enumerate(cfg.threshold_prompts)}
+        self.grid = cfg.grid or default_grid(pair)
+        self.first = _Bracket(cfg.threshold_prompts[0], 0.0, cfg.alpha_max)
+        self.tol1 = cfg.alpha_max / 2 ** cfg.search_iters
+        self.refine = ([_Bracket(p, 0.0, 0.0, started=False) for p in cfg.threshold_prompts[1:]]
+                       if cfg.refine_iters > 0 else [])
+        self.shrink = 2.0 ** -cfg.refine_iters
+
+    def plan(self) -> list[tuple[_Bracket, list[float]]]:
+        """The next round's α's per bracket (empty: the search is over)."""
+        cfg, first = self.cfg, self.first
         out = []
-        g = grid_size(first.hi - first.lo, tol1, grid)
+        g = grid_size(first.hi - first.lo, self.tol1, self.grid)
         if g:
             out.append((first, grid_points(first.lo, first.hi, g)))
         done1 = g == 0
         # the first prompt found no coherent α at all: an empty [0, 2α₁] would zero every prompt, so
         # the others search the full range to the first prompt's precision instead
         free = done1 and first.lo <= 0
-        for b in refine:
+        for b in self.refine:
             # the paper searches [0, 2α₁] to 2α₁/2^refine_iters: while α₁ ∈ [lo₁, hi₁] is open,
             # cap the range at 2·hi₁ and aim for the finer 2·lo₁/2^refine_iters
             cap = cfg.alpha_max if free else 2 * (first.lo if done1 else first.hi)
@@ -481,44 +493,70 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
                 b.started, b.hi = True, cap
             b.hi = min(b.hi, cap)
             b.lo = min(b.lo, b.hi)
-            gb = grid_size(b.hi - b.lo, tol1 if free else 2 * first.lo * shrink, grid)
+            gb = grid_size(b.hi - b.lo, self.tol1 if free else 2 * first.lo * self.shrink, self.grid)
             if gb:
                 out.append((b, grid_points(b.lo, b.hi, gb)))
         return out
 
-    for _ in range(10_000):  # every round shrinks some bracket at least twofold: ends long before
-        todo = plan()
-        if not todo:
-            break
-        rows = [(b.prompt, a) for b, points in todo for a in points for _ in range(n)]
-        texts = generate_rows(pair, [p for p, _ in rows], [a for _, a in rows], layer=layer, direction=direction,
-                              eta=eta, temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
-                              seed=cfg.seed + 1000 * counter.rounds)
-        verdicts = grader.grade(texts)
-        if len(verdicts) != len(texts):
-            raise ValueError(f"the coherence grader returned {len(verdicts)} verdicts for {len(texts)} texts")
-        counter.generations += len(texts)
-        counter.grader_calls += len(texts)
-        counter.rounds += 1
-        i = 0
+    def rows(self, todo: list[tuple[_Bracket, list[float]]]) -> list[tuple[str, float]]:
+        """(prompt, α) of every sample of a round, ``search_samples`` per tested α."""
+        return [(b.prompt, a) for b, points in todo for a in points for _ in range(self.n)]
+
+    def update(self, todo: list[tuple[_Bracket, list[float]]], verdicts: Sequence[Any]) -> None:
+        """Narrow each bracket by its α's verdicts (in :meth:`rows` order)."""
+        n, i = self.n, 0
         for b, points in todo:
             oks = []
             for a in points:
                 ok = sum(bool(x) for x in verdicts[i:i + n])
                 i += n
-                oks.append(ok >= need[b.prompt])
+                oks.append(ok >= self.need[b.prompt])
                 b.steps.append(SearchStep(prompt=b.prompt, alpha=a, n_coherent=ok, n_samples=n,
-                                          coherent=ok >= need[b.prompt]))
+                                          coherent=ok >= self.need[b.prompt]))
             b.lo, b.hi = narrow(b.lo, b.hi, points, oks)
+
+    def state(self) -> str:
+        return "; ".join(f"{b.prompt[:24]!r} [{b.lo:.4g}, {b.hi:.4g}]" for b in [self.first, *self.refine]
+                         if b.started)
+
+    def result(self) -> tuple[list[float], list[SearchStep]]:
+        a1 = self.first.lo
+        alphas = [a1]
+        for b in self.refine:
+            # the paper never tests above 2α₁: its result is at most 2α₁ − 2α₁/2^refine_iters
+            alphas.append((min(b.lo, 2 * a1 * (1 - self.shrink)) if a1 > 0 else b.lo) if b.started else 0.0)
+        return alphas, [s for b in [self.first, *self.refine] for s in b.steps]
+
+
+def _graded(grader: CoherenceGrader, texts: Sequence[str]) -> list[Any]:
+    verdicts = grader.grade(texts)
+    if len(verdicts) != len(texts):
+        raise ValueError(f"the coherence grader returned {len(verdicts)} verdicts for {len(texts)} texts")
+    return list(verdicts)
+
+
+def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, direction: torch.Tensor, eta: float,
+                      cfg: SteeringConfig, counter: SearchCounter,
+                      log: Callable[[str], None] | None = None) -> tuple[list[float], list[SearchStep]]:
+    """The batched schedule (see the module docstring): per-prompt thresholds and every tested α."""
+    search = _PositionSearch(pair, cfg)
+    for _ in range(10_000):  # every round shrinks some bracket at least twofold: ends long before
+        todo = search.plan()
+        if not todo:
+            break
+        rows = search.rows(todo)
+        texts = generate_rows(pair, [p for p, _ in rows], [a for _, a in rows], layer=layer, direction=direction,
+                              eta=eta, temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
+                              seed=cfg.seed + 1000 * counter.rounds)
+        verdicts = _graded(grader, texts)
+        counter.generations += len(texts)
+        counter.grader_calls += len(texts)
+        counter.rounds += 1
+        search.update(todo, verdicts)
         if log:
-            state = "; ".join(f"{b.prompt[:24]!r} [{b.lo:.4g}, {b.hi:.4g}]" for b in [first, *refine] if b.started)
-            log(f"round {counter.rounds}: {sum(len(p) for _, p in todo)} α's, {len(texts)} generations → {state}")
-    a1 = first.lo
-    alphas = [a1]
-    for b in refine:
-        # the paper never tests above 2α₁: its result is at most 2α₁ − 2α₁/2^refine_iters
-        alphas.append((min(b.lo, 2 * a1 * (1 - shrink)) if a1 > 0 else b.lo) if b.started else 0.0)
-    return alphas, [s for b in [first, *refine] for s in b.steps]
+            log(f"round {counter.rounds}: {sum(len(p) for _, p in todo)} α's, {len(texts)} generations → "
+                f"{search.state()}")
+    return search.result()
 
 
 def required_coherent(cfg: SteeringConfig, unsteered_pass_rate: float | None) -> int:
@@ -537,24 +575,103 @@ def required_coherent(cfg: SteeringConfig, unsteered_pass_rate: float | None) ->
     return max(1, min(cfg.min_coherent, math.ceil(cfg.min_coherent * rate - 1e-9)))
 
 
-def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, position: int, direction: torch.Tensor,
-                   eta: float, cfg: SteeringConfig, progress: bool | None = None) -> SteeringThreshold:
-    """The three-prompt coherence-threshold search for one position (``cfg.search`` picks the
-    schedule). ``progress``: ``[difflens]`` lines on stderr per round and at the end (None: only
-    when stderr is not a terminal)."""
-    counter = SearchCounter()
-    bars = (f"≥{', '.join(str(cfg.need(i)) for i in range(len(cfg.threshold_prompts)))} of {cfg.search_samples}"
+def _bars(cfg: SteeringConfig) -> str:
+    return (f"≥{', '.join(str(cfg.need(i)) for i in range(len(cfg.threshold_prompts)))} of {cfg.search_samples}"
             if cfg.min_coherent_per_prompt else f"≥{cfg.min_coherent}/{cfg.search_samples}")
-    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search}, {bars} coherent)")
-    search = batched_threshold if cfg.search == "batched" else paper_threshold
-    alphas, steps = search(pair, grader, layer=layer, direction=direction, eta=eta, cfg=cfg, counter=counter,
-                           log=log if log.on else None)
+
+
+def _threshold(position: int, alphas: list[float], steps: list[SearchStep], counter: SearchCounter,
+               cfg: SteeringConfig, log: Callable[[str], None]) -> SteeringThreshold:
     alpha = sum(alphas) / len(alphas)
     log(f"α = {alpha:.4g} (per prompt {', '.join(f'{a:.4g}' for a in alphas)}), {counter.generations} generations "
         f"in {counter.rounds} rounds")
     return SteeringThreshold(position=position, alpha=alpha, per_prompt=alphas, steps=steps,
                              generations_used=counter.generations, grader_calls=counter.grader_calls,
                              min_coherent=cfg.min_coherent)
+
+
+def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, position: int, direction: torch.Tensor,
+                   eta: float, cfg: SteeringConfig, progress: bool | None = None) -> SteeringThreshold:
+    """The three-prompt coherence-threshold search for one position (``cfg.search`` picks the
+    schedule). ``progress``: ``[difflens]`` lines on stderr per round and at the end (None: only
+    when stderr is not a terminal)."""
+    counter = SearchCounter()
+    log = _Log(progress, f"steering layer {layer} position {position} ({cfg.search}, {_bars(cfg)} coherent)")
+    search = batched_threshold if cfg.search == "batched" else paper_threshold
+    alphas, steps = search(pair, grader, layer=layer, direction=direction, eta=eta, cfg=cfg, counter=counter,
+                           log=log if log.on else None)
+    return _threshold(position, alphas, steps, counter, cfg, log)
+
+
+def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, directions: dict[int, torch.Tensor],
+                    eta: float, cfg: SteeringConfig, progress: bool | None = None,
+                    on_done: Callable[[SteeringThreshold], None] | None = None,
+                    max_rows: int | None = None) -> dict[int, SteeringThreshold]:
+    """The threshold searches of several positions, in shared rounds.
+
+    With ``search="batched"`` every round tests what each position's schedule asks next (the same
+    brackets, grids and ``search_samples`` as :func:`find_threshold`), the rows of all positions in
+    one ``generate`` call (a steering vector per row; split only where the KV cache's memory asks,
+    :func:`rows_per_call`, call ``c`` of round ``r`` seeded ``seed + 1000·r + c``) and one grader
+    call, so no position's round waits on another's. Round ``r`` of each position is seeded as in
+    :func:`find_threshold` (``seed + 1000·r``); only the rows a call holds differ, so its samples
+    are other draws of the same distributions: one position alone gives exactly
+    :func:`find_threshold`'s α, several give α's of the same sampling distribution.
+    ``search="paper"`` runs the positions one after another. ``on_done(threshold)`` as each
+    position finishes (the caller saves it)."""
+    out: dict[int, SteeringThreshold] = {}
+    if cfg.search != "batched":
+        for j, d in directions.items():
+            out[j] = find_threshold(pair, grader, layer=layer, position=j, direction=d, eta=eta, cfg=cfg,
+                                    progress=progress)
+            if on_done is not None:
+                on_done(out[j])
+        return out
+    searches = {j: _PositionSearch(pair, cfg) for j in directions}
+    counters = {j: SearchCounter() for j in directions}
+    logs = {j: _Log(progress, f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)")
+            for j in directions}
+    log = _Log(progress, f"steering layer {layer} positions {', '.join(str(j) for j in directions)}")
+    d = next(iter(directions.values())).shape[-1] if directions else 0
+    for r in range(10_000):
+        plans = {j: s.plan() for j, s in searches.items() if j not in out}
+        for j in [j for j, todo in plans.items() if not todo]:  # finished: no α left to test
+            out[j] = _threshold(j, *searches[j].result(), counters[j], cfg, logs[j])
+            if on_done is not None:
+                on_done(out[j])
+        plans = {j: todo for j, todo in plans.items() if todo}
+        if not plans:
+            break
+        rows = [(j, p, a) for j, todo in plans.items() for p, a in searches[j].rows(todo)]
+        prompts = [p for _, p, _ in rows]
+        if pair is None:  # no model (tests): the generation function decides what a row is
+            texts = generate_rows(pair, prompts, [a for _, _, a in rows], layer=layer, direction=None, eta=eta,
+                                  temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
+                                  seed=cfg.seed + 1000 * r)
+        else:
+            add = torch.cat([steering_vectors(directions[j], [a], eta) for j, _, a in rows]) if rows else \
+                torch.zeros(0, d)
+            longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)) for p in set(prompts))
+            chunk = max_rows or rows_per_call(pair, longest + cfg.max_new_tokens)
+            calls = math.ceil(len(rows) / chunk)
+            chunk = math.ceil(len(rows) / calls)
+            texts = []
+            for c in range(calls):
+                texts += generate_vectors(pair, prompts[c * chunk:(c + 1) * chunk], add[c * chunk:(c + 1) * chunk],
+                                          layer=layer, temperature=cfg.search_temperature,
+                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * r + c)
+        verdicts = _graded(grader, texts)
+        i = 0
+        for j, todo in plans.items():
+            m = len(searches[j].rows(todo))
+            searches[j].update(todo, verdicts[i:i + m])
+            i += m
+            counters[j].generations += m
+            counters[j].grader_calls += m
+            counters[j].rounds += 1
+        log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations → "
+            + " | ".join(f"{j}: {searches[j].state()}" for j in plans))
+    return out
 
 
 def final_generations(pair: ModelPair, *, layer: int, position: int | None, direction: torch.Tensor | None,

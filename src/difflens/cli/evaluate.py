@@ -71,8 +71,12 @@ def evaluate_cmd(
                                base_device=base_device, ft_device=ft_device)
         ft = resolve_ft_data(manifest, organism=organism, ft_data=ft_data, description=description)
         rel = LLMRelevance(client) if client is not None else OfflineRelevance(cfg.embedder)
-        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=lambda: pair_from_run(layout, **loading),
-                           layers=layer)
+        def load_pair_and_estimate() -> Any:  # called only when the causal effect must be computed
+            pair = pair_from_run(layout, **loading)
+            _announce_causal(pair, layout, cfg, layer)
+            return pair
+
+        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=load_pair_and_estimate, layers=layer)
     except DifflensError as e:
         fail(e)
         return
@@ -81,6 +85,28 @@ def evaluate_cmd(
             write_json(RunLayout(run).llm_usage(), client.usage_summary())
     _print(summary)
     console.print(f"summary: {RunLayout(run).evaluation()} (render it with `difflens report {run}`)")
+
+
+def _announce_causal(pair: Any, layout: Any, cfg: Any, layers: Any) -> None:
+    """The causal effect's expected time before it starts, when long (every text at max_len: an
+    upper bound; :func:`difflens.run.cost.announce` at the ratio bench/floor.py measured)."""
+    from ..adl.collect import load_collected
+    from ..run import cost
+
+    try:
+        shape = cost.ModelShape.of_pair(pair)
+        n, L = cfg.causal.n_texts, cfg.causal.max_len
+        flops = 0.0
+        for dataset, li in layout.targets(None, layers):
+            k = load_collected(layout, dataset, li).positions
+            flops += 2 * cost.causal_flops(shape, li, [L] * n, k + cfg.causal.n_random)  # D_ft and D_pt
+            flops += cost.causal_flops(shape, li, [], 0, chat_lengths=[L] * n)
+    except Exception:  # noqa: BLE001 - an estimate never stops the evaluation
+        return
+    cost.announce(f"causal effect ({n} texts × ≤{L} tokens per dataset, {cfg.causal.n_random} random directions), "
+                  "at most", flops, pair.device, str(getattr(pair, "precision", "float32")), cost.CAUSAL_FLOOR_RATIO,
+                  "it resumes from its last finished batch if interrupted; --causal-texts / --causal-random or "
+                  "--quick shorten it")
 
 
 def _run_manifest(layout: Any) -> dict[str, Any]:

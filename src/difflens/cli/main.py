@@ -95,6 +95,9 @@ def collect(
         for d in cfg.datasets:  # fail on bad data before loading any model
             load_corpus(d, text_field=text_field)
         pair = load_pair(base, finetuned, **loading)
+        from ..run.stages import collect_estimate
+
+        collect_estimate(pair, cfg)  # a line only when it will take a while
         res = run_collect(pair, RunLayout(out), cfg)
     except DifflensError as e:
         _fail(e)

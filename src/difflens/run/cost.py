@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 __all__ = ["ModelShape", "forward_flops", "generation_flops", "collect_flops", "patchscope_flops",
            "logit_lens_flops", "steer_flops", "grading_flops", "causal_flops", "methods_flops", "amplify_flops",
-           "matmul_rate", "estimate_seconds", "format_seconds"]
+           "matmul_rate", "estimate_seconds", "format_seconds", "announce", "rate_dtype"]
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,37 @@ def format_seconds(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def rate_dtype(precision: str) -> str:
+    """The matmul dtype of a pair's precision name (``bf16-fp32res`` multiplies in bfloat16)."""
+    p = str(precision)
+    return "bfloat16" if p.startswith("bf") else "float16" if "16" in p else "float32"
+
+
+# wall / floor that bench/floor.py measured on 2 CPU cores (collect total 1.5, causal 1.6)
+COLLECT_FLOOR_RATIO = 1.5
+CAUSAL_FLOOR_RATIO = 2.0
+ANNOUNCE_AFTER_S = 60.0  # stages expected to be shorter say nothing
+
+
+def announce(what: str, flops: float, device: Any, precision: str, ratio: float, hint: str = "", *,
+             at_least: float = ANNOUNCE_AFTER_S, always: bool = False) -> float | None:
+    """One ``[difflens]`` line on stderr before a long stage: its FLOPs at this machine's measured
+    matmul rate times the ``ratio`` of wall to floor the bench measured. Said only when the estimate
+    is ``at_least`` seconds (or ``always``); returns the estimate (None if it could not be made)."""
+    import sys
+
+    try:
+        rate = matmul_rate(device, rate_dtype(precision))
+    except Exception:  # noqa: BLE001 - an estimate never stops a stage
+        return None
+    secs = flops / rate * ratio
+    if always or secs >= at_least:
+        print(f"[difflens] {what}: ≈ {flops / 1e12:.1f} TFLOP at {rate / 1e9:.0f} GFLOP/s → about "
+              f"{format_seconds(secs)} (floor {format_seconds(flops / rate)}){'; ' + hint if hint else ''}",
+              file=sys.stderr, flush=True)
+    return secs
 
 
 # measured by bench/floor.py on 2 CPU cores (SmolLM2-135M, 12-24 new tokens): steering's generation

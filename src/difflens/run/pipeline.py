@@ -61,7 +61,12 @@ class Runner:
 
     # -- stages ----------------------------------------------------------------------------
     def stage_collect(self) -> str:
-        res = collect(self.pair, self.layout, self.cfg.collect_config(), progress=self.progress)
+        cfg = self.cfg.collect_config()
+        if self.progress:
+            from .stages import collect_estimate
+
+            collect_estimate(self.pair, cfg)
+        res = collect(self.pair, self.layout, cfg, progress=self.progress)
         parts = [f"{ds}: N={items[0].n}, layers {[c.layer for c in items]}" for ds, items in res.items()]
         return "; ".join(parts)
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import READERS as PATCHSCOPE_READERS, patchscope
-from ..adl.steering import SteeringConfig, find_threshold, generate, required_coherent
+from ..adl.steering import SteeringConfig, find_threshold, find_thresholds, generate, required_coherent
 from ..backends import GenerationBackend, HFBackend, final_generations, final_generations_batch
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
@@ -85,6 +85,24 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
         layout.mark_stage(stage, fp, seconds=round(time.time() - t0, 2))  # the cost column of method comparisons
         out.append(ps)
     return out
+
+
+def collect_estimate(pair: ModelPair, cfg: Any) -> float | None:
+    """One stderr line before a long collection (:func:`~difflens.run.cost.announce`): both models
+    to the deepest layer over N samples of k tokens and the η texts, per dataset, at the ratio
+    bench/floor.py measured. Nothing when it would be short."""
+    from . import cost
+
+    try:
+        shape = cost.ModelShape.of_pair(pair)
+        layer = max(pair.arch.resolve_layer(x) for x in cfg.layers)
+        f = cost.collect_flops(shape, layer, [cfg.positions] * cfg.samples, [cfg.norm_len] * cfg.norm_texts())
+        flops = (f["samples"] + f["eta"]) * len(cfg.datasets)
+    except Exception:  # noqa: BLE001 - an estimate never stops the stage
+        return None
+    return cost.announce(f"collecting {len(cfg.datasets)} dataset(s) × {cfg.samples} samples × {cfg.positions} "
+                         f"tokens to layer {layer}", flops, pair.device, str(getattr(pair, "precision", "float32")),
+                         cost.COLLECT_FLOOR_RATIO, "an interrupted collection resumes from its last checkpoint")
 
 
 def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer: int) -> None:
@@ -187,16 +205,30 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"steering layer {layer}", total=len(pos), completed=len(pos) - len(todo))
             t_start = time.time()
-            for i, j in enumerate(todo):
-                th = find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
-                                    eta=c.eta_ft, cfg=search_cfg)
-                partial["thresholds"][str(j)] = th.model_dump()
+            finished = [0]
+
+            def done(th: A.SteeringThreshold) -> None:  # saved as each position finishes
+                partial["thresholds"][str(th.position)] = th.model_dump()
                 write_json(partial_path, partial)
                 bar.advance(task)
-                if progress and i + 1 < len(todo):  # ETA from the positions done so far
-                    left = (time.time() - t_start) / (i + 1) * (len(todo) - i - 1)
-                    bar.console.log(f"steering layer {layer}: position {j} done ({i + 1}/{len(todo)}), "
-                                    f"searches left about {format_seconds(left)} (+ final generations)")
+                finished[0] += 1
+                if progress and finished[0] < len(todo):
+                    # one after another: ETA from the positions done so far; in shared rounds the
+                    # others are as far as this one
+                    left = (time.time() - t_start) / finished[0] * (len(todo) - finished[0])
+                    eta_note = "" if joint else f", searches left about {format_seconds(left)}"
+                    bar.console.log(f"steering layer {layer}: position {th.position} done ({finished[0]}/{len(todo)})"
+                                    f"{eta_note} (+ final generations)")
+
+            joint = len(todo) > 1 and search_cfg.search == "batched"
+            if joint:
+                # all positions' searches in shared rounds: one generate and one grader call per round
+                find_thresholds(pair, graders.coherence, layer=layer, directions={j: c.delta[j] for j in todo},
+                                eta=c.eta_ft, cfg=search_cfg, on_done=done)
+            else:
+                for j in todo:
+                    done(find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
+                                        eta=c.eta_ft, cfg=search_cfg))
         # the final steered (and random-direction control) generations of every searched position
         # without them, in as few generation calls as memory allows (one batch, a steering vector per row)
         have = {(g["position"], g.get("control")) for g in partial["generations"] if g["position"] is not None}

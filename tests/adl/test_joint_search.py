@@ -1,0 +1,104 @@
+"""Threshold searches of several positions in shared rounds (find_thresholds): one generate call and
+one grader call per round for all positions, each position's schedule unchanged."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import difflens.adl.steering as steering
+from difflens.adl.steering import SteeringConfig, find_threshold, find_thresholds
+
+
+class LengthGrader:  # deterministic: coherent iff the text has a few words
+    name = "len"
+
+    def __init__(self):
+        self.calls, self.texts = 0, 0
+
+    def grade(self, texts):
+        self.calls += 1
+        self.texts += len(texts)
+        return [len(t.split()) >= 3 for t in texts]
+
+
+CFG = SteeringConfig(search_iters=3, refine_iters=1, search_samples=2, min_coherent=1, max_new_tokens=4, grid=1,
+                     threshold_prompts=["tell me a story", "why"])
+
+
+def sharpened(tiny_run):
+    pair, _, c = tiny_run
+    with torch.no_grad():
+        pair.ft_lm.model.lm_head.weight.mul_(100)
+    return pair, c
+
+
+def test_one_position_equals_find_threshold(tiny_run):
+    pair, c = sharpened(tiny_run)
+    alone = find_threshold(pair, LengthGrader(), layer=2, position=1, direction=c.delta[1], eta=c.eta_ft, cfg=CFG,
+                           progress=False)
+    joint = find_thresholds(pair, LengthGrader(), layer=2, directions={1: c.delta[1]}, eta=c.eta_ft, cfg=CFG,
+                            progress=False)
+    assert joint == {1: alone}
+
+
+def test_positions_share_rounds(tiny_run, monkeypatch):
+    pair, c = sharpened(tiny_run)
+    calls = []
+    real = steering.generate_vectors
+
+    def counting(pair_, prompts, add, **kw):
+        calls.append(len(prompts))
+        return real(pair_, prompts, add, **kw)
+
+    monkeypatch.setattr(steering, "generate_vectors", counting)
+    g = LengthGrader()
+    done = []
+    res = find_thresholds(pair, g, layer=2, directions={j: c.delta[j] for j in (0, 1, 2)}, eta=c.eta_ft, cfg=CFG,
+                          progress=False, on_done=done.append)
+    assert sorted(res) == sorted(t.position for t in done) == [0, 1, 2]
+    # one generate and one grade call per round for all positions: as many rounds as the longest
+    # search (a position's rounds ≤ the α's it tested)
+    assert len(calls) == g.calls <= max(len(t.steps) for t in res.values())
+    assert sum(calls) == g.texts == sum(t.generations_used for t in res.values())
+    for t in res.values():  # each position ran its own full schedule
+        assert {s.prompt for s in t.steps} <= set(CFG.threshold_prompts) and len(t.steps) >= CFG.search_iters
+    # a memory budget that splits a round into several calls changes nothing but the draws
+    calls.clear()
+    more = find_thresholds(pair, LengthGrader(), layer=2, directions={j: c.delta[j] for j in (0, 1)}, eta=c.eta_ft,
+                           cfg=CFG, progress=False, max_rows=3)
+    assert sorted(more) == [0, 1] and max(calls) <= 3
+
+
+class FakeWorld:
+    def __init__(self):
+        self.batches = []
+
+    def generate_rows(self, pair, prompts, alphas, **kw):
+        self.batches.append(len(prompts))
+        return [f"{a!r}|{p}" for p, a in zip(prompts, alphas)]
+
+
+class ThresholdGrader:
+    name = "fake"
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def grade(self, texts):
+        return [float(t.split("|", 1)[0]) < self.threshold for t in texts]
+
+
+@pytest.mark.parametrize("grid", [1, 10])
+def test_deterministic_grader_gives_each_position_its_own_search(monkeypatch, grid):
+    w = FakeWorld()
+    monkeypatch.setattr(steering, "generate_rows", w.generate_rows)
+    cfg = SteeringConfig(grid=grid)
+    alone = find_threshold(None, ThresholdGrader(37.3), layer=0, position=3, direction=torch.ones(4), eta=1.0,
+                           cfg=cfg, progress=False)
+    single_rounds = len(w.batches)
+    w.batches.clear()
+    joint = find_thresholds(None, ThresholdGrader(37.3), layer=0, directions={j: torch.ones(4) for j in range(4)},
+                            eta=1.0, cfg=cfg, progress=False)
+    assert len(w.batches) == single_rounds  # four positions in the rounds of one
+    for t in joint.values():
+        assert (t.alpha, t.per_prompt, t.steps) == (alone.alpha, alone.per_prompt, alone.steps)
