@@ -151,6 +151,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         fp = fingerprint(inputs)
         stage = layout.stage_key("steer", dataset, layer)
         partial_path = layout.steering_partial(dataset, layer)
+        t_stage = time.time()
         partial: dict[str, Any] = {"fingerprint": fp, "thresholds": {}, "generations": [], "calibration": None}
         if layout.stage_done(stage, fp) and layout.steering(dataset, layer).exists():
             res = A.load(A.SteeringResult, layout.steering(dataset, layer))
@@ -255,7 +256,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
         A.save(res, layout.steering(dataset, layer))
-        layout.mark_stage(stage, fp, calibration=partial.get("calibration"))
+        # seconds: this call's (a resumed stage counts only what it computed now)
+        layout.mark_stage(stage, fp, calibration=partial.get("calibration"), seconds=round(time.time() - t_stage, 2))
         partial_path.unlink(missing_ok=True)
         results.append(res)
     return results
