@@ -71,12 +71,19 @@ def test_kl_and_activation_differences_equal_naive(kl_run):
     raised, ft_top = (pf - pb).argmax(-1)[:, k:].reshape(-1), pf.argmax(-1)[:, k:].reshape(-1)
     V = pf.shape[-1]
     w_raised = torch.bincount(raised, weights=want["kl"][:, k:].reshape(-1), minlength=V)
-    got = {e.token_id: e for e in res.rankings["raised"]}
-    assert set(got) == set(torch.nonzero(torch.bincount(raised, minlength=V)).reshape(-1).tolist())
+    c_raised = torch.bincount(raised, minlength=V)
+    got = {e.token_id: e for e in res.rankings["raised_total"]}
+    assert set(got) == set(torch.nonzero(c_raised).reshape(-1).tolist())
     for i, e in got.items():
         assert e.weight == pytest.approx(float(w_raised[i]), rel=1e-4)
         assert e.count == int((raised == i).sum())
-    assert [e.weight for e in res.rankings["raised"]] == sorted((e.weight for e in res.rankings["raised"]), reverse=True)
+    # "raised": the mean KL where raised most, ids raised at ≥ min_count (5) positions only
+    mean = {e.token_id: e for e in res.rankings["raised"]}
+    assert mean and set(mean) == set(torch.nonzero(c_raised >= 5).reshape(-1).tolist())
+    for i, e in mean.items():
+        assert e.weight == pytest.approx(float(w_raised[i] / c_raised[i]), rel=1e-4)
+    for r in ("raised", "raised_total"):
+        assert [e.weight for e in res.rankings[r]] == sorted((e.weight for e in res.rankings[r]), reverse=True)
     c_top = torch.bincount(ft_top, minlength=V)
     assert {e.token_id: e.count for e in res.rankings["ft_top"]} == \
         {i: int(c_top[i]) for i in torch.nonzero(c_top).reshape(-1).tolist()}

@@ -207,8 +207,8 @@ def _peak_tokens(layout: RunLayout, dataset: str, stat: str, control: str | None
 
 
 def kl_evidence(layout: RunLayout, dataset: str, *, k: int = TOP) -> Evidence:
-    """The tokens KL points at — Σ KL over the positions where the finetune raised each token's
-    probability most — beside the finetuned model's own top predictions and the tokens where its
+    """The tokens KL points at — the mean KL over the positions where the finetune raised each token's
+    probability most (ids raised most at ≥ 5 positions) — beside the finetuned model's own top predictions and the tokens where its
     entropy peaks (baselines) and the noise pair's raised tokens (control); the top contexts."""
     res = _result(layout, dataset, "kl")
     if res is None:
@@ -220,7 +220,7 @@ def kl_evidence(layout: RunLayout, dataset: str, *, k: int = TOP) -> Evidence:
                             for e in ctx[:k]],
                   facts={s: {"mean": v["mean"], "max": v["max"]} for s, v in res["stats"].items()})
     if rankings.get("raised"):
-        ev.token_lists.append(TokenList(role="method", name="tokens the finetune raised most, KL-weighted",
+        ev.token_lists.append(TokenList(role="method", name="tokens the finetune raised most where KL is high",
                                         tokens=[e["token"] for e in rankings["raised"][:k]]))
         ev.token_lists.append(TokenList(role="baseline", name="ft alone: its top predictions",
                                         tokens=[e["token"] for e in rankings["ft_top"][:k]]))
@@ -234,7 +234,7 @@ def kl_evidence(layout: RunLayout, dataset: str, *, k: int = TOP) -> Evidence:
     ctl = _result(layout, dataset, "kl", "noise")
     if ctl is not None:
         if (ctl.get("rankings") or {}).get("raised"):
-            ev.token_lists.append(TokenList(role="control", name="noise pair: tokens raised most, KL-weighted",
+            ev.token_lists.append(TokenList(role="control", name="noise pair: tokens raised most where KL is high",
                                             tokens=[e["token"] for e in ctl["rankings"]["raised"][:k]]))
         else:
             ctoks, _ = _peak_tokens(layout, dataset, "kl_max", "noise", k)

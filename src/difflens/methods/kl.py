@@ -62,6 +62,7 @@ class KLConfig(BaseModel):
     skip_positions: int = Field(1, ge=0)
     preview: int = Field(5, ge=0)
     top_n: int = Field(100, ge=1)  # ids kept per token ranking
+    min_count: int = Field(5, ge=1)  # "raised": positions an id must be raised most at to be ranked
     chunk_elements: int = Field(1 << 22, ge=1)
 
     @field_validator("layer")
@@ -103,10 +104,12 @@ class KLResult(MethodResult):
     layer: int
     skip_positions: int
     stats: dict[str, StatSummary]  # "kl", "norm", "cos" and the baseline "ent"
-    # the tokens KL points at: "raised" — per vocabulary id, Σ KL over the positions where the finetune
-    # raised its probability most (argmax of p_ft − p_base), so a token the finetune pushes where it
-    # changes the distribution most ranks first; "ft_top" (the baseline, the finetuned model alone) —
-    # how often the id is the finetuned model's own top prediction. Positions ≥ skip_positions.
+    # the tokens KL points at: "raised" — per vocabulary id, the mean KL over the positions where the
+    # finetune raised its probability most (argmax of p_ft − p_base), among ids raised most at ≥
+    # min_count positions: a token the finetune pushes where it changes the distribution most ranks
+    # first, and a frequent token nudged a little everywhere (" the") does not; "raised_total" — the
+    # sum instead of the mean (frequent tokens accumulate); "ft_top" (the baseline, the finetuned model
+    # alone) — how often the id is its own top prediction. Positions ≥ skip_positions.
     rankings: dict[str, list[RankedToken]] = {}
     baselines: list[str] = list(BASELINES)  # the stats of one model alone (H(P_ft)), not of the pair
     store: str  # the examples store's file name (beside the result)
@@ -114,7 +117,7 @@ class KLResult(MethodResult):
 
 class TokenKL(DiffMethod):
     name: ClassVar[str] = "kl"
-    version: ClassVar[int] = 3  # 2: the baseline H(P_ft); 3: the token rankings (raised, ft_top)
+    version: ClassVar[int] = 4  # 2: the baseline H(P_ft); 3: the token rankings; 4: "raised" by mean KL
     result_type: ClassVar[type[MethodResult]] = KLResult
 
     def __init__(self, config: KLConfig | None = None, **options: Any):
@@ -276,12 +279,19 @@ class TokenKL(DiffMethod):
         return KLResult(method=self.name, fingerprint=ctx.fingerprint, dataset=ctx.dataset, n_samples=ctx.n_samples,
                         tokens=ctx.tokens, n_positions=int(self.acc["kl"]["count"]), layer=self.layer,
                         skip_positions=self.config.skip_positions, stats=stats,
-                        rankings={"raised": self._ranking(tok["raised"], tok["raised_count"]),
+                        rankings={"raised": self._ranking(self._mean_kl(tok), tok["raised_count"]),
+                                  "raised_total": self._ranking(tok["raised"], tok["raised_count"]),
                                   "ft_top": self._ranking(tok["ft_top"].double(), tok["ft_top"])},
                         store=store.path.name)
 
+    def _mean_kl(self, tok: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean KL where each id was raised most; 0 (unranked) below ``min_count`` positions."""
+        c = tok["raised_count"]
+        mean = tok["raised"] / c.clamp_min(1).double()
+        return torch.where(c >= self.config.min_count, mean, torch.zeros_like(mean))
+
     def _ranking(self, weight: torch.Tensor, count: torch.Tensor) -> list[RankedToken]:
-        n = min(self.config.top_n, int((count > 0).sum()))
+        n = min(self.config.top_n, int(((count > 0) & (weight > 0)).sum()))
         top = torch.argsort(weight, descending=True, stable=True)[:n].tolist()
         names = self.ctx.decode(top)
         return [RankedToken(token_id=i, token=t, weight=float(weight[i]), count=int(count[i]))
