@@ -74,3 +74,31 @@ def test_more_steering_positions_keep_finished_ones(tmp_path, corpus_file, monke
 
     res = A.load(A.SteeringResult, Runner(more, progress=False).layout.steering(str(corpus_file), 2))
     assert [t.position for t in res.thresholds] == [1, 2]
+
+
+def test_methods_stage_runs_every_method_and_its_control_then_skips_adl(tmp_path, corpus_file):
+    """`methods: [mining, kl, amplify]` without adl: collect/lens/steer are skipped, the methods stage writes
+    each method's result and the noise control's beside it, the evaluation gets its methods block, the
+    report renders; a rerun reuses every result."""
+    base, ft = save_tiny(tmp_path, "llama", 0), save_tiny(tmp_path, "llama", 1)
+    cfg = load_config(write_run_config(
+        tmp_path, out=str(tmp_path / "run"), base=str(base), finetuned=str(ft), datasets=[str(corpus_file)],
+        methods=["mining", "kl", "amplify"], stages=["collect", "lens", "steer", "methods", "report"],
+        diff={"samples": 6, "tokens": 4, "batch_size": 3, "control": "noise",
+              "amplify": {"prompts": ["tell me a story"], "samples": 1, "max_new_tokens": 3, "betas": [1.0],
+                          "threshold_prompts": ["why"], "search_samples": 2, "min_coherent": 1,
+                          "calibration_samples": 2}}))
+    status = Runner(cfg, progress=False).run()
+    assert status == {"collect": "skipped", "lens": "skipped", "steer": "skipped", "methods": "done",
+                      "report": "done"}
+    layout = Runner(cfg, progress=False).layout
+    ds = str(corpus_file)
+    for m in ("mining", "kl", "amplify"):
+        assert layout.method_result(ds, m).exists() and layout.method_result(ds, m, "noise").exists(), m
+    ctl = json.loads(layout.method_result(ds, "amplify", "noise").read_text())
+    real = json.loads(layout.method_result(ds, "amplify").read_text())
+    assert ctl["chosen_beta"] == real["chosen_beta"] and ctl["grid"] == []  # the control at the real pair's β
+    assert not layout.manifest.exists() and "Diff mining" in layout.report().read_text()
+    stamps = [layout.method_result(ds, m).stat().st_mtime_ns for m in ("mining", "kl", "amplify")]
+    Runner(cfg, progress=False).run()
+    assert [layout.method_result(ds, m).stat().st_mtime_ns for m in ("mining", "kl", "amplify")] == stamps
