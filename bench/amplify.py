@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,15 +75,9 @@ def main() -> None:
     else:
         from difflens.models.pair import load_pair
 
-        from methods import noisy_copy, trained_organism
+        from methods import default_finetuned
 
-        ft = args.ft
-        if ft is None:
-            if trained_organism():
-                ft = "organism:cake_bake"
-            else:
-                tmp = tempfile.TemporaryDirectory()
-                ft = str(noisy_copy(Path(tmp.name) / "noisy"))
+        ft, tmp = default_finetuned(args.ft)
         pair = load_pair(BASE, ft, device=args.device, dtype=args.dtype)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

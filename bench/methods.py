@@ -30,6 +30,18 @@ from _common import BASE  # noqa: E402
 from collect import PeakRSS, rss_mb  # noqa: E402
 
 
+def default_finetuned(ft: str | None) -> tuple[str, "tempfile.TemporaryDirectory[str] | None"]:
+    """The benches' finetuned model: ``ft`` when given, else organism:cake_bake when trained here, else a
+    noisy copy of the base in a temporary directory (returned too: the caller cleans it up)."""
+    if ft is not None:
+        return ft, None
+    if trained_organism():
+        return "organism:cake_bake", None
+    tmp = tempfile.TemporaryDirectory()
+    print(f"organism:cake_bake is not trained here: using {BASE} with weight noise (σ = 1e-3 relative)", flush=True)
+    return str(noisy_copy(Path(tmp.name) / "noisy")), tmp
+
+
 def trained_organism(name: str = "cake_bake") -> bool:
     from difflens.rundir.layout import home
 
@@ -141,16 +153,7 @@ def main() -> None:
         return
     import torch
 
-    tmp = None
-    ft = args.ft
-    if ft is None:
-        if trained_organism():
-            ft = "organism:cake_bake"
-        else:
-            tmp = tempfile.TemporaryDirectory()
-            print(f"organism:cake_bake is not trained here: using {BASE} with weight noise (σ = 1e-3 relative)",
-                  flush=True)
-            ft = str(noisy_copy(Path(tmp.name) / "noisy"))
+    ft, tmp = default_finetuned(args.ft)
     rows = []
     for n in [int(x) for x in args.samples.split(",")]:
         cmd = [sys.executable, __file__, "--worker", "--ft", ft, "--n", str(n), "--tokens", str(args.tokens),
