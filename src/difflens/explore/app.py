@@ -126,8 +126,9 @@ def _usage(done: dict[str, Any]) -> dict[str, int]:
 
 
 def _meta(done: dict[str, Any]) -> dict[str, Any]:
-    """What the explorer shows under an answer (seed, temperature, α / β, timing)."""
-    keys = ("seed", "temperature", "position", "alpha", "beta", "first_token_s", "seconds", "completion_tokens")
+    """What the explorer shows under an answer (seed, temperature, α / β, timing, who generated it)."""
+    keys = ("seed", "temperature", "position", "alpha", "beta", "first_token_s", "seconds", "completion_tokens",
+            "backend")
     return {k: done[k] for k in keys if k in done}
 
 

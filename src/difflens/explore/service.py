@@ -18,7 +18,15 @@ asyncio loop of its request (:class:`Job`); a cancelled job (its client went awa
 token, or is skipped if it had not started. A job that raises reports an ``error`` event: the worker,
 and so the server, carries on.
 
-Sampling follows the steering stage's generations: ``torch.manual_seed(seed)`` before the call,
+With a vLLM backend (``difflens serve/explore --backend vllm``, :class:`~difflens.backends.vllm.VLLMStreams`)
+base, finetuned and steered completions stream through vLLM's engines instead: the worker thread adds
+each such job as an engine request and steps the engines, and jobs that arrive meanwhile join the
+running batch (up to ``Limits.max_batch``), so concurrent requests share every forward pass. A job that
+cannot join (amplified, a heat map, a second steering vector on a ``worker``-steered engine) waits at
+the head of the line until the batch drains. vLLM seeds each request itself: a served answer there
+has the HF path's distribution, and at temperature 0 its tokens up to kernel differences.
+
+Sampling on the HF path follows the steering stage's generations: ``torch.manual_seed(seed)`` before the call,
 ``do_sample`` with ``top_k=0, top_p=1`` at the temperature (greedy at temperature 0) — so a served
 answer at a seed is the answer ``model.generate`` gives there, and an amplified one the answer of
 :func:`difflens.methods.amplify.amplified_generate` for the same prompt and seed.
@@ -31,6 +39,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -62,6 +71,7 @@ class Limits:
     max_queue: int = 64  # jobs waiting for the worker (the running one not counted); beyond: 429
     max_text_chars: int = 32_000  # heat-map text
     max_heatmap_tokens: int = 1024
+    max_batch: int = 64  # vLLM backend: completions streaming together in one engine batch
 
 
 class QueueFull(Exception):
@@ -112,6 +122,7 @@ class Job:
         self.events: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
         self.sync: queue.Queue = queue.Queue()  # the same events, for callers without a loop (tests, CLI)
         self.enqueued = time.perf_counter()
+        self.chat: "_ChatEmitter | None" = None  # a chat completion's request and stream (chat_job sets it)
 
     def emit(self, kind: str, payload: Any = None) -> None:
         if self.loop is None:
@@ -170,6 +181,45 @@ class _Detokenizer:
         return delta
 
 
+class _ChatEmitter:
+    """One completion's stream: the request (model, prompt ids, sampling), its text deltas as tokens
+    arrive, and the ``done`` event's summary — shared by the HF path and the vLLM batcher."""
+
+    def __init__(self, job: Job, tokenizer: Any, spec: ModelSpec, ids: Sequence[int], *, max_tokens: int,
+                 temperature: float, seed: int):
+        self.job, self.spec, self.ids = job, spec, list(ids)
+        self.max_tokens, self.temperature, self.seed = int(max_tokens), float(temperature), int(seed)
+        self.detok = _Detokenizer(tokenizer)
+        self.first: float | None = None
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def token(self, token: int, is_eos: bool) -> bool:
+        """Hand one drawn token on; False once the stream is over (end of sequence, or cancelled)."""
+        if self.job.cancelled.is_set():
+            return False
+        self.n += 1
+        if self.first is None:
+            self.first = time.perf_counter() - self.job.enqueued
+        if is_eos:
+            return False
+        delta = self.detok.push(token)
+        if delta:
+            self.job.emit("token", (delta, token))
+        return True
+
+    def done(self, finish: str, *, backend: str = "hf") -> None:
+        tail = self.detok.finish()
+        if tail:
+            self.job.emit("token", (tail, None))
+        if self.job.cancelled.is_set():
+            finish = "cancelled"
+        self.job.emit("done", {"finish_reason": finish, "prompt_tokens": len(self.ids), "completion_tokens": self.n,
+                               "seed": self.seed, "temperature": self.temperature, "text": self.detok.sent,
+                               "first_token_s": self.first, "seconds": time.perf_counter() - self.t0,
+                               "backend": backend, **self.spec.describe()})
+
+
 def _message_text(content: Any) -> str:
     """A message's content: a string, or OpenAI's list of parts (text parts joined)."""
     if content is None:
@@ -192,8 +242,10 @@ class ModelService:
 
     def __init__(self, pair: Any, *, layer: int, eta: float = 1.0,
                  steering: dict[int, tuple[torch.Tensor, float]] | None = None, dataset: str | None = None,
-                 beta: float | None = None, limits: Limits | None = None, notes: dict[str, str] | None = None):
+                 beta: float | None = None, limits: Limits | None = None, notes: dict[str, str] | None = None,
+                 vllm: Any = None):
         self.pair = pair
+        self.vllm = vllm  # a VLLMBackend: base, finetuned and steered completions stream through its engines
         self.layer = int(layer)
         self.eta = float(eta)
         self.steering = dict(steering or {})  # j → (δ̄_j, α_j)
@@ -202,6 +254,7 @@ class ModelService:
         self.limits = limits or Limits()
         self.notes = dict(notes or {})  # stage → what is missing and the command that makes it
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=self.limits.max_queue)
+        self._held: deque[Job] = deque()  # taken from the queue by the vLLM batcher but not admitted: next up
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._seconds: list[float] = []  # recent job durations (Retry-After estimate)
@@ -210,7 +263,8 @@ class ModelService:
     # -- building -------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, layout: Any, *, dataset: str | None = None, layer: int | None = None, pair: Any = None,
-                 pair_loader: Callable[[], Any] | None = None, limits: Limits | None = None) -> "ModelService":
+                 pair_loader: Callable[[], Any] | None = None, limits: Limits | None = None,
+                 vllm: Any = None) -> "ModelService":
         """The service of a run directory: its pair (``pair``, else ``pair_loader()``, else
         :func:`~difflens.models.pair.pair_from_run`), δ̄ and thresholds of its steering stage on
         ``dataset`` × ``layer`` (default: the first collected), the β of its amplification result. A
@@ -271,7 +325,8 @@ class ModelService:
         if beta is None:
             notes["amplify"] = (f"no amplification result: β starts at {DEFAULT_BETA:g} (run `difflens diff "
                                 f"{layout.root} --methods amplify` for the graded choice)")
-        return cls(pair, layer=li, eta=eta, steering=steering, dataset=ds, beta=beta, limits=limits, notes=notes)
+        return cls(pair, layer=li, eta=eta, steering=steering, dataset=ds, beta=beta, limits=limits, notes=notes,
+                   vllm=vllm)
 
     # -- models ---------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -381,20 +436,119 @@ class ModelService:
                 self._worker = threading.Thread(target=self._work, name="difflens-models", daemon=True)
                 self._worker.start()
 
+    def _next(self) -> Job:
+        return self._held.popleft() if self._held else self._queue.get()
+
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._next()
             if job.cancelled.is_set():
                 continue
             self.running = job
             t0 = time.perf_counter()
             try:
-                job.work(job)
+                if self._on_vllm(job):
+                    self._vllm_batch(job)
+                else:
+                    job.work(job)
             except Exception as e:  # noqa: BLE001 - a failed job answers its request; the worker goes on
                 job.emit("error", f"{type(e).__name__}: {e}")
             finally:
                 self.running = None
                 self._seconds = self._seconds[-99:] + [time.perf_counter() - t0]
+
+    # -- the vLLM backend (on the worker thread) ------------------------------------------------
+    def _on_vllm(self, job: Job) -> bool:
+        """Whether ``job`` streams through the vLLM engines: chat completions of base, finetuned and
+        steered models (amplification needs both models' logits at every step, and heat maps their
+        hidden states: those stay on the HF pair)."""
+        return self.vllm is not None and job.chat is not None and job.chat.spec.beta is None
+
+    def _vllm_request(self, out: "_ChatEmitter") -> tuple[str, Any, Any]:
+        """(side, steering vector or None, the key that names it) of a completion."""
+        spec = out.spec
+        if spec.position is None:
+            return spec.side, None, None
+        from ..adl.steering import steering_vectors
+
+        delta, _ = self.steering[spec.position]
+        alpha = float(spec.alpha or 0.0)
+        return spec.side, steering_vectors(delta, [alpha], self.eta)[0], (spec.position, alpha)
+
+    def _vllm_batch(self, first: Job) -> None:
+        """Stream ``first`` and every completion that arrives while it runs through the vLLM engines,
+        all stepping together (continuous batching, at most ``Limits.max_batch``); a queued job that
+        cannot join (amplified, a heat map, another steering vector on a ``worker``-steered engine)
+        waits at the head of the line and runs when the batch has drained."""
+        from ..backends.vllm import VLLMStreams
+
+        streams = VLLMStreams(self.vllm)
+        with self.pair.side("ft") as m:
+            eos = set(_eos_ids(m, self.pair.tokenizer))
+        active: dict[str, Job] = {}
+        counter = [0]
+
+        def admit(job: Job) -> bool:
+            out = job.chat
+            assert out is not None
+            side, vector, key = self._vllm_request(out)
+            if not streams.can_add(side, key):
+                return False
+            counter[0] += 1
+            rid = f"difflens-{id(self)}-{counter[0]}"
+            out.t0 = time.perf_counter()
+            try:
+                streams.add(rid, side, out.ids, temperature=out.temperature, max_tokens=out.max_tokens,
+                            seed=out.seed, layer=self.layer, vector=vector, steer_key=key)
+            except Exception as e:  # noqa: BLE001 - this request fails; the batch goes on
+                job.emit("error", f"{type(e).__name__}: {e}")
+                return True
+            active[rid] = job
+            return True
+
+        admit(first)
+        while active:
+            while not self._held and len(active) < self.limits.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job.cancelled.is_set():
+                    continue
+                if not (self._on_vllm(job) and admit(job)):
+                    self._held.append(job)  # first in line once the batch drains
+            for rid, job in list(active.items()):
+                if job.cancelled.is_set():
+                    streams.abort(rid)
+                    active.pop(rid).chat.done("cancelled", backend="vllm")  # type: ignore[union-attr]
+            if not active:
+                break
+            try:
+                events = streams.step()
+            except Exception as e:  # noqa: BLE001 - the engine failed: every running request is told
+                for rid, job in active.items():
+                    job.emit("error", f"{type(e).__name__}: {e}")
+                    try:
+                        streams.abort(rid)
+                    except Exception:  # noqa: BLE001
+                        pass
+                return
+            for ev in events:
+                job = active.get(ev.rid)
+                if job is None:
+                    continue
+                out = job.chat
+                assert out is not None
+                going = True
+                for t in ev.tokens:
+                    going = out.token(t, t in eos)
+                    if not going:
+                        break
+                if ev.finish is not None or not going:
+                    if ev.finish is None:
+                        streams.abort(ev.rid)
+                    active.pop(ev.rid)
+                    out.done(ev.finish or ("stop" if not job.cancelled.is_set() else "cancelled"), backend="vllm")
 
     # -- generation (on the worker thread) ------------------------------------------------------
     def chat_job(self, spec: ModelSpec, ids: Sequence[int], *, max_tokens: int, temperature: float,
@@ -404,35 +558,21 @@ class ModelService:
         seed = random.randrange(2 ** 31) if seed is None else int(seed)
 
         def work(job: Job) -> None:
-            t0 = time.perf_counter()
-            detok = _Detokenizer(self.pair.tokenizer)
-            first: list[float] = []
-            n = 0
+            out = job.chat
+            assert out is not None
+            out.t0 = time.perf_counter()
             finish = "length"
             for token, is_eos in self.generate_ids(spec, ids, max_tokens=max_tokens, temperature=temperature,
                                                    seed=seed, cancelled=job.cancelled):
-                if job.cancelled.is_set():  # the client went away: no more tokens for it
+                if not out.token(token, is_eos):
+                    finish = "stop" if is_eos and not job.cancelled.is_set() else finish
                     break
-                n += 1
-                if not first:
-                    first.append(time.perf_counter() - job.enqueued)
-                if is_eos:
-                    finish = "stop"
-                    break
-                delta = detok.push(token)
-                if delta:
-                    job.emit("token", (delta, token))
-            tail = detok.finish()
-            if tail:
-                job.emit("token", (tail, None))
-            if job.cancelled.is_set():
-                finish = "cancelled"
-            job.emit("done", {"finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": n,
-                              "seed": seed, "temperature": temperature, "text": detok.sent,
-                              "first_token_s": first[0] if first else None,
-                              "seconds": time.perf_counter() - t0, **spec.describe()})
+            out.done(finish)
 
-        return Job(work, loop)
+        job = Job(work, loop)
+        job.chat = _ChatEmitter(job, self.pair.tokenizer, spec, ids, max_tokens=max_tokens, temperature=temperature,
+                                seed=seed)
+        return job
 
     def generate_ids(self, spec: ModelSpec, ids: Sequence[int], *, max_tokens: int, temperature: float, seed: int,
                      cancelled: threading.Event | None = None) -> Iterator[tuple[int, bool]]:

@@ -204,6 +204,7 @@
               if (m.beta !== undefined) bits.push("β " + num(m.beta));
               bits.push(m.completion_tokens + " tokens", "first token " + fmt(first === null ? m.first_token_s : first, 2) + " s",
                 ch.finish_reason);
+              if (m.backend === "vllm") bits.push("vLLM");
               meta.textContent = bits.join(" · ");
             }
           }
