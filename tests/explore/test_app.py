@@ -312,3 +312,51 @@ def test_a_run_without_steering_or_methods_says_what_to_run(tmp_path):
         assert f"difflens diff {layout.root} --methods kl" in c.get("/fragments/examples").text
         assert c.get("/fragments/run").status_code == 200
         assert _chat(c, model="amplified", max_tokens=2).status_code == 200
+
+
+def _held(service, jobs):
+    """Submit ``jobs`` while the worker is held busy, then let it go: they run as one batch."""
+    gate, started = threading.Event(), threading.Event()
+
+    def block(job):
+        started.set()
+        gate.wait(10)
+        job.emit("done", {})
+
+    service.submit(Job(block))
+    assert started.wait(5)
+    for j in jobs:
+        service.submit(j)
+    gate.set()
+    return [j.wait(timeout=60) for j in jobs]
+
+
+def test_queued_completions_run_as_one_batch_with_the_solo_answers(tiny_explore):
+    """Completions waiting together on one side run in one HF batch (each row its own steering vector
+    and its own seeded generator): greedy answers equal the one-at-a-time answers, a sampled answer at
+    a seed does not depend on who shares its batch, and a base request waits for its own batch."""
+    pair, layout, _ = tiny_explore
+    svc = ModelService.from_run(layout, pair=pair, limits=Limits(max_tokens=64, max_queue=16))
+    ids = {p: svc.prompt_ids([{"role": "user", "content": p}]) for p in ("tell me a story", "why")}
+
+    def job(model, prompt, *, temperature=0.0, seed=0, max_tokens=6, **kw):
+        return svc.chat_job(svc.resolve(model, **kw), ids[prompt], max_tokens=max_tokens, temperature=temperature,
+                            seed=seed)
+
+    asks = [("finetuned", "why", {}), ("steered-p1", "why", {}), ("steered-p1", "tell me a story", {"alpha": 10.0}),
+            ("finetuned", "tell me a story", {"max_tokens": 3}), ("base", "why", {})]
+    solo = [svc.submit(job(m, p, **kw)).wait(timeout=60) for m, p, kw in asks]
+    together = _held(svc, [job(m, p, **kw) for m, p, kw in asks])
+    assert [k for k, _ in together] == ["done"] * 5
+    assert [d["text"] for _, d in together] == [d["text"] for _, d in solo]
+    assert [d["batch"] for _, d in solo] == [1] * 5
+    assert [d["batch"] for _, d in together] == [4, 4, 4, 4, 1]  # the base request is another side
+    assert together[3][1]["completion_tokens"] == 3 and together[1][1]["text"] != together[0][1]["text"]
+    # sampling: each row's own generator
+    a = _held(svc, [job("finetuned", "why", temperature=1.0, seed=7, max_tokens=10),
+                    job("finetuned", "tell me a story", temperature=1.0, seed=1)])
+    b = _held(svc, [job("steered-p1", "tell me a story", temperature=1.0, seed=3),
+                    job("finetuned", "why", temperature=1.0, seed=7, max_tokens=10),
+                    job("finetuned", "why", temperature=1.0, seed=8, max_tokens=10)])
+    assert a[0][1]["batch"] == 2 and b[1][1]["batch"] == 3
+    assert a[0][1]["text"] == b[1][1]["text"] and b[1][1]["text"] != b[2][1]["text"]

@@ -61,6 +61,7 @@ def _api_answer(url: str, model: str, **extra) -> str:
 def test_explorer_in_a_real_browser(service, tiny_explore, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     for v in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -74,7 +75,8 @@ def test_explorer_in_a_real_browser(service, tiny_explore, tmp_path, monkeypatch
         assert expected["steered-p1"] != expected["finetuned"] == expected["steered-alpha0"]
         d = _driver()
         try:
-            wait = WebDriverWait(d, 30)
+            # a streamed answer re-renders its column: an element found a moment ago may be gone
+            wait = WebDriverWait(d, 30, ignored_exceptions=(StaleElementReferenceException,))
             d.get(srv.url + "/")
             wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
             # 1. a prompt to every model, answers streamed into each column

@@ -18,6 +18,13 @@ asyncio loop of its request (:class:`Job`); a cancelled job (its client went awa
 token, or is skipped if it had not started. A job that raises reports an ``error`` event: the worker,
 and so the server, carries on.
 
+Completions that wait together are batched: when the worker takes a chat job of the base, finetuned
+or a steered model, the jobs right behind it in the line on the same side (up to ``Limits.max_batch``)
+join it in one left-padded batch on one KV cache, each finetuned-side row with its own steering
+vector (zero for unsteered rows) and its own generator seeded by its request's seed, so a row's draws
+do not depend on who shares its batch (padding changes the logits only by rounding). A job alone
+runs through ``model.generate`` as before.
+
 With a vLLM backend (``difflens serve/explore --backend vllm``, :class:`~difflens.backends.vllm.VLLMStreams`)
 base, finetuned and steered completions stream through vLLM's engines instead: the worker thread adds
 each such job as an engine request and steps the engines, and jobs that arrive meanwhile join the
@@ -208,7 +215,7 @@ class _ChatEmitter:
             self.job.emit("token", (delta, token))
         return True
 
-    def done(self, finish: str, *, backend: str = "hf") -> None:
+    def done(self, finish: str, *, backend: str = "hf", batch: int = 1) -> None:
         tail = self.detok.finish()
         if tail:
             self.job.emit("token", (tail, None))
@@ -217,7 +224,7 @@ class _ChatEmitter:
         self.job.emit("done", {"finish_reason": finish, "prompt_tokens": len(self.ids), "completion_tokens": self.n,
                                "seed": self.seed, "temperature": self.temperature, "text": self.detok.sent,
                                "first_token_s": self.first, "seconds": time.perf_counter() - self.t0,
-                               "backend": backend, **self.spec.describe()})
+                               "backend": backend, "batch": batch, **self.spec.describe()})
 
 
 def _message_text(content: Any) -> str:
@@ -449,6 +456,8 @@ class ModelService:
             try:
                 if self._on_vllm(job):
                     self._vllm_batch(job)
+                elif self._batchable(job) and self._gather(job):
+                    self._hf_batch([job] + self._gather(job, take=True))
                 else:
                     job.work(job)
             except Exception as e:  # noqa: BLE001 - a failed job answers its request; the worker goes on
@@ -456,6 +465,106 @@ class ModelService:
             finally:
                 self.running = None
                 self._seconds = self._seconds[-99:] + [time.perf_counter() - t0]
+
+    # -- HF batches (on the worker thread) ------------------------------------------------------
+    def _batchable(self, job: Job) -> bool:
+        """Chat completions of base, finetuned and steered models batch on the HF pair (one side per
+        batch; the finetuned side mixes unsteered and steered rows, each with its own vector)."""
+        return self.vllm is None and job.chat is not None and job.chat.spec.beta is None
+
+    def _gather(self, first: Job, *, take: bool = False) -> list[Job]:
+        """The queued jobs that may join ``first``'s batch: those at the head of the line on the same
+        side (at most ``Limits.max_batch`` in all). ``take``: remove them from the queue."""
+        side = first.chat.spec.side  # type: ignore[union-attr]
+        out: list[Job] = []
+        if self._held:
+            return out
+        with self._queue.mutex:
+            waiting = self._queue.queue
+            while waiting and len(out) + 1 < self.limits.max_batch:
+                job = waiting[0]
+                if job.cancelled.is_set():
+                    if not take:
+                        break
+                    waiting.popleft()
+                    continue
+                if not (self._batchable(job) and job.chat.spec.side == side):  # type: ignore[union-attr]
+                    break
+                if not take:
+                    return [job]
+                out.append(waiting.popleft())
+            if take and out:
+                self._queue.not_full.notify_all()
+        return out
+
+    def _hf_batch(self, jobs: list[Job]) -> None:
+        """Several completions on one side of the HF pair in one batch: left-padded conversations on
+        one KV cache, each row steered by its own vector (zero for unsteered rows), each row drawn with
+        its own generator seeded by its request's seed (so its answer does not depend on who shares the
+        batch, up to padding's rounding), streamed token by token; a row stops at its end of sequence,
+        its ``max_tokens`` or its client's departure, the batch when every row has."""
+        from ..adl.steering import steering_hook, steering_vectors
+
+        pair = self.pair
+        outs = [j.chat for j in jobs]
+        assert all(o is not None for o in outs)
+        side = outs[0].spec.side  # type: ignore[union-attr]
+        add = None
+        if any(o.spec.position is not None for o in outs):  # type: ignore[union-attr]
+            d = next(iter(self.steering.values()))[0].shape[-1]
+            vecs = []
+            for o in outs:
+                if o.spec.position is None:  # type: ignore[union-attr]
+                    vecs.append(torch.zeros(1, d))
+                else:
+                    delta, _ = self.steering[o.spec.position]  # type: ignore[union-attr,index]
+                    vecs.append(steering_vectors(delta, [float(o.spec.alpha or 0.0)], self.eta))  # type: ignore[union-attr]
+            add = torch.cat(vecs)
+        count = GenerationCount()
+        dev = pair.input_device(side)
+        gens = []
+        for o in outs:
+            g = torch.Generator(device=dev)
+            g.manual_seed(o.seed)  # type: ignore[union-attr]
+            gens.append(g)
+        for o in outs:
+            o.t0 = time.perf_counter()  # type: ignore[union-attr]
+        with torch.no_grad():
+            stream = _ChatStream(pair, side, [o.ids for o in outs])  # type: ignore[union-attr]
+            prompt_mask = stream.mask
+            with pair.side(side) as m:
+                eos = set(_eos_ids(m, pair.tokenizer))
+            V = pair.vocab_size
+            live = list(range(len(outs)))
+            drawn = [0] * len(outs)
+            finish = ["length"] * len(outs)
+            longest = max(o.max_tokens for o in outs)  # type: ignore[union-attr]
+            for t in range(longest):
+                for i in list(live):
+                    if jobs[i].cancelled.is_set():
+                        live.remove(i)
+                        outs[i].done("cancelled", backend="hf")  # type: ignore[union-attr]
+                if not live:
+                    return
+                with steering_hook(pair, self.layer, add, prompt_mask):
+                    logits = stream.step(pair, count).to(dtype=torch.float32, device=dev)[:, :V]
+                nxt = logits.argmax(-1)
+                for i in list(live):
+                    o = outs[i]
+                    if o.temperature > 0:  # type: ignore[union-attr]
+                        probs = torch.softmax(logits[i] / o.temperature, dim=-1)  # type: ignore[union-attr]
+                        nxt[i] = torch.multinomial(probs, 1, generator=gens[i])[0]
+                    token = int(nxt[i])
+                    drawn[i] += 1
+                    if not o.token(token, token in eos):  # type: ignore[union-attr]
+                        finish[i] = "stop" if token in eos else finish[i]
+                    elif drawn[i] < o.max_tokens:  # type: ignore[union-attr]
+                        continue
+                    live.remove(i)
+                    o.done(finish[i], backend="hf", batch=len(outs))  # type: ignore[union-attr]
+                if not live:
+                    return
+                stream.advance(nxt)
 
     # -- the vLLM backend (on the worker thread) ------------------------------------------------
     def _on_vllm(self, job: Job) -> bool:
@@ -664,7 +773,7 @@ class ModelService:
         pair = self.pair
         count = GenerationCount()
         with torch.no_grad():
-            streams = [_ChatStream(pair, side, ids) for side in ("base", "ft")]
+            streams = [_ChatStream(pair, side, [ids]) for side in ("base", "ft")]
             with pair.side("ft") as m:
                 eos = set(_eos_ids(m, pair.tokenizer))
             dev = pair.input_device("ft")
@@ -720,10 +829,10 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
 
 
 class _ChatStream(_Stream):
-    """Amplification's per-model stream (its KV cache, its next inputs), started from a rendered
-    conversation's ids instead of a single prompt."""
+    """Amplification's per-model stream (its KV cache, its next inputs), started from rendered
+    conversations' ids (one row each, left-padded) instead of prompts."""
 
-    def __init__(self, pair: Any, side: str, ids: Sequence[int]):
+    def __init__(self, pair: Any, side: str, rows: Sequence[Sequence[int]]):
         super().__init__(pair, side, [""])
-        self.ids, self.mask = pad_left([list(ids)], pad_id(pair.tokenizer), pair.input_device(side))
+        self.ids, self.mask = pad_left([list(r) for r in rows], pad_id(pair.tokenizer), pair.input_device(side))
         self.pos = (self.mask.long().cumsum(-1) - 1).masked_fill(self.mask == 0, 0)
