@@ -360,3 +360,23 @@ def test_queued_completions_run_as_one_batch_with_the_solo_answers(tiny_explore)
                     job("finetuned", "why", temperature=1.0, seed=8, max_tokens=10)])
     assert a[0][1]["batch"] == 2 and b[1][1]["batch"] == 3
     assert a[0][1]["text"] == b[1][1]["text"] and b[1][1]["text"] != b[2][1]["text"]
+
+
+def test_queued_amplified_completions_batch_each_at_its_own_beta(tiny_explore):
+    pair, layout, _ = tiny_explore
+    svc = ModelService.from_run(layout, pair=pair, limits=Limits(max_tokens=64, max_queue=16))
+    ids = svc.prompt_ids(MSGS)
+
+    def job(beta, *, temperature=0.0, seed=0):
+        return svc.chat_job(svc.resolve("amplified", beta=beta), ids, max_tokens=8, temperature=temperature, seed=seed)
+
+    solo = [svc.submit(job(b)).wait(timeout=60)[1] for b in (0.0, 2.0, 8.0)]
+    together = [d for _, d in _held(svc, [job(b) for b in (0.0, 2.0, 8.0)] + [job(2.0, temperature=1.0, seed=4)])]
+    assert [d["batch"] for d in together] == [4] * 4 and [d["beta"] for d in together] == [0.0, 2.0, 8.0, 2.0]
+    assert [d["text"] for d in together[:3]] == [d["text"] for d in solo]
+    again = _held(svc, [job(2.0, temperature=1.0, seed=4), job(0.5, temperature=1.0, seed=9)])
+    assert again[0][1]["text"] == together[3]["text"]
+    # each row at its own β: sampled at one seed, β = 0 and β = 8 side by side differ as they do alone
+    alone = [svc.submit(job(b, temperature=1.0, seed=4)).wait(timeout=60)[1]["text"] for b in (0.0, 8.0)]
+    side_by_side = [d["text"] for _, d in _held(svc, [job(b, temperature=1.0, seed=4) for b in (0.0, 8.0)])]
+    assert alone[0] != alone[1] and side_by_side[0] != side_by_side[1]

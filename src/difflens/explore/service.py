@@ -19,8 +19,8 @@ token, or is skipped if it had not started. A job that raises reports an ``error
 and so the server, carries on.
 
 Completions that wait together are batched: when the worker takes a chat job of the base, finetuned
-or a steered model, the jobs right behind it in the line on the same side (up to ``Limits.max_batch``)
-join it in one left-padded batch on one KV cache, each finetuned-side row with its own steering
+or a steered model, the queued chat jobs on the same side (up to ``Limits.max_batch``, wherever they
+wait; the others keep their order) join it in one left-padded batch on one KV cache, each finetuned-side row with its own steering
 vector (zero for unsteered rows) and its own generator seeded by its request's seed, so a row's draws
 do not depend on who shares its batch (padding changes the logits only by rounding). A job alone
 runs through ``model.generate`` as before.
@@ -467,33 +467,41 @@ class ModelService:
                 self._seconds = self._seconds[-99:] + [time.perf_counter() - t0]
 
     # -- HF batches (on the worker thread) ------------------------------------------------------
+    def _group(self, job: Job) -> str | None:
+        """Which HF batch a job may join (None: it runs alone): amplified completions batch together
+        (each row its own β), the others by side (the finetuned side mixes unsteered and steered rows,
+        each with its own vector) unless they stream through vLLM."""
+        if job.chat is None:
+            return None
+        if job.chat.spec.beta is not None:
+            return AMPLIFIED
+        return None if self.vllm is not None else job.chat.spec.side
+
     def _batchable(self, job: Job) -> bool:
-        """Chat completions of base, finetuned and steered models batch on the HF pair (one side per
-        batch; the finetuned side mixes unsteered and steered rows, each with its own vector)."""
-        return self.vllm is None and job.chat is not None and job.chat.spec.beta is None
+        return self._group(job) is not None
 
     def _gather(self, first: Job, *, take: bool = False) -> list[Job]:
-        """The queued jobs that may join ``first``'s batch: those at the head of the line on the same
-        side (at most ``Limits.max_batch`` in all). ``take``: remove them from the queue."""
-        side = first.chat.spec.side  # type: ignore[union-attr]
+        """The queued jobs that may join ``first``'s batch: chat jobs of its group, wherever they
+        wait in the line (at most ``Limits.max_batch`` in all; the others keep their places, so the
+        next batch starts with the oldest of them). ``take``: remove them from the queue."""
+        group = self._group(first)
         out: list[Job] = []
         if self._held:
             return out
         with self._queue.mutex:
             waiting = self._queue.queue
-            while waiting and len(out) + 1 < self.limits.max_batch:
-                job = waiting[0]
-                if job.cancelled.is_set():
+            keep = []
+            for job in list(waiting):
+                if len(out) + 1 < self.limits.max_batch and not job.cancelled.is_set() and \
+                        self._group(job) == group:
                     if not take:
-                        break
-                    waiting.popleft()
-                    continue
-                if not (self._batchable(job) and job.chat.spec.side == side):  # type: ignore[union-attr]
-                    break
-                if not take:
-                    return [job]
-                out.append(waiting.popleft())
+                        return [job]
+                    out.append(job)
+                else:
+                    keep.append(job)
             if take and out:
+                waiting.clear()
+                waiting.extend(keep)
                 self._queue.not_full.notify_all()
         return out
 
@@ -502,13 +510,15 @@ class ModelService:
         one KV cache, each row steered by its own vector (zero for unsteered rows), each row drawn with
         its own generator seeded by its request's seed (so its answer does not depend on who shares the
         batch, up to padding's rounding), streamed token by token; a row stops at its end of sequence,
-        its ``max_tokens`` or its client's departure, the batch when every row has."""
+        its ``max_tokens`` or its client's departure, the batch when every row has. Amplified rows: both
+        models step on their own KV cache, each row at its own β."""
         from ..adl.steering import steering_hook, steering_vectors
 
         pair = self.pair
         outs = [j.chat for j in jobs]
         assert all(o is not None for o in outs)
         side = outs[0].spec.side  # type: ignore[union-attr]
+        amplified = outs[0].spec.beta is not None  # type: ignore[union-attr]
         add = None
         if any(o.spec.position is not None for o in outs):  # type: ignore[union-attr]
             d = next(iter(self.steering.values()))[0].shape[-1]
@@ -530,8 +540,10 @@ class ModelService:
         for o in outs:
             o.t0 = time.perf_counter()  # type: ignore[union-attr]
         with torch.no_grad():
-            stream = _ChatStream(pair, side, [o.ids for o in outs])  # type: ignore[union-attr]
-            prompt_mask = stream.mask
+            rows = [o.ids for o in outs]  # type: ignore[union-attr]
+            streams = [_ChatStream(pair, s, rows) for s in (("base", "ft") if amplified else (side,))]
+            prompt_mask = streams[-1].mask
+            betas = torch.tensor([[float(o.spec.beta or 0.0)] for o in outs], device=dev)  # type: ignore[union-attr]
             with pair.side(side) as m:
                 eos = set(_eos_ids(m, pair.tokenizer))
             V = pair.vocab_size
@@ -547,7 +559,9 @@ class ModelService:
                 if not live:
                     return
                 with steering_hook(pair, self.layer, add, prompt_mask):
-                    logits = stream.step(pair, count).to(dtype=torch.float32, device=dev)[:, :V]
+                    step = [st.step(pair, count).to(dtype=torch.float32, device=dev, copy=True)[:, :V]
+                            for st in streams]
+                logits = step[1] + betas * (step[1] - step[0]) if amplified else step[0]
                 nxt = logits.argmax(-1)
                 for i in list(live):
                     o = outs[i]
@@ -564,7 +578,8 @@ class ModelService:
                     o.done(finish[i], backend="hf", batch=len(outs))  # type: ignore[union-attr]
                 if not live:
                     return
-                stream.advance(nxt)
+                for st in streams:
+                    st.advance(nxt)
 
     # -- the vLLM backend (on the worker thread) ------------------------------------------------
     def _on_vllm(self, job: Job) -> bool:
