@@ -428,7 +428,7 @@ class ModelService:
         return job
 
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     def retry_after(self) -> int:
         """Seconds after which a place in the queue is likely free: it frees when the running job ends,
