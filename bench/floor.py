@@ -222,7 +222,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
                          prompts=S.STEERING_PROMPTS[:args.prompts], search_samples=args.search_samples,
                          search_iters=args.search_iters, refine_iters=args.refine_iters)
     with contextlib.ExitStack() as st:
-        st.enter_context(patched(S, "generate_vectors", wrap_rows))
+        # every generate call goes through generate_vectors (generate_rows in checkouts before it existed)
+        st.enter_context(patched(S, "generate_vectors" if hasattr(S, "generate_vectors") else "generate_rows",
+                                 wrap_rows))
         st.enter_context(patched(ST, "find_threshold", in_phase("search")))
         if hasattr(ST, "find_thresholds"):  # the positions' searches in shared rounds
             st.enter_context(patched(ST, "find_thresholds", in_phase("search")))
