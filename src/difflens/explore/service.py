@@ -18,12 +18,12 @@ asyncio loop of its request (:class:`Job`); a cancelled job (its client went awa
 token, or is skipped if it had not started. A job that raises reports an ``error`` event: the worker,
 and so the server, carries on.
 
-Completions that wait together are batched: when the worker takes a chat job of the base, finetuned
-or a steered model, the queued chat jobs on the same side (up to ``Limits.max_batch``, wherever they
-wait; the others keep their order) join it in one left-padded batch on one KV cache, each finetuned-side row with its own steering
-vector (zero for unsteered rows) and its own generator seeded by its request's seed, so a row's draws
-do not depend on who shares its batch (padding changes the logits only by rounding). A job alone
-runs through ``model.generate`` as before.
+Completions that wait together are batched: when the worker takes a chat job, the queued chat jobs
+of its group (one model side, the finetuned side mixing unsteered and steered rows; or every amplified
+job) join it, up to ``Limits.max_batch`` and wherever they wait (the others keep their order), in one
+left-padded batch on one KV cache. Each row has its own steering vector (zero for unsteered rows) or
+β, and its own generator seeded by its request's seed, so a row's draws do not depend on who shares
+its batch (padding changes the logits only by rounding). A job alone runs as below, unbatched.
 
 With a vLLM backend (``difflens serve/explore --backend vllm``, :class:`~difflens.backends.vllm.VLLMStreams`)
 base, finetuned and steered completions stream through vLLM's engines instead: the worker thread adds
@@ -78,7 +78,7 @@ class Limits:
     max_queue: int = 64  # jobs waiting for the worker (the running one not counted); beyond: 429
     max_text_chars: int = 32_000  # heat-map text
     max_heatmap_tokens: int = 1024
-    max_batch: int = 64  # vLLM backend: completions streaming together in one engine batch
+    max_batch: int = 64  # completions generated together in one batch (HF) or engine batch (vLLM)
 
 
 class QueueFull(Exception):
@@ -275,7 +275,8 @@ class ModelService:
         """The service of a run directory: its pair (``pair``, else ``pair_loader()``, else
         :func:`~difflens.models.pair.pair_from_run`), δ̄ and thresholds of its steering stage on
         ``dataset`` × ``layer`` (default: the first collected), the β of its amplification result. A
-        stage that is missing leaves a note naming the command that makes it."""
+        stage that is missing leaves a note naming the command that makes it. ``vllm``: a
+        :class:`~difflens.backends.vllm.VLLMBackend` for base, finetuned and steered completions."""
         from ..files import read_json
         from ..rundir import artifacts as A
 
