@@ -211,3 +211,13 @@ def test_an_engine_failure_answers_every_running_request_and_the_service_goes_on
     (ok,) = _answers([_ask(served, "steered-p1", "why")])
     assert ok["finish_reason"] in ("length", "stop")
     assert threading.active_count() < 50
+
+
+def test_start_builds_both_engines_before_serving(tiny_explore, fake_vllm):
+    from difflens.files import read_json
+
+    pair, layout, _ = tiny_explore
+    models = read_json(layout.manifest)["models"]
+    V.VLLMBackend(models["base"]["spec"], models["finetuned"]["spec"], tokenizer=pair.tokenizer).start()
+    assert sorted(fake_vllm) == ["base", "ft"]
+    assert all(e.kwargs["enforce_eager"] and e.kwargs["enable_prefix_caching"] is False for e in fake_vllm.values())

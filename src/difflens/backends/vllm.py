@@ -325,6 +325,14 @@ class VLLMBackend:
         kw.update(o.extra)
         return kw
 
+    def start(self) -> "VLLMBackend":
+        """Build both sides' engines now (``difflens serve/explore`` call this on the main thread,
+        before serving: engines then never start on a worker thread, and a failure stops the command
+        before it listens)."""
+        for side in ("base", "ft"):
+            self.engine(side)
+        return self
+
     def _build_engine(self, target: ModelTarget, *, lora: bool) -> Any:
         vllm = require_vllm()
         return vllm.LLM(**self.engine_kwargs(target, lora=lora))

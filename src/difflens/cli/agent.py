@@ -197,7 +197,7 @@ def _serve_models(run: Path, *, dataset: Optional[str], layer: Optional[int], to
         # their hidden states; base, finetuned and steered completions stream through vLLM's engines
         from ..backends import backend_for_run
 
-        vllm = backend_for_run(name, layout, **options)
+        vllm = backend_for_run(name, layout, **options).start()  # type: ignore[attr-defined]
     limits = Limits(max_queue=max_queue, max_tokens=max_tokens, default_max_tokens=min(256, max_tokens))
     service = ModelService.from_run(layout, dataset=dataset, layer=layer, pair_loader=loader, limits=limits, vllm=vllm)
     return layout, service, token
