@@ -342,3 +342,19 @@ def test_patchscope_cell_flags_a_far_more_specific_scale_and_lists_specificity()
     assert "⚠ λ = 0.6 is far more specific" in cell and "kiln" in cell.split("⚠")[1]
     assert "specificity" in cell and "3.1" in cell  # the per-scale column
     assert "⚠" not in _patch_cell(e.model_copy(update={"specificity": [0.5, 0.45]}))
+
+
+def test_grouped_bar_legend_fits_its_longest_name():
+    """Legend entries sit in as many columns (≤ 3) as the longest name fits: no entry runs past the
+    chart's right edge (tick text ≈ 6.2 px a character)."""
+    import re
+
+    from difflens.report.charts import grouped_bar_chart
+
+    for names in (["δ", "h̄_base", "h̄_ft"], ["δ̄ (difference)", "h̄_base", "h̄_ft", "δ̄ via base model (control)",
+                                              "random vector (control)", "h̄_base via finetuned model (control)"]):
+        svg = grouped_bar_chart(["cake", "roman"], [(n, [10.0, 20.0]) for n in names], width=640)
+        width = float(re.search(r'width="(\d+)"', svg).group(1))
+        for x, text in re.findall(r'<text class="tick" x="([\d.]+)" y="[\d.]+">([^<]+)</text>', svg):
+            if text in names:
+                assert float(x) + 6.2 * len(text) <= width, (text, x)

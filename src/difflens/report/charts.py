@@ -247,7 +247,10 @@ def grouped_bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequenc
     ``marks``: (name, values[series][group]) drawn as a short horizontal line across each bar (e.g.
     the baseline and the control a method's bar must clear; None: no mark on that bar)."""
     ml, mr, mt, mb = 52, 16, 14, 58
-    legend_h = 16 * ((len(series) + len(marks) + 2) // 3)
+    # legend columns: as many (≤ 3) as the longest name fits (tick text ≈ 6.2 px a character)
+    longest = max([len(n) for n, _ in series] + [len(n) + 1 for n, _ in marks] + [1])
+    cols = max(1, min(3, int((width - ml - mr) // (18 + 6.2 * longest))))
+    legend_h = 16 * ((len(series) + len(marks) + cols - 1) // cols)
     height += legend_h
     pw, ph = width - ml - mr, height - mt - mb - legend_h
     mark_vals = [v for _, per in marks for vs in per for v in vs if v is not None]
@@ -286,12 +289,12 @@ def grouped_bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequenc
     out.append(f'<line class="axis" x1="{ml}" x2="{ml + pw}" y1="{mt + ph}" y2="{mt + ph}"/>')
     ly = height - legend_h - 2
     for k, (sname, _) in enumerate(series):
-        lx, yy = ml + (k % 3) * (pw / 3), ly + 16 * (k // 3)
+        lx, yy = ml + (k % cols) * (pw / cols), ly + 16 * (k // cols)
         out.append(f'<rect x="{lx:.1f}" y="{yy - 9:.1f}" width="10" height="10" fill="{PALETTE[k % len(PALETTE)]}"/>')
         out.append(f'<text class="tick" x="{lx + 14:.1f}" y="{yy:.1f}">{esc(sname)}</text>')
     for m, (mname, _) in enumerate(marks):
         k = len(series) + m
-        lx, yy = ml + (k % 3) * (pw / 3), ly + 16 * (k // 3)
+        lx, yy = ml + (k % cols) * (pw / cols), ly + 16 * (k // cols)
         dash = ' stroke-dasharray="3 2"' if m % 2 else ""
         out.append(f'<line x1="{lx:.1f}" x2="{lx + 12:.1f}" y1="{yy - 4:.1f}" y2="{yy - 4:.1f}" '
                    f'stroke="{MARK_COLORS[m % len(MARK_COLORS)]}" stroke-width="2.2"{dash}/>')
