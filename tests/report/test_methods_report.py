@@ -305,7 +305,7 @@ def test_experiment_methods_table_and_chart():
     assert sec.count('rowspan="4"') == 2 and "em_finance" not in sec.split("<table")[1]
     assert "<b>60</b>" in sec and "▲" in sec and "<b>45</b>" in sec  # mining is below its baseline: no ▲ on it
     assert re.search(r"<b>45</b></td><td>22</td><td>50</td><td>0</td>", sec)
-    assert "0.41 / 0.3 / –" in sec and "<b>4</b> / 7" in sec and "64,000" in sec
+    assert "0.410 / 0.300 / –" in sec and "<b>4</b> / 7" in sec and "64,000" in sec
     # one grouped bar chart: bars per method and organism, the baseline and control as marks
     assert sec.count("<svg") == 1 and "cake_bake · diff mining: 45" in sec
     assert "cake_bake · diff mining · its baseline: 50" in sec and "taboo_smile · KL peaks · its control: 5" in sec
