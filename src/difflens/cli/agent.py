@@ -208,7 +208,7 @@ _TOKEN_ENV = typer.Option(None, "--token-env", help="NAME of an env var holding 
                           "send (never printed)")
 _MAX_QUEUE = typer.Option(64, "--max-queue", help="generation requests that may wait; beyond: 429 with Retry-After")
 _SERVE_BACKEND = typer.Option(None, "--backend", help="who generates the base, finetuned and steered completions: "
-                              "hf (the run's pair, one at a time) or vllm (pip install 'difflens\\[vllm]', GPU; "
+                              "hf (the run's pair; requests that wait together run as one batch) or vllm (pip install 'difflens\\[vllm]', GPU; "
                               "requests batched in vLLM's engines); amplification and heat maps stay on the HF pair")
 _MAX_TOKENS = typer.Option(512, "--max-tokens", help="most new tokens one completion may ask for")
 
@@ -270,8 +270,8 @@ def explore_cmd(
                                base_device=base_device, ft_device=ft_device)
         layout, service, token = _serve_models(run, dataset=dataset, layer=layer, token_env=token_env, host=host,
                                                loading=loading, max_queue=max_queue, max_tokens=max_tokens,
-                                          backend=backend, tensor_parallel_size=tensor_parallel_size,
-                                          gpu_memory_utilization=vllm_gpu_memory_utilization)
+                                               backend=backend, tensor_parallel_size=tensor_parallel_size,
+                                               gpu_memory_utilization=vllm_gpu_memory_utilization)
     except (DifflensError, OSError) as e:
         fail(e)
         return
