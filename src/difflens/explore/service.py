@@ -467,6 +467,16 @@ class ModelService:
                 self.running = None
                 self._seconds = self._seconds[-99:] + [time.perf_counter() - t0]
 
+    def steering_vector(self, spec: ModelSpec) -> torch.Tensor | None:
+        """``α · η · δ̂_j`` of a steered model ([1, d] float32), None for the others — the one
+        vector the HF path, its batches and the vLLM path all add at layer ℓ."""
+        if spec.position is None:
+            return None
+        from ..adl.steering import steering_vectors
+
+        delta, _ = self.steering[spec.position]
+        return steering_vectors(delta, [float(spec.alpha or 0.0)], self.eta)
+
     # -- HF batches (on the worker thread) ------------------------------------------------------
     def _group(self, job: Job) -> str | None:
         """Which HF batch a job may join (None: it runs alone): amplified completions batch together
@@ -513,24 +523,18 @@ class ModelService:
         batch, up to padding's rounding), streamed token by token; a row stops at its end of sequence,
         its ``max_tokens`` or its client's departure, the batch when every row has. Amplified rows: both
         models step on their own KV cache, each row at its own β."""
-        from ..adl.steering import steering_hook, steering_vectors
+        from ..adl.steering import steering_hook
 
         pair = self.pair
         outs = [j.chat for j in jobs]
         assert all(o is not None for o in outs)
         side = outs[0].spec.side  # type: ignore[union-attr]
         amplified = outs[0].spec.beta is not None  # type: ignore[union-attr]
+        vecs = [self.steering_vector(o.spec) for o in outs]  # type: ignore[union-attr]
         add = None
-        if any(o.spec.position is not None for o in outs):  # type: ignore[union-attr]
-            d = next(iter(self.steering.values()))[0].shape[-1]
-            vecs = []
-            for o in outs:
-                if o.spec.position is None:  # type: ignore[union-attr]
-                    vecs.append(torch.zeros(1, d))
-                else:
-                    delta, _ = self.steering[o.spec.position]  # type: ignore[union-attr,index]
-                    vecs.append(steering_vectors(delta, [float(o.spec.alpha or 0.0)], self.eta))  # type: ignore[union-attr]
-            add = torch.cat(vecs)
+        if any(v is not None for v in vecs):  # unsteered rows: a zero vector
+            d = next(v for v in vecs if v is not None).shape[-1]
+            add = torch.cat([torch.zeros(1, d) if v is None else v for v in vecs])
         count = GenerationCount()
         dev = pair.input_device(side)
         gens = []
@@ -592,13 +596,10 @@ class ModelService:
     def _vllm_request(self, out: "_ChatEmitter") -> tuple[str, Any, Any]:
         """(side, steering vector or None, the key that names it) of a completion."""
         spec = out.spec
-        if spec.position is None:
+        vec = self.steering_vector(spec)
+        if vec is None:
             return spec.side, None, None
-        from ..adl.steering import steering_vectors
-
-        delta, _ = self.steering[spec.position]
-        alpha = float(spec.alpha or 0.0)
-        return spec.side, steering_vectors(delta, [alpha], self.eta)[0], (spec.position, alpha)
+        return spec.side, vec[0], (spec.position, float(spec.alpha or 0.0))
 
     def _vllm_batch(self, first: Job) -> None:
         """Stream ``first`` and every completion that arrives while it runs through the vLLM engines,
@@ -716,14 +717,11 @@ class ModelService:
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from ..adl.steering import steering_hook, steering_vectors
+        from ..adl.steering import steering_hook
 
         pair, tok = self.pair, self.pair.tokenizer
         x, mask = pad_left([list(ids)], pad_id(tok), pair.input_device(spec.side))
-        add = None
-        if spec.position is not None:
-            delta, _ = self.steering[spec.position]
-            add = steering_vectors(delta, [float(spec.alpha or 0.0)], self.eta)
+        add = self.steering_vector(spec)
         handoff: queue.Queue = queue.Queue()
         stop = threading.Event()  # set when the consumer is done (or cancelled): generate() stops at its next step
 
