@@ -273,8 +273,8 @@ class ModelService:
             try:
                 if self._on_vllm(job):
                     self._vllm_batch(job)
-                elif self._batchable(job) and self._gather(job):
-                    self._hf_batch([job] + self._gather(job, take=True))
+                elif companions := (self._gather(job) if self._batchable(job) else []):
+                    self._hf_batch([job] + companions)
                 else:
                     job.work(job)
             except Exception as e:  # noqa: BLE001 - a failed job answers its request; the worker goes on
@@ -307,10 +307,10 @@ class ModelService:
     def _batchable(self, job: Job) -> bool:
         return self._group(job) is not None
 
-    def _gather(self, first: Job, *, take: bool = False) -> list[Job]:
+    def _gather(self, first: Job) -> list[Job]:
         """The queued jobs that may join ``first``'s batch: chat jobs of its group, wherever they
         wait in the line (at most ``Limits.max_batch`` in all; the others keep their places, so the
-        next batch starts with the oldest of them). ``take``: remove them from the queue."""
+        next batch starts with the oldest of them). They are taken from the queue."""
         group = self._group(first)
         out: list[Job] = []
         if self._held:
@@ -321,12 +321,10 @@ class ModelService:
             for job in list(waiting):
                 if len(out) + 1 < self.limits.max_batch and not job.cancelled.is_set() and \
                         self._group(job) == group:
-                    if not take:
-                        return [job]
                     out.append(job)
                 else:
                     keep.append(job)
-            if take and out:
+            if out:
                 waiting.clear()
                 waiting.extend(keep)
                 self._queue.not_full.notify_all()
