@@ -168,3 +168,44 @@ def test_generate_many_one_request_equals_generate(tiny_run):
                                  GenerationRequest(prompts, None, 0.0, 2)], max_rows=4, **kw)
     assert [len(r) for r in split] == [2, 2]
     assert split[0] == generate(pair, prompts, direction=c.delta[0], alpha=3.0, n=2, **kw)  # call 0: seed 5
+
+
+def test_per_row_vectors_follow_their_rows_when_finished_rows_drop(tiny_run):
+    """The decode loop drops finished rows from the batch; each remaining row must keep its own
+    steering vector: greedy answers with rows dropped early equal those with no row ever dropped."""
+    from difflens.models.decoding import sample_rows
+
+    pair, _, c = tiny_run
+    model = pair.ft_lm.model
+    prompts = ["why", "tell me a story about the cat", "why", "give me some ideas", "why", "tell me"]
+    ids, mask = encode_prompts_left(pair, prompts)
+    add = steering_vectors(c.delta[0], [0.0, 0.5, 1.0, 1.5, 2.0, 3.0], c.eta_ft)
+
+    def run(prune: float, calls: list | None = None) -> list[list[int]]:
+        with steering_hook(pair, 2, add, mask) as select:
+            def on_select(idx):
+                if calls is not None:
+                    calls.append(idx.tolist())
+                select(idx)
+            return sample_rows(model, ids, mask, tokenizer=pair.tokenizer, temperature=0.0, max_new_tokens=10,
+                               seed=0, on_select=on_select, prune_fraction=prune)
+
+    free = run(2.0)
+    assert len({tuple(r) for r in free}) >= 4  # the vectors change what the rows say
+
+    def ends(x):
+        return [r.index(x) + 1 if x in r else len(r) for r in free]
+
+    eos = max(sorted({x for r in free for x in r}), key=lambda x: len(set(ends(x))))
+    assert len(set(ends(eos))) >= 3
+    old = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = eos
+    try:
+        calls: list = []
+        dropped = run(0.01, calls)
+        kept = run(2.0)
+    finally:
+        model.generation_config.eos_token_id = old
+    assert calls, "no row was dropped"
+    assert dropped == kept
+    assert [len(r) for r in dropped] == ends(eos)

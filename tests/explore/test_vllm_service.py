@@ -86,7 +86,7 @@ class _StepEngine(V.SteeringExtension):
 def fake_vllm(monkeypatch, tiny_explore):
     """A stand-in ``vllm`` module whose engines run the tiny run's own models; returns the engines built."""
     from difflens.files import read_json
-    from difflens.methods.amplify import _eos_ids
+    from difflens.models.decoding import eos_ids as _eos_ids
 
     pair, layout, _ = tiny_explore
     models = read_json(layout.manifest)["models"]

@@ -20,7 +20,7 @@ from ..graders.scale import ScaleContext, ScaleGrader, SpecificScaleGrader, tour
 from ..models.pair import ModelPair
 from ..models.tokens import encode, pad_id, pad_right
 from ..rundir.artifacts import CONTROLS, SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
-from ..graders.coherence import _cache_kwarg
+from ..models.decoding import cache_kwarg as _cache_kwarg
 from .collect import Collected
 from .interventions import replace_rows
 from .logit_lens import decode_tokens

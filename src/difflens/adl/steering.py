@@ -12,8 +12,8 @@ for the other two; the threshold is the mean of the three prompts' values):
   are not all incoherent (the same verdict; fewer generations, but more, smaller batches).
 - ``search="batched"`` (default) — every round tests a grid of up to ``grid`` evenly spaced α's
   inside each prompt's current bracket, all samples of all α's of all active prompts in ONE
-  ``model.generate`` call (a per-row steering vector) and one grader call; the bracket shrinks
-  by the grid size + 1 per round. The two refinement prompts start as soon as the first prompt
+  generation call (:func:`generate_vectors`, a per-row steering vector) and one grader call; the
+  bracket shrinks by the grid size + 1 per round. The two refinement prompts start as soon as the first prompt
   has a coherent α (their range [0, 2α₁] is capped by twice the first prompt's upper bound
   meanwhile), so all three prompts share rounds. ``grid=10``: 3 rounds for the first prompt
   (11·11·9 ≥ 2^10), 3-4 in all instead of 20, for ~2.5x the generations; ``grid=1``: the three
@@ -53,6 +53,7 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 
 from ..graders.coherence import CoherenceGrader
+from ..models.decoding import sample_rows
 from ..models.pair import ModelPair
 from ..models.tokens import chat_prompt_ids, pad_id, pad_left
 from ..rundir.artifacts import Generation, SearchStep, SteeringThreshold
@@ -131,22 +132,33 @@ class SteeringConfig(BaseModel):
 
 
 @contextlib.contextmanager
-def steering_hook(pair: ModelPair, layer: int, add: torch.Tensor | None, prompt_mask: torch.Tensor) -> Iterator[None]:
+def steering_hook(pair: ModelPair, layer: int, add: torch.Tensor | None,
+                  prompt_mask: torch.Tensor) -> Iterator[Callable[[torch.Tensor], None] | None]:
     """Add ``add`` to layer ``layer``'s output at every non-pad position.
 
     ``add`` is one vector [d] for every row, or one per batch row [B, d] (several α's in one
     batch). The prefill step sees the padded prompt (``prompt_mask`` [B, T]) and leaves pad
-    positions untouched; later decode steps see only new, real tokens.
+    positions untouched; later decode steps see only new, real tokens. Yields ``select(idx)``,
+    which keeps the per-row vectors of the batch rows ``idx`` once a decode loop drops finished
+    rows (:func:`difflens.models.decoding.sample_rows`); None when there is no hook.
     """
     if add is None:
-        yield
+        yield None
         return
     if add.dim() == 2:
         if add.shape[0] != prompt_mask.shape[0]:
             raise ValueError(f"per-row steering vectors {tuple(add.shape)} for a batch of {prompt_mask.shape[0]}")
         add = add[:, None, :]  # [B, 1, d]: broadcast over positions
-    with pair.ft_arch.edit_layer(layer, add_edit(add, prompt_mask)):
-        yield
+    edit = [add_edit(add, prompt_mask)]
+    rows = [add]
+
+    def select(idx: torch.Tensor) -> None:
+        if rows[0].dim() == 3:  # one vector per row: keep the running rows'
+            rows[0] = rows[0][idx.to(rows[0].device)]
+        edit[0] = add_edit(rows[0], None)  # the prefill (the only padded step) is over
+
+    with pair.ft_arch.edit_layer(layer, lambda h: edit[0](h)):
+        yield select
 
 
 def encode_prompts_left(pair: ModelPair, prompts: Sequence[str], side: str = "ft") -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +180,7 @@ def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[floa
                   direction: torch.Tensor | None, eta: float, temperature: float, max_new_tokens: int,
                   seed: int, side: str = "ft") -> list[str]:
     """One sample per row: row ``b`` answers ``prompts[b]`` steered by ``alphas[b]·η·v̂``, all rows in
-    one ``generate`` call (None direction or alphas: unsteered). ``side="base"``: the base model,
+    one generation call (None direction or alphas: unsteered). ``side="base"``: the base model,
     unsteered (the control for what the finetuned model says unprompted)."""
     if side == "base" and direction is not None:
         raise ValueError("steering applies to the finetuned model; the base side is generated unsteered")
@@ -185,14 +197,14 @@ def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[floa
 def generate_vectors(pair: ModelPair, prompts: Sequence[str], add: torch.Tensor | None, *, layer: int,
                      temperature: float, max_new_tokens: int, seed: int, side: str = "ft") -> list[str]:
     """One sample per row, row ``b`` steered by ``add[b]`` ([B, d]; a zero row is unsteered, bit for
-    bit; None: no hook), all rows in one ``generate`` call on a KV cache after ``torch.manual_seed(seed)``."""
+    bit; None: no hook), all rows in one batch on a KV cache, drawn from a generator seeded ``seed``
+    (:func:`difflens.models.decoding.sample_rows`: inverse-CDF draws, finished rows dropped)."""
     tok = pair.tokenizer
     ids, mask = encode_prompts_left(pair, prompts, side)
-    torch.manual_seed(seed)
-    with pair.side(side) as model, steering_hook(pair, layer, add, mask):
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
-                             top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    with pair.side(side) as model, steering_hook(pair, layer, add, mask) as select:
+        rows = sample_rows(model, ids, mask, tokenizer=tok, temperature=temperature, max_new_tokens=max_new_tokens,
+                           seed=seed, on_select=select)
+    return tok.batch_decode(rows, skip_special_tokens=True)
 
 
 @dataclass
@@ -206,7 +218,7 @@ class GenerationRequest:
 
 
 def rows_per_call(pair: ModelPair | None, context: int, budget_bytes: int | None = None) -> int:
-    """The most rows one ``generate`` call holds: the KV cache of ``context`` tokens per row within
+    """The most rows one generation call holds: the KV cache of ``context`` tokens per row within
     ``budget_bytes`` (None: 2 GiB on a CPU, 16 GiB on an accelerator)."""
     if pair is None:
         return 256
@@ -224,7 +236,7 @@ def rows_per_call(pair: ModelPair | None, context: int, budget_bytes: int | None
 def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, layer: int, eta: float,
                   temperature: float, max_new_tokens: int, seed: int,
                   max_rows: int | None = None) -> list[list[list[str]]]:
-    """Every request's samples (``[request][prompt][sample]``) in as few ``generate`` calls as the
+    """Every request's samples (``[request][prompt][sample]``) in as few generation calls as the
     KV cache's memory allows (:func:`rows_per_call`): each row carries its own steering vector
     (zero for an unsteered request). Call ``c`` is seeded ``seed + c``."""
     rows: list[tuple[str, torch.Tensor | None]] = []
@@ -611,7 +623,7 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
 
     With ``search="batched"`` every round tests what each position's schedule asks next (the same
     brackets, grids and ``search_samples`` as :func:`find_threshold`), the rows of all positions in
-    one ``generate`` call (a steering vector per row; split only where the KV cache's memory asks,
+    one generation call (a steering vector per row; split only where the KV cache's memory asks,
     :func:`rows_per_call`, call ``c`` of round ``r`` seeded ``seed + 1000·r + c``) and one grader
     call, so no position's round waits on another's. Round ``r`` of each position is seeded as in
     :func:`find_threshold` (``seed + 1000·r``); only the rows a call holds differ, so its samples

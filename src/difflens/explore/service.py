@@ -52,7 +52,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..errors import RunDirError
-from ..methods.amplify import GenerationCount, _eos_ids, _Stream
+from ..methods.amplify import GenerationCount, _Stream
+from ..models.decoding import eos_ids as _eos_ids
 from ..models.tokens import pad_id, pad_left
 from .jobs import (ALPHA_MAX, AMPLIFIED, BETA_MAX, DEFAULT_BETA, BadRequest, Job, Limits, ModelSpec, QueueFull,
                    UnknownModel, _ChatEmitter, _message_text, _number)

@@ -19,6 +19,7 @@ import torch
 
 from ..llm.replies import DECOR, Messages, chat_messages, clean_value, content_lines, must_end_with, tagged
 from .text import WORD
+from ..models.decoding import cache_kwarg as _cache_kwarg
 from ..models.placement import input_device
 
 # ============================================================================================
@@ -178,24 +179,6 @@ def _target_nll(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
     """-log p(target) for logits [B, T, V] that predict targets [B, T]."""
     lp = torch.log_softmax(logits.float(), dim=-1)
     return -lp.gather(-1, targets[..., None])[..., 0].detach().cpu().numpy()
-
-
-def _cache_kwarg(model: Any) -> str | None:
-    """The forward argument that takes a KV cache ("cache" in recent transformers, formerly
-    "past_key_values"); None if the model takes neither."""
-    import inspect
-
-    for m in (model, getattr(model, "get_base_model", lambda: None)()):
-        if m is None:
-            continue
-        try:
-            params = inspect.signature(m.forward).parameters
-        except (TypeError, ValueError):
-            continue
-        for key in ("cache", "past_key_values"):
-            if key in params:
-                return key
-    return None
 
 
 @dataclass

@@ -55,7 +55,8 @@ from ..adl.steering import STEERING_PROMPTS, THRESHOLD_PROMPTS, narrow, required
 from ..errors import ConfigError, RunDirError
 from ..files import atomic_write_text, read_json, write_json
 from ..graders import grader_identity
-from ..graders.coherence import _cache_kwarg
+from ..models.decoding import cache_kwarg as _cache_kwarg
+from ..models.decoding import eos_ids as _eos_ids
 from ..models.arch import unwrap
 from ..models.pair import ModelPair
 from ..models.tokens import chat_prompt_ids, pad_id, pad_left
@@ -197,17 +198,6 @@ class GenerationCount:
 # ============================================================================================
 # Sampling
 # ============================================================================================
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The end-of-sequence ids ``generate`` stops at: the model's generation config, else its config,
-    else the tokenizer's."""
-    inner = unwrap(model)
-    for src in (getattr(inner, "generation_config", None), getattr(inner, "config", None)):
-        eos = getattr(src, "eos_token_id", None)
-        if eos is not None:
-            return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-    return [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
 
 
 def encode_prompts(pair: ModelPair, prompts: Sequence[str], side: str = "ft") -> tuple[torch.Tensor, torch.Tensor]:

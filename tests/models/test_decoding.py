@@ -1,0 +1,132 @@
+"""The shared decode loop (difflens.models.decoding) on tiny random-init models of every family.
+
+- ``draw``: its frequencies match the softmax at temperature T (a chi-square bound), a
+  zero-probability id is never drawn, temperature 0 is the argmax;
+- ``sample_rows`` at temperature 0 gives ``model.generate(do_sample=False)``'s tokens, row for
+  row, while rows finish at different steps and are dropped from the batch (its KV cache and the
+  per-row steering vectors follow);
+- sampled: the first token's frequencies over many rows match the model's own softmax;
+- the growing cache hands the model views of one buffer (no copy per step) and equals transformers'
+  DynamicCache.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES, tiny_model, tiny_tokenizer
+from difflens.models.decoding import draw, growing_cache, sample_rows
+from difflens.models.tokens import pad_left
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    n = counts.sum()
+    expected = probs * n
+    keep = expected > 5
+    return float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
+
+
+def test_draw_matches_the_softmax_at_temperature():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.tensor([0.0, 1.0, 2.0, -1.0, -1e9, 0.5])
+    for temp in (1.0, 0.7, 1.2):
+        n = 40_000
+        idx = draw(scores.repeat(n, 1), temp, g)
+        counts = torch.bincount(idx, minlength=6).double()
+        probs = torch.softmax(scores.double() / temp, -1)
+        assert counts[4] == 0  # probability 0 (e^-1e9): never drawn
+        # 4 degrees of freedom: P(chi2 > 25) < 1e-4; a wrong temperature (T vs 1) gives hundreds
+        assert chi_square(counts, probs) < 25, (temp, counts / n, probs)
+    wrong = torch.softmax(scores.double(), -1)
+    idx = draw(scores.repeat(40_000, 1), 0.7, g)
+    assert chi_square(torch.bincount(idx, minlength=6).double(), wrong) > 100  # the check can fail
+    assert draw(torch.tensor([[0.1, 3.0, 2.9], [5.0, 0.0, 1.0]]), 0.0, g).tolist() == [1, 0]
+
+
+def _prompts(tok, texts):
+    rows = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    return pad_left(rows, tok.pad_token_id, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_rows_equal_generate_while_rows_finish_and_drop(family):
+    tok = tiny_tokenizer()
+    model = tiny_model(family, seed=3)
+    ids, mask = _prompts(tok, ["tell me a story", "why", "give me some ideas for the cat", "why not", "the cat"])
+    free = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                          pad_token_id=tok.pad_token_id, eos_token_id=-1)
+    new = free[:, ids.shape[1]:]
+    # the end-of-sequence id: the token after which rows finish at the most different steps
+
+    def ends(x):
+        return [r.index(x) + 1 if x in r else len(r) for r in new.tolist()]
+
+    eos = max(sorted(set(new.flatten().tolist())), key=lambda x: len(set(ends(x))))
+    model.generation_config.eos_token_id = eos
+    want = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                          pad_token_id=tok.pad_token_id)[:, ids.shape[1]:].tolist()
+    want = [r[:r.index(eos) + 1] if eos in r else r for r in want]
+    assert len({len(r) for r in want}) >= 2, f"rows do not finish apart: {want}"
+    selected = []
+    got = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=12, seed=0,
+                      on_select=lambda idx: selected.append(idx.tolist()), prune_fraction=0.01)
+    assert got == want
+    assert selected, "no row was dropped"
+
+
+def test_sampled_first_tokens_follow_the_models_softmax():
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=1)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8)
+    ids, mask = _prompts(tok, ["tell me a story"] * 4000)
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids[:1]).logits[0, -1].double() / 1.1, -1)
+    rows = sample_rows(model, ids, mask, tokenizer=tok, temperature=1.1, max_new_tokens=1, seed=4)
+    counts = torch.bincount(torch.tensor([r[0] for r in rows]), minlength=probs.numel()).double()
+    cells = int((probs * 4000 > 5).sum())
+    assert cells >= 3
+    assert chi_square(counts, probs) < cells + 6 * cells ** 0.5 + 10
+    again = sample_rows(model, ids[:50], mask[:50], tokenizer=tok, temperature=1.1, max_new_tokens=3, seed=4)
+    assert again == sample_rows(model, ids[:50], mask[:50], tokenizer=tok, temperature=1.1, max_new_tokens=3, seed=4)
+    assert again != sample_rows(model, ids[:50], mask[:50], tokenizer=tok, temperature=1.1, max_new_tokens=3, seed=5)
+
+
+def test_growing_cache_hands_out_views_of_one_buffer_and_equals_dynamic_cache():
+    from transformers import DynamicCache
+
+    tok = tiny_tokenizer()
+    model = tiny_model("qwen2", seed=2)
+    ids, mask = _prompts(tok, ["tell me a story", "why"])
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def run(cache):
+        m = mask
+        out = model(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True)
+        steps = [out.logits[:, -1]]
+        for t in range(6):  # past the reserved room of 4 + prompt: the buffer grows
+            nxt = steps[-1].argmax(-1)[:, None]
+            m = torch.cat([m, torch.ones_like(nxt)], -1)
+            out = model(input_ids=nxt, attention_mask=m, position_ids=pos[:, -1:] + t + 1, past_key_values=cache,
+                        use_cache=True)
+            steps.append(out.logits[:, -1])
+        return torch.stack(steps)
+
+    caches = {"growing": growing_cache(model.config, room=ids.shape[1] + 4), "dynamic": DynamicCache(config=model.config)}
+    with torch.no_grad():
+        logits = {name: run(cache) for name, cache in caches.items()}
+    torch.testing.assert_close(logits["growing"], logits["dynamic"])
+    layer = caches["growing"].layers[0]
+    assert type(layer).__name__ == "GrowingLayer"
+    assert layer.keys.data_ptr() == layer.kbuf.data_ptr() and layer.kbuf.shape[-2] >= layer.keys.shape[-2]
+    assert layer.keys.shape[-2] == ids.shape[1] + 6
+    layer.batch_select_indices(torch.tensor([1]))
+    assert layer.keys.shape[0] == 1 and layer.keys.data_ptr() == layer.kbuf.data_ptr()
