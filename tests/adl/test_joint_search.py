@@ -70,12 +70,18 @@ def test_positions_share_rounds(tiny_run, monkeypatch):
 
 
 class FakeWorld:
+    """Generations that carry their α (a single position's search passes α's, the shared rounds
+    steering vectors α·η·v̂ with η = 1, ‖v̂‖ = 1); records every batch's size."""
+
     def __init__(self):
         self.batches = []
 
     def generate_rows(self, pair, prompts, alphas, **kw):
         self.batches.append(len(prompts))
         return [f"{a!r}|{p}" for p, a in zip(prompts, alphas)]
+
+    def generate_steered(self, pair, prompts, vectors, **kw):
+        return self.generate_rows(pair, prompts, [float(v.norm()) for v in vectors])
 
 
 class ThresholdGrader:
@@ -92,6 +98,7 @@ class ThresholdGrader:
 def test_deterministic_grader_gives_each_position_its_own_search(monkeypatch, grid):
     w = FakeWorld()
     monkeypatch.setattr(steering, "generate_rows", w.generate_rows)
+    monkeypatch.setattr(steering, "generate_steered", w.generate_steered)
     cfg = SteeringConfig(grid=grid)
     alone = find_threshold(None, ThresholdGrader(37.3), layer=0, position=3, direction=torch.ones(4), eta=1.0,
                            cfg=cfg, progress=False)

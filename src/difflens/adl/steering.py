@@ -217,11 +217,9 @@ class GenerationRequest:
     n: int
 
 
-def rows_per_call(pair: ModelPair | None, context: int, budget_bytes: int | None = None) -> int:
+def rows_per_call(pair: ModelPair, context: int, budget_bytes: int | None = None) -> int:
     """The most rows one generation call holds: the KV cache of ``context`` tokens per row within
     ``budget_bytes`` (None: 2 GiB on a CPU, 16 GiB on an accelerator)."""
-    if pair is None:
-        return 256
     arch = pair.ft_arch
     cfg = arch.config
     heads = int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads"))
@@ -233,32 +231,49 @@ def rows_per_call(pair: ModelPair | None, context: int, budget_bytes: int | None
     return max(1, budget // per_row)
 
 
+def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[torch.Tensor | None], *,
+                     layer: int, temperature: float, max_new_tokens: int, seed: int,
+                     max_rows: int | None = None) -> list[str]:
+    """One sample per row, row ``b`` answering ``prompts[b]`` steered by ``vectors[b]`` ([d]; None:
+    unsteered), in as few :func:`generate_vectors` calls as the KV cache's memory allows
+    (:func:`rows_per_call`, or ``max_rows``), calls of even size, call ``c`` seeded ``seed + c``."""
+    if len(vectors) != len(prompts):
+        raise ValueError(f"{len(vectors)} steering vectors for {len(prompts)} rows")
+    if not prompts:
+        return []
+    longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)) for p in set(prompts))
+    chunk = max_rows or rows_per_call(pair, longest + max_new_tokens)
+    n_calls = math.ceil(len(prompts) / chunk)
+    chunk = math.ceil(len(prompts) / n_calls)
+    texts: list[str] = []
+    for c in range(n_calls):
+        part = vectors[c * chunk:(c + 1) * chunk]
+        add = None
+        some = next((v for v in part if v is not None), None)
+        if some is not None:
+            zero = torch.zeros_like(some, dtype=torch.float32)
+            add = torch.stack([v.float() if v is not None else zero for v in part])
+        texts += generate_vectors(pair, prompts[c * chunk:(c + 1) * chunk], add, layer=layer, temperature=temperature,
+                                  max_new_tokens=max_new_tokens, seed=seed + c)
+    return texts
+
+
 def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, layer: int, eta: float,
                   temperature: float, max_new_tokens: int, seed: int,
                   max_rows: int | None = None) -> list[list[list[str]]]:
     """Every request's samples (``[request][prompt][sample]``) in as few generation calls as the
     KV cache's memory allows (:func:`rows_per_call`): each row carries its own steering vector
     (zero for an unsteered request). Call ``c`` is seeded ``seed + c``."""
-    rows: list[tuple[str, torch.Tensor | None]] = []
+    prompts: list[str] = []
+    vectors: list[torch.Tensor | None] = []
     for r in requests:
         vec = None
         if r.direction is not None:
             vec = steering_vectors(r.direction, [r.alpha], eta)[0]
-        rows += [(p, vec) for p in r.prompts for _ in range(r.n)]
-    if not rows:
-        return [[] for _ in requests]
-    d = pair.arch.hidden_size
-    longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)) for p in {p for p, _ in rows})
-    chunk = max_rows or rows_per_call(pair, longest + max_new_tokens)
-    n_calls = math.ceil(len(rows) / chunk)
-    chunk = math.ceil(len(rows) / n_calls)  # calls of even size
-    texts: list[str] = []
-    for c in range(n_calls):
-        part = rows[c * chunk:(c + 1) * chunk]
-        steered = any(v is not None for _, v in part)
-        add = torch.stack([v if v is not None else torch.zeros(d) for _, v in part]) if steered else None
-        texts += generate_vectors(pair, [p for p, _ in part], add, layer=layer, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, seed=seed + c)
+        prompts += [p for p in r.prompts for _ in range(r.n)]
+        vectors += [vec] * (len(r.prompts) * r.n)
+    texts = generate_steered(pair, prompts, vectors, layer=layer, temperature=temperature,
+                             max_new_tokens=max_new_tokens, seed=seed, max_rows=max_rows)
     out, i = [], 0
     for r in requests:
         per = []
@@ -644,7 +659,6 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     logs = {j: _Log(progress, f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)")
             for j in directions}
     log = _Log(progress, f"steering layer {layer} positions {', '.join(str(j) for j in directions)}")
-    d = next(iter(directions.values())).shape[-1] if directions else 0
     for r in range(10_000):
         plans = {j: s.plan() for j, s in searches.items() if j not in out}
         for j in [j for j, todo in plans.items() if not todo]:  # finished: no α left to test
@@ -656,22 +670,9 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
             break
         rows = [(j, p, a) for j, todo in plans.items() for p, a in searches[j].rows(todo)]
         prompts = [p for _, p, _ in rows]
-        if pair is None:  # no model (tests): the generation function decides what a row is
-            texts = generate_rows(pair, prompts, [a for _, _, a in rows], layer=layer, direction=None, eta=eta,
-                                  temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
-                                  seed=cfg.seed + 1000 * r)
-        else:
-            add = torch.cat([steering_vectors(directions[j], [a], eta) for j, _, a in rows]) if rows else \
-                torch.zeros(0, d)
-            longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)) for p in set(prompts))
-            chunk = max_rows or rows_per_call(pair, longest + cfg.max_new_tokens)
-            calls = math.ceil(len(rows) / chunk)
-            chunk = math.ceil(len(rows) / calls)
-            texts = []
-            for c in range(calls):
-                texts += generate_vectors(pair, prompts[c * chunk:(c + 1) * chunk], add[c * chunk:(c + 1) * chunk],
-                                          layer=layer, temperature=cfg.search_temperature,
-                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * r + c)
+        texts = generate_steered(pair, prompts, [steering_vectors(directions[j], [a], eta)[0] for j, _, a in rows],
+                                 layer=layer, temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
+                                 seed=cfg.seed + 1000 * r, max_rows=max_rows)
         verdicts = _graded(grader, texts)
         i = 0
         for j, todo in plans.items():
