@@ -2,7 +2,10 @@
 threshold recomputes the stage it judged; an unchanged grader reuses the result."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+
+import pytest
 
 import difflens.run.stages as stages
 from conftest import PassesEveryOther
@@ -90,3 +93,53 @@ def test_steering_bar_is_relative_to_unsteered_pass_rate_and_recorded(tiny_run):
     [res] = run_steer(pair, layout, graders, absolute, progress=False)
     assert res.min_coherent == 4 and res.unsteered_pass_rate == 0.5
     assert res.thresholds[0].alpha == 0.0  # nothing reaches 4/4
+
+
+def test_steer_killed_during_final_generations_resumes_at_the_next_call(tiny_run, monkeypatch):
+    """The final steered / control generations run in several calls; a stage interrupted after the
+    first call keeps it and, run again, generates only the calls left, giving the texts an
+    uninterrupted run gives."""
+    import shutil
+
+    import difflens.adl.steering as steering
+    from difflens.adl.steering import SteeringConfig
+    from difflens.rundir.artifacts import Generation, load_jsonl
+    from difflens.run.stages import run_steer
+
+    pair, layout, _ = tiny_run
+    graders = Graders(coherence=PassesEveryOther(), scale=None, relevance=None)
+    cfg = SteeringConfig(positions=[0, 1], search_iters=2, refine_iters=0, search_samples=2, min_coherent=1,
+                         final_samples=2, max_new_tokens=3, prompts=["hi", "tell me a story"])
+    monkeypatch.setattr(steering, "rows_per_call", lambda pair, context, budget_bytes=None: 4)
+    real = steering.generate_vectors
+    calls = {"n": 0, "fail_at": None}
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        if calls["fail_at"] is not None and calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(steering, "generate_vectors", counting)
+    [clean] = run_steer(pair, layout, graders, cfg, progress=False)
+    want = [g.model_dump() for g in load_jsonl(Generation, layout.steering_generations(clean.dataset, clean.layer))]
+    # 2 positions × (steered + random) × 2 prompts × 2 samples = 16 rows: 4 calls of 4
+    finals = [g for g in want if g["position"] is not None]
+    assert len(finals) == 16
+    total = calls["n"]
+
+    # the same stage in a fresh run directory, interrupted at its second final call
+    root = layout.root.parent / "again"
+    shutil.copytree(layout.root, root, ignore=shutil.ignore_patterns("steer", "stages"))
+    (root / "stages").mkdir()
+    fresh = type(layout)(root)
+    calls["n"], calls["fail_at"] = 0, total - 1  # the 3rd of the 4 final calls (the last 4 of the run)
+    with pytest.raises(KeyboardInterrupt):
+        run_steer(pair, fresh, graders, cfg, progress=False)
+    partial = json.loads(fresh.steering_partial(clean.dataset, clean.layer).read_text())
+    assert sorted(partial["final_calls"]["calls"]) == ["0", "1"]
+    calls["n"], calls["fail_at"] = 0, None
+    [again] = run_steer(pair, fresh, graders, cfg, progress=False)
+    assert calls["n"] == 2  # only the two calls left
+    got = [g.model_dump() for g in load_jsonl(Generation, fresh.steering_generations(again.dataset, again.layer))]
+    assert got == want

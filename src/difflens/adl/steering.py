@@ -47,7 +47,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, Field, model_validator
@@ -233,10 +233,14 @@ def rows_per_call(pair: ModelPair, context: int, budget_bytes: int | None = None
 
 def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[torch.Tensor | None], *,
                      layer: int, temperature: float, max_new_tokens: int, seed: int,
-                     max_rows: int | None = None) -> list[str]:
+                     max_rows: int | None = None, done: Mapping[int, list[str]] | None = None,
+                     on_call: Callable[[int, int, list[str]], None] | None = None) -> list[str]:
     """One sample per row, row ``b`` answering ``prompts[b]`` steered by ``vectors[b]`` ([d]; None:
     unsteered), in as few :func:`generate_vectors` calls as the KV cache's memory allows
-    (:func:`rows_per_call`, or ``max_rows``), calls of even size, call ``c`` seeded ``seed + c``."""
+    (:func:`rows_per_call`, or ``max_rows``), calls of even size, call ``c`` seeded ``seed + c``.
+
+    ``done`` holds the texts of calls finished before (an interrupted stage resumes: those calls are
+    not run again); ``on_call(c, calls, texts)`` after each call that ran (the caller saves it)."""
     if len(vectors) != len(prompts):
         raise ValueError(f"{len(vectors)} steering vectors for {len(prompts)} rows")
     if not prompts:
@@ -248,22 +252,30 @@ def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[
     texts: list[str] = []
     for c in range(n_calls):
         part = vectors[c * chunk:(c + 1) * chunk]
+        if done is not None and c in done and len(done[c]) == len(part):
+            texts += done[c]
+            continue
         add = None
         some = next((v for v in part if v is not None), None)
         if some is not None:
             zero = torch.zeros_like(some, dtype=torch.float32)
             add = torch.stack([v.float() if v is not None else zero for v in part])
-        texts += generate_vectors(pair, prompts[c * chunk:(c + 1) * chunk], add, layer=layer, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, seed=seed + c)
+        out = generate_vectors(pair, prompts[c * chunk:(c + 1) * chunk], add, layer=layer, temperature=temperature,
+                               max_new_tokens=max_new_tokens, seed=seed + c)
+        texts += out
+        if on_call is not None:
+            on_call(c, n_calls, out)
     return texts
 
 
 def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, layer: int, eta: float,
-                  temperature: float, max_new_tokens: int, seed: int,
-                  max_rows: int | None = None) -> list[list[list[str]]]:
+                  temperature: float, max_new_tokens: int, seed: int, max_rows: int | None = None,
+                  done: Mapping[int, list[str]] | None = None,
+                  on_call: Callable[[int, int, list[str]], None] | None = None) -> list[list[list[str]]]:
     """Every request's samples (``[request][prompt][sample]``) in as few generation calls as the
     KV cache's memory allows (:func:`rows_per_call`): each row carries its own steering vector
-    (zero for an unsteered request). Call ``c`` is seeded ``seed + c``."""
+    (zero for an unsteered request). Call ``c`` is seeded ``seed + c``; ``done`` / ``on_call`` as
+    in :func:`generate_steered`."""
     prompts: list[str] = []
     vectors: list[torch.Tensor | None] = []
     for r in requests:
@@ -273,7 +285,7 @@ def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, lay
         prompts += [p for p in r.prompts for _ in range(r.n)]
         vectors += [vec] * (len(r.prompts) * r.n)
     texts = generate_steered(pair, prompts, vectors, layer=layer, temperature=temperature,
-                             max_new_tokens=max_new_tokens, seed=seed, max_rows=max_rows)
+                             max_new_tokens=max_new_tokens, seed=seed, max_rows=max_rows, done=done, on_call=on_call)
     out, i = [], 0
     for r in requests:
         per = []

@@ -18,7 +18,7 @@ is the agent's :class:`~difflens.agent.tools.ModelAccess` over any backend.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import ConfigError
 
@@ -87,27 +87,38 @@ def final_generations(backend: GenerationBackend, *, layer: int, position: int |
 
 
 def final_generations_batch(backend: GenerationBackend, jobs: Sequence[tuple[int | None, Any, float, str | None]], *,
-                            layer: int, eta: float, cfg: Any) -> list[Any]:
+                            layer: int, eta: float, cfg: Any, done: Mapping[int, list[str]] | None = None,
+                            on_call: Callable[[int, int, list[str]], None] | None = None) -> list[Any]:
     """Final generations of several (position, direction, α, control) jobs — each
     ``final_samples`` per steering prompt, as :func:`final_generations` — in as few generation calls
     as memory allows: one batch of rows with a steering vector each on the HF backend
     (:func:`difflens.adl.steering.generate_many`, seeded ``cfg.seed + 17`` per call), one call per
-    job on a backend without per-row vectors. ``control`` (e.g. ``"random"``) marks control rows."""
+    job on a backend without per-row vectors. ``control`` (e.g. ``"random"``) marks control rows.
+    ``done`` (call → its texts, from an interrupted run) skips finished calls; ``on_call(c, calls,
+    texts)`` after each call that ran, so the caller can save it."""
     from ..rundir.artifacts import Generation
 
     if not jobs:
         return []
+    n, prompts = cfg.final_samples, cfg.prompts
     if isinstance(backend, HFBackend):
         from ..adl.steering import GenerationRequest, generate_many
 
-        outs = generate_many(backend.pair, [GenerationRequest(cfg.prompts, d, a, cfg.final_samples)
-                                            for _, d, a, _ in jobs],
+        outs = generate_many(backend.pair, [GenerationRequest(prompts, d, a, n) for _, d, a, _ in jobs],
                              layer=layer, eta=eta, temperature=cfg.final_temperature,
-                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17)
-    else:
-        outs = [backend.generate(cfg.prompts, layer=layer, direction=d, alpha=a, eta=eta, n=cfg.final_samples,
-                                 temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens,
-                                 seed=cfg.seed + 17) for _, d, a, _ in jobs]
+                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 17, done=done, on_call=on_call)
+    else:  # one call per job: its texts, prompt by prompt
+        outs = []
+        for c, (_, d, a, _) in enumerate(jobs):
+            flat = (done or {}).get(c)
+            if flat is None or len(flat) != len(prompts) * n:
+                per = backend.generate(prompts, layer=layer, direction=d, alpha=a, eta=eta, n=n,
+                                       temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens,
+                                       seed=cfg.seed + 17)
+                flat = [t for texts in per for t in texts]
+                if on_call is not None:
+                    on_call(c, len(jobs), flat)
+            outs.append([flat[i * n:(i + 1) * n] for i in range(len(prompts))])
     gens = []
     for (pos, d, a, control), per in zip(jobs, outs):
         for p, texts in zip(cfg.prompts, per):

@@ -11,6 +11,7 @@ Steering's final generations (steered, unsteered, random-direction control) go t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any, Sequence
 
@@ -241,8 +242,29 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             if cfg.random_control and (j, "random") not in have:  # what steering does without δ̄
                 jobs.append((j, c.vectors("random")[j], alpha, "random"))
         if jobs:
-            gens = final_generations_batch(backend, jobs, layer=layer, eta=c.eta_ft, cfg=cfg)
+            # each finished generation call is saved: an interrupted stage resumes at the next call
+            key = [[j, control, alpha] for j, _, alpha, control in jobs]
+            saved = partial.get("final_calls") or {}
+            if saved.get("jobs") != key:
+                saved = {"jobs": key, "calls": {}}
+            partial["final_calls"] = saved
+            t_final = time.time()
+            ran = [0]
+
+            def call_done(i: int, calls: int, texts: list[str]) -> None:
+                saved["calls"][str(i)] = texts
+                write_json(partial_path, partial)
+                ran[0] += 1
+                if progress:
+                    left = calls - len(saved["calls"])
+                    eta_note = f", about {format_seconds((time.time() - t_final) / ran[0] * left)} left" if left else ""
+                    print(f"[difflens] steering layer {layer}: final generations, call {len(saved['calls'])}/{calls} "
+                          f"done ({len(jobs)} steered / control jobs){eta_note}", file=sys.stderr, flush=True)
+
+            gens = final_generations_batch(backend, jobs, layer=layer, eta=c.eta_ft, cfg=cfg,
+                                           done={int(k): v for k, v in saved["calls"].items()}, on_call=call_done)
             partial["generations"] += [g.model_dump() for g in gens]
+            partial.pop("final_calls", None)
             write_json(partial_path, partial)
         done = sorted(set(pos) | {int(j) for j in partial["thresholds"]})
         res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
