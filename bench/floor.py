@@ -16,6 +16,8 @@ formulas: "before" and "after" side by side). Per model, ``P(l)`` the matmul par
                               next-token logits, attending to the cached prefix
     generation (a row)    = F(p, L, 1) + Σ_{i<n} [2·P(L) + 2·P_U + 4·a·L·(p+i)]   (p prompt, n new tokens
                             actually sampled: the row's tokens up to its end-of-sequence token)
+                            (the note adds the KV cache a row's decode steps read, Σ_{i<n} 2·L·a_kv·(p+i)
+                            values, at the measured memory read rate: attention is memory-bound)
     steer: search / calibration / final = Σ rows generation
     steer: coherence      = the offline grader's reference model over every text after a shared chat
                             prefix: F(prefix, L, 1) + Σ_texts F(T_text, L, T_text | past = prefix)
@@ -172,6 +174,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     graders = graders_for(pair, "offline")
     tok = pair.tokenizer
     phase = ["calibration"]
+    # a decode step's attention reads the whole KV cache: memory-bound, outside the FLOP floor
+    kv_bytes = next(pair.ft_lm.model.parameters()).element_size()
+    mem_rate = cost.memory_rate(args.device)
     gen: dict[str, dict[str, float]] = {}
     grade: dict[str, dict[str, float]] = {}
     plen_cache: dict[str, int] = {}
@@ -184,9 +189,12 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     def wrap_rows(real):  # every generate call (search, calibration, finals) goes through generate_vectors
         def generate_vectors(pair_, prompts, add, **kw):
             out, w = timed(real, pair_, prompts, add, **kw)
-            g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0})
+            g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0, "kv": 0.0})
             lim = kw["max_new_tokens"]
-            g["flops"] += cost.steer_flops(shape, [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)])
+            sizes = [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)]
+            g["flops"] += cost.steer_flops(shape, sizes)
+            if hasattr(cost, "kv_read_bytes"):
+                g["kv"] += sum(cost.kv_read_bytes(shape, p, n, kv_bytes) for p, n in sizes)
             g["wall"] += w
             g["rows"] += len(prompts)
             g["calls"] += 1
@@ -239,8 +247,10 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     for name in ("calibration", "search", "final"):
         g = gen.get(name)
         if g:
+            kv_s = g["kv"] / mem_rate
             rows.add(f"steer: {name} generations", g["flops"], g["wall"],
-                     f"{g['rows']} rows in {g['calls']} calls, ≤{args.max_new_tokens} new tokens")
+                     f"{g['rows']} rows in {g['calls']} calls, ≤{args.max_new_tokens} new tokens; KV-cache reads "
+                     f"{kv_s:.2f} s at {mem_rate / 1e9:.0f} GB/s (floor + reads: {g['wall'] / (g['flops'] / rows.rate + kv_s):.1f}×)")
             tot_flops += g["flops"]
     gw = sum(g["wall"] for g in grade.values())
     gf = sum(g["flops"] for g in grade.values())

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 __all__ = ["ModelShape", "forward_flops", "generation_flops", "collect_flops", "patchscope_flops",
            "logit_lens_flops", "steer_flops", "grading_flops", "causal_flops", "methods_flops", "amplify_flops",
-           "matmul_rate", "estimate_seconds", "format_seconds", "announce", "rate_dtype"]
+           "matmul_rate", "memory_rate", "kv_read_bytes", "estimate_seconds", "format_seconds", "announce", "rate_dtype"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class ModelShape:
     unembed_params: int  # V · d
     attn_width: int  # heads · head_dim
     hidden: int
+    kv_width: int = 0  # key/value heads · head_dim (0: attn_width, no grouped queries)
 
     @property
     def n_layers(self) -> int:
@@ -51,8 +52,9 @@ class ModelShape:
         per = tuple(sum(p.numel() for p in layer.parameters() if p.dim() >= 2) for layer in arch.layers)
         cfg = arch.config
         heads = int(getattr(cfg, "num_attention_heads"))
-        head_dim = getattr(cfg, "head_dim", None) or arch.hidden_size // heads
-        return cls(per, int(vocab) * arch.hidden_size, heads * int(head_dim), arch.hidden_size)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or arch.hidden_size // heads)
+        return cls(per, int(vocab) * arch.hidden_size, heads * head_dim, arch.hidden_size, kv_heads * head_dim)
 
     @classmethod
     def of_pair(cls, pair: Any) -> "ModelShape":
@@ -80,6 +82,14 @@ def generation_flops(shape: ModelShape, prompt: int, new: int) -> float:
     for i in range(1, new):
         total += forward_flops(shape, 1, logits=1, past=prompt + i - 1)
     return total
+
+
+def kv_read_bytes(shape: ModelShape, prompt: int, new: int, dtype_bytes: int = 4) -> float:
+    """Bytes of cached keys and values the decode steps of one row read (step i attends to
+    ``prompt + i`` cached positions in every layer): what bounds a decode step's attention, which
+    is memory-bound, so FLOPs / matmul rate misses it. Divide by :func:`memory_rate` for seconds."""
+    width = shape.kv_width or shape.attn_width
+    return 2.0 * shape.n_layers * width * dtype_bytes * sum(prompt + i for i in range(1, new))
 
 
 def collect_flops(shape: ModelShape, layer: int, sample_lengths: Iterable[int],
@@ -176,6 +186,30 @@ def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float =
         if el >= seconds and reps >= 3:
             break
     _RATES[key] = reps * 2.0 * n ** 3 / el
+    return _RATES[key]
+
+
+def memory_rate(device: Any = "cpu", *, seconds: float = 0.3) -> float:
+    """Bytes/s of reading a 256 MiB float32 tensor on ``device`` (a sum; measured once per process)."""
+    import torch
+
+    key = (str(device), "read")
+    if key in _RATES:
+        return _RATES[key]
+    x = torch.ones(1 << 26, device=device)
+    cuda = str(device).startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    x.sum()
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        x.sum()
+        reps += 1
+        sync()
+        el = time.perf_counter() - t0
+        if el >= seconds and reps >= 3:
+            break
+    _RATES[key] = reps * x.numel() * 4 / el
     return _RATES[key]
 
 
