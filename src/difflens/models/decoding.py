@@ -19,7 +19,9 @@ top-k / top-p, the model's end-of-sequence ids) with
 - **keys and values written into room reserved for the whole sample** (:func:`growing_cache`)
   instead of concatenated: ``DynamicLayer.update`` copies a layer's whole cache at every step
   (``torch.cat``), 17 % of the wall time at 128 rows × 64 tokens, more for longer samples;
-- draws from its own ``torch.Generator`` (seeded per call), never the global RNG.
+- draws from its own ``torch.Generator`` (seeded per call), never the global RNG, and keeps the
+  tokens on the device until the end (on an accelerator it looks for finished rows every 8 steps:
+  each look waits for the device).
 
 Samples at a seed are other draws than ``generate``'s at that seed: the same distribution, other
 random numbers (tests/models/test_decoding.py compares the two distributions).
@@ -155,40 +157,49 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
         kw["logits_to_keep"] = 1
     eos = eos_ids(model, tokenizer)
     eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    gen: torch.Generator | None = None  # on the logits' device (the last one of a split model)
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    rows: list[list[int]] = [[] for _ in range(B)]
+    # each step's (running rows, their tokens), kept on the device: read back once at the end
+    record: list[tuple[torch.Tensor, torch.Tensor]] = []
     alive = torch.arange(B, device=dev)  # original row of each running batch row
     inp, att = ids, mask
-    finished_in_batch = torch.zeros(B, dtype=torch.bool, device=dev)
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    check_every = 1 if dev.type == "cpu" else 8  # on an accelerator a check syncs: every 8 steps
     for t in range(max_new_tokens):
         if key is None:  # no cache: the whole sequence every step
             out = model(input_ids=inp, attention_mask=att, position_ids=pos, **kw)
         else:
             out = model(input_ids=inp if t == 0 else inp[:, -1:], attention_mask=att,
                         position_ids=pos if t == 0 else pos[:, -1:], use_cache=True, **kw)
-        nxt = draw(out.logits[:, -1], temperature, gen)
-        for r, x in zip(alive.tolist(), nxt.tolist()):
-            rows[r].append(x)
+        logits = out.logits[:, -1]
+        if gen is None:
+            gen = torch.Generator(device=logits.device).manual_seed(int(seed))
+        nxt = draw(logits, temperature, gen).to(dev)
+        record.append((alive, nxt))
         if eos:
-            finished_in_batch |= torch.isin(nxt, eos_t)
+            finished |= torch.isin(nxt, eos_t)
         if t + 1 == max_new_tokens:
             break
-        n_done = int(finished_in_batch.sum())
-        if n_done == finished_in_batch.numel():
-            break
-        if n_done and n_done >= prune_fraction * finished_in_batch.numel():
-            keep = (~finished_in_batch).nonzero().squeeze(1)
-            if cache is not None:
-                cache.batch_select_indices(keep)
-            alive, nxt, att, pos = alive[keep], nxt[keep], att[keep], pos[keep]
-            inp = inp[keep]
-            finished_in_batch = finished_in_batch[keep]
-            if on_select is not None:
-                on_select(keep)
+        if eos and (t + 1) % check_every == 0:
+            n_done = int(finished.sum())
+            if n_done == finished.numel():
+                break
+            if n_done and n_done >= prune_fraction * finished.numel():
+                keep = (~finished).nonzero().squeeze(1)
+                if cache is not None:
+                    cache.batch_select_indices(keep)
+                alive, nxt, att, pos, inp = alive[keep], nxt[keep], att[keep], pos[keep], inp[keep]
+                finished = finished[keep]
+                if on_select is not None:
+                    on_select(keep)
         att = torch.cat([att, att.new_ones((att.shape[0], 1))], dim=-1)
         pos = torch.cat([pos, pos[:, -1:] + 1], dim=-1)
         inp = torch.cat([inp, nxt[:, None].to(inp.dtype)], dim=-1)
+    rows: list[list[int]] = [[] for _ in range(B)]
+    who = torch.cat([a for a, _ in record]).tolist()
+    what = torch.cat([x for _, x in record]).tolist()
+    for r, x in zip(who, what):
+        rows[r].append(x)
     if eos:  # a finished row that kept running (not yet dropped) sampled past its end: cut there
         stop = set(eos)
         rows = [r[:next((i + 1 for i, x in enumerate(r) if x in stop), len(r))] for r in rows]
