@@ -472,13 +472,14 @@ def narrow(lo: float, hi: float, alphas: Sequence[float], verdicts: Sequence[boo
 def default_grid(pair: ModelPair | None) -> int:
     """α's per prompt and round when ``SteeringConfig.grid`` is None: 1 on a CPU, 10 on an accelerator.
 
-    Measured for a SmolLM2-135M pair, 32 new tokens: on 2 CPU threads a ``generate`` call costs
-    about 1.6 s + 0.2 s per row and the offline grader 0.11 s per text, so compute, not the number
+    Measured for a SmolLM2-135M pair on 2 CPU cores, the paper's 128 new tokens at T = 1.2: a round
+    (generation + the offline grader) of 50 rows took 29.5 s, of 90 rows 45 s, of 110 rows 57 s —
+    about 0.5 s a row, nearly the same at any batch size from 50 rows on. So compute, not the number
     of rounds, sets the wall time, and every α beyond bisection's one per round costs more than the
-    round it saves (grid 1: the three prompts bisected side by side, 10-13 rounds instead of 20,
-    about 15% less wall time than the paper's schedule; grid 3: about the same as the paper;
-    grid 10: 1.6x). On an H100 a call costs about 1.1 s for 10 to 1000 rows: there rounds are the
-    cost and a wide grid pays (3-4 rounds), the more so with a grader that judges a batch at once.
+    round it saves (grid 1: the three prompts bisected side by side, 14-15 rounds for five
+    positions in shared rounds). On an H100 a call costs about 1.1 s for 10 to 1000 rows: there
+    rounds are the cost and a wide grid pays (3-4 rounds), the more so with a grader that judges a
+    batch at once.
     """
     dev = getattr(pair, "device", None)
     return 1 if dev is None or torch.device(dev).type == "cpu" else 10

@@ -258,9 +258,10 @@ def announce(what: str, flops: float, device: Any, precision: str, ratio: float,
     return secs
 
 
-# measured by bench/floor.py on 2 CPU cores (SmolLM2-135M, 12-24 new tokens): steering's generation
-# calls ran at 3-5x their floor, the grader at about 3x; estimates assume 4x
-STEER_FLOOR_RATIO = 4.0
+# measured on 2 CPU cores (SmolLM2-135M × cake_bake, the paper's defaults: 5 positions, 128 new tokens):
+# the whole `difflens steer` stage took 950 s against steer_flops_estimate's 131 TFLOP at 316 GFLOP/s
+# (a 415 s floor; the estimate counts every row at max_new_tokens): 2.3x
+STEER_FLOOR_RATIO = 2.3
 
 
 def steer_flops_estimate(shape: ModelShape, cfg: Any, positions: int, prompt_tokens: int = 32,
