@@ -248,9 +248,10 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
         g = gen.get(name)
         if g:
             kv_s = g["kv"] / mem_rate
+            with_reads = g["wall"] / (g["flops"] / rows.rate + kv_s)
             rows.add(f"steer: {name} generations", g["flops"], g["wall"],
                      f"{g['rows']} rows in {g['calls']} calls, ≤{args.max_new_tokens} new tokens; KV-cache reads "
-                     f"{kv_s:.2f} s at {mem_rate / 1e9:.0f} GB/s (floor + reads: {g['wall'] / (g['flops'] / rows.rate + kv_s):.1f}×)")
+                     f"{kv_s:.2f} s at {mem_rate / 1e9:.0f} GB/s (floor + reads: {with_reads:.1f}×)")
             tot_flops += g["flops"]
     gw = sum(g["wall"] for g in grade.values())
     gf = sum(g["flops"] for g in grade.values())

@@ -20,6 +20,25 @@ def test_shape_of_a_tiny_llama(shape):
     # q, o: 32×32; k, v: 32×16 (2 kv heads × 8); mlp: 3 × 32×64; the norms (1-D) hold no matmul weights
     assert shape.layer_params == (9216,) * 4
     assert shape.unembed_params == 512 * 32 and shape.attn_width == 32 and shape.n_layers == 4
+    assert shape.kv_width == 16  # 2 key/value heads × 8
+
+
+def test_kv_read_bytes_equal_the_cache_a_decode_loop_holds(tmp_path, shape):
+    """Each decode step attends to the whole cache, its own new key and value included: what
+    transformers' cache holds after that step."""
+    from transformers import DynamicCache
+
+    p = str(save_tiny(tmp_path, "llama", 0))
+    model = load_pair(p, p).ft_lm.model
+    prompt, new = 5, 4
+    cache = DynamicCache(config=model.config)
+    read = 0
+    with torch.no_grad():
+        model(input_ids=torch.randint(4, 100, (1, prompt)), past_key_values=cache, use_cache=True)
+        for _ in range(new - 1):  # new tokens: the prefill gives the first, each step one more
+            model(input_ids=torch.randint(4, 100, (1, 1)), past_key_values=cache, use_cache=True)
+            read += sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers) * 4
+    assert cost.kv_read_bytes(shape, prompt, new) == read
 
 
 def test_matmul_part_equals_torch_flop_counter(tmp_path, shape):

@@ -120,7 +120,8 @@ def test_growing_cache_hands_out_views_of_one_buffer_and_equals_dynamic_cache():
             steps.append(out.logits[:, -1])
         return torch.stack(steps)
 
-    caches = {"growing": growing_cache(model.config, room=ids.shape[1] + 4), "dynamic": DynamicCache(config=model.config)}
+    caches = {"growing": growing_cache(model.config, room=ids.shape[1] + 4),
+              "dynamic": DynamicCache(config=model.config)}
     with torch.no_grad():
         logits = {name: run(cache) for name, cache in caches.items()}
     torch.testing.assert_close(logits["growing"], logits["dynamic"])

@@ -13,9 +13,9 @@ for the other two; the threshold is the mean of the three prompts' values):
 - ``search="batched"`` (default) — every round tests a grid of up to ``grid`` evenly spaced α's
   inside each prompt's current bracket, all samples of all α's of all active prompts in ONE
   generation call (:func:`generate_vectors`, a per-row steering vector) and one grader call; the
-  bracket shrinks by the grid size + 1 per round. The two refinement prompts start as soon as the first prompt
-  has a coherent α (their range [0, 2α₁] is capped by twice the first prompt's upper bound
-  meanwhile), so all three prompts share rounds. ``grid=10``: 3 rounds for the first prompt
+  bracket shrinks by the grid size + 1 per round. The two refinement prompts start as soon as the
+  first prompt has a coherent α (their range [0, 2α₁] is capped by twice the first prompt's upper
+  bound meanwhile), so all three prompts share rounds. ``grid=10``: 3 rounds for the first prompt
   (11·11·9 ≥ 2^10), 3-4 in all instead of 20, for ~2.5x the generations; ``grid=1``: the three
   prompts bisected side by side, 10-13 rounds for ~1.1x the generations. Which is faster depends
   on what a round costs against a generation (:func:`default_grid`, the default by device).

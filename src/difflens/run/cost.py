@@ -25,7 +25,8 @@ from typing import Any, Iterable, Sequence
 
 __all__ = ["ModelShape", "forward_flops", "generation_flops", "collect_flops", "patchscope_flops",
            "logit_lens_flops", "steer_flops", "grading_flops", "causal_flops", "methods_flops", "amplify_flops",
-           "matmul_rate", "memory_rate", "kv_read_bytes", "estimate_seconds", "format_seconds", "announce", "rate_dtype"]
+           "matmul_rate", "memory_rate", "kv_read_bytes", "estimate_seconds", "format_seconds", "announce",
+           "rate_dtype"]
 
 
 @dataclass(frozen=True)
