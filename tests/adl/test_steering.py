@@ -209,3 +209,22 @@ def test_per_row_vectors_follow_their_rows_when_finished_rows_drop(tiny_run):
     assert calls, "no row was dropped"
     assert dropped == kept
     assert [len(r) for r in dropped] == ends(eos)
+
+
+def test_generate_steered_reuses_saved_calls_only_under_the_same_split(tiny_run):
+    from difflens.adl.steering import generate_steered
+
+    pair, _, c = tiny_run
+    prompts = ["why", "tell me a story"] * 4
+    vectors = [None, steering_vectors(c.delta[0], [2.0], c.eta_ft)[0]] * 4
+    kw = dict(layer=2, temperature=1.0, max_new_tokens=4, seed=3)
+    ran: list[int] = []
+    full = generate_steered(pair, prompts, vectors, max_rows=2, on_call=lambda i, n, t: ran.append(i), **kw)
+    assert ran == [0, 1, 2, 3]
+    saved = {(0, 4): ["saved a", "saved b"], (2, 4): ["saved c", "saved d"]}
+    ran.clear()
+    again = generate_steered(pair, prompts, vectors, max_rows=2, done=saved, on_call=lambda i, n, t: ran.append(i), **kw)
+    assert ran == [1, 3] and again[:2] == ["saved a", "saved b"] and again[2:4] == full[2:4] and again[6:] == full[6:]
+    ran.clear()  # saved under a 4-call split, asked for a 2-call one: everything runs
+    generate_steered(pair, prompts, vectors, max_rows=4, done=saved, on_call=lambda i, n, t: ran.append(i), **kw)
+    assert ran == [0, 1]

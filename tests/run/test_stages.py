@@ -137,7 +137,7 @@ def test_steer_killed_during_final_generations_resumes_at_the_next_call(tiny_run
     with pytest.raises(KeyboardInterrupt):
         run_steer(pair, fresh, graders, cfg, progress=False)
     partial = json.loads(fresh.steering_partial(clean.dataset, clean.layer).read_text())
-    assert sorted(partial["final_calls"]["calls"]) == ["0", "1"]
+    assert sorted(partial["final_calls"]["calls"]) == ["0/4", "1/4"]
     calls["n"], calls["fail_at"] = 0, None
     [again] = run_steer(pair, fresh, graders, cfg, progress=False)
     assert calls["n"] == 2  # only the two calls left

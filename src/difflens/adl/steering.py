@@ -233,14 +233,16 @@ def rows_per_call(pair: ModelPair, context: int, budget_bytes: int | None = None
 
 def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[torch.Tensor | None], *,
                      layer: int, temperature: float, max_new_tokens: int, seed: int,
-                     max_rows: int | None = None, done: Mapping[int, list[str]] | None = None,
+                     max_rows: int | None = None, done: Mapping[tuple[int, int], list[str]] | None = None,
                      on_call: Callable[[int, int, list[str]], None] | None = None) -> list[str]:
     """One sample per row, row ``b`` answering ``prompts[b]`` steered by ``vectors[b]`` ([d]; None:
     unsteered), in as few :func:`generate_vectors` calls as the KV cache's memory allows
     (:func:`rows_per_call`, or ``max_rows``), calls of even size, call ``c`` seeded ``seed + c``.
 
-    ``done`` holds the texts of calls finished before (an interrupted stage resumes: those calls are
-    not run again); ``on_call(c, calls, texts)`` after each call that ran (the caller saves it)."""
+    ``done`` holds the texts of calls finished before, keyed ``(c, calls)`` (an interrupted stage
+    resumes: those calls are not run again; a call saved under another split of the rows, e.g. on
+    another device's memory budget, is run again); ``on_call(c, calls, texts)`` after each call that
+    ran (the caller saves it)."""
     if len(vectors) != len(prompts):
         raise ValueError(f"{len(vectors)} steering vectors for {len(prompts)} rows")
     if not prompts:
@@ -252,8 +254,9 @@ def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[
     texts: list[str] = []
     for c in range(n_calls):
         part = vectors[c * chunk:(c + 1) * chunk]
-        if done is not None and c in done and len(done[c]) == len(part):
-            texts += done[c]
+        prev = (done or {}).get((c, n_calls))
+        if prev is not None and len(prev) == len(part):
+            texts += prev
             continue
         add = None
         some = next((v for v in part if v is not None), None)
@@ -270,7 +273,7 @@ def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[
 
 def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, layer: int, eta: float,
                   temperature: float, max_new_tokens: int, seed: int, max_rows: int | None = None,
-                  done: Mapping[int, list[str]] | None = None,
+                  done: Mapping[tuple[int, int], list[str]] | None = None,
                   on_call: Callable[[int, int, list[str]], None] | None = None) -> list[list[list[str]]]:
     """Every request's samples (``[request][prompt][sample]``) in as few generation calls as the
     KV cache's memory allows (:func:`rows_per_call`): each row carries its own steering vector

@@ -87,15 +87,16 @@ def final_generations(backend: GenerationBackend, *, layer: int, position: int |
 
 
 def final_generations_batch(backend: GenerationBackend, jobs: Sequence[tuple[int | None, Any, float, str | None]], *,
-                            layer: int, eta: float, cfg: Any, done: Mapping[int, list[str]] | None = None,
+                            layer: int, eta: float, cfg: Any,
+                            done: Mapping[tuple[int, int], list[str]] | None = None,
                             on_call: Callable[[int, int, list[str]], None] | None = None) -> list[Any]:
     """Final generations of several (position, direction, α, control) jobs — each
     ``final_samples`` per steering prompt, as :func:`final_generations` — in as few generation calls
     as memory allows: one batch of rows with a steering vector each on the HF backend
     (:func:`difflens.adl.steering.generate_many`, seeded ``cfg.seed + 17`` per call), one call per
     job on a backend without per-row vectors. ``control`` (e.g. ``"random"``) marks control rows.
-    ``done`` (call → its texts, from an interrupted run) skips finished calls; ``on_call(c, calls,
-    texts)`` after each call that ran, so the caller can save it."""
+    ``done`` ((call, calls) → its texts, from an interrupted run) skips finished calls; ``on_call(c,
+    calls, texts)`` after each call that ran, so the caller can save it."""
     from ..rundir.artifacts import Generation
 
     if not jobs:
@@ -110,7 +111,7 @@ def final_generations_batch(backend: GenerationBackend, jobs: Sequence[tuple[int
     else:  # one call per job: its texts, prompt by prompt
         outs = []
         for c, (_, d, a, _) in enumerate(jobs):
-            flat = (done or {}).get(c)
+            flat = (done or {}).get((c, len(jobs)))
             if flat is None or len(flat) != len(prompts) * n:
                 per = backend.generate(prompts, layer=layer, direction=d, alpha=a, eta=eta, n=n,
                                        temperature=cfg.final_temperature, max_new_tokens=cfg.max_new_tokens,

@@ -252,7 +252,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             ran = [0]
 
             def call_done(i: int, calls: int, texts: list[str]) -> None:
-                saved["calls"][str(i)] = texts
+                saved["calls"] = {k: v for k, v in saved["calls"].items() if k.endswith(f"/{calls}")}
+                saved["calls"][f"{i}/{calls}"] = texts
                 write_json(partial_path, partial)
                 ran[0] += 1
                 if progress:
@@ -262,7 +263,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                           f"done ({len(jobs)} steered / control jobs){eta_note}", file=sys.stderr, flush=True)
 
             gens = final_generations_batch(backend, jobs, layer=layer, eta=c.eta_ft, cfg=cfg,
-                                           done={int(k): v for k, v in saved["calls"].items()}, on_call=call_done)
+                                           done={tuple(int(x) for x in k.split("/")): v
+                                                 for k, v in saved["calls"].items()}, on_call=call_done)
             partial["generations"] += [g.model_dump() for g in gens]
             partial.pop("final_calls", None)
             write_json(partial_path, partial)
