@@ -1,7 +1,7 @@
 """Batched sampling on a KV cache: the decode loop the steering stage's generations run on.
 
-``model.generate(do_sample=True)`` spends much of a CPU decode step outside the model
-(bench/floor.py; a profile of 128 rows × 32 tokens of SmolLM2-135M on 2 cores):
+``model.generate(do_sample=True)`` spends much of a CPU decode step outside the model (a
+``torch.profiler`` profile of 128 steered rows × 32 new tokens of SmolLM2-135M on 2 cores):
 
 - ``torch.multinomial`` draws one exponential variate per vocabulary entry and row, single-threaded:
   117 ms a step at 128 rows × 49,152 ids, 19 % of the wall time — more than the attention;
@@ -24,7 +24,8 @@ top-k / top-p, the model's end-of-sequence ids) with
   each look waits for the device).
 
 Samples at a seed are other draws than ``generate``'s at that seed: the same distribution, other
-random numbers (tests/models/test_decoding.py compares the two distributions).
+random numbers (tests/models/test_decoding.py checks the draws against the model's softmax, and
+greedy decoding against ``generate`` token for token while rows finish and leave the batch).
 """
 from __future__ import annotations
 
