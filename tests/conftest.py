@@ -97,6 +97,16 @@ def _pin_tokenizer_class(path: Path) -> None:
     cfg_path.write_text(json.dumps(cfg))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one intra-op thread is ~5x faster than two on a shared 2-core machine
+    (a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own DIFFLENS_HOME, except that embedded models are shared (converted once)."""

@@ -16,12 +16,7 @@ from difflens.models.tokens import pad_id, pad_right
 LAYER = 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(family: str):

@@ -19,12 +19,7 @@ from difflens.models.decoding import draw, growing_cache, sample_rows
 from difflens.models.tokens import pad_left
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:

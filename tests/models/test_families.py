@@ -28,13 +28,7 @@ from difflens.rundir.layout import RunLayout
 V, D, LAYERS = 512, 32, 3  # the tiny tokenizer has ~330 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is ~5x faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def family_config(family: str):
