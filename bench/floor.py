@@ -230,8 +230,13 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
                          prompts=S.STEERING_PROMPTS[:args.prompts], search_samples=args.search_samples,
                          search_iters=args.search_iters, refine_iters=args.refine_iters)
     with contextlib.ExitStack() as st:
-        # every generate call goes through generate_vectors (generate_rows in checkouts before it existed)
-        st.enter_context(patched(S, "generate_vectors" if hasattr(S, "generate_vectors") else "generate_rows",
+        # every generate call goes through generate_vectors (generate_rows in checkouts before it existed),
+        # defined in difflens.adl.steered (in difflens.adl.steering in checkouts before that module)
+        try:
+            import difflens.adl.steered as G
+        except ImportError:
+            G = S
+        st.enter_context(patched(G, "generate_vectors" if hasattr(G, "generate_vectors") else "generate_rows",
                                  wrap_rows))
         st.enter_context(patched(ST, "find_threshold", in_phase("search")))
         if hasattr(ST, "find_thresholds"):  # the positions' searches in shared rounds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import difflens.adl.steered as steered
 import difflens.adl.steering as steering
 from difflens.adl.steering import SteeringConfig, find_threshold, find_thresholds
 
@@ -44,13 +45,13 @@ def test_one_position_equals_find_threshold(tiny_run):
 def test_positions_share_rounds(tiny_run, monkeypatch):
     pair, c = sharpened(tiny_run)
     calls = []
-    real = steering.generate_vectors
+    real = steered.generate_vectors
 
     def counting(pair_, prompts, add, **kw):
         calls.append(len(prompts))
         return real(pair_, prompts, add, **kw)
 
-    monkeypatch.setattr(steering, "generate_vectors", counting)
+    monkeypatch.setattr(steered, "generate_vectors", counting)
     g = LengthGrader()
     done = []
     res = find_thresholds(pair, g, layer=2, directions={j: c.delta[j] for j in (0, 1, 2)}, eta=c.eta_ft, cfg=CFG,

@@ -101,7 +101,7 @@ def test_steer_killed_during_final_generations_resumes_at_the_next_call(tiny_run
     uninterrupted run gives."""
     import shutil
 
-    import difflens.adl.steering as steering
+    import difflens.adl.steered as steered
     from difflens.adl.steering import SteeringConfig
     from difflens.rundir.artifacts import Generation, load_jsonl
     from difflens.run.stages import run_steer
@@ -110,8 +110,8 @@ def test_steer_killed_during_final_generations_resumes_at_the_next_call(tiny_run
     graders = Graders(coherence=PassesEveryOther(), scale=None, relevance=None)
     cfg = SteeringConfig(positions=[0, 1], search_iters=2, refine_iters=0, search_samples=2, min_coherent=1,
                          final_samples=2, max_new_tokens=3, prompts=["hi", "tell me a story"])
-    monkeypatch.setattr(steering, "rows_per_call", lambda pair, context, budget_bytes=None: 4)
-    real = steering.generate_vectors
+    monkeypatch.setattr(steered, "rows_per_call", lambda pair, context, budget_bytes=None: 4)
+    real = steered.generate_vectors
     calls = {"n": 0, "fail_at": None}
 
     def counting(*a, **kw):
@@ -120,7 +120,7 @@ def test_steer_killed_during_final_generations_resumes_at_the_next_call(tiny_run
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(steering, "generate_vectors", counting)
+    monkeypatch.setattr(steered, "generate_vectors", counting)
     [clean] = run_steer(pair, layout, graders, cfg, progress=False)
     want = [g.model_dump() for g in load_jsonl(Generation, layout.steering_generations(clean.dataset, clean.layer))]
     # 2 positions × (steered + random) × 2 prompts × 2 samples = 16 rows: 4 calls of 4

@@ -338,7 +338,7 @@ class ModelService:
         batch, up to padding's rounding), streamed token by token; a row stops at its end of sequence,
         its ``max_tokens`` or its client's departure, the batch when every row has. Amplified rows: both
         models step on their own KV cache, each row at its own β."""
-        from ..adl.steering import steering_hook
+        from ..adl.steering import stack_rows, steering_hook
 
         pair = self.pair
         outs = [j.chat for j in jobs]
@@ -346,10 +346,7 @@ class ModelService:
         side = outs[0].spec.side  # type: ignore[union-attr]
         amplified = outs[0].spec.beta is not None  # type: ignore[union-attr]
         vecs = [self.steering_vector(o.spec) for o in outs]  # type: ignore[union-attr]
-        add = None
-        if any(v is not None for v in vecs):  # unsteered rows: a zero vector
-            d = next(v for v in vecs if v is not None).shape[-1]
-            add = torch.cat([torch.zeros(1, d) if v is None else v for v in vecs])
+        add = stack_rows([None if v is None else v[0] for v in vecs])  # unsteered rows: a zero vector
         count = GenerationCount()
         dev = pair.input_device(side)
         gens = []
