@@ -172,6 +172,38 @@ def test_tiny_model_batched_scores_match_one_by_one_and_scope_is_used():
                                rtol=1e-4, atol=1e-4)
 
 
+def test_texts_scored_once_are_not_run_again_and_score_the_same():
+    from conftest import tiny_model, tiny_tokenizer
+
+    model, tok = tiny_model("llama", 0), tiny_tokenizer()
+    runs = []
+    real = model.forward
+
+    def counted(*a, **k):
+        runs.append(k["input_ids"].shape[0])
+        return real(*a, **k)
+
+    model.forward = counted
+    g = OfflineCoherence(model, tok)
+    texts = ["the cat sat on the mat", "a b c d e", "hello there, how are you today?"]
+    first = g.token_scores(texts)
+    n = len(runs)
+    assert n >= 1
+    g.calibrate(texts)  # the steer stage: calibrate on unsteered texts, then grade them
+    second = g.token_scores(texts[::-1])
+    assert len(runs) == n  # no forward: every text was scored before
+    for a, b in zip(first, second[::-1]):
+        np.testing.assert_array_equal(a.nll, b.nll)
+    g.token_scores(texts + ["one new text here"])
+    assert len(runs) > n and runs[-1] == 1  # only the new text runs
+    fresh = OfflineCoherence(tiny_model("llama", 0), tok).token_scores(texts)
+    for a, b in zip(first, fresh):
+        np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5, atol=1e-5)
+    g.context = "Another context."  # the scores depend on the chat context: scored again
+    g.token_scores(texts)
+    assert runs[-1] == len(texts)
+
+
 # --------------------------------------------------------------------------------------------
 # Identity (stage fingerprints)
 # --------------------------------------------------------------------------------------------

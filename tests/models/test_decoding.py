@@ -7,7 +7,9 @@
   per-row steering vectors follow);
 - sampled: the first token's frequencies over many rows match the model's own softmax;
 - the growing cache hands the model views of one buffer (no copy per step) and equals transformers'
-  DynamicCache.
+  DynamicCache;
+- a broadcast prefix cache (rows continuing one prompt prefix, no copy per row) gives the logits of
+  the prefix repeated per row, and leaves the prefix's cache as it was.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, tiny_model, tiny_tokenizer
-from difflens.models.decoding import draw, growing_cache, sample_rows
+from difflens.models.decoding import broadcast_cache, cache_kwarg, draw, growing_cache, sample_rows
 from difflens.models.tokens import pad_left
 
 
@@ -126,3 +128,33 @@ def test_growing_cache_hands_out_views_of_one_buffer_and_equals_dynamic_cache():
     assert layer.keys.shape[-2] == ids.shape[1] + 6
     layer.batch_select_indices(torch.tensor([1]))
     assert layer.keys.shape[0] == 1 and layer.keys.data_ptr() == layer.kbuf.data_ptr()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_broadcast_cache_continues_the_prefix_per_row_and_leaves_it_unchanged(family):
+    import copy
+
+    model = tiny_model(family, seed=3)
+    key = cache_kwarg(model)
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(4, 200, (1, 9), generator=g)
+    rows = torch.randint(4, 200, (5, 4), generator=g)  # five rows, four tokens each after the prefix
+    mask = torch.ones(5, 13, dtype=torch.long)
+    with torch.no_grad():
+        out = model(input_ids=prefix, use_cache=True)
+        pre = getattr(out, key, None) or out.past_key_values
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in pre.layers]
+        repeated = copy.deepcopy(pre)
+        repeated.batch_repeat_interleave(5)
+        want = model(input_ids=rows, attention_mask=mask, **{key: repeated}, use_cache=True).logits
+        shared = broadcast_cache(pre, 5)
+        assert all(layer.keys.stride(0) == 0 for layer in shared.layers)  # views: no copy per row
+        got = model(input_ids=rows, attention_mask=mask, **{key: shared}, use_cache=True).logits
+        again = model(input_ids=rows, attention_mask=mask, **{key: broadcast_cache(pre, 5)},
+                      use_cache=True).logits
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(again, want)  # the prefix's cache served twice: nothing of it was overwritten
+    for layer, (k, v) in zip(pre.layers, before):
+        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+    with pytest.raises(ValueError, match="one-row"):
+        broadcast_cache(repeated, 2)

@@ -9,7 +9,6 @@ subset of its top-20 tokens.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -20,7 +19,7 @@ from ..graders.scale import ScaleContext, ScaleGrader, SpecificScaleGrader, tour
 from ..models.pair import ModelPair
 from ..models.tokens import encode, pad_id, pad_right
 from ..rundir.artifacts import CONTROLS, SOURCES, PatchscopeEntry, PatchscopeResult, PatchscopeScale, Source, TokenProb
-from ..models.decoding import cache_kwarg as _cache_kwarg
+from ..models.decoding import broadcast_cache, cache_kwarg as _cache_kwarg
 from .collect import Collected
 from .interventions import replace_rows
 from .logit_lens import decode_tokens
@@ -91,9 +90,11 @@ def prompt_prefixes(pair: ModelPair, layer: int, prompts: Sequence[str] = IDENTI
 
 
 @torch.no_grad()
-def _patched_last(pair: ModelPair, pre: Prefixes, p: int, values: torch.Tensor) -> torch.Tensor:
+def _patched_last(pair: ModelPair, pre: Prefixes, p: int, values: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token probabilities [B, V] of prompt ``p`` with its last token's layer output set to
-    each row of ``values`` [B, d]: only that token runs, above the layer, on the prefix's cache."""
+    each row of ``values`` [B, d]: only that token runs, above the layer, on the prefix's cache.
+    ``out`` (a CPU float32 [B, V] tensor) receives them instead of a new tensor."""
     B = values.shape[0]
     ids = pre.enc[p]
     arch = pair.arch_of(pre.side)
@@ -103,18 +104,29 @@ def _patched_last(pair: ModelPair, pre: Prefixes, p: int, values: torch.Tensor) 
         last = torch.full((B,), len(ids) - 1, dtype=torch.long)
         with pair.side(pre.side) as model, arch.edit_layer(pre.layer, replace_rows(last, values)):
             logits = model(input_ids=x, use_cache=False).logits
-        return pair.logits_vocab(logits[:, -1]).float().softmax(-1).cpu()
+        return _softmax_into(pair.logits_vocab(logits[:, -1]), out)
     x = torch.full((B, 1), ids[-1], dtype=torch.long, device=dev)
     mask = torch.ones(B, len(ids), dtype=torch.long, device=dev)
     cache = {}
     if pre.caches[p] is not None:
-        past = copy.deepcopy(pre.caches[p])  # the shared prefix stays as it is for the next call
-        past.batch_repeat_interleave(B)
-        cache = {pre.cache_key: past}
+        # every row continues the one shared prefix: views of it, copied once by the first update
+        cache = {pre.cache_key: broadcast_cache(pre.caches[p], B)}
     hidden = values.to(device=pre.device, dtype=pre.dtype)[:, None, :]
     with pair.side(pre.side) as model, arch.restart_after(pre.layer, hidden):
         logits = model(input_ids=x, attention_mask=mask, use_cache=bool(cache), **cache).logits
-    return pair.logits_vocab(logits[:, -1]).float().softmax(-1).cpu()
+    return _softmax_into(pair.logits_vocab(logits[:, -1]), out)
+
+
+def _softmax_into(logits: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """softmax(logits) in float32 on the CPU, written into ``out`` when given (no concatenation of
+    the row chunks afterwards: each holds rows × vocabulary floats)."""
+    logits = logits.float()
+    if out is None:
+        return logits.softmax(-1).cpu()
+    if logits.device == out.device:
+        return torch.softmax(logits, -1, out=out)
+    out.copy_(logits.softmax(-1))
+    return out
 
 
 def _units(vectors: torch.Tensor) -> torch.Tensor:
@@ -147,11 +159,17 @@ def patched_probs_many(pair: ModelPair, layer: int, vectors: torch.Tensor, scale
     lam = torch.tensor([float(s) for s in scales], dtype=torch.float32)
     eta = torch.tensor([float(e) for e in etas], dtype=torch.float32)
     values = ((lam[None, :] * eta[:, None])[:, :, None] * _units(vectors)[:, None, :]).reshape(n * S, -1)
-    probs = []
+    probs: torch.Tensor | None = None  # [n·S, P, V], filled chunk by chunk
     for p in range(len(pre.enc)):
-        probs.append(torch.cat([_patched_last(pair, pre, p, values[r:r + rows_per_call])
-                                for r in range(0, n * S, rows_per_call)]))
-    return torch.stack(probs, 1).view(n, S, len(pre.enc), -1)
+        for r in range(0, n * S, rows_per_call):
+            if probs is None:  # the vocabulary size comes with the first chunk
+                first = _patched_last(pair, pre, p, values[r:r + rows_per_call])
+                probs = first.new_empty((n * S, len(pre.enc), first.shape[-1]))
+                probs[r:r + first.shape[0], p] = first
+            else:
+                _patched_last(pair, pre, p, values[r:r + rows_per_call], out=probs[r:r + rows_per_call, p])
+    assert probs is not None
+    return probs.view(n, S, len(pre.enc), -1)
 
 
 def patched_next_token_probs(pair: ModelPair, layer: int, vector: torch.Tensor, scales: Sequence[float],

@@ -11,15 +11,16 @@ import contextlib
 import hashlib
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from ..llm.replies import DECOR, Messages, chat_messages, clean_value, content_lines, must_end_with, tagged
 from .text import WORD
-from ..models.decoding import cache_kwarg as _cache_kwarg
+from ..models.decoding import broadcast_cache, cache_kwarg as _cache_kwarg
 from ..models.placement import input_device
 
 # ============================================================================================
@@ -175,9 +176,12 @@ def invented_words(text: str, spans: Sequence[tuple[int, int]], nll: Sequence[fl
     return len(runs), len(bad)
 
 
-def _target_nll(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    """-log p(target) for logits [B, T, V] that predict targets [B, T]."""
+def _target_nll(logits: torch.Tensor, targets: torch.Tensor, *, shifted: bool = False) -> np.ndarray:
+    """-log p(target) for logits [B, T, V] that predict targets [B, T]; ``shifted``: targets
+    [B, T-1] predicted by the first T-1 positions (the last position's distribution unused)."""
     lp = torch.log_softmax(logits.float(), dim=-1)
+    if shifted:
+        lp = lp[:, :-1]
     return -lp.gather(-1, targets[..., None])[..., 0].detach().cpu().numpy()
 
 
@@ -240,6 +244,11 @@ class OfflineCoherence:
     name: str = "offline"
     calibration: dict[str, Any] = field(default_factory=dict)
     calibrated_center: float | None = None
+    # texts already scored (the steer stage grades its calibration texts after calibrating on them):
+    # scores depend only on the text, the model and the chat context, not on the calibrated centre
+    _scored: "OrderedDict[tuple[str, str, int], TokenScores]" = field(default_factory=OrderedDict, repr=False,
+                                                                       compare=False)
+    SCORED_KEEP: ClassVar[int] = 4096
 
     @property
     def center(self) -> float:
@@ -284,18 +293,28 @@ class OfflineCoherence:
     @torch.no_grad()
     def token_scores(self, texts: Sequence[str]) -> list[TokenScores]:
         """Per-token NLL of every text as the reply after the chat context, in right-padded batches."""
-        prefix = self._prefix_ids()
-        enc = [self._encode(t) for t in texts]
-        out: list[TokenScores | None] = [None] * len(texts)
+        keys = [(t, self.context, self.max_tokens) for t in texts]
+        out: list[TokenScores | None] = [self._scored.get(k) for k in keys]
+        enc: list[tuple[list[int], list[tuple[int, int]]]] = [([], [])] * len(texts)
         todo = []
-        for i, (ids, spans) in enumerate(enc):
-            if ids:
+        for i, t in enumerate(texts):
+            if out[i] is not None:
+                self._scored.move_to_end(keys[i])
+                continue
+            enc[i] = self._encode(t)
+            if enc[i][0]:
                 todo.append(i)
             else:
                 out[i] = TokenScores(np.zeros(0), [], [])
-        scope = self.scope() if self.scope is not None else contextlib.nullcontext(self.model)
-        with scope as model:
-            self._score_batches(model, prefix, enc, todo, out)
+        if todo:
+            prefix = self._prefix_ids()
+            scope = self.scope() if self.scope is not None else contextlib.nullcontext(self.model)
+            with scope as model:
+                self._score_batches(model, prefix, enc, todo, out)
+            for i in todo:
+                self._scored[keys[i]] = out[i]
+            while len(self._scored) > self.SCORED_KEEP:
+                self._scored.popitem(last=False)
         return [o if o is not None else TokenScores(np.zeros(0), [], []) for o in out]
 
     def _score_batches(self, model: Any, prefix: list[int], enc: list[tuple[list[int], list[tuple[int, int]]]],
@@ -342,10 +361,14 @@ class OfflineCoherence:
                 first = model(input_ids=pre, use_cache=True)
                 cache = getattr(first, key, None)
                 cache = cache if cache is not None else getattr(first, "past_key_values", None)
-                cache.batch_repeat_interleave(b)
+                # every row continues the one prefix: views of its cache, no copy per row
+                cache = broadcast_cache(cache, b)
                 logits = model(input_ids=ids, attention_mask=full_mask, use_cache=True, **{key: cache}).logits
-                logits = torch.cat([first.logits[:, -1:].expand(b, -1, -1), logits[:, :-1]], 1)
-                return _target_nll(logits, ids)
+                # the first text token is predicted by the prefix's last position, the others by the
+                # text's own: scored apart, so the [B, T, V] logits are never copied into one tensor
+                head = -torch.log_softmax(first.logits[0, -1].float(), dim=-1)[ids[:, 0]]
+                return np.concatenate([head[:, None].cpu().numpy(), _target_nll(logits, ids[:, 1:], shifted=True)],
+                                      axis=1)
             except (AttributeError, TypeError, ValueError, NotImplementedError):
                 pass
         return self._batch_nll_full(model, prefix, ids, full_mask)

@@ -36,7 +36,7 @@ import torch
 
 from .arch import unwrap
 
-__all__ = ["eos_ids", "cache_kwarg", "draw", "growing_cache", "sample_rows"]
+__all__ = ["eos_ids", "cache_kwarg", "draw", "growing_cache", "broadcast_cache", "sample_rows"]
 
 PRUNE_FRACTION = 1 / 8
 """Finished rows are dropped once they are this share of the running batch (a KV-cache copy each
@@ -126,6 +126,33 @@ def growing_cache(config: Any, room: int) -> Any:
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def broadcast_cache(cache: Any, batch: int) -> Any:
+    """A cache of ``batch`` rows that all continue the one-row prompt prefix in ``cache``, without
+    copying it: each layer's keys and values are ``expand``-ed views of the prefix's (batch stride
+    0), so the first update's concatenation is the only copy (``deepcopy`` +
+    ``batch_repeat_interleave`` copy every layer twice more, the layers a forward skips included).
+    ``cache`` itself is left as it was (updates replace a layer's tensors, never write into them).
+    A cache without per-layer keys and values (another kind) is deep-copied and repeated instead."""
+    import copy
+
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(batch)
+        return past
+    out = copy.copy(cache)
+    out.layers = []
+    for layer in layers:
+        new = copy.copy(layer)
+        k, v = layer.keys, layer.values
+        if isinstance(k, torch.Tensor) and k.dim() == 4 and k.shape[0] == 1:
+            new.keys, new.values = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+        elif isinstance(k, torch.Tensor) and k.numel():
+            raise ValueError(f"broadcast_cache needs a one-row cache, got keys of shape {tuple(k.shape)}")
+        out.layers.append(new)
+    return out
 
 
 @torch.no_grad()
