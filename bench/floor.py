@@ -192,7 +192,14 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0, "kv": 0.0})
             lim = kw["max_new_tokens"]
             sizes = [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)]
-            g["flops"] += cost.steer_flops(shape, sizes)
+            # rows of one prompt and one steering vector share a prefill (checkouts before: one per row)
+            share = getattr(sys.modules.get("difflens.adl.steered"), "prefill_groups", None)
+            if share is not None:
+                g["flops"] += cost.steer_flops(shape, sizes, share(prompts, add).tolist())
+                g["prefills"] = g.get("prefills", 0) + len(set(share(prompts, add).tolist()))
+            else:
+                g["flops"] += cost.steer_flops(shape, sizes)
+                g["prefills"] = g.get("prefills", 0) + len(prompts)
             if hasattr(cost, "kv_read_bytes"):
                 g["kv"] += sum(cost.kv_read_bytes(shape, p, n, kv_bytes) for p, n in sizes)
             g["wall"] += w
@@ -255,7 +262,8 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             kv_s = g["kv"] / mem_rate
             with_reads = g["wall"] / (g["flops"] / rows.rate + kv_s)
             rows.add(f"steer: {name} generations", g["flops"], g["wall"],
-                     f"{g['rows']} rows in {g['calls']} calls, ≤{args.max_new_tokens} new tokens; KV-cache reads "
+                     f"{g['rows']} rows ({g['prefills']} prompt prefills) in {g['calls']} calls, "
+                     f"≤{args.max_new_tokens} new tokens; KV-cache reads "
                      f"{kv_s:.2f} s at {mem_rate / 1e9:.0f} GB/s (floor + reads: {with_reads:.1f}×)")
             tot_flops += g["flops"]
     gw = sum(g["wall"] for g in grade.values())

@@ -87,3 +87,14 @@ def test_rate_and_estimates():
     assert r > 1e8 and cost.matmul_rate("cpu") == r  # measured once per process
     assert cost.estimate_seconds(1e12, 1e11, efficiency=0.5) == 20
     assert cost.format_seconds(20) == "20 s" and cost.format_seconds(600) == "10 min"
+
+
+def test_rows_of_one_group_count_their_prompt_once(shape):
+    rows = [(12, 5), (12, 7), (9, 4), (12, 5)]
+    alone = cost.steer_flops(shape, rows)
+    assert alone == sum(cost.generation_flops(shape, p, n) for p, n in rows)
+    shared = cost.steer_flops(shape, rows, ["a", "a", "b", "c"])  # rows 0 and 1: one prompt, one vector
+    assert shared == pytest.approx(alone - cost.forward_flops(shape, 12, logits=1))
+    assert cost.steer_flops(shape, rows, [0, 1, 2, 3]) == pytest.approx(alone)
+    with pytest.raises(ValueError, match="group keys"):
+        cost.steer_flops(shape, rows, ["a"])

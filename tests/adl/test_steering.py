@@ -228,3 +228,43 @@ def test_generate_steered_reuses_saved_calls_only_under_the_same_split(tiny_run)
     ran.clear()  # saved under a 4-call split, asked for a 2-call one: everything runs
     generate_steered(pair, prompts, vectors, max_rows=4, done=saved, on_call=lambda i, n, t: ran.append(i), **kw)
     assert ran == [0, 1]
+
+
+def test_rows_sharing_a_prompt_and_vector_share_one_prefill_and_sample_apart(tiny_run):
+    """The samples of one prompt at one steering vector run their prompt once (one prefill row per
+    group, the cache repeated to the group): greedy answers equal those of a prefill per row, and
+    sampled rows of one group still draw apart."""
+    from difflens.adl.steered import generate_vectors, prefill_groups
+    from difflens.models.decoding import sample_rows
+
+    pair, _, c = tiny_run
+    with torch.no_grad():
+        pair.ft_lm.model.lm_head.weight.mul_(20)
+    model = pair.ft_lm.model
+    prompts = ["why", "tell me a story about the cat", "why", "why", "tell me a story about the cat", "why"]
+    add = steering_vectors(c.delta[0], [1.0, 1.0, 1.0, 2.0, 1.0, 0.0], c.eta_ft)
+    groups = prefill_groups(prompts, add)
+    assert groups.tolist() == [0, 1, 0, 2, 1, 3]  # same prompt and same vector: one group
+    assert prefill_groups(prompts, None).tolist() == [0, 1, 0, 0, 1, 0]
+    ids, mask = encode_prompts_left(pair, prompts)
+
+    def run(shared: bool, temperature: float, prefills: list | None = None) -> list[list[int]]:
+        with steering_hook(pair, 2, add, mask) as select:
+            def on_prefill(idx):
+                if prefills is not None:
+                    prefills.append(idx.tolist())
+                select.prefill(idx)
+            return sample_rows(model, ids, mask, tokenizer=pair.tokenizer, temperature=temperature,
+                               max_new_tokens=10, seed=0, on_select=select,
+                               same_prefill=groups if shared else None, on_prefill=on_prefill if shared else None)
+
+    prefills: list = []
+    assert run(True, 0.0, prefills) == run(False, 0.0)
+    assert prefills == [[0, 1, 3, 5]]  # the first row of each group
+    with pytest.raises(ValueError, match="on_prefill"):
+        with steering_hook(pair, 2, add, mask) as select:
+            sample_rows(model, ids, mask, tokenizer=pair.tokenizer, temperature=1.0, max_new_tokens=2, seed=0,
+                        on_select=select, same_prefill=groups)
+    many = generate_vectors(pair, ["why"] * 12, add[:1].expand(12, -1).clone(), layer=2, temperature=1.0,
+                            max_new_tokens=6, seed=1)
+    assert len(set(many)) > 1  # one prefill, twelve different samples

@@ -158,3 +158,16 @@ def test_broadcast_cache_continues_the_prefix_per_row_and_leaves_it_unchanged(fa
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
     with pytest.raises(ValueError, match="one-row"):
         broadcast_cache(repeated, 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_shared_prefill_gives_the_rows_of_a_prefill_per_row(family):
+    tok = tiny_tokenizer()
+    model = tiny_model(family, seed=5)
+    texts = ["tell me a story", "why", "tell me a story", "give me some ideas for the cat", "why", "why"]
+    ids, mask = _prompts(tok, texts)
+    same = torch.tensor([0, 1, 0, 2, 1, 1])
+    kw = dict(tokenizer=tok, temperature=0.0, max_new_tokens=9, seed=0)
+    assert sample_rows(model, ids, mask, same_prefill=same, **kw) == sample_rows(model, ids, mask, **kw)
+    with pytest.raises(ValueError, match="entries"):
+        sample_rows(model, ids, mask, same_prefill=same[:3], **kw)

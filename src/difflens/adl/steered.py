@@ -52,6 +52,12 @@ def steering_hook(pair: ModelPair, layer: int, add: torch.Tensor | None,
             rows[0] = rows[0][idx.to(rows[0].device)]
         edit[0] = add_edit(rows[0], None)  # the prefill (the only padded step) is over
 
+    def prefill(idx: torch.Tensor) -> None:
+        """The next forward is a prefill of batch rows ``idx`` only (a shared prefill)."""
+        vec = rows[0][idx.to(rows[0].device)] if rows[0].dim() == 3 else rows[0]
+        edit[0] = add_edit(vec, prompt_mask[idx.to(prompt_mask.device)])
+
+    select.prefill = prefill  # type: ignore[attr-defined]
     with pair.ft_arch.edit_layer(layer, lambda h: edit[0](h)):
         yield select
 
@@ -98,8 +104,18 @@ def generate_vectors(pair: ModelPair, prompts: Sequence[str], add: torch.Tensor 
     ids, mask = encode_prompts_left(pair, prompts, side)
     with pair.side(side) as model, steering_hook(pair, layer, add, mask) as select:
         rows = sample_rows(model, ids, mask, tokenizer=tok, temperature=temperature, max_new_tokens=max_new_tokens,
-                           seed=seed, on_select=select)
+                           seed=seed, on_select=select, same_prefill=prefill_groups(prompts, add),
+                           on_prefill=getattr(select, "prefill", None))
     return tok.batch_decode(rows, skip_special_tokens=True)
+
+
+def prefill_groups(prompts: Sequence[str], add: torch.Tensor | None) -> torch.Tensor:
+    """A group id per row: rows with the same prompt and the same steering vector (the samples of one
+    prompt at one α) share one prefill (:func:`difflens.models.decoding.sample_rows`)."""
+    seen: dict[tuple[str, bytes], int] = {}
+    vecs = add.detach().float().cpu().numpy() if add is not None and add.dim() == 2 else None
+    return torch.tensor([seen.setdefault((p, vecs[b].tobytes() if vecs is not None else b""), len(seen))
+                         for b, p in enumerate(prompts)], dtype=torch.long)
 
 
 @dataclass

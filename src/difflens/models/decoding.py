@@ -119,9 +119,16 @@ def growing_cache(config: Any, room: int) -> Any:
             return self.keys, self.values
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep (or repeat) rows ``indices``: a buffer of the same room, only the filled part copied."""
             if self.kbuf is not None:
-                self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
-                self.keys, self.values = self.kbuf[..., :self.filled, :], self.vbuf[..., :self.filled, :]
+                n = self.filled
+                kb = self.kbuf.new_empty((len(indices), *self.kbuf.shape[1:]))
+                vb = self.vbuf.new_empty((len(indices), *self.vbuf.shape[1:]))
+                idx = indices.to(self.kbuf.device)
+                kb[..., :n, :] = self.kbuf[idx, :, :n]
+                vb[..., :n, :] = self.vbuf[idx, :, :n]
+                self.kbuf, self.vbuf = kb, vb
+                self.keys, self.values = self.kbuf[..., :n, :], self.vbuf[..., :n, :]
 
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
@@ -159,7 +166,8 @@ def broadcast_cache(cache: Any, batch: int) -> Any:
 def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, tokenizer: Any,
                 temperature: float, max_new_tokens: int, seed: int,
                 on_select: Callable[[torch.Tensor], None] | None = None,
-                prune_fraction: float | None = None) -> list[list[int]]:
+                prune_fraction: float | None = None, same_prefill: torch.Tensor | None = None,
+                on_prefill: Callable[[torch.Tensor], None] | None = None) -> list[list[int]]:
     """One sample per row of the left-padded batch ``ids`` / ``mask`` ([B, T]): each row's new token
     ids, up to and including its end-of-sequence id.
 
@@ -168,11 +176,19 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
     called with the running rows' indices (into the current batch) whenever finished rows are
     dropped, so a per-row edit (a steering vector per row) can follow; ``prune_fraction`` (default
     :data:`PRUNE_FRACTION`) is the share of finished rows that triggers it.
+
+    ``same_prefill`` ([B] ints): rows with equal values have the same prompt and the same edit (the
+    samples of one prompt at one steering vector). Their prompt runs once: the prefill computes one
+    row per value (``on_prefill(idx)`` is called first with those rows' indices, so a per-row edit
+    can follow, then ``on_select(all rows)`` after), its KV cache and last logits are repeated to
+    every row of the group, and the rows sample apart from the first new token on.
     """
     prune_fraction = PRUNE_FRACTION if prune_fraction is None else prune_fraction
     B = ids.shape[0]
     if B == 0 or max_new_tokens <= 0:
         return [[] for _ in range(B)]
+    if same_prefill is not None and len(same_prefill) != B:
+        raise ValueError(f"same_prefill has {len(same_prefill)} entries for a batch of {B}")
     dev = ids.device
     inner = unwrap(model)
     key = cache_kwarg(model)
@@ -191,11 +207,29 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
     record: list[tuple[torch.Tensor, torch.Tensor]] = []
     alive = torch.arange(B, device=dev)  # original row of each running batch row
     inp, att = ids, mask
+    first_rows = inverse = None  # a shared prefill: the rows it runs, and each row's source among them
+    if same_prefill is not None and key is not None:
+        _, inverse = torch.unique(torch.as_tensor(same_prefill, device=dev), return_inverse=True)
+        first_rows = torch.full((int(inverse.max()) + 1,), B, dtype=torch.long, device=dev).scatter_reduce_(
+            0, inverse, torch.arange(B, device=dev), reduce="amin")  # each group's first row
+        if len(first_rows) == B:
+            first_rows = inverse = None
+        elif on_select is not None and on_prefill is None:
+            raise ValueError("a shared prefill with a per-row edit needs on_prefill to tell the edit its rows")
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     check_every = 1 if dev.type == "cpu" else 8  # on an accelerator a check syncs: every 8 steps
     for t in range(max_new_tokens):
         if key is None:  # no cache: the whole sequence every step
             out = model(input_ids=inp, attention_mask=att, position_ids=pos, **kw)
+        elif t == 0 and first_rows is not None:  # one prefill per group, then every row from its cache
+            if on_prefill is not None:
+                on_prefill(first_rows)
+            out = model(input_ids=ids[first_rows], attention_mask=mask[first_rows], position_ids=pos[first_rows],
+                        use_cache=True, **kw)
+            cache.batch_select_indices(inverse)
+            if on_select is not None:
+                on_select(torch.arange(B, device=dev))
+            out.logits = out.logits[inverse]
         else:
             out = model(input_ids=inp if t == 0 else inp[:, -1:], attention_mask=att,
                         position_ids=pos if t == 0 else pos[:, -1:], use_cache=True, **kw)

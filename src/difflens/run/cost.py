@@ -121,9 +121,23 @@ def patchscope_flops(shape: ModelShape, layer: int, prompt_lengths: Sequence[int
     return pre + vectors * per_vec
 
 
-def steer_flops(shape: ModelShape, rows: Iterable[tuple[int, int]]) -> float:
-    """Sampling: Σ over rows (prompt tokens, new tokens) of :func:`generation_flops`."""
-    return sum(generation_flops(shape, p, n) for p, n in rows)
+def steer_flops(shape: ModelShape, rows: Iterable[tuple[int, int]], groups: Sequence[Any] | None = None) -> float:
+    """Sampling: Σ over rows (prompt tokens, new tokens) of :func:`generation_flops`. With ``groups``
+    (a key per row: rows of one key have the same prompt and steering vector), each group's prompt
+    is counted once: its rows share one prefill and differ from the first sampled token on."""
+    rows = list(rows)
+    if groups is None:
+        return sum(generation_flops(shape, p, n) for p, n in rows)
+    if len(groups) != len(rows):
+        raise ValueError(f"{len(groups)} group keys for {len(rows)} rows")
+    total, seen = 0.0, set()
+    for (p, n), g in zip(rows, groups):
+        full = generation_flops(shape, p, n)
+        if g in seen:  # the prefill was counted with the group's first row: only the decode steps
+            full -= forward_flops(shape, p, logits=1)
+        seen.add(g)
+        total += full
+    return total
 
 
 def grading_flops(shape: ModelShape, prefix: int, text_lengths: Iterable[int]) -> float:
