@@ -98,3 +98,18 @@ def test_rows_of_one_group_count_their_prompt_once(shape):
     assert cost.steer_flops(shape, rows, [0, 1, 2, 3]) == pytest.approx(alone)
     with pytest.raises(ValueError, match="group keys"):
         cost.steer_flops(shape, rows, ["a"])
+
+
+def test_the_steer_estimate_counts_one_prefill_per_prompt_and_alpha(shape):
+    from difflens.adl.steering import SteeringConfig
+
+    cfg = SteeringConfig(search_iters=1, refine_iters=0, search_samples=3, prompts=["a", "b"], final_samples=2,
+                         random_control=False, max_new_tokens=6)
+    p, n = 32, 6
+    k = len(cfg.threshold_prompts)
+    # the search's one α (3 samples, one prompt), the finals (2 prompts × 2 samples), the calibration
+    # (k prompts × 6 samples) and the unsteered finals (2 prompts × 2): rows and their prefill groups
+    groups = [0] * 3 + [1, 1, 2, 2] + [3 + i // 6 for i in range(6 * k)] + [10, 10, 11, 11]
+    gen = cost.steer_flops(shape, [(p, n)] * len(groups), groups)
+    grade = (3 + 6 * k + 4) * cost.forward_flops(shape, n, logits=n, past=p)
+    assert cost.steer_flops_estimate(shape, cfg, 1, prompt_tokens=p) == pytest.approx(gen + grade)

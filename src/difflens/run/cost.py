@@ -274,9 +274,9 @@ def announce(what: str, flops: float, device: Any, precision: str, ratio: float,
 
 
 # measured on 2 CPU cores (SmolLM2-135M × cake_bake, the paper's defaults: 5 positions, 128 new tokens):
-# the whole `difflens steer` stage took 950 s against steer_flops_estimate's 131 TFLOP at 316 GFLOP/s
-# (a 415 s floor; the estimate counts every row at max_new_tokens): 2.3x
-STEER_FLOOR_RATIO = 2.3
+# the whole `difflens steer` stage took 843 s against steer_flops_estimate's 119 TFLOP at 317 GFLOP/s
+# (a 375 s floor; the estimate counts every row at max_new_tokens, one prefill per prompt and α): 2.25x
+STEER_FLOOR_RATIO = 2.25
 
 
 def steer_flops_estimate(shape: ModelShape, cfg: Any, positions: int, prompt_tokens: int = 32,
@@ -285,12 +285,21 @@ def steer_flops_estimate(shape: ModelShape, cfg: Any, positions: int, prompt_tok
     :class:`~difflens.adl.steering.SteeringConfig` (every row at ``max_new_tokens``; the search's
     generations: ``search_samples`` per tested α, about ``search_iters + 2·refine_iters`` α's per
     position with bisection, ~2.5x that with a grid of 10), the grader over every text, plus the
-    calibration and the unsteered final generations once."""
+    calibration and the unsteered final generations once. The samples of one prompt at one α share
+    their prompt's prefill (``search_samples`` rows in the search, ``final_samples`` in the finals)."""
     n = cfg.max_new_tokens
-    row = generation_flops(shape, prompt_tokens, n)
+    prefill = forward_flops(shape, prompt_tokens, logits=1)
+    decode = generation_flops(shape, prompt_tokens, n) - prefill
+
+    def rows(count: float, per_prefill: int) -> float:
+        return count * (decode + prefill / max(per_prefill, 1))
+
     grade = forward_flops(shape, n, logits=n, past=prompt_tokens)
     tested = (cfg.search_iters + 2 * cfg.refine_iters) * (2.5 if grid > 1 else 1.0)
     search_rows = tested * cfg.search_samples
     final_rows = len(cfg.prompts) * cfg.final_samples * (2 if cfg.random_control else 1)
-    once = len(cfg.threshold_prompts) * 2 * cfg.search_samples + len(cfg.prompts) * cfg.final_samples
-    return (positions * (search_rows + final_rows) + once) * row + (positions * search_rows + once) * grade
+    calibration = len(cfg.threshold_prompts) * 2 * cfg.search_samples
+    unsteered = len(cfg.prompts) * cfg.final_samples
+    return (positions * (rows(search_rows, cfg.search_samples) + rows(final_rows, cfg.final_samples))
+            + rows(calibration, 2 * cfg.search_samples) + rows(unsteered, cfg.final_samples)
+            + (positions * search_rows + calibration + unsteered) * grade)
