@@ -202,6 +202,11 @@ def test_texts_scored_once_are_not_run_again_and_score_the_same():
     g.context = "Another context."  # the scores depend on the chat context: scored again
     g.token_scores(texts)
     assert runs[-1] == len(texts)
+    import dataclasses
+
+    other = dataclasses.replace(g, model=tiny_model("llama", 1))  # a copy keeps none of g's scores
+    assert not other._scored
+    assert not np.allclose(other.token_scores(texts[:1])[0].nll, g.token_scores(texts[:1])[0].nll)
 
 
 # --------------------------------------------------------------------------------------------

@@ -245,9 +245,10 @@ class OfflineCoherence:
     calibration: dict[str, Any] = field(default_factory=dict)
     calibrated_center: float | None = None
     # texts already scored (the steer stage grades its calibration texts after calibrating on them):
-    # scores depend only on the text, the model and the chat context, not on the calibrated centre
-    _scored: "OrderedDict[tuple[str, str, int], TokenScores]" = field(default_factory=OrderedDict, repr=False,
-                                                                       compare=False)
+    # scores depend only on the text, the model and the chat context, not on the calibrated centre;
+    # not an init field, so dataclasses.replace gives a copy its own
+    _scored: "OrderedDict[tuple[Any, ...], TokenScores]" = field(default_factory=OrderedDict, init=False,
+                                                                  repr=False, compare=False)
     SCORED_KEEP: ClassVar[int] = 4096
 
     @property
@@ -293,7 +294,7 @@ class OfflineCoherence:
     @torch.no_grad()
     def token_scores(self, texts: Sequence[str]) -> list[TokenScores]:
         """Per-token NLL of every text as the reply after the chat context, in right-padded batches."""
-        keys = [(t, self.context, self.max_tokens) for t in texts]
+        keys = [(t, self.context, self.max_tokens, id(self.model), id(self.scope)) for t in texts]
         out: list[TokenScores | None] = [self._scored.get(k) for k in keys]
         enc: list[tuple[list[int], list[tuple[int, int]]]] = [([], [])] * len(texts)
         todo = []
@@ -366,7 +367,8 @@ class OfflineCoherence:
                 logits = model(input_ids=ids, attention_mask=full_mask, use_cache=True, **{key: cache}).logits
                 # the first text token is predicted by the prefix's last position, the others by the
                 # text's own: scored apart, so the [B, T, V] logits are never copied into one tensor
-                head = -torch.log_softmax(first.logits[0, -1].float(), dim=-1)[ids[:, 0]]
+                lp0 = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+                head = -lp0[ids[:, 0].to(lp0.device)]
                 return np.concatenate([head[:, None].cpu().numpy(), _target_nll(logits, ids[:, 1:], shifted=True)],
                                       axis=1)
             except (AttributeError, TypeError, ValueError, NotImplementedError):

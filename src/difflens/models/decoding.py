@@ -229,7 +229,7 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
             cache.batch_select_indices(inverse)
             if on_select is not None:
                 on_select(torch.arange(B, device=dev))
-            out.logits = out.logits[inverse]
+            out.logits = out.logits[inverse.to(out.logits.device)]
         else:
             out = model(input_ids=inp if t == 0 else inp[:, -1:], attention_mask=att,
                         position_ids=pos if t == 0 else pos[:, -1:], use_cache=True, **kw)
