@@ -159,17 +159,13 @@ def patched_probs_many(pair: ModelPair, layer: int, vectors: torch.Tensor, scale
     lam = torch.tensor([float(s) for s in scales], dtype=torch.float32)
     eta = torch.tensor([float(e) for e in etas], dtype=torch.float32)
     values = ((lam[None, :] * eta[:, None])[:, :, None] * _units(vectors)[:, None, :]).reshape(n * S, -1)
-    probs: torch.Tensor | None = None  # [n·S, P, V], filled chunk by chunk
-    for p in range(len(pre.enc)):
+    P = len(pre.enc)
+    # [P, n·S, V] (V: the shared vocabulary, what logits_vocab keeps), each chunk's rows one contiguous block
+    probs = torch.empty((P, n * S, int(pair.vocab_size)), dtype=torch.float32)
+    for p in range(P):
         for r in range(0, n * S, rows_per_call):
-            if probs is None:  # the vocabulary size comes with the first chunk
-                first = _patched_last(pair, pre, p, values[r:r + rows_per_call])
-                probs = first.new_empty((n * S, len(pre.enc), first.shape[-1]))
-                probs[r:r + first.shape[0], p] = first
-            else:
-                _patched_last(pair, pre, p, values[r:r + rows_per_call], out=probs[r:r + rows_per_call, p])
-    assert probs is not None
-    return probs.view(n, S, len(pre.enc), -1)
+            _patched_last(pair, pre, p, values[r:r + rows_per_call], out=probs[p, r:r + rows_per_call])
+    return probs.view(P, n, S, -1).permute(1, 2, 0, 3)  # [n, S, P, V], a view
 
 
 def patched_next_token_probs(pair: ModelPair, layer: int, vector: torch.Tensor, scales: Sequence[float],
