@@ -195,8 +195,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             # rows of one prompt and one steering vector share a prefill (checkouts before: one per row)
             share = getattr(sys.modules.get("difflens.adl.steered"), "prefill_groups", None)
             if share is not None:
-                g["flops"] += cost.steer_flops(shape, sizes, share(prompts, add).tolist())
-                g["prefills"] = g.get("prefills", 0) + len(set(share(prompts, add).tolist()))
+                groups = share(prompts, add).tolist()
+                g["flops"] += cost.steer_flops(shape, sizes, groups)
+                g["prefills"] = g.get("prefills", 0) + len(set(groups))
             else:
                 g["flops"] += cost.steer_flops(shape, sizes)
                 g["prefills"] = g.get("prefills", 0) + len(prompts)
