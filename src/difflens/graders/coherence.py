@@ -351,8 +351,8 @@ class OfflineCoherence:
         [B, T-1], the first token unscored). The prefix is run once and its KV cache shared by the
         batch; a model whose cache cannot be shared gets the prefix in every row instead."""
         if not prefix:
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-            return _target_nll(logits, ids[:, 1:])
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            return _target_nll(logits, ids[:, 1:], shifted=True)
         b = ids.shape[0]
         pre = torch.tensor([prefix], dtype=torch.long, device=ids.device)
         full_mask = torch.cat([torch.ones((b, len(prefix)), dtype=mask.dtype, device=mask.device), mask], 1)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-__all__ = ["ModelShape", "forward_flops", "generation_flops", "collect_flops", "patchscope_flops",
+__all__ = ["ModelShape", "forward_flops", "generation_flops", "decode_flops", "collect_flops", "patchscope_flops",
            "logit_lens_flops", "steer_flops", "grading_flops", "causal_flops", "methods_flops", "amplify_flops",
            "matmul_rate", "memory_rate", "kv_read_bytes", "estimate_seconds", "format_seconds", "announce",
            "rate_dtype"]
@@ -79,10 +79,12 @@ def forward_flops(shape: ModelShape, tokens: int, *, layers: int | None = None, 
 
 def generation_flops(shape: ModelShape, prompt: int, new: int) -> float:
     """``new`` sampled tokens after a ``prompt``-token prompt on a KV cache (prefill + new-1 steps)."""
-    total = forward_flops(shape, prompt, logits=1)
-    for i in range(1, new):
-        total += forward_flops(shape, 1, logits=1, past=prompt + i - 1)
-    return total
+    return forward_flops(shape, prompt, logits=1) + decode_flops(shape, prompt, new)
+
+
+def decode_flops(shape: ModelShape, prompt: int, new: int) -> float:
+    """The decode steps of :func:`generation_flops` (every sampled token after the first)."""
+    return sum(forward_flops(shape, 1, logits=1, past=prompt + i - 1) for i in range(1, new))
 
 
 def kv_read_bytes(shape: ModelShape, prompt: int, new: int, dtype_bytes: int = 4) -> float:
@@ -130,14 +132,9 @@ def steer_flops(shape: ModelShape, rows: Iterable[tuple[int, int]], groups: Sequ
         return sum(generation_flops(shape, p, n) for p, n in rows)
     if len(groups) != len(rows):
         raise ValueError(f"{len(groups)} group keys for {len(rows)} rows")
-    total, seen = 0.0, set()
-    for (p, n), g in zip(rows, groups):
-        full = generation_flops(shape, p, n)
-        if g in seen:  # the prefill was counted with the group's first row: only the decode steps
-            full -= forward_flops(shape, p, logits=1)
-        seen.add(g)
-        total += full
-    return total
+    first = {g: p for (p, _), g in reversed(list(zip(rows, groups)))}  # each group's prefill, once
+    return (sum(forward_flops(shape, p, logits=1) for p in first.values())
+            + sum(decode_flops(shape, p, n) for p, n in rows))
 
 
 def grading_flops(shape: ModelShape, prefix: int, text_lengths: Iterable[int]) -> float:
@@ -186,21 +183,9 @@ def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float =
     if key in _RATES:
         return _RATES[key]
     dt = getattr(torch, dtype) if dtype in ("float32", "bfloat16", "float16") else torch.float32
-    cuda = dev.startswith("cuda")
-    n = 4096 if cuda else 1024 if seconds < 0.5 else 2048
+    n = 4096 if dev.startswith("cuda") else 1024 if seconds < 0.5 else 2048
     a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    torch.mm(a, b)
-    sync()
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        torch.mm(a, b)
-        reps += 1
-        sync()
-        el = time.perf_counter() - t0
-        if el >= seconds and reps >= 3:
-            break
-    _RATES[key] = reps * 2.0 * n ** 3 / el
+    _RATES[key] = _per_second(lambda: torch.mm(a, b), 2.0 * n ** 3, dev, seconds)
     return _RATES[key]
 
 
@@ -212,20 +197,26 @@ def memory_rate(device: Any = "cpu", *, seconds: float = 0.3) -> float:
     if key in _RATES:
         return _RATES[key]
     x = torch.ones(1 << 26, device=device)
-    cuda = str(device).startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    x.sum()
+    _RATES[key] = _per_second(x.sum, x.numel() * 4.0, str(device), seconds)
+    return _RATES[key]
+
+
+def _per_second(op: Any, work: float, device: str, seconds: float) -> float:
+    """``work`` per call of ``op`` over its measured call time on ``device``: one warm-up call, then
+    calls for at least ``seconds`` and 3 calls (an accelerator synchronised after each)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    op()
     sync()
     reps, t0 = 0, time.perf_counter()
     while True:
-        x.sum()
+        op()
         reps += 1
         sync()
         el = time.perf_counter() - t0
         if el >= seconds and reps >= 3:
-            break
-    _RATES[key] = reps * x.numel() * 4 / el
-    return _RATES[key]
+            return reps * work / el
 
 
 def estimate_seconds(flops: float, rate: float, efficiency: float = 0.5) -> float:
@@ -289,7 +280,7 @@ def steer_flops_estimate(shape: ModelShape, cfg: Any, positions: int, prompt_tok
     their prompt's prefill (``search_samples`` rows in the search, ``final_samples`` in the finals)."""
     n = cfg.max_new_tokens
     prefill = forward_flops(shape, prompt_tokens, logits=1)
-    decode = generation_flops(shape, prompt_tokens, n) - prefill
+    decode = decode_flops(shape, prompt_tokens, n)
 
     def rows(count: float, per_prefill: int) -> float:
         return count * (decode + prefill / max(per_prefill, 1))
