@@ -344,3 +344,66 @@ def test_auto_calibration_changes_eta_only(tmp_path, corpus_file, monkeypatch):
     assert torch.equal(out["fixed"].delta, out["auto"].delta)  # δ̄ bit-identical
     assert torch.equal(out["fixed"].base_mean, out["auto"].base_mean)
     assert out["fixed"].eta_ft == pytest.approx(out["auto"].eta_ft, rel=0.2)  # another sample of the same norm
+
+
+def test_block_sums_group_the_rows_the_same_at_any_batch_size():
+    from difflens.adl.collect import SUM_BLOCK, _BlockSum
+
+    g = torch.Generator().manual_seed(0)
+    # magnitudes over many binades, so that float64 sums of these float32 rows round and grouping matters
+    rows = (torch.randn(3 * SUM_BLOCK + 21, 3, 4, generator=g) * torch.exp(torch.randn(3 * SUM_BLOCK + 21, 3, 4, generator=g) * 12)).float()
+    ref = torch.zeros(3, 4, dtype=torch.float64)  # the per-batch sums of batches of SUM_BLOCK
+    for i in range(0, len(rows), SUM_BLOCK):
+        ref += rows[i:i + SUM_BLOCK].double().sum(0)
+    for sizes in ([len(rows)], [SUM_BLOCK] * 3 + [21], [1, 37, 100, 62, 13], [5] * 42 + [3]):
+        acc, i = _BlockSum(torch.zeros(3, 4, dtype=torch.float64)), 0
+        for n in sizes:
+            acc.add(rows[i:i + n])
+            i += n
+        assert i == len(rows) and torch.equal(acc.result(), ref), sizes
+    # grouping matters: one float64 sum over all rows is not those bits
+    assert not torch.equal(rows.double().sum(0), ref)
+
+
+def test_forward_batches_hold_whole_blocks_and_run_the_last_partial_block_alone():
+    from difflens.adl.collect import _sample_batches
+
+    def sizes(n, bs, start=0):
+        return [len(m) for _, m in _sample_batches(list(range(n)), bs, start)]
+
+    assert sizes(2000, 256) == [256] * 7 + [192, 16]  # 2000 = 31·64 + 16: the 16 alone, as with batches of 64
+    assert sizes(2000, 64) == [64] * 31 + [16]
+    assert sizes(300, 100) == [64] * 4 + [44]  # rounded down to whole blocks
+    assert sizes(150, 37) == [37, 37, 37, 17, 22]  # smaller than a block: as asked, the tail still alone
+    assert sizes(2000, 256, start=1792) == [192, 16]  # a resumed run continues the same batches
+    assert [i for i, _ in _sample_batches(list(range(150)), 37)] == [0, 37, 74, 111, 128]
+
+
+def test_delta_does_not_depend_on_the_batch_size(tmp_path):
+    """Batches of 64 (the old default) and 256 (the new): the same sums, so the same δ̄ bits wherever the
+    model's rows come out the same in both batchings (checked first); else equal to float rounding."""
+    rng = random.Random(1)
+    words = [w for w in WORDS if w not in ("\n", "?")]
+    corpus_file = tmp_path / "long.jsonl"
+    corpus_file.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(8))}) + "\n"
+                                   for _ in range(200)))
+    pair = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)))
+    got = {}
+    for bs in (64, 256):
+        cfg = CollectConfig(datasets=[str(corpus_file)], samples=150, layers=[2], batch_size=bs, norm_samples=8)
+        got[bs] = collect(pair, RunLayout(tmp_path / f"bs{bs}"), cfg, progress=False)[str(corpus_file)][0]
+    corpus = load_corpus(str(corpus_file))
+    ids = sample_ids(corpus, pair.tokenizer, n=150, k=5, seed=0, max_len=5, bos=bos_prefix_ids(pair.tokenizer, pair.arch)).ids
+    same_rows = True
+    for side in ("base", "ft"):
+        arch = pair.arch_of(side)
+        with pair.side(side) as m:
+            def rows(bs):
+                return torch.cat([arch.capture(m, torch.tensor(ids[i:i + bs]), [2])[2] for i in range(0, 128, bs)])
+            same_rows &= torch.equal(rows(64), rows(128))
+    assert got[64].n == got[256].n == 150
+    if same_rows:
+        assert torch.equal(got[64].delta, got[256].delta) and torch.equal(got[64].ft_mean, got[256].ft_mean)
+    else:
+        torch.testing.assert_close(got[64].delta, got[256].delta, rtol=1e-6, atol=1e-6)
+    assert got[64].eta_base == got[256].eta_base  # η's batches do not follow batch_size above 64

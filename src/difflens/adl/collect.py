@@ -38,6 +38,14 @@ from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
 
 NORM_MIN_TEXTS = 16
 NORM_MAX_TOKENS = 256 * 64
+SUM_BLOCK = 64
+"""The float64 sums behind δ̄ add the samples' windows this many at a time, in batching order,
+whatever the batch size (:class:`_BlockSum`): a float sum depends on how its terms are grouped, so
+summing per batch made δ̄ depend on the batch size (up to 9.5e-7 between 64 and 256). 64 is the
+batch size the sums were made with before, so δ̄ stays bit-identical to earlier runs'."""
+NORM_BATCH = SUM_BLOCK // 4
+"""Texts per forward of the η calibration (fewer when ``batch_size`` is smaller): fixed, because η's
+sums are per batch (16 texts × 64 tokens: about 1,000 rows, already a large matmul)."""
 
 
 class CollectConfig(BaseModel):
@@ -48,7 +56,7 @@ class CollectConfig(BaseModel):
     positions: int = Field(5, ge=1, le=4096)
     layers: list[float | int] = Field(default_factory=lambda: [0.5])
     seed: int = 0
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(256, ge=1)  # samples per forward: speed and memory only (SUM_BLOCK)
     # texts of up to norm_len tokens for each model's norm η; "auto": about as many tokens as the
     # samples themselves (N·k), at least NORM_MIN_TEXTS texts and at most NORM_MAX_TOKENS tokens
     # (:meth:`norm_texts`), so that η never costs more than the means it scales
@@ -146,6 +154,23 @@ def _batches(ids: Sequence[Sequence[int]], bs: int, start: int = 0):
         yield i, ids[i:i + bs]
 
 
+def _sample_batches(order: Sequence[int], bs: int, start: int = 0):
+    """Collect's forward batches over ``order`` from ``start``: (first index, members). A batch holds
+    whole :data:`SUM_BLOCK` blocks (``bs`` rounded down to a multiple of it when larger), and the
+    last, partial block runs on its own, as it did with batches of 64: a matmul over that block's
+    few rows can round differently from the same rows inside a larger one (MKL, 80 rows)."""
+    step = bs - bs % SUM_BLOCK if bs >= SUM_BLOCK else bs
+    n = len(order)
+    tail = n - n % SUM_BLOCK
+    i = start
+    while i < n:
+        end = min(i + step, n)
+        if i < tail < end:
+            end = tail
+        yield i, order[i:end]
+        i = end
+
+
 def _length_order(ids: Sequence[Sequence[int]]) -> list[int]:
     """Sample indices in batching order: as sampled when all rows have one length (plain text),
     else by length (stable), so that right-padded batches of chat rows waste little."""
@@ -160,6 +185,31 @@ def _batch_input(rows: Sequence[Sequence[int]], pad: int, device: Any) -> tuple[
     if len({len(r) for r in rows}) == 1:
         return torch.tensor([list(r) for r in rows], dtype=torch.long, device=device), None
     return pad_right(rows, pad, device)
+
+
+class _BlockSum:
+    """A float64 sum of [n, k, d] windows added in blocks of :data:`SUM_BLOCK` rows of the order they
+    come in: the rows of an unfinished block wait (``carry``) for the next batch, so any batch size
+    groups the terms the same way and gives the same bits."""
+
+    def __init__(self, total: torch.Tensor, carry: torch.Tensor | None = None) -> None:
+        self.total, self.carry = total, carry
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.double()
+        if self.carry is not None:
+            rows = torch.cat([self.carry.to(rows.device), rows])
+        full = rows.shape[0] - rows.shape[0] % SUM_BLOCK
+        for j in range(0, full, SUM_BLOCK):
+            self.total += rows[j:j + SUM_BLOCK].sum(0).to(self.total.device)
+        self.carry = rows[full:].to(self.total.device) if full < rows.shape[0] else None
+
+    def result(self) -> torch.Tensor:
+        """The sum of every row added (the last, partial block included)."""
+        if self.carry is not None:
+            self.total += self.carry.sum(0)
+            self.carry = None
+        return self.total
 
 
 def _window(h: torch.Tensor, starts: Sequence[int], k: int) -> torch.Tensor:
@@ -302,7 +352,7 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
         partial = layout.collect_partial(corpus.name)
         partial.parent.mkdir(parents=True, exist_ok=True)
         dim = arch.hidden_size
-        sums = {s: {li: torch.zeros(K, dim, dtype=torch.float64) for li in layers} for s in ("base", "ft")}
+        sums = {s: {li: _BlockSum(torch.zeros(K, dim, dtype=torch.float64)) for li in layers} for s in ("base", "ft")}
         start, n_done = 0, 0
         if partial.exists():
             try:
@@ -311,10 +361,12 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                 ck = {}
             if ck.get("fingerprint") == fp:
                 start, n_done = int(ck["next"]), int(ck["n"])
-                sums = {s: {li: ck["sums"][s][li] for li in layers} for s in ("base", "ft")}
+                carry = ck.get("carry") or {}  # checkpoints written before the block sums: none
+                sums = {s: {li: _BlockSum(ck["sums"][s][li], carry.get(s, {}).get(li)) for li in layers}
+                        for s in ("base", "ft")}
         t0 = time.time()
         order = _length_order(sample.ids)
-        batches = list(_batches(order, cfg.batch_size, start))
+        batches = list(_sample_batches(order, cfg.batch_size, start))
         with Progress(TextColumn(f"collect {corpus.name}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), disable=not progress, transient=True) as bar:
             task = bar.add_task("collect", total=len(sample.ids), completed=n_done)
@@ -325,17 +377,21 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                 for side in ("base", "ft"):
                     with pair.side(side) as model:  # inputs go to the side's embedding device (capture)
                         hs = pair.arch_of(side).capture(model, x, layers, attention_mask=mask)
-                    for li in layers:  # float64 sums on the layer's device, accumulated on the CPU
-                        sums[side][li] += _window(hs[li], starts, K).double().sum(0).to(sums[side][li].device)
+                    for li in layers:  # float64 block sums on the layer's device, accumulated on the CPU
+                        sums[side][li].add(_window(hs[li], starts, K))
                 n_done += len(batch)
                 bar.update(task, completed=n_done)
                 nxt = i + len(batch)
                 last = nxt >= len(sample.ids)
                 if (bi + 1) % cfg.checkpoint_every == 0 or (stop_after_batches and bi + 1 >= stop_after_batches):
                     if not last:
-                        torch.save({"fingerprint": fp, "next": nxt, "n": n_done, "sums": sums}, partial)
+                        torch.save({"fingerprint": fp, "next": nxt, "n": n_done,
+                                    "sums": {s: {li: b.total for li, b in v.items()} for s, v in sums.items()},
+                                    "carry": {s: {li: b.carry for li, b in v.items()} for s, v in sums.items()}},
+                                   partial)
                 if stop_after_batches and bi + 1 >= stop_after_batches and not last:
                     raise KeyboardInterrupt(f"collection stopped after {bi + 1} batches (test hook)")
+        sums = {s: {li: b.result() for li, b in v.items()} for s, v in sums.items()}
         overflow = [f"{s} layer {li}" for s in ("base", "ft") for li in layers if not torch.isfinite(sums[s][li]).all()]
         if overflow:
             partial.unlink(missing_ok=True)
@@ -344,7 +400,7 @@ def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress:
                             "--dtype bf16-fp32res (or float32).")
         norm_sample = sample_ids(corpus, pair.tokenizer, n=cfg.norm_texts(), k=4, seed=cfg.seed + 1,
                                  max_len=cfg.norm_len, bos=bos, chat_bos=chat_bos)
-        eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, cfg.batch_size // 4),
+        eta = mean_norms(pair, norm_sample.ids, layers, batch_size=max(1, min(cfg.batch_size // 4, NORM_BATCH)),
                          starts=norm_sample.starts if corpus.is_chat else None)
         out = []
         for li in layers:
