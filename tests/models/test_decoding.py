@@ -171,3 +171,87 @@ def test_a_shared_prefill_gives_the_rows_of_a_prefill_per_row(family):
     assert sample_rows(model, ids, mask, same_prefill=same, **kw) == sample_rows(model, ids, mask, **kw)
     with pytest.raises(ValueError, match="entries"):
         sample_rows(model, ids, mask, same_prefill=same[:3], **kw)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_weights_decode_the_rows_generate_decodes(family, monkeypatch):
+    """Decode steps of ≥ MIN_ROWS rows run from MKL-packed weights (models.packed): greedy rows equal
+    ``generate``'s while rows finish and the batch (and so the packing) changes size."""
+    import difflens.models.decoding as D
+    from difflens.models.packed import MIN_ROWS, PackedLinears, available
+
+    if not available():
+        pytest.skip("this PyTorch build has no MKL packed linear")
+    made = []
+
+    class Recording(PackedLinears):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+            self.sizes = []
+
+        def pack(self, rows):
+            if rows != self.rows:
+                self.sizes.append(rows)
+            super().pack(rows)
+
+    monkeypatch.setattr(D, "PackedLinears", Recording)
+    tok = tiny_tokenizer()
+    model = tiny_model(family, seed=3)
+    texts = ["tell me a story", "why", "give me some ideas for the cat", "why not", "the cat"] * 4
+    ids, mask = _prompts(tok, texts)
+    assert len(texts) >= MIN_ROWS
+    free = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                          pad_token_id=tok.pad_token_id, eos_token_id=-1)[:, ids.shape[1]:].tolist()
+    eos = free[1][3]  # row "why" ends after 4 tokens, the rows that drew it elsewhere where they did
+    want = [r[:r.index(eos) + 1] if eos in r else r for r in free]
+    model.generation_config.eos_token_id = eos
+    got = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=12, seed=0,
+                      prune_fraction=0.01, packed=True)
+    assert got == want
+    packer = made[-1]
+    assert packer.active and packer.packed_calls > 0
+    # packed for the running rows, again as rows left (below MIN_ROWS: unpacked)
+    assert packer.sizes[0] >= MIN_ROWS and len(packer.sizes) >= 2 and packer.sizes == sorted(packer.sizes)[::-1]
+    assert all("forward" not in m.__dict__ for m in packer.layers)  # the modules' own forward is back
+    off = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=12, seed=0,
+                      prune_fraction=0.01, packed=False)
+    assert off == want and made[-1].packed_calls == 0 and not made[-1].active
+
+
+def test_packed_linears_match_f_linear_and_fall_back_off_their_row_count(monkeypatch):
+    from difflens.models.packed import MIN_ROWS, PackedLinears, available
+
+    if not available():
+        pytest.skip("this PyTorch build has no MKL packed linear")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.SiLU(), torch.nn.Linear(96, 40, bias=False))
+    x = torch.randn(32, 48)
+    with torch.no_grad():
+        want = net(x)
+        with PackedLinears(net) as p:
+            assert p.active and len(p.layers) == 2
+            p.pack(32)
+            got = net(x)
+            assert p.packed_calls == 2
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            assert torch.equal(net(x[:20]), F_seq(net, x[:20]))  # another row count: the module's own F.linear
+            assert p.packed_calls == 2
+            torch.testing.assert_close(net(x.view(2, 16, 48)), want.view(2, 16, 40), rtol=1e-6, atol=1e-6)
+            assert p.packed_calls == 4  # [2, 16, d]: 32 rows too
+            p.pack(MIN_ROWS - 1)
+            assert not p._packs
+            net(x[:MIN_ROWS - 1])
+            assert p.packed_calls == 4
+    assert all("forward" not in m.__dict__ for m in net)
+    with torch.no_grad(), PackedLinears(net.to(torch.bfloat16)) as p:  # not float32: nothing packed
+        assert not p.active
+    monkeypatch.setenv("DIFFLENS_PACKED", "0")
+    assert not PackedLinears(net.float()).active
+
+
+def F_seq(net, x):
+    """``net``'s layers through plain ``F.linear``."""
+    import torch.nn.functional as F
+    h = F.linear(x, net[0].weight, net[0].bias)
+    return F.linear(F.silu(h), net[2].weight)

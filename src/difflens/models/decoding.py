@@ -19,6 +19,8 @@ top-k / top-p, the model's end-of-sequence ids) with
 - **keys and values written into room reserved for the whole sample** (:func:`growing_cache`)
   instead of concatenated: ``DynamicLayer.update`` copies a layer's whole cache at every step
   (``torch.cat``), 17 % of the wall time at 128 rows × 64 tokens, more for longer samples;
+- **weights packed once per batch size** for the decode steps on a CPU (:mod:`difflens.models.packed`):
+  MKL otherwise re-packs every weight on every call, about 20 % of the matmul time at 64–250 rows;
 - draws from its own ``torch.Generator`` (seeded per call), never the global RNG, and keeps the
   tokens on the device until the end (on an accelerator it looks for finished rows every 8 steps:
   each look waits for the device).
@@ -35,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from .arch import unwrap
+from .packed import PackedLinears
 
 __all__ = ["eos_ids", "cache_kwarg", "draw", "growing_cache", "broadcast_cache", "sample_rows"]
 
@@ -167,7 +170,8 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
                 temperature: float, max_new_tokens: int, seed: int,
                 on_select: Callable[[torch.Tensor], None] | None = None,
                 prune_fraction: float | None = None, same_prefill: torch.Tensor | None = None,
-                on_prefill: Callable[[torch.Tensor], None] | None = None) -> list[list[int]]:
+                on_prefill: Callable[[torch.Tensor], None] | None = None,
+                packed: bool | None = None) -> list[list[int]]:
     """One sample per row of the left-padded batch ``ids`` / ``mask`` ([B, T]): each row's new token
     ids, up to and including its end-of-sequence id.
 
@@ -182,6 +186,10 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
     row per value (``on_prefill(idx)`` is called first with those rows' indices, so a per-row edit
     can follow, then ``on_select(all rows)`` after), its KV cache and last logits are repeated to
     every row of the group, and the rows sample apart from the first new token on.
+
+    ``packed``: run the decode steps' linear layers from MKL-packed weights
+    (:class:`~difflens.models.packed.PackedLinears`; None: where available, unless
+    ``DIFFLENS_PACKED=0``). Products equal the unpacked ones or differ by float rounding.
     """
     prune_fraction = PRUNE_FRACTION if prune_fraction is None else prune_fraction
     B = ids.shape[0]
@@ -218,45 +226,49 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
             raise ValueError("a shared prefill with a per-row edit needs on_prefill to tell the edit its rows")
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     check_every = 1 if dev.type == "cpu" else 8  # on an accelerator a check syncs: every 8 steps
-    for t in range(max_new_tokens):
-        if key is None:  # no cache: the whole sequence every step
-            out = model(input_ids=inp, attention_mask=att, position_ids=pos, **kw)
-        elif t == 0 and first_rows is not None:  # one prefill per group, then every row from its cache
-            if on_prefill is not None:
-                on_prefill(first_rows)
-            out = model(input_ids=ids[first_rows], attention_mask=mask[first_rows], position_ids=pos[first_rows],
-                        use_cache=True, **kw)
-            cache.batch_select_indices(inverse)
-            if on_select is not None:
-                on_select(torch.arange(B, device=dev))
-            out.logits = out.logits[inverse.to(out.logits.device)]
-        else:
-            out = model(input_ids=inp if t == 0 else inp[:, -1:], attention_mask=att,
-                        position_ids=pos if t == 0 else pos[:, -1:], use_cache=True, **kw)
-        logits = out.logits[:, -1]
-        if gen is None:
-            gen = torch.Generator(device=logits.device).manual_seed(int(seed))
-        nxt = draw(logits, temperature, gen).to(dev)
-        record.append((alive, nxt))
-        if eos:
-            finished |= torch.isin(nxt, eos_t)
-        if t + 1 == max_new_tokens:
-            break
-        if eos and (t + 1) % check_every == 0:
-            n_done = int(finished.sum())
-            if n_done == finished.numel():
-                break
-            if n_done and n_done >= prune_fraction * finished.numel():
-                keep = (~finished).nonzero().squeeze(1)
-                if cache is not None:
-                    cache.batch_select_indices(keep)
-                alive, nxt, att, pos, inp = alive[keep], nxt[keep], att[keep], pos[keep], inp[keep]
-                finished = finished[keep]
+    packer = PackedLinears(model, enabled=packed if key is not None and dev.type == "cpu" else False)
+    with packer:
+        for t in range(max_new_tokens):
+            if key is None:  # no cache: the whole sequence every step
+                out = model(input_ids=inp, attention_mask=att, position_ids=pos, **kw)
+            elif t == 0 and first_rows is not None:  # one prefill per group, then every row from its cache
+                if on_prefill is not None:
+                    on_prefill(first_rows)
+                out = model(input_ids=ids[first_rows], attention_mask=mask[first_rows], position_ids=pos[first_rows],
+                            use_cache=True, **kw)
+                cache.batch_select_indices(inverse)
                 if on_select is not None:
-                    on_select(keep)
-        att = torch.cat([att, att.new_ones((att.shape[0], 1))], dim=-1)
-        pos = torch.cat([pos, pos[:, -1:] + 1], dim=-1)
-        inp = torch.cat([inp, nxt[:, None].to(inp.dtype)], dim=-1)
+                    on_select(torch.arange(B, device=dev))
+                out.logits = out.logits[inverse.to(out.logits.device)]
+            else:
+                if t:  # a decode step: the weights packed for this many rows (repacked after a drop)
+                    packer.pack(inp.shape[0])
+                out = model(input_ids=inp if t == 0 else inp[:, -1:], attention_mask=att,
+                            position_ids=pos if t == 0 else pos[:, -1:], use_cache=True, **kw)
+            logits = out.logits[:, -1]
+            if gen is None:
+                gen = torch.Generator(device=logits.device).manual_seed(int(seed))
+            nxt = draw(logits, temperature, gen).to(dev)
+            record.append((alive, nxt))
+            if eos:
+                finished |= torch.isin(nxt, eos_t)
+            if t + 1 == max_new_tokens:
+                break
+            if eos and (t + 1) % check_every == 0:
+                n_done = int(finished.sum())
+                if n_done == finished.numel():
+                    break
+                if n_done and n_done >= prune_fraction * finished.numel():
+                    keep = (~finished).nonzero().squeeze(1)
+                    if cache is not None:
+                        cache.batch_select_indices(keep)
+                    alive, nxt, att, pos, inp = alive[keep], nxt[keep], att[keep], pos[keep], inp[keep]
+                    finished = finished[keep]
+                    if on_select is not None:
+                        on_select(keep)
+            att = torch.cat([att, att.new_ones((att.shape[0], 1))], dim=-1)
+            pos = torch.cat([pos, pos[:, -1:] + 1], dim=-1)
+            inp = torch.cat([inp, nxt[:, None].to(inp.dtype)], dim=-1)
     rows: list[list[int]] = [[] for _ in range(B)]
     who = torch.cat([a for a, _ in record]).tolist()
     what = torch.cat([x for _, x in record]).tolist()

@@ -14,6 +14,7 @@ import torch
 from .arch import ArchAdapter, check_model, model_type_of, text_config, unwrap
 from ..errors import ConfigError, IncompatiblePairError
 from .placement import Placement, align_inputs, input_device, make_placement
+from .hostmem import reuse_freed_memory
 from .precision import FP32_RESIDUAL, resolve_pair_precision, use_fp32_residual, weight_dtype
 from .sources import LoadedModel, ModelSource, fingerprint_source, load_model, resolve_source
 
@@ -193,6 +194,7 @@ def load_pair(base: str, finetuned: str, *, dtype: torch.dtype | str = torch.flo
     (one 8-token forward: difflens reads its layers and logits as the model computes them) unless
     ``check`` is False.
     """
+    reuse_freed_memory()  # large CPU tensors from freed memory, not fresh pages (models.hostmem)
     base_src = resolve_source(base)
     ft_src = resolve_source(finetuned, base=base)
     place = placement or make_placement(device=device, device_map=device_map, max_memory=max_memory,
