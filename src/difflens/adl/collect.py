@@ -56,7 +56,8 @@ class CollectConfig(BaseModel):
     positions: int = Field(5, ge=1, le=4096)
     layers: list[float | int] = Field(default_factory=lambda: [0.5])
     seed: int = 0
-    batch_size: int = Field(256, ge=1)  # samples per forward: speed and memory only (SUM_BLOCK)
+    # samples per forward (from 64 on rounded down to a multiple of SUM_BLOCK): speed and memory only
+    batch_size: int = Field(256, ge=1)
     # texts of up to norm_len tokens for each model's norm η; "auto": about as many tokens as the
     # samples themselves (N·k), at least NORM_MIN_TEXTS texts and at most NORM_MAX_TOKENS tokens
     # (:meth:`norm_texts`), so that η never costs more than the means it scales
