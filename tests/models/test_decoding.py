@@ -235,7 +235,7 @@ def test_packed_linears_match_f_linear_and_fall_back_off_their_row_count(monkeyp
             got = net(x)
             assert p.packed_calls == 2
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-            assert torch.equal(net(x[:20]), F_seq(net, x[:20]))  # another row count: the module's own F.linear
+            assert torch.equal(net(x[:20]), _unpacked(net, x[:20]))  # another row count: the module's own F.linear
             assert p.packed_calls == 2
             torch.testing.assert_close(net(x.view(2, 16, 48)), want.view(2, 16, 40), rtol=1e-6, atol=1e-6)
             assert p.packed_calls == 4  # [2, 16, d]: 32 rows too
@@ -250,7 +250,7 @@ def test_packed_linears_match_f_linear_and_fall_back_off_their_row_count(monkeyp
     assert not PackedLinears(net.float()).active
 
 
-def F_seq(net, x):
+def _unpacked(net, x):
     """``net``'s layers through plain ``F.linear``."""
     import torch.nn.functional as F
     h = F.linear(x, net[0].weight, net[0].bias)
