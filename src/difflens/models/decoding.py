@@ -226,7 +226,8 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
             raise ValueError("a shared prefill with a per-row edit needs on_prefill to tell the edit its rows")
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
     check_every = 1 if dev.type == "cpu" else 8  # on an accelerator a check syncs: every 8 steps
-    packer = PackedLinears(model, enabled=packed if key is not None and dev.type == "cpu" else False)
+    # only decode steps on a cache use it; PackedLinears itself leaves a model off the CPU alone
+    packer = PackedLinears(model, enabled=packed if key is not None else False)
     with packer:
         for t in range(max_new_tokens):
             if key is None:  # no cache: the whole sequence every step

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "reuse_freed_memory"]
@@ -29,23 +30,18 @@ TRIM_THRESHOLD = 1 << 30
 """Up to 1 GiB of freed memory at the heap's top stays mapped for reuse."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_done: bool | None = None
 
 
+@functools.cache
 def reuse_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds once per process (see the module doc); True if set."""
-    global _done
-    if _done is not None:
-        return _done
-    _done = False
     if os.environ.get("DIFFLENS_MALLOC", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
             return False
-        _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
             and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):
-        _done = False
-    return _done
+        return False
