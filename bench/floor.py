@@ -17,7 +17,9 @@ formulas: "before" and "after" side by side). Per model, ``P(l)`` the matmul par
     generation (a row)    = F(p, L, 1) + Σ_{i<n} [2·P(L) + 2·P_U + 4·a·L·(p+i)]   (p prompt, n new tokens
                             actually sampled: the row's tokens up to its end-of-sequence token)
                             (the note adds the KV cache a row's decode steps read, Σ_{i<n} 2·L·a_kv·(p+i)
-                            values, at the measured memory read rate: attention is memory-bound)
+                            values, at the measured memory read rate: attention is memory-bound; and
+                            the weights, read once per pass of a call whatever its row count, which
+                            bounds a pass of a few dozen rows more than its FLOPs do)
     steer: search / calibration / final = Σ rows generation
     steer: coherence      = the offline grader's reference model over every text after a shared chat
                             prefix: F(prefix, L, 1) + Σ_texts F(T_text, L, T_text | past = prefix)
@@ -176,6 +178,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     phase = ["calibration"]
     # a decode step's attention reads the whole KV cache: memory-bound, outside the FLOP floor
     kv_bytes = next(pair.ft_lm.model.parameters()).element_size()
+    # ... and every decode step reads every weight once (tied matrices once), whatever its row count
+    weight_bytes = sum(t.numel() * t.element_size() for t in
+                       {id(t): t for t in pair.ft_lm.model.parameters()}.values())
     mem_rate = cost.memory_rate(args.device)
     gen: dict[str, dict[str, float]] = {}
     grade: dict[str, dict[str, float]] = {}
@@ -189,7 +194,7 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     def wrap_rows(real):  # every generate call (search, calibration, finals) goes through generate_vectors
         def generate_vectors(pair_, prompts, add, **kw):
             out, w = timed(real, pair_, prompts, add, **kw)
-            g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0, "kv": 0.0})
+            g = gen.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "rows": 0, "calls": 0, "kv": 0.0, "steps": 0})
             lim = kw["max_new_tokens"]
             sizes = [(plen(p), new_tokens(tok, t, lim)) for p, t in zip(prompts, out)]
             # rows of one prompt and one steering vector share a prefill (checkouts before: one per row)
@@ -206,6 +211,7 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             g["wall"] += w
             g["rows"] += len(prompts)
             g["calls"] += 1
+            g["steps"] += max((n for _, n in sizes), default=0)  # the call's passes: prefill + decode steps
             return out
         return generate_vectors
 
@@ -261,11 +267,14 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
         g = gen.get(name)
         if g:
             kv_s = g["kv"] / mem_rate
+            w_s = g["steps"] * weight_bytes / mem_rate
             with_reads = g["wall"] / (g["flops"] / rows.rate + kv_s)
+            with_all = g["wall"] / (g["flops"] / rows.rate + kv_s + w_s)
             rows.add(f"steer: {name} generations", g["flops"], g["wall"],
                      f"{g['rows']} rows ({g['prefills']} prompt prefills) in {g['calls']} calls, "
-                     f"≤{args.max_new_tokens} new tokens; KV-cache reads "
-                     f"{kv_s:.2f} s at {mem_rate / 1e9:.0f} GB/s (floor + reads: {with_reads:.1f}×)")
+                     f"{g['steps']} passes, ≤{args.max_new_tokens} new tokens; at {mem_rate / 1e9:.0f} GB/s "
+                     f"KV-cache reads {kv_s:.2f} s (floor + reads: {with_reads:.1f}×), weights once a pass "
+                     f"{w_s:.2f} s (floor + both: {with_all:.1f}×)")
             tot_flops += g["flops"]
     gw = sum(g["wall"] for g in grade.values())
     gf = sum(g["flops"] for g in grade.values())

@@ -48,6 +48,19 @@ def test_draw_matches_the_softmax_at_temperature():
     assert draw(torch.tensor([[0.1, 3.0, 2.9], [5.0, 0.0, 1.0]]), 0.0, g).tolist() == [1, 0]
 
 
+def test_draw_leaves_its_scores_alone_unless_told_and_draws_the_same_either_way():
+    scores = torch.randn(50, 1000) * 3
+    keep = scores.clone()
+    a = draw(scores, 1.1, torch.Generator().manual_seed(5))
+    assert torch.equal(scores, keep)  # a copy was normalised
+    b = draw(scores, 1.1, torch.Generator().manual_seed(5), inplace=True)
+    assert torch.equal(a, b) and not torch.equal(scores, keep)  # same tokens; the scores were used up
+    # the draw uses the softmax's cumulative sum: a uniform at the CDF's value lands on the next id
+    cdf = torch.softmax(keep.double() / 1.1, -1).cumsum(-1)
+    u = torch.rand((50, 1), generator=torch.Generator().manual_seed(5), dtype=torch.float32).double()
+    assert torch.equal(a, torch.searchsorted(cdf, u, right=True).squeeze(1))
+
+
 def _prompts(tok, texts):
     rows = [tok(t, add_special_tokens=False).input_ids for t in texts]
     return pad_left(rows, tok.pad_token_id, torch.device("cpu"))

@@ -10,9 +10,11 @@
 :func:`sample_rows` does the same sampling (softmax at temperature T over the model's logits, no
 top-k / top-p, the model's end-of-sequence ids) with
 
-- **inverse-CDF draws** (:func:`draw`): one uniform per row against the cumulative softmax, 2.5 ms
-  a step at that size. The float32 cumulative sum is within 6e-8 of a float64 one, so the tokens'
-  distribution differs from the exact one by less than that in total variation;
+- **inverse-CDF draws** (:func:`draw`): one uniform per row against the cumulative sum of the
+  row's ``exp((logit - max) / T)``, computed in place in the logits, 2.5 ms a step at that size.
+  Scaled by its total, the float32 sum is within 1.2e-7 of a float64 cumulative softmax (logits
+  ``3·randn``, 49,152 ids; summing the normalised softmax instead was within 1.2e-6), so the
+  tokens' distribution differs from the exact one by less than that in total variation;
 - **finished rows dropped** from the batch, its KV cache (``Cache.batch_select_indices``) and every
   per-row edit (``on_select``) once an eighth of the batch has finished, so the work follows the
   tokens actually sampled;
@@ -73,16 +75,21 @@ def cache_kwarg(model: Any) -> str | None:
     return None
 
 
-def draw(scores: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def draw(scores: torch.Tensor, temperature: float, generator: torch.Generator | None, *,
+         inplace: bool = False) -> torch.Tensor:
     """One token per row of ``scores`` [B, V] from ``softmax(scores / temperature)`` (temperature 0:
-    the argmax): a uniform per row against the float32 cumulative softmax (first id whose CDF
-    exceeds it, so a zero-probability id is never drawn)."""
-    scores = scores.float()
+    the argmax): a uniform per row against the float32 cumulative sum of ``exp((scores - max) /
+    temperature)``, scaled by its total (first id whose sum exceeds it, so a zero-probability id is
+    never drawn). ``inplace``: ``scores`` (float32) may be overwritten; the decode loop's own logits
+    are, which saves a [B, V] tensor per pass: 11 ms a step against 26 ms at 256 rows × 49,152 ids
+    (2 Xeon cores) for normalising, then summing, a copy."""
+    if scores.dtype != torch.float32:
+        scores = scores.float()
+    elif not inplace and temperature > 0:
+        scores = scores.clone()
     if temperature <= 0:
         return scores.argmax(dim=-1)
-    if temperature != 1.0:
-        scores = scores / temperature
-    cdf = torch.softmax(scores, dim=-1).cumsum_(dim=-1)
+    cdf = scores.sub_(scores.amax(dim=-1, keepdim=True)).div_(temperature).exp_().cumsum_(dim=-1)
     u = torch.rand((scores.shape[0], 1), generator=generator, device=scores.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=scores.shape[-1] - 1)
 
@@ -249,7 +256,7 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
             logits = out.logits[:, -1]
             if gen is None:
                 gen = torch.Generator(device=logits.device).manual_seed(int(seed))
-            nxt = draw(logits, temperature, gen).to(dev)
+            nxt = draw(logits, temperature, gen, inplace=True).to(dev)
             record.append((alive, nxt))
             if eos:
                 finished |= torch.isin(nxt, eos_t)
