@@ -212,6 +212,10 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             g["rows"] += len(prompts)
             g["calls"] += 1
             g["steps"] += max((n for _, n in sizes), default=0)  # the call's passes: prefill + decode steps
+            temps = kw.get("temperature")
+            if temps is not None and not isinstance(temps, (int, float)):  # rows of other work riding a round
+                temps = [float(t) for t in temps]
+                g["riding"] = g.get("riding", 0) + sum(t != temps[0] for t in temps)
             return out
         return generate_vectors
 
@@ -271,7 +275,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             with_reads = g["wall"] / (g["flops"] / rows.rate + kv_s)
             with_all = g["wall"] / (g["flops"] / rows.rate + kv_s + w_s)
             rows.add(f"steer: {name} generations", g["flops"], g["wall"],
-                     f"{g['rows']} rows ({g['prefills']} prompt prefills) in {g['calls']} calls, "
+                     f"{g['rows']} rows ({g['prefills']} prompt prefills"
+                     + (f"; {g['riding']} of them final generations riding its calls" if g.get("riding") else "")
+                     + f") in {g['calls']} calls, "
                      f"{g['steps']} passes, ≤{args.max_new_tokens} new tokens; at {mem_rate / 1e9:.0f} GB/s "
                      f"KV-cache reads {kv_s:.2f} s (floor + reads: {with_reads:.1f}×), weights once a pass "
                      f"{w_s:.2f} s (floor + both: {with_all:.1f}×)")

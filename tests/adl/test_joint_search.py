@@ -110,3 +110,51 @@ def test_deterministic_grader_gives_each_position_its_own_search(monkeypatch, gr
     assert len(w.batches) == single_rounds  # four positions in the rounds of one
     for t in joint.values():
         assert (t.alpha, t.per_prompt, t.steps) == (alone.alpha, alone.per_prompt, alone.steps)
+
+
+class RecordingGrader(ThresholdGrader):
+    def __init__(self, threshold):
+        super().__init__(threshold)
+        self.seen = []
+
+    def grade(self, texts):
+        self.seen += list(texts)
+        return super().grade(texts)
+
+
+def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
+    w = FakeWorld()
+    temps = []
+
+    def steered_rows(pair, prompts, vectors, **kw):
+        t = kw["temperature"]
+        temps.append(list(t) if isinstance(t, list) else [t] * len(prompts))
+        return w.generate_steered(pair, prompts, vectors, **kw)
+
+    monkeypatch.setattr(steering, "generate_steered", steered_rows)
+    cfg = SteeringConfig(grid=1, search_temperature=1.2)
+    dirs = {j: torch.ones(4) for j in range(3)}
+    plain = find_thresholds(None, ThresholdGrader(37.3), layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False)
+    rounds = len(w.batches)
+    w.batches.clear()
+    temps.clear()
+    asked, got = [], []
+
+    def riders(room):
+        asked.append(room)
+        if len(asked) > 2:  # two rides, then nothing left to carry
+            return None
+        k = len(asked)
+        return steering.Ride(prompts=[f"final {k}.{i}" for i in range(3)], vectors=[torch.full((4,), 5.0)] * 3,
+                             temperature=0.7, done=got.append)
+
+    g = RecordingGrader(37.3)
+    ridden = find_thresholds(None, g, layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False, max_rows=100,
+                             riders=riders)
+    assert ridden == plain and len(w.batches) == rounds  # the same searches in the same rounds
+    assert asked[0] == 100 - len(dirs) * cfg.search_samples  # the room a call had left
+    # each ride came back with its own rows' texts, in order, and the grader never saw them
+    assert got == [[f"10.0|final {k}.{i}" for i in range(3)] for k in (1, 2)]  # ‖5·1₄‖ = 10
+    assert not any("final" in t for t in g.seen)
+    assert w.batches[:2] == [len(dirs) * cfg.search_samples + 3] * 2
+    assert temps[0] == [1.2] * (len(dirs) * cfg.search_samples) + [0.7] * 3 and set(temps[-1]) == {1.2}

@@ -268,3 +268,32 @@ def _unpacked(net, x):
     import torch.nn.functional as F
     h = F.linear(x, net[0].weight, net[0].bias)
     return F.linear(F.silu(h), net[2].weight)
+
+
+def test_per_row_temperatures_follow_their_rows_as_rows_leave():
+    """A [B] temperature tensor: rows at T = 1e-7 decode greedily beside rows at T = 50 that draw
+    nearly uniformly, while rows finish and leave the batch; a temperature that slid to another row
+    would make a greedy row wander. All rows at one T equal the scalar temperature's draws."""
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", seed=3)
+    texts = ["tell me a story", "why", "give me some ideas for the cat", "why not", "the cat"] * 4
+    ids, mask = _prompts(tok, texts)
+    free = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                          pad_token_id=tok.pad_token_id, eos_token_id=-1)[:, ids.shape[1]:].tolist()
+    eos = free[1][3]
+    want = [r[:r.index(eos) + 1] if eos in r else r for r in free]
+    model.generation_config.eos_token_id = eos
+    temps = torch.tensor([1e-7 if i % 2 == 0 else 50.0 for i in range(len(texts))])
+    got = sample_rows(model, ids, mask, tokenizer=tok, temperature=temps, max_new_tokens=12, seed=1,
+                      prune_fraction=0.01)
+    cold, hot = got[::2], got[1::2]
+    assert cold == want[::2] and hot != want[1::2]
+    assert any(len(g) < 12 for g in cold)  # cold "why" rows ended early and left: the rows after them moved up
+    same = sample_rows(model, ids, mask, tokenizer=tok, temperature=torch.full((len(texts),), 0.9), max_new_tokens=12,
+                       seed=1, prune_fraction=0.01)
+    assert same == sample_rows(model, ids, mask, tokenizer=tok, temperature=0.9, max_new_tokens=12, seed=1,
+                               prune_fraction=0.01)
+    with pytest.raises(ValueError, match="temperatures for a batch of"):
+        sample_rows(model, ids, mask, tokenizer=tok, temperature=temps[:3], max_new_tokens=2, seed=1)
+    with pytest.raises(ValueError, match="above 0"):
+        sample_rows(model, ids, mask, tokenizer=tok, temperature=temps * 0, max_new_tokens=2, seed=1)

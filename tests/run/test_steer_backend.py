@@ -225,3 +225,62 @@ def test_steer_command_passes_backend_and_options(tiny_run, monkeypatch):
     assert len(fake.calls) == 3 and [k["n"] for k in fake.calls] == [1, 1, 1]  # unsteered, δ̄_0, random control
     assert "fake call 1" in r.output  # the steered sample shown is the backend's
     assert A.load(A.SteeringResult, layout.steering(c.dataset, c.layer)).generation_backend == "vllm"
+
+
+# -- final generations riding the search rounds ---------------------------------------------------
+def test_final_generations_ride_the_rounds_after_their_search_and_resume(tiny_run, monkeypatch):
+    """A position whose search has ended hands its final jobs to the rounds still to come; their
+    texts are saved as the round ends (an interruption keeps them), the other positions' jobs run
+    after the search, and the generations come out in the same order either way."""
+    import difflens.run.stages as ST
+
+    pair, layout, c = tiny_run
+    cfg = SteeringConfig(**STEER)
+    rides = []
+
+    def th(j, alpha):
+        return A.SteeringThreshold(position=j, alpha=alpha, per_prompt=[alpha], steps=[], generations_used=0,
+                                   grader_calls=0, min_coherent=1)
+
+    def searching(pair_, grader, *, layer, directions, eta, cfg, on_done, riders, **kw):
+        assert sorted(directions) == [0, 1] and riders is not None
+        on_done(th(0, 0.5))  # position 0's search ends first
+        ride = riders(1000)
+        rides.append(ride)
+        assert riders(1000) is None  # both of its jobs went with the first ride
+        # one row per prompt and sample: the steered job, then the random-direction control, at T_final
+        n = len(cfg.prompts) * cfg.final_samples
+        assert ride.prompts == [p for p in cfg.prompts for _ in range(cfg.final_samples)] * 2
+        assert ride.temperature == cfg.final_temperature
+        want = torch.stack([c.delta[0] / c.delta[0].norm(), c.vectors("random")[0] / c.vectors("random")[0].norm()])
+        got = torch.stack([ride.vectors[0], ride.vectors[n]]) / (0.5 * eta)
+        assert torch.allclose(got, want, atol=1e-5)
+        ride.done([f"rode {i}" for i in range(2 * n)])
+        raise KeyboardInterrupt  # killed mid-search, after the ride's call
+
+    monkeypatch.setattr(ST, "find_thresholds", searching)
+    with pytest.raises(KeyboardInterrupt):
+        run_steer(pair, layout, GRADERS, cfg, progress=False)
+    partial = json.loads(layout.steering_partial(c.dataset, c.layer).read_text())
+    assert sorted(partial["thresholds"]) == ["0"]
+    assert sum(g["text"].startswith("rode") for g in partial["generations"]) == 2 * len(cfg.prompts) * cfg.final_samples
+
+    generated = []
+    real = backends.final_generations_batch
+
+    def counting(backend, jobs, **kw):
+        generated.extend((j, ctl) for j, _, _, ctl in jobs)
+        return real(backend, jobs, **kw)
+
+    monkeypatch.undo()  # position 1 alone is left: its own search (find_threshold) runs for real
+    monkeypatch.setattr(ST, "final_generations_batch", counting)
+    [res] = run_steer(pair, layout, GRADERS, cfg, progress=False)
+    assert generated == [(1, None), (1, "random")]  # position 0's rode along; not generated again
+    gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
+    rode = [g.text for g in gens if g.position == 0]
+    assert rode == [f"rode {i}" for i in range(2 * len(cfg.prompts) * cfg.final_samples)]
+    assert [g.control for g in gens if g.position == 0] == [None] * 4 + ["random"] * 4
+    key = [(g.position is not None, g.position or 0, g.control or "", cfg.prompts.index(g.prompt), g.sample)
+           for g in gens]
+    assert key == sorted(key) and {g.position for g in gens} == {None, 0, 1}
+    assert [t.position for t in res.thresholds] == [0, 1]

@@ -96,11 +96,17 @@ def generate_rows(pair: ModelPair, prompts: Sequence[str], alphas: Sequence[floa
 
 @torch.no_grad()
 def generate_vectors(pair: ModelPair, prompts: Sequence[str], add: torch.Tensor | None, *, layer: int,
-                     temperature: float, max_new_tokens: int, seed: int, side: str = "ft") -> list[str]:
+                     temperature: float | Sequence[float], max_new_tokens: int, seed: int,
+                     side: str = "ft") -> list[str]:
     """One sample per row, row ``b`` steered by ``add[b]`` ([B, d]; a zero row is unsteered, bit for
     bit; None: no hook), all rows in one batch on a KV cache, drawn from a generator seeded ``seed``
-    (:func:`difflens.models.decoding.sample_rows`: inverse-CDF draws, finished rows dropped)."""
+    (:func:`difflens.models.decoding.sample_rows`: inverse-CDF draws, finished rows dropped).
+    ``temperature``: one for all rows, or one per row."""
     tok = pair.tokenizer
+    if not isinstance(temperature, (int, float)):
+        if len(temperature) != len(prompts):
+            raise ValueError(f"{len(temperature)} temperatures for {len(prompts)} rows")
+        temperature = torch.tensor([float(t) for t in temperature])
     ids, mask = encode_prompts_left(pair, prompts, side)
     with pair.side(side) as model, steering_hook(pair, layer, add, mask) as select:
         rows = sample_rows(model, ids, mask, tokenizer=tok, temperature=temperature, max_new_tokens=max_new_tokens,
@@ -153,7 +159,7 @@ def stack_rows(vectors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[torch.Tensor | None], *,
-                     layer: int, temperature: float, max_new_tokens: int, seed: int,
+                     layer: int, temperature: float | Sequence[float], max_new_tokens: int, seed: int,
                      max_rows: int | None = None, done: Mapping[tuple[int, int], list[str]] | None = None,
                      on_call: Callable[[int, int, list[str]], None] | None = None) -> list[str]:
     """One sample per row, row ``b`` answering ``prompts[b]`` steered by ``vectors[b]`` ([d]; None:
@@ -163,9 +169,11 @@ def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[
     ``done`` holds the texts of calls finished before, keyed ``(c, calls)`` (an interrupted stage
     resumes: those calls are not run again; a call saved under another split of the rows, e.g. on
     another device's memory budget, is run again); ``on_call(c, calls, texts)`` after each call that
-    ran (the caller saves it)."""
+    ran (the caller saves it). ``temperature``: one for all rows, or one per row."""
     if len(vectors) != len(prompts):
         raise ValueError(f"{len(vectors)} steering vectors for {len(prompts)} rows")
+    if not isinstance(temperature, (int, float)) and len(temperature) != len(prompts):
+        raise ValueError(f"{len(temperature)} temperatures for {len(prompts)} rows")
     if not prompts:
         return []
     longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p)) for p in set(prompts))
@@ -179,8 +187,9 @@ def generate_steered(pair: ModelPair, prompts: Sequence[str], vectors: Sequence[
         if prev is not None and len(prev) == len(part):
             texts += prev
             continue
+        temp = temperature if isinstance(temperature, (int, float)) else temperature[c * chunk:(c + 1) * chunk]
         out = generate_vectors(pair, prompts[c * chunk:(c + 1) * chunk], stack_rows(part), layer=layer,
-                               temperature=temperature,
+                               temperature=temp,
                                max_new_tokens=max_new_tokens, seed=seed + c)
         texts += out
         if on_call is not None:
@@ -196,6 +205,15 @@ def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, lay
     KV cache's memory allows (:func:`rows_per_call`): each row carries its own steering vector
     (zero for an unsteered request). Call ``c`` is seeded ``seed + c``; ``done`` / ``on_call`` as
     in :func:`generate_steered`."""
+    prompts, vectors = request_rows(requests, eta)
+    texts = generate_steered(pair, prompts, vectors, layer=layer, temperature=temperature,
+                             max_new_tokens=max_new_tokens, seed=seed, max_rows=max_rows, done=done, on_call=on_call)
+    return request_texts(requests, texts)
+
+
+def request_rows(requests: Sequence[GenerationRequest], eta: float) -> tuple[list[str], list[torch.Tensor | None]]:
+    """The rows of ``requests`` (each prompt ``n`` times, request by request) and each row's
+    steering vector (None: unsteered)."""
     prompts: list[str] = []
     vectors: list[torch.Tensor | None] = []
     for r in requests:
@@ -204,13 +222,18 @@ def generate_many(pair: ModelPair, requests: Sequence[GenerationRequest], *, lay
             vec = steering_vectors(r.direction, [r.alpha], eta)[0]
         prompts += [p for p in r.prompts for _ in range(r.n)]
         vectors += [vec] * (len(r.prompts) * r.n)
-    texts = generate_steered(pair, prompts, vectors, layer=layer, temperature=temperature,
-                             max_new_tokens=max_new_tokens, seed=seed, max_rows=max_rows, done=done, on_call=on_call)
+    return prompts, vectors
+
+
+def request_texts(requests: Sequence[GenerationRequest], texts: Sequence[str]) -> list[list[list[str]]]:
+    """The texts of :func:`request_rows`'s rows as ``[request][prompt][sample]``."""
+    if len(texts) != sum(len(r.prompts) * r.n for r in requests):
+        raise ValueError(f"{len(texts)} texts for {sum(len(r.prompts) * r.n for r in requests)} rows")
     out, i = [], 0
     for r in requests:
         per = []
         for _ in r.prompts:
-            per.append(texts[i:i + r.n])
+            per.append(list(texts[i:i + r.n]))
             i += r.n
         out.append(per)
     return out

@@ -54,6 +54,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..graders.coherence import CoherenceGrader
 from ..models.pair import ModelPair
+from ..models.tokens import chat_prompt_ids
 from ..rundir.artifacts import Generation, SearchStep, SteeringThreshold
 from .steered import (GenerationRequest, encode_prompts_left, generate, generate_many, generate_rows,  # noqa: F401
                       generate_steered, generate_vectors, rows_per_call, stack_rows, steering_hook, steering_vectors)
@@ -466,10 +467,23 @@ def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, posi
     return _threshold(position, alphas, steps, counter, cfg, log)
 
 
+@dataclass
+class Ride:
+    """Rows of other work that ride along a search round's generation call (the final generations of
+    positions whose search has ended), and ``done(texts)``, called with their texts (in row order)
+    before the round's search rows are graded."""
+
+    prompts: list[str]
+    vectors: list[torch.Tensor | None]
+    temperature: float
+    done: Callable[[list[str]], None]
+
+
 def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, directions: dict[int, torch.Tensor],
                     eta: float, cfg: SteeringConfig, progress: bool | None = None,
                     on_done: Callable[[SteeringThreshold], None] | None = None,
-                    max_rows: int | None = None) -> dict[int, SteeringThreshold]:
+                    max_rows: int | None = None,
+                    riders: Callable[[int], Ride | None] | None = None) -> dict[int, SteeringThreshold]:
     """The threshold searches of several positions, in shared rounds.
 
     With ``search="batched"`` every round tests what each position's schedule asks next (the same
@@ -481,7 +495,13 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     are other draws of the same distributions: one position alone gives exactly
     :func:`find_threshold`'s α, several give α's of the same sampling distribution.
     ``search="paper"`` runs the positions one after another. ``on_done(threshold)`` as each
-    position finishes (the caller saves it)."""
+    position finishes (the caller saves it).
+
+    ``riders(room)`` (batched search only): asked before each round's call with the rows left in it
+    (:func:`rows_per_call` for the longest search or steering prompt, or ``max_rows``); the
+    :class:`Ride` it returns joins the call, each row at the ride's temperature. A round of a few
+    dozen rows pays for reading every weight at each of its ~128 steps (a 50-row SmolLM2 step takes
+    about 3x its FLOPs on 2 cores, a 256-row step 2x): rows riding along share those reads."""
     out: dict[int, SteeringThreshold] = {}
     if cfg.search != "batched":
         for j, d in directions.items():
@@ -495,6 +515,11 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     logs = {j: _Log(progress, f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)")
             for j in directions}
     log = _Log(progress, f"steering layer {layer} positions {', '.join(str(j) for j in directions)}")
+    room = max_rows or 0
+    if riders is not None and not room:  # the rows one call holds: the KV cache of the longest prompt a row may have
+        longest = max(len(chat_prompt_ids(pair.tokenizer, pair.ft_arch, p))
+                      for p in {*cfg.threshold_prompts, *cfg.prompts})
+        room = rows_per_call(pair, longest + cfg.max_new_tokens)
     for r in range(10_000):
         plans = {j: s.plan() for j, s in searches.items() if j not in out}
         for j in [j for j, todo in plans.items() if not todo]:  # finished: no α left to test
@@ -506,9 +531,18 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
             break
         rows = [(j, p, a) for j, todo in plans.items() for p, a in searches[j].rows(todo)]
         prompts = [p for _, p, _ in rows]
-        texts = generate_steered(pair, prompts, [steering_vectors(directions[j], [a], eta)[0] for j, _, a in rows],
-                                 layer=layer, temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
-                                 seed=cfg.seed + 1000 * r, max_rows=max_rows)
+        vectors: list[torch.Tensor | None] = [steering_vectors(directions[j], [a], eta)[0] for j, _, a in rows]
+        temps = [cfg.search_temperature] * len(rows)
+        ride = riders(room - len(rows)) if riders is not None and room > len(rows) else None
+        if ride is not None:
+            prompts, vectors = prompts + list(ride.prompts), vectors + list(ride.vectors)
+            temps += [ride.temperature] * len(ride.prompts)
+        texts = generate_steered(pair, prompts, vectors, layer=layer,
+                                 temperature=temps if ride is not None else cfg.search_temperature,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * r, max_rows=max_rows)
+        if ride is not None:
+            ride.done(texts[len(rows):])
+            texts = texts[:len(rows)]
         verdicts = _graded(grader, texts)
         i = 0
         for j, todo in plans.items():

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "GenerationBackend", "HFBackend", "check_backend", "backend_for_run", "final_generations",
-           "final_generations_batch"]
+           "final_generations_batch", "final_records"]
 
 BACKENDS = ("hf", "vllm")
 
@@ -97,8 +97,6 @@ def final_generations_batch(backend: GenerationBackend, jobs: Sequence[tuple[int
     job on a backend without per-row vectors. ``control`` (e.g. ``"random"``) marks control rows.
     ``done`` ((call, calls) → its texts, from an interrupted run) skips finished calls; ``on_call(c,
     calls, texts)`` after each call that ran, so the caller can save it."""
-    from ..rundir.artifacts import Generation
-
     if not jobs:
         return []
     n, prompts = cfg.final_samples, cfg.prompts
@@ -120,6 +118,15 @@ def final_generations_batch(backend: GenerationBackend, jobs: Sequence[tuple[int
                 if on_call is not None:
                     on_call(c, len(jobs), flat)
             outs.append([flat[i * n:(i + 1) * n] for i in range(len(prompts))])
+    return final_records(jobs, outs, cfg)
+
+
+def final_records(jobs: Sequence[tuple[int | None, Any, float, str | None]], outs: Sequence[Sequence[Sequence[str]]],
+                  cfg: Any) -> list[Any]:
+    """The :class:`~difflens.rundir.artifacts.Generation` records of final-generation ``jobs``
+    from their texts ``outs[job][prompt][sample]``."""
+    from ..rundir.artifacts import Generation
+
     gens = []
     for (pos, d, a, control), per in zip(jobs, outs):
         for p, texts in zip(cfg.prompts, per):

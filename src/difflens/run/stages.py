@@ -20,8 +20,9 @@ from pydantic import BaseModel, Field
 from ..adl.collect import load_collected
 from ..adl.logit_lens import logit_lens
 from ..adl.patchscope import READERS as PATCHSCOPE_READERS, patchscope
-from ..adl.steering import SteeringConfig, find_threshold, find_thresholds, generate, required_coherent
-from ..backends import GenerationBackend, HFBackend, final_generations, final_generations_batch
+from ..adl.steered import GenerationRequest, request_rows, request_texts
+from ..adl.steering import Ride, SteeringConfig, find_threshold, find_thresholds, generate, required_coherent
+from ..backends import GenerationBackend, HFBackend, final_generations, final_generations_batch, final_records
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, pair_from_run  # noqa: F401 - pair_from_run re-exported
@@ -128,6 +129,33 @@ def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer:
           f"fewer --positions or --max-new-tokens shorten it)", file=sys.stderr, flush=True)
 
 
+class _FinalRiders:
+    """Final-generation jobs waiting for a search round to ride along (:func:`find_thresholds`'s
+    ``riders``): each round takes whole jobs while they fit in the rows its call has left; a job's
+    texts are saved in the stage's partial file as soon as its round's call ends."""
+
+    def __init__(self, partial: dict[str, Any], path: Any, cfg: SteeringConfig, eta: float) -> None:
+        self.partial, self.path, self.cfg, self.eta = partial, path, cfg, eta
+        self.queue: list[tuple[int, Any, float, str | None]] = []
+
+    def __call__(self, room: int) -> Ride | None:
+        per_job = len(self.cfg.prompts) * self.cfg.final_samples
+        take = []
+        while self.queue and (len(take) + 1) * per_job <= room:
+            take.append(self.queue.pop(0))
+        if not take:
+            return None
+        reqs = [GenerationRequest(self.cfg.prompts, d, a, self.cfg.final_samples) for _, d, a, _ in take]
+        prompts, vectors = request_rows(reqs, self.eta)
+
+        def finished(texts: list[str]) -> None:
+            gens = final_records(take, request_texts(reqs, texts), self.cfg)
+            self.partial["generations"] += [g.model_dump() for g in gens]
+            write_json(self.path, self.partial)
+
+        return Ride(prompts=prompts, vectors=vectors, temperature=self.cfg.final_temperature, done=finished)
+
+
 def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None = None, *,
               datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
               progress: bool = True, backend: GenerationBackend | None = None) -> list[A.SteeringResult]:
@@ -202,6 +230,18 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         per_need = [required_coherent(cfg, r) for r in partial["unsteered_pass_rates"]]
         search_cfg = cfg.model_copy(update={"min_coherent": need, "min_coherent_per_prompt": per_need})
         todo = [j for j in pos if str(j) not in partial["thresholds"]]
+
+        def final_jobs(j: int) -> list[tuple[int, Any, float, str | None]]:
+            """Position j's final-generation jobs without generations yet: (j, direction, α, control)."""
+            have = {(g["position"], g.get("control")) for g in partial["generations"] if g["position"] is not None}
+            alpha = float(partial["thresholds"][str(j)]["alpha"])
+            out: list[tuple[int, Any, float, str | None]] = []
+            if (j, None) not in have:
+                out.append((j, c.delta[j], alpha, None))
+            if cfg.random_control and (j, "random") not in have:  # what steering does without δ̄
+                out.append((j, c.vectors("random")[j], alpha, "random"))
+            return out
+
         if todo and progress:
             _steer_estimate(pair, cfg, len(todo), layer)
         with Progress(disable=not progress, transient=True) as bar:
@@ -212,6 +252,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             def done(th: A.SteeringThreshold) -> None:  # saved as each position finishes
                 partial["thresholds"][str(th.position)] = th.model_dump()
                 write_json(partial_path, partial)
+                if riders is not None:  # its final generations ride along the rounds still to come
+                    riders.queue += final_jobs(th.position)
                 bar.advance(task)
                 finished[0] += 1
                 if progress and finished[0] < len(todo):
@@ -223,24 +265,20 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                     f"{eta_note} (+ final generations)")
 
             joint = len(todo) > 1 and search_cfg.search == "batched"
+            # the HF backend generates rows with a steering vector each: final generations can share
+            # the search rounds' calls
+            riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if joint and backend.name == "hf" else None
             if joint:
                 # all positions' searches in shared rounds: one generate and one grader call per round
                 find_thresholds(pair, graders.coherence, layer=layer, directions={j: c.delta[j] for j in todo},
-                                eta=c.eta_ft, cfg=search_cfg, on_done=done)
+                                eta=c.eta_ft, cfg=search_cfg, on_done=done, riders=riders)
             else:
                 for j in todo:
                     done(find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
                                         eta=c.eta_ft, cfg=search_cfg))
         # the final steered (and random-direction control) generations of every searched position
         # without them, in as few generation calls as memory allows (one batch, a steering vector per row)
-        have = {(g["position"], g.get("control")) for g in partial["generations"] if g["position"] is not None}
-        jobs = []
-        for j in sorted(int(x) for x in partial["thresholds"]):
-            alpha = float(partial["thresholds"][str(j)]["alpha"])
-            if (j, None) not in have:
-                jobs.append((j, c.delta[j], alpha, None))
-            if cfg.random_control and (j, "random") not in have:  # what steering does without δ̄
-                jobs.append((j, c.vectors("random")[j], alpha, "random"))
+        jobs = [job for j in sorted(int(x) for x in partial["thresholds"]) for job in final_jobs(j)]
         if jobs:
             # each finished generation call is saved: an interrupted stage resumes at the next call
             key = [[j, control, alpha] for j, _, alpha, control in jobs]
@@ -277,7 +315,13 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                unsteered_pass_rates=partial.get("unsteered_pass_rates"),
                                min_coherent_per_prompt=per_need,
                                max_new_tokens=cfg.max_new_tokens, generation_backend=backend.name)
-        gens_out = [A.Generation(**g) for g in partial["generations"] if g["position"] is None or g["position"] in done]
+        order = {p: i for i, p in enumerate(cfg.prompts)}
+        # unsteered, then by position, steered before its control, prompt and sample: the order is the
+        # same whether a job rode a search round or ran after the search
+        gens_out = sorted((A.Generation(**g) for g in partial["generations"] if g["position"] is None
+                           or g["position"] in done),
+                          key=lambda g: (g.position is not None, -1 if g.position is None else g.position,
+                                         g.control or "", order.get(g.prompt, len(order)), g.sample))
         A.save_jsonl(gens_out, layout.steering_generations(dataset, layer))
         A.save(res, layout.steering(dataset, layer))
         # seconds: this call's (a resumed stage counts only what it computed now)
