@@ -141,6 +141,7 @@ def test_tiny_model_uses_the_shared_prefix_cache(monkeypatch):
 
 def test_tiny_model_batched_scores_match_one_by_one_and_scope_is_used():
     import contextlib
+    import functools
 
     import torch
     from conftest import tiny_model, tiny_tokenizer
@@ -153,9 +154,23 @@ def test_tiny_model_batched_scores_match_one_by_one_and_scope_is_used():
         entered.append(True)
         yield model
 
-    g = OfflineCoherence(model, tok, scope=scope, batch_logits=512 * 40)  # small batches: several per call
+    # room for 12 text tokens per batch: several batches per call
+    g = OfflineCoherence(model, tok, scope=scope, batch_logits=model.config.vocab_size * 12)
     texts = ["a b c", "the cat sat on the mat and then it slept", "", "hello there, how are you today?"]
+    shapes = []
+    real = model.forward
+
+    @functools.wraps(real)  # the same signature: the grader looks for the forward's cache argument
+    def counted(*a, **k):
+        shapes.append(tuple(k["input_ids"].shape))
+        return real(*a, **k)
+
+    model.forward = counted
     together = g.token_scores(texts)
+    del model.forward
+    prefix_shape = (1, len(g._prefix_ids()))
+    # three texts in three batches: the chat prefix ran once for all of them
+    assert len(shapes) == 4 and shapes.count(prefix_shape) == 1 and shapes[0] == prefix_shape
     assert entered
     assert len(together[2].nll) == 0 and g.grade([""]) == [False]
     for t, s in zip(texts, together):

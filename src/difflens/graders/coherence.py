@@ -327,6 +327,7 @@ class OfflineCoherence:
         vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 65536)
         budget = max(self.batch_logits // vocab, 1)  # text tokens per batch (bounds the logits' memory)
         todo.sort(key=lambda i: len(enc[i][0]))
+        shared: dict[str, Any] = {}  # the prefix's forward, run once for all batches (_batch_nll)
         start = 0
         while start < len(todo):  # shortest first
             end = start + 1
@@ -339,17 +340,20 @@ class OfflineCoherence:
             for r, i in enumerate(batch):
                 ids[r, :len(enc[i][0])] = torch.tensor(enc[i][0])
                 mask[r, :len(enc[i][0])] = 1
-            nll = self._batch_nll(model, prefix, ids.to(dev), mask.to(dev))
+            nll = self._batch_nll(model, prefix, ids.to(dev), mask.to(dev), shared=shared)
             for r, i in enumerate(batch):
                 n = len(enc[i][0]) - (0 if prefix else 1)  # without a prefix the first token is not scored
                 out[i] = TokenScores(nll[r, :n].astype(float), enc[i][0], enc[i][1][len(enc[i][1]) - n:])
             start = end
 
     @torch.no_grad()
-    def _batch_nll(self, model: Any, prefix: list[int], ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    def _batch_nll(self, model: Any, prefix: list[int], ids: torch.Tensor, mask: torch.Tensor, *,
+                   shared: dict[str, Any] | None = None) -> np.ndarray:
         """[B, T] NLL of right-padded text tokens ``ids`` after the shared ``prefix`` (without a prefix:
         [B, T-1], the first token unscored). The prefix is run once and its KV cache shared by the
-        batch; a model whose cache cannot be shared gets the prefix in every row instead."""
+        batch; a model whose cache cannot be shared gets the prefix in every row instead. ``shared``
+        (a dict the caller keeps for one model and prefix): the prefix's forward is kept there and
+        reused by the next batches (its cache is only read: every batch continues views of it)."""
         if not prefix:
             logits = model(input_ids=ids, attention_mask=mask).logits
             return _target_nll(logits, ids[:, 1:], shifted=True)
@@ -359,7 +363,11 @@ class OfflineCoherence:
         key = _cache_kwarg(model)
         if key is not None:
             try:
-                first = model(input_ids=pre, use_cache=True)
+                first = (shared or {}).get("first")
+                if first is None:  # a one-row forward reads every weight: once per call, not per batch
+                    first = model(input_ids=pre, use_cache=True)
+                    if shared is not None:
+                        shared["first"] = first
                 cache = getattr(first, key, None)
                 cache = cache if cache is not None else getattr(first, "past_key_values", None)
                 # every row continues the one prefix: views of its cache, no copy per row

@@ -164,6 +164,12 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
     ``backend`` samples the final generations (default: ``HFBackend(pair)``, the reference); the
     threshold search always runs on ``pair``. A backend other than ``hf`` is part of the stage's
     fingerprint (HF results stay valid) and is recorded in steering.json.
+
+    On the HF backend, with several positions searched in shared rounds, a position whose search has
+    ended hands its final generations (steered and random control) to the rounds still to come: they
+    ride those rounds' calls (:class:`_FinalRiders`; drawn from the round's generator, at the final
+    temperature) and are saved as each such call ends. Jobs left when the search ends run after it,
+    seeded ``seed + 17`` per call as before.
     """
     from rich.progress import Progress
 
