@@ -284,3 +284,42 @@ def test_final_generations_ride_the_rounds_after_their_search_and_resume(tiny_ru
            for g in gens]
     assert key == sorted(key) and {g.position for g in gens} == {None, 0, 1}
     assert [t.position for t in res.thresholds] == [0, 1]
+
+
+def test_a_resumed_stage_hands_earlier_positions_finals_to_the_first_round(tiny_run, monkeypatch):
+    """Killed after position 0's search but before its final generations: on resume, with two
+    positions still to search, position 0's jobs ride the first round's call."""
+    import difflens.run.stages as ST
+
+    pair, layout, c = tiny_run
+    cfg = SteeringConfig(**{**STEER, "positions": [0, 1, 2]})
+
+    def th(j, alpha):
+        return A.SteeringThreshold(position=j, alpha=alpha, per_prompt=[alpha], steps=[], generations_used=0,
+                                   grader_calls=0, min_coherent=1)
+
+    def killed(pair_, grader, *, on_done, **kw):
+        on_done(th(0, 0.5))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ST, "find_thresholds", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_steer(pair, layout, GRADERS, cfg, progress=False)
+    offered = []
+
+    def resumed(pair_, grader, *, directions, on_done, riders, **kw):
+        assert sorted(directions) == [1, 2]
+        ride = riders(1000)  # before any position of this run has finished
+        offered.append(len(ride.prompts))
+        ride.done([f"rode {i}" for i in range(len(ride.prompts))])
+        for j in (1, 2):
+            on_done(th(j, 0.25))
+        return {j: th(j, 0.25) for j in (1, 2)}
+
+    monkeypatch.setattr(ST, "find_thresholds", resumed)
+    [res] = run_steer(pair, layout, GRADERS, cfg, progress=False)
+    assert offered == [2 * len(cfg.prompts) * cfg.final_samples]  # position 0: steered and control
+    gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
+    assert [g.text for g in gens if g.position == 0] == [f"rode {i}" for i in range(offered[0])]
+    assert {(g.position, g.control) for g in gens if g.position is not None} == \
+        {(j, ctl) for j in (0, 1, 2) for ctl in (None, "random")}

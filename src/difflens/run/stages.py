@@ -168,8 +168,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
     On the HF backend, with several positions searched in shared rounds, a position whose search has
     ended hands its final generations (steered and random control) to the rounds still to come: they
     ride those rounds' calls (:class:`_FinalRiders`; drawn from the round's generator, at the final
-    temperature) and are saved as each such call ends. Jobs left when the search ends run after it,
-    seeded ``seed + 17`` per call as before.
+    temperature) and are saved as each such call ends; so do those of positions searched before an
+    interruption. Jobs left when the search ends run after it, seeded ``seed + 17`` per call as before.
     """
     from rich.progress import Progress
 
@@ -274,6 +274,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             # the HF backend generates rows with a steering vector each: final generations can share
             # the search rounds' calls
             riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if joint and backend.name == "hf" else None
+            if riders is not None:  # positions searched before an interruption, their finals not yet sampled
+                riders.queue += [job for j in sorted(int(x) for x in partial["thresholds"]) for job in final_jobs(j)]
             if joint:
                 # all positions' searches in shared rounds: one generate and one grader call per round
                 find_thresholds(pair, graders.coherence, layer=layer, directions={j: c.delta[j] for j in todo},
