@@ -323,3 +323,28 @@ def test_a_resumed_stage_hands_earlier_positions_finals_to_the_first_round(tiny_
     assert [g.text for g in gens if g.position == 0] == [f"rode {i}" for i in range(offered[0])]
     assert {(g.position, g.control) for g in gens if g.position is not None} == \
         {(j, ctl) for j in (0, 1, 2) for ctl in (None, "random")}
+
+
+def test_only_the_hf_backend_on_the_search_pair_takes_riders(tiny_run, monkeypatch):
+    """vLLM (or an HF backend that would load another pair) samples the finals itself: no rides."""
+    import difflens.run.stages as ST
+
+    pair, layout, c = tiny_run
+    cfg = SteeringConfig(**STEER)
+    seen = []
+
+    def search(pair_, grader, *, riders, **kw):
+        seen.append(riders)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ST, "find_thresholds", search)
+    # the unsteered finals without the backend: a lazy backend's pair stays unloaded
+    monkeypatch.setattr(ST, "final_generations", lambda backend, **kw: [
+        A.Generation(prompt=p, position=None, alpha=0.0, sample=s, text="u") for p in cfg.prompts
+        for s in range(cfg.final_samples)])
+    loads = []
+    for backend in (FakeBackend(), HFBackend(pair_loader=lambda: loads.append(1) or pair), HFBackend(pair)):
+        with pytest.raises(KeyboardInterrupt):
+            run_steer(pair, layout, GRADERS, cfg, progress=False, backend=backend)
+    assert seen[0] is None and seen[1] is None and seen[2] is not None
+    assert not loads  # asking did not load a pair

@@ -59,6 +59,10 @@ class HFBackend:
             raise ValueError("HFBackend needs a pair or a pair_loader")
         self._pair, self._loader = pair, pair_loader
 
+    def holds(self, pair: Any) -> bool:
+        """Whether this backend samples from ``pair`` itself (asked without loading a pair)."""
+        return self._pair is pair
+
     @property
     def pair(self) -> Any:
         if self._pair is None:

@@ -271,9 +271,10 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                     f"{eta_note} (+ final generations)")
 
             joint = len(todo) > 1 and search_cfg.search == "batched"
-            # the HF backend generates rows with a steering vector each: final generations can share
-            # the search rounds' calls
-            riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if joint and backend.name == "hf" else None
+            # the HF backend on the search's own pair generates rows with a steering vector each: final
+            # generations can share the search rounds' calls
+            ride = joint and isinstance(backend, HFBackend) and backend.holds(pair)
+            riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if ride else None
             if riders is not None:  # positions searched before an interruption, their finals not yet sampled
                 riders.queue += [job for j in sorted(int(x) for x in partial["thresholds"]) for job in final_jobs(j)]
             if joint:
