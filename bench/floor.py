@@ -178,9 +178,9 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     phase = ["calibration"]
     # a decode step's attention reads the whole KV cache: memory-bound, outside the FLOP floor
     kv_bytes = next(pair.ft_lm.model.parameters()).element_size()
-    # ... and every decode step reads every weight once (tied matrices once), whatever its row count
-    weight_bytes = sum(t.numel() * t.element_size() for t in
-                       {id(t): t for t in pair.ft_lm.model.parameters()}.values())
+    # ... and every decode step reads every weight once, whatever its row count (parameters() lists a
+    # tied matrix once)
+    weight_bytes = sum(t.numel() * t.element_size() for t in pair.ft_lm.model.parameters())
     mem_rate = cost.memory_rate(args.device)
     gen: dict[str, dict[str, float]] = {}
     grade: dict[str, dict[str, float]] = {}

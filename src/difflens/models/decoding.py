@@ -88,14 +88,14 @@ def draw(scores: torch.Tensor, temperature: float | torch.Tensor, generator: tor
     if isinstance(temperature, torch.Tensor):
         if temperature.shape != scores.shape[:1]:
             raise ValueError(f"{tuple(temperature.shape)} temperatures for {scores.shape[0]} rows")
-        scale = temperature.to(device=scores.device, dtype=torch.float32)[:, None]
+        scale, greedy = temperature.to(device=scores.device, dtype=torch.float32)[:, None], False
     else:
-        scale = temperature
+        scale, greedy = temperature, temperature <= 0
     if scores.dtype != torch.float32:
         scores = scores.float()
-    elif not inplace and not (isinstance(scale, float | int) and scale <= 0):
+    elif not inplace and not greedy:
         scores = scores.clone()
-    if isinstance(scale, float | int) and scale <= 0:
+    if greedy:
         return scores.argmax(dim=-1)
     cdf = scores.sub_(scores.amax(dim=-1, keepdim=True)).div_(scale).exp_().cumsum_(dim=-1)
     u = torch.rand((scores.shape[0], 1), generator=generator, device=scores.device) * cdf[:, -1:]
@@ -274,8 +274,7 @@ def sample_rows(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, *
             logits = out.logits[:, -1]
             if gen is None:
                 gen = torch.Generator(device=logits.device).manual_seed(int(seed))
-            nxt = draw(logits, temps if not isinstance(temps, torch.Tensor) else temps.to(logits.device), gen,
-                       inplace=True).to(dev)
+            nxt = draw(logits, temps, gen, inplace=True).to(dev)  # draw moves temps to the logits' device
             record.append((alive, nxt))
             if eos:
                 finished |= torch.isin(nxt, eos_t)
