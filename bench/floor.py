@@ -213,9 +213,12 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             g["calls"] += 1
             g["steps"] += max((n for _, n in sizes), default=0)  # the call's passes: prefill + decode steps
             temps = kw.get("temperature")
-            if temps is not None and not isinstance(temps, (int, float)):  # rows of other work riding a round
+            if temps is not None and not isinstance(temps, (int, float)):  # rows of other work riding a round:
+                # at another temperature than the search rows (first) or unsteered (a zero vector)
                 temps = [float(t) for t in temps]
-                g["riding"] = g.get("riding", 0) + sum(t != temps[0] for t in temps)
+                plain = ((add == 0).all(dim=-1).tolist() if add is not None and add.dim() == 2
+                         else [False] * len(temps))
+                g["riding"] = g.get("riding", 0) + sum(t != temps[0] or z for t, z in zip(temps, plain))
             return out
         return generate_vectors
 
@@ -276,7 +279,8 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             with_all = g["wall"] / (g["flops"] / rows.rate + kv_s + w_s)
             rows.add(f"steer: {name} generations", g["flops"], g["wall"],
                      f"{g['rows']} rows ({g['prefills']} prompt prefills"
-                     + (f"; {g['riding']} of them final generations riding its calls" if g.get("riding") else "")
+                     + (f"; {g['riding']} of them final or calibration generations riding its calls" if g.get("riding")
+                        else "")
                      + f") in {g['calls']} calls, "
                      f"{g['steps']} passes, ≤{args.max_new_tokens} new tokens; at {mem_rate / 1e9:.0f} GB/s "
                      f"KV-cache reads {kv_s:.2f} s (floor + reads: {with_reads:.1f}×), weights once a pass "

@@ -82,7 +82,7 @@ class FakeWorld:
         return [f"{a!r}|{p}" for p, a in zip(prompts, alphas)]
 
     def generate_steered(self, pair, prompts, vectors, **kw):
-        return self.generate_rows(pair, prompts, [float(v.norm()) for v in vectors])
+        return self.generate_rows(pair, prompts, [0.0 if v is None else float(v.norm()) for v in vectors])
 
 
 class ThresholdGrader:
@@ -158,3 +158,63 @@ def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
     assert not any("final" in t for t in g.seen)
     assert w.batches[:2] == [len(dirs) * cfg.search_samples + 3] * 2
     assert temps[0] == [1.2] * (len(dirs) * cfg.search_samples) + [0.7] * 3 and set(temps[-1]) == {1.2}
+
+
+class HalfGrader(RecordingGrader):
+    """Below the threshold every other text passes: 5 of an α's 10 samples (its rows are consecutive)."""
+
+    def grade(self, texts):
+        return [ok and i % 2 == 0 for i, ok in enumerate(super().grade(texts))]
+
+
+def test_a_prelude_rides_the_first_round_and_the_bars_it_returns_grade_every_round(monkeypatch):
+    """The steer stage's unsteered samples join round 1's call; their done() runs before that round
+    is graded, and the bars it returns (set by the grader's calibration) grade it and every later one."""
+    w = FakeWorld()
+    temps = []
+
+    def steered_rows(pair, prompts, vectors, **kw):
+        t = kw["temperature"]
+        temps.append(list(t) if isinstance(t, list) else [t] * len(prompts))
+        return w.generate_steered(pair, prompts, vectors, **kw)
+
+    monkeypatch.setattr(steering, "generate_steered", steered_rows)
+    cfg = SteeringConfig(grid=1, search_temperature=1.2)  # 8 of 10 must pass
+    lenient = cfg.model_copy(update={"min_coherent": 5})
+    dirs = {j: torch.ones(4) for j in range(2)}
+    strict = find_thresholds(None, HalfGrader(37.3), layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False)
+    assert all(t.alpha == 0 for t in strict.values())  # 5 of 10 never pass 8 of 10: the bars matter here
+    w.batches.clear()
+    expected = find_thresholds(None, HalfGrader(37.3), layer=0, directions=dirs, eta=1.0, cfg=lenient,
+                               progress=False)
+    assert all(t.alpha > 30 for t in expected.values())
+    rounds = len(w.batches)
+    w.batches.clear()
+    temps.clear()
+    g = HalfGrader(37.3)
+    seen = []
+
+    def calibrated(texts):
+        seen.append((list(texts), len(g.seen)))
+        return lenient
+
+    asked = []
+    prelude = steering.Ride(prompts=["cal"] * 4 + ["fin"] * 2, vectors=[None] * 6, temperature=[1.2] * 4 + [1.1] * 2,
+                            done=calibrated)
+    got = find_thresholds(None, g, layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False, max_rows=100,
+                          prelude=prelude, riders=lambda room: asked.append(room))
+    assert got == expected and len(w.batches) == rounds  # the searches graded by the prelude's bars throughout
+    assert seen == [(["0.0|cal"] * 4 + ["0.0|fin"] * 2, 0)]  # its own texts, once, before any grading
+    assert not any("cal" in t or "fin" in t for t in g.seen)
+    n = len(dirs) * cfg.search_samples
+    assert w.batches[0] == n + 6 and temps[0] == [1.2] * n + [1.2] * 4 + [1.1] * 2
+    assert asked[0] == 100 - n - 6  # riders get what the search rows and the prelude left
+    assert set(temps[1]) == {1.2} and w.batches[1] == n
+    # no round to join: the prelude runs alone
+    alone = []
+    p2 = steering.Ride(prompts=["cal"] * 2, vectors=[None] * 2, temperature=1.2, done=alone.append)
+    assert find_thresholds(None, g, layer=0, directions={}, eta=1.0, cfg=cfg, progress=False, prelude=p2) == {}
+    assert alone == [["0.0|cal"] * 2]
+    with pytest.raises(ValueError, match="prelude"):
+        find_thresholds(None, g, layer=0, directions=dirs, eta=1.0, cfg=cfg.model_copy(update={"search": "paper"}),
+                        progress=False, prelude=p2)

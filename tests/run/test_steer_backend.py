@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 
 import difflens.backends as backends
 from conftest import PassesEveryOther, write_run_config
-from difflens.adl.steering import GenerationRequest, SteeringConfig, generate_many
-from difflens.adl.steering import final_generations as hf_final_generations
+from difflens.adl.steering import GenerationRequest, SteeringConfig, generate_many, generate_steered, steering_vectors
 from difflens.backends import HFBackend
 from difflens.errors import ConfigError
 from difflens.graders import Graders, grader_identity
@@ -132,11 +131,24 @@ def test_hf_default_is_the_reference_path_unchanged(tiny_run):
     fp = fingerprint({"collect": read_json(layout.collect_stats(c.dataset))["fingerprint"], "layer": c.layer,
                       "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(GRADERS.coherence)})
     assert read_json(layout.stage_record(layout.stage_key("steer", c.dataset, c.layer)))["fingerprint"] == fp
-    # the generations: the unsteered ones exactly difflens.adl.steering.final_generations on the pair; the
-    # steered and random-control ones of every position in one batch (generate_many, a vector per row)
+    # the generations: the unsteered ones rode the first search round's call, after its search rows (each
+    # position's first tested α, search_samples rows) and the calibration's answers to the threshold prompts
+    # (2 · search_samples each, at the search temperature); the steered and random-control ones of every
+    # position in one batch after the search (generate_many, a vector per row)
     gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
-    expected = hf_final_generations(pair, layer=c.layer, position=None, direction=None, alpha=0.0, eta=c.eta_ft,
-                                    cfg=cfg)
+    n = cfg.search_samples
+    first = [(res.thresholds[j].steps[0], c.delta[j]) for j in (0, 1)]
+    search_rows = [(s.prompt, steering_vectors(d, [s.alpha], c.eta_ft)[0]) for s, d in first for _ in range(n)]
+    calibration = [p for p in cfg.threshold_prompts for _ in range(2 * n)]
+    finals = [p for p in cfg.prompts for _ in range(cfg.final_samples)]
+    texts = generate_steered(pair, [p for p, _ in search_rows] + calibration + finals,
+                             [v for _, v in search_rows] + [None] * (len(calibration) + len(finals)), layer=c.layer,
+                             temperature=[cfg.search_temperature] * (len(search_rows) + len(calibration))
+                             + [cfg.final_temperature] * len(finals), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    ride = texts[len(search_rows) + len(calibration):]
+    expected = [A.Generation(prompt=p, position=None, alpha=0.0, sample=si, text=ride[pi * cfg.final_samples + si])
+                for pi, p in enumerate(cfg.prompts) for si in range(cfg.final_samples)]
+    assert res.unsteered_pass_rate == 0.5  # the calibration graded apart: every other of its texts passes
     jobs = [(j, v, res.alpha(j), ctl) for j in (0, 1)
             for v, ctl in ((c.delta[j], None), (c.vectors("random")[j], "random"))]
     outs = generate_many(pair, [GenerationRequest(cfg.prompts, v, a, cfg.final_samples) for _, v, a, _ in jobs],
@@ -209,7 +221,9 @@ def test_injected_backend_gets_the_final_generations(tiny_run, monkeypatch):
     runner(generation_backend="vllm", tensor_parallel_size=2).run()  # engine options alone change nothing
     assert len(fake.calls) == len(expected) and len(built) == 2
     runner().run()
-    assert len(built) == 2 and hf_calls  # hf: the run's own pair, no backend_for_run
+    assert len(built) == 2  # hf: the run's own pair, no backend_for_run
+    gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
+    assert len(gens) == 5 * len(cfg.prompts) * cfg.final_samples and not any("fake" in g.text for g in gens)
     assert "generation_backend" not in json.loads(layout.steering(c.dataset, c.layer).read_text())
 
 
@@ -242,8 +256,12 @@ def test_final_generations_ride_the_rounds_after_their_search_and_resume(tiny_ru
         return A.SteeringThreshold(position=j, alpha=alpha, per_prompt=[alpha], steps=[], generations_used=0,
                                    grader_calls=0, min_coherent=1)
 
-    def searching(pair_, grader, *, layer, directions, eta, cfg, on_done, riders, **kw):
+    def unsteered(prelude):  # the unsteered samples ride the first round's call
+        prelude.done([f"unsteered {i}" for i in range(len(prelude.prompts))])
+
+    def searching(pair_, grader, *, layer, directions, eta, cfg, on_done, riders, prelude, **kw):
         assert sorted(directions) == [0, 1] and riders is not None
+        unsteered(prelude)
         on_done(th(0, 0.5))  # position 0's search ends first
         ride = riders(1000)
         rides.append(ride)
@@ -298,7 +316,8 @@ def test_a_resumed_stage_hands_earlier_positions_finals_to_the_first_round(tiny_
         return A.SteeringThreshold(position=j, alpha=alpha, per_prompt=[alpha], steps=[], generations_used=0,
                                    grader_calls=0, min_coherent=1)
 
-    def killed(pair_, grader, *, on_done, **kw):
+    def killed(pair_, grader, *, on_done, prelude, **kw):
+        prelude.done([f"unsteered {i}" for i in range(len(prelude.prompts))])
         on_done(th(0, 0.5))
         raise KeyboardInterrupt
 
@@ -307,8 +326,8 @@ def test_a_resumed_stage_hands_earlier_positions_finals_to_the_first_round(tiny_
         run_steer(pair, layout, GRADERS, cfg, progress=False)
     offered = []
 
-    def resumed(pair_, grader, *, directions, on_done, riders, **kw):
-        assert sorted(directions) == [1, 2]
+    def resumed(pair_, grader, *, directions, on_done, riders, prelude, **kw):
+        assert sorted(directions) == [1, 2] and prelude is None  # the unsteered samples were saved
         ride = riders(1000)  # before any position of this run has finished
         offered.append(len(ride.prompts))
         ride.done([f"rode {i}" for i in range(len(ride.prompts))])

@@ -328,13 +328,18 @@ class _PositionSearch:
     def __init__(self, pair: ModelPair | None, cfg: SteeringConfig):
         self.cfg = cfg
         self.n = cfg.search_samples
-        self.need = {p: cfg.need(i) for i, p in enumerate(cfg.threshold_prompts)}
+        self.set_bars(cfg)
         self.grid = cfg.grid or default_grid(pair)
         self.first = _Bracket(cfg.threshold_prompts[0], 0.0, cfg.alpha_max)
         self.tol1 = cfg.alpha_max / 2 ** cfg.search_iters
         self.refine = ([_Bracket(p, 0.0, 0.0, started=False) for p in cfg.threshold_prompts[1:]]
                        if cfg.refine_iters > 0 else [])
         self.shrink = 2.0 ** -cfg.refine_iters
+
+    def set_bars(self, cfg: SteeringConfig) -> None:
+        """Grade from now on with ``cfg``'s coherence bars (``min_coherent``, per prompt); the rest
+        of the schedule stays as it was built."""
+        self.need = {p: cfg.need(i) for i, p in enumerate(cfg.threshold_prompts)}
 
     def plan(self) -> list[tuple[_Bracket, list[float]]]:
         """The next round's α's per bracket (empty: the search is over)."""
@@ -470,20 +475,29 @@ def find_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, posi
 @dataclass
 class Ride:
     """Rows of other work that ride along a search round's generation call (the final generations of
-    positions whose search has ended), and ``done(texts)``, called with their texts (in row order)
-    before the round's search rows are graded."""
+    positions whose search has ended; the unsteered samples that calibrate the grader), and
+    ``done(texts)``, called with their texts (in row order) before the round's search rows are
+    graded. ``temperature``: one for all rows, or one per row."""
 
     prompts: list[str]
     vectors: list[torch.Tensor | None]
-    temperature: float
-    done: Callable[[list[str]], None]
+    temperature: float | list[float]
+    done: Callable[[list[str]], Any]
+
+    def temperatures(self) -> list[float]:
+        t = self.temperature
+        out = [float(t)] * len(self.prompts) if isinstance(t, (int, float)) else [float(x) for x in t]
+        if len(out) != len(self.prompts):
+            raise ValueError(f"a ride of {len(self.prompts)} rows with {len(out)} temperatures")
+        return out
 
 
 def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, directions: dict[int, torch.Tensor],
                     eta: float, cfg: SteeringConfig, progress: bool | None = None,
                     on_done: Callable[[SteeringThreshold], None] | None = None,
                     max_rows: int | None = None,
-                    riders: Callable[[int], Ride | None] | None = None) -> dict[int, SteeringThreshold]:
+                    riders: Callable[[int], Ride | None] | None = None,
+                    prelude: Ride | None = None) -> dict[int, SteeringThreshold]:
     """The threshold searches of several positions, in shared rounds.
 
     With ``search="batched"`` every round tests what each position's schedule asks next (the same
@@ -501,8 +515,16 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     (:func:`rows_per_call` for the longest search or steering prompt, or ``max_rows``); the
     :class:`Ride` it returns joins the call, each row at the ride's temperature. A round of a few
     dozen rows pays for reading every weight at each of its ~128 steps (a 50-row SmolLM2 step takes
-    about 3x its FLOPs on 2 cores, a 256-row step 2x): rows riding along share those reads."""
+    about 3x its FLOPs on 2 cores, a 256-row step 2x): rows riding along share those reads.
+
+    ``prelude`` (batched search only): rows that join the first round's call, before any rider.
+    Its ``done(texts)`` runs before that round is graded and may return a configuration whose
+    coherence bars grade every round from then on: the steer stage's unsteered samples, which
+    calibrate the grader and set the bars, so they need no call of their own. (Were there no round
+    to join, the prelude runs alone.)"""
     out: dict[int, SteeringThreshold] = {}
+    if prelude is not None and cfg.search != "batched":
+        raise ValueError("a prelude rides the batched search's first round; the paper schedule has none")
     if cfg.search != "batched":
         for j, d in directions.items():
             out[j] = find_threshold(pair, grader, layer=layer, position=j, direction=d, eta=eta, cfg=cfg,
@@ -512,8 +534,22 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
         return out
     searches = {j: _PositionSearch(pair, cfg) for j in directions}
     counters = {j: SearchCounter() for j in directions}
-    logs = {j: _Log(progress, f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)")
-            for j in directions}
+
+    def position_logs(cfg: SteeringConfig) -> dict[int, _Log]:
+        return {j: _Log(progress, f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)")
+                for j in directions}
+
+    logs = position_logs(cfg)
+
+    def settle(ride: Ride, texts: list[str]) -> None:
+        """The prelude's texts to its ``done``; the bars it returns grade from now on."""
+        nonlocal cfg, logs
+        new = ride.done(texts)
+        if new is not None:
+            cfg = new
+            for s in searches.values():
+                s.set_bars(cfg)
+            logs = position_logs(cfg)
     log = _Log(progress, f"steering layer {layer} positions {', '.join(str(j) for j in directions)}")
     room = max_rows or 0
     if riders is not None and not room:  # the rows one call holds: the KV cache of the longest prompt a row may have
@@ -533,16 +569,23 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
         prompts = [p for _, p, _ in rows]
         vectors: list[torch.Tensor | None] = [steering_vectors(directions[j], [a], eta)[0] for j, _, a in rows]
         temps = [cfg.search_temperature] * len(rows)
-        ride = riders(room - len(rows)) if riders is not None and room > len(rows) else None
-        if ride is not None:
-            prompts, vectors = prompts + list(ride.prompts), vectors + list(ride.vectors)
-            temps += [ride.temperature] * len(ride.prompts)
+        first, prelude = prelude, None
+        taken = len(rows) + (len(first.prompts) if first is not None else 0)
+        ride = riders(room - taken) if riders is not None and room > taken else None
+        extra = [x for x in (first, ride) if x is not None]
+        for x in extra:
+            prompts, vectors = prompts + list(x.prompts), vectors + list(x.vectors)
+            temps += x.temperatures()
         texts = generate_steered(pair, prompts, vectors, layer=layer,
-                                 temperature=temps if ride is not None else cfg.search_temperature,
+                                 temperature=temps if extra else cfg.search_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * r, max_rows=max_rows)
+        at = len(rows)
+        if first is not None:
+            settle(first, texts[at:at + len(first.prompts)])
+            at += len(first.prompts)
         if ride is not None:
-            ride.done(texts[len(rows):])
-            texts = texts[:len(rows)]
+            ride.done(texts[at:at + len(ride.prompts)])
+        texts = texts[:len(rows)]
         verdicts = _graded(grader, texts)
         i = 0
         for j, todo in plans.items():
@@ -554,6 +597,10 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
             counters[j].rounds += 1
         log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations → "
             + " | ".join(f"{j}: {searches[j].state()}" for j in plans))
+    if prelude is not None:  # no round to join
+        prelude.done(generate_steered(pair, prelude.prompts, prelude.vectors, layer=layer,
+                                      temperature=prelude.temperatures(), max_new_tokens=cfg.max_new_tokens,
+                                      seed=cfg.seed, max_rows=max_rows))
     return out
 
 

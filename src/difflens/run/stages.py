@@ -156,6 +156,15 @@ class _FinalRiders:
         return Ride(prompts=prompts, vectors=vectors, temperature=self.cfg.final_temperature, done=finished)
 
 
+def _bars_cfg(cfg: SteeringConfig, partial: dict[str, Any]) -> SteeringConfig:
+    """``cfg`` with the coherence bars the unsteered pass rates in ``partial`` set: pooled, and each
+    threshold prompt held to its own rate (prompts differ: roman_concrete's three pass 4, 2 and 8 of
+    10 unsteered, and a pooled bar above a prompt's own rate fails it at every α, α = 0 included)."""
+    need = required_coherent(cfg, partial.get("unsteered_pass_rate"))
+    per_need = [required_coherent(cfg, r) for r in partial["unsteered_pass_rates"]]
+    return cfg.model_copy(update={"min_coherent": need, "min_coherent_per_prompt": per_need})
+
+
 def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None = None, *,
               datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
               progress: bool = True, backend: GenerationBackend | None = None) -> list[A.SteeringResult]:
@@ -170,6 +179,9 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
     ride those rounds' calls (:class:`_FinalRiders`; drawn from the round's generator, at the final
     temperature) and are saved as each such call ends; so do those of positions searched before an
     interruption. Jobs left when the search ends run after it, seeded ``seed + 17`` per call as before.
+    The unsteered samples (the final generations, and the threshold prompts' answers that calibrate
+    the grader and set the coherence bars) ride the first round's call there, drawn from its
+    generator; elsewhere they take calls of their own before the search.
     """
     from rich.progress import Progress
 
@@ -204,38 +216,65 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                     partial = old
             except json.JSONDecodeError:
                 pass
-        calibrate = getattr(graders.coherence, "calibrate", None)
-        if not any(g["position"] is None for g in partial["generations"]):
-            unsteered = final_generations(backend, layer=layer, position=None, direction=None, alpha=0.0,
-                                          eta=c.eta_ft, cfg=cfg)
-            partial["generations"] += [g.model_dump() for g in unsteered]
-            write_json(partial_path, partial)
-        if partial.get("calibration_texts") is None:
-            # unsteered answers to the threshold prompts at the search temperature: the offline
-            # grader's calibration and the reference pass rate of the relative coherence bar
-            texts = generate(pair, cfg.threshold_prompts, layer=layer, direction=None, alpha=0.0, eta=c.eta_ft,
-                             n=2 * cfg.search_samples, temperature=cfg.search_temperature,
-                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 99)
-            partial["calibration_texts"] = [t for ts in texts for t in ts]
-            write_json(partial_path, partial)
-        if callable(calibrate):
-            calibrate(partial["calibration_texts"] + [g["text"] for g in partial["generations"]
-                                                      if g["position"] is None])
-            partial["calibration"] = getattr(graders.coherence, "calibration", None)
-        if partial.get("unsteered_pass_rate") is None or partial.get("unsteered_pass_rates") is None:
-            verdicts = [bool(v) for v in graders.coherence.grade(partial["calibration_texts"])]
-            partial["unsteered_pass_rate"] = sum(verdicts) / max(len(verdicts), 1)
-            per = max(1, len(verdicts) // max(1, len(cfg.threshold_prompts)))
-            partial["unsteered_pass_rates"] = [sum(verdicts[i * per:(i + 1) * per]) / per
-                                               for i in range(len(cfg.threshold_prompts))]
-            write_json(partial_path, partial)
-        need = required_coherent(cfg, partial.get("unsteered_pass_rate"))
-        # each threshold prompt is held to its own unsteered pass rate: prompts differ (roman_concrete's
-        # three pass 4, 2 and 8 of 10 unsteered), and a pooled bar above a prompt's own rate fails it
-        # at every α, α = 0 included
-        per_need = [required_coherent(cfg, r) for r in partial["unsteered_pass_rates"]]
-        search_cfg = cfg.model_copy(update={"min_coherent": need, "min_coherent_per_prompt": per_need})
         todo = [j for j in pos if str(j) not in partial["thresholds"]]
+        joint = len(todo) > 1 and cfg.search == "batched"
+        # the HF backend on the search's own pair generates rows with a steering vector each: final
+        # generations can share the search rounds' calls
+        ride = joint and isinstance(backend, HFBackend) and backend.holds(pair)
+        calibration_rows = [p for p in cfg.threshold_prompts for _ in range(2 * cfg.search_samples)]
+
+        def settle() -> SteeringConfig:
+            """The grader calibrated on the unsteered samples; each threshold prompt's bar."""
+            calibrate = getattr(graders.coherence, "calibrate", None)
+            if callable(calibrate):
+                calibrate(partial["calibration_texts"] + [g["text"] for g in partial["generations"]
+                                                          if g["position"] is None])
+                partial["calibration"] = getattr(graders.coherence, "calibration", None)
+            if partial.get("unsteered_pass_rate") is None or partial.get("unsteered_pass_rates") is None:
+                verdicts = [bool(v) for v in graders.coherence.grade(partial["calibration_texts"])]
+                partial["unsteered_pass_rate"] = sum(verdicts) / max(len(verdicts), 1)
+                per = max(1, len(verdicts) // max(1, len(cfg.threshold_prompts)))
+                partial["unsteered_pass_rates"] = [sum(verdicts[i * per:(i + 1) * per]) / per
+                                                   for i in range(len(cfg.threshold_prompts))]
+                write_json(partial_path, partial)
+            return _bars_cfg(cfg, partial)
+
+        prelude = None
+        if ride and not any(g["position"] is None for g in partial["generations"]) \
+                and partial.get("calibration_texts") is None:
+            # the unsteered samples (final generations, and the calibration's answers to the threshold
+            # prompts at the search temperature) ride the first search round: no calls of their own
+            unsteered = GenerationRequest(cfg.prompts, None, 0.0, cfg.final_samples)
+            final_prompts, final_vectors = request_rows([unsteered], c.eta_ft)
+
+            def calibrated(texts: list[str]) -> SteeringConfig:
+                k = len(calibration_rows)
+                partial["calibration_texts"] = texts[:k]
+                partial["generations"] += [g.model_dump() for g in final_records(
+                    [(None, None, 0.0, None)], request_texts([unsteered], texts[k:]), cfg)]
+                write_json(partial_path, partial)
+                return settle()
+
+            prelude = Ride(prompts=calibration_rows + final_prompts,
+                           vectors=[None] * len(calibration_rows) + final_vectors,
+                           temperature=[cfg.search_temperature] * len(calibration_rows)
+                           + [cfg.final_temperature] * len(final_prompts), done=calibrated)
+            search_cfg = cfg  # its bars come with the prelude's texts
+        else:
+            if not any(g["position"] is None for g in partial["generations"]):
+                gens = final_generations(backend, layer=layer, position=None, direction=None, alpha=0.0,
+                                         eta=c.eta_ft, cfg=cfg)
+                partial["generations"] += [g.model_dump() for g in gens]
+                write_json(partial_path, partial)
+            if partial.get("calibration_texts") is None:
+                # unsteered answers to the threshold prompts at the search temperature: the offline
+                # grader's calibration and the reference pass rate of the relative coherence bar
+                texts = generate(pair, cfg.threshold_prompts, layer=layer, direction=None, alpha=0.0, eta=c.eta_ft,
+                                 n=2 * cfg.search_samples, temperature=cfg.search_temperature,
+                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 99)
+                partial["calibration_texts"] = [t for ts in texts for t in ts]
+                write_json(partial_path, partial)
+            search_cfg = settle()
 
         def final_jobs(j: int) -> list[tuple[int, Any, float, str | None]]:
             """Position j's final-generation jobs without generations yet: (j, direction, α, control)."""
@@ -270,17 +309,13 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                     bar.console.log(f"steering layer {layer}: position {th.position} done ({finished[0]}/{len(todo)})"
                                     f"{eta_note} (+ final generations)")
 
-            joint = len(todo) > 1 and search_cfg.search == "batched"
-            # the HF backend on the search's own pair generates rows with a steering vector each: final
-            # generations can share the search rounds' calls
-            ride = joint and isinstance(backend, HFBackend) and backend.holds(pair)
             riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if ride else None
             if riders is not None:  # positions searched before an interruption, their finals not yet sampled
                 riders.queue += [job for j in sorted(int(x) for x in partial["thresholds"]) for job in final_jobs(j)]
             if joint:
                 # all positions' searches in shared rounds: one generate and one grader call per round
                 find_thresholds(pair, graders.coherence, layer=layer, directions={j: c.delta[j] for j in todo},
-                                eta=c.eta_ft, cfg=search_cfg, on_done=done, riders=riders)
+                                eta=c.eta_ft, cfg=search_cfg, on_done=done, riders=riders, prelude=prelude)
             else:
                 for j in todo:
                     done(find_threshold(pair, graders.coherence, layer=layer, position=j, direction=c.delta[j],
@@ -315,7 +350,11 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             partial["generations"] += [g.model_dump() for g in gens]
             partial.pop("final_calls", None)
             write_json(partial_path, partial)
+        if partial.get("unsteered_pass_rates") is None:
+            raise RuntimeError("the threshold search ended without running its prelude (the unsteered samples)")
         done = sorted(set(pos) | {int(j) for j in partial["thresholds"]})
+        bars = _bars_cfg(cfg, partial)
+        need, per_need = bars.min_coherent, bars.min_coherent_per_prompt
         res = A.SteeringResult(dataset=dataset, layer=layer, eta_ft=c.eta_ft, grader=graders.coherence.name,
                                thresholds=[A.SteeringThreshold(**partial["thresholds"][str(j)]) for j in done],
                                prompts=cfg.prompts, samples_per_prompt=cfg.final_samples,
