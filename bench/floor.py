@@ -249,7 +249,7 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
     cfg = SteeringConfig(positions=list(range(min(args.steer_positions, c.positions))),
                          max_new_tokens=args.max_new_tokens, final_samples=args.final_samples,
                          prompts=S.STEERING_PROMPTS[:args.prompts], search_samples=args.search_samples,
-                         search_iters=args.search_iters, refine_iters=args.refine_iters)
+                         search_iters=args.search_iters, refine_iters=args.refine_iters, seed=args.steer_seed)
     with contextlib.ExitStack() as st:
         # every generate call goes through generate_vectors (generate_rows in checkouts before it existed),
         # defined in difflens.adl.steered (in difflens.adl.steering in checkouts before that module)
@@ -361,6 +361,8 @@ def main() -> None:
     ap.add_argument("--search-samples", type=int, default=10)
     ap.add_argument("--search-iters", type=int, default=4)
     ap.add_argument("--refine-iters", type=int, default=2)
+    ap.add_argument("--steer-seed", type=int, default=0, help="steer: SteeringConfig.seed (the search's "
+                    "trajectory, and so its rounds and rows, differs by seed)")
     ap.add_argument("--causal-texts", type=int, default=8)
     ap.add_argument("--causal-len", type=int, default=64)
     ap.add_argument("--causal-random", type=int, default=8)
