@@ -21,8 +21,9 @@ formulas: "before" and "after" side by side). Per model, ``P(l)`` the matmul par
                             the weights, read once per pass of a call whatever its row count, which
                             bounds a pass of a few dozen rows more than its FLOPs do)
     steer: search / calibration / final = Σ rows generation
-    steer: coherence      = the offline grader's reference model over every text after a shared chat
-                            prefix: F(prefix, L, 1) + Σ_texts F(T_text, L, T_text | past = prefix)
+    steer: coherence      = the offline grader's reference model over every text it scores (graded, or
+                            calibrating it; a text scored before is not scored again) after a shared chat
+                            prefix, per scoring call: F(prefix, L, 1) + Σ_texts F(T_text, L, T_text | past = prefix)
     evaluate: causal      = per dataset Σ_texts [F(T, ℓ+1, 0) (base) + F(T, L, T) (clean ft)]
                             + V directions × Σ_texts F(T, layers ℓ+1..L, T)   (+ the chat draws, base to ℓ)
     methods pass          = 2 models × N × F(T, L, T)
@@ -234,16 +235,26 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
         return wrap
 
     grader = graders.coherence
-    prefix = len(grader._prefix_ids())
+    inside = [0]  # grade / calibrate calls under way (their wall counted once)
 
-    def wrap_grade(real):
+    def wrap_grade(real):  # the grader's wall: every grade and calibrate call (calibration scores texts too)
         def fn(texts):
-            out, w = timed(real, texts)
-            g = grade.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "texts": 0})
-            g["flops"] += cost.grading_flops(shape, prefix, [len(grader._encode(t)[0]) for t in texts])
-            g["wall"] += w
-            g["texts"] += len(texts)
+            inside[0] += 1
+            try:
+                out, w = timed(real, texts)
+            finally:
+                inside[0] -= 1
+            if not inside[0]:
+                grade.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "texts": 0})["wall"] += w
             return out
+        return fn
+
+    def wrap_score(real):  # the grader's FLOPs: the forwards it ran (texts scored before are kept, not rerun)
+        def fn(model, prefix, enc, todo, out):
+            g = grade.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "texts": 0})
+            g["flops"] += cost.grading_flops(shape, len(prefix), [len(enc[i][0]) for i in todo])
+            g["texts"] += len(todo)
+            return real(model, prefix, enc, todo, out)
         return fn
 
     cfg = SteeringConfig(positions=list(range(min(args.steer_positions, c.positions))),
@@ -268,6 +279,8 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
         if hasattr(ST, "final_generations_batch"):
             st.enter_context(patched(ST, "final_generations_batch", in_phase("final")))
         st.enter_context(patched(grader, "grade", wrap_grade))
+        st.enter_context(patched(grader, "calibrate", wrap_grade))
+        st.enter_context(patched(grader, "_score_batches", wrap_score))
         res, wall = timed(ST.run_steer, pair, layout, graders, cfg, progress=False)
     tot_flops = 0.0
     for name in ("calibration", "search", "final"):
@@ -288,7 +301,8 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             tot_flops += g["flops"]
     gw = sum(g["wall"] for g in grade.values())
     gf = sum(g["flops"] for g in grade.values())
-    rows.add("steer: coherence grading", gf, gw, f"{sum(g['texts'] for g in grade.values())} texts")
+    rows.add("steer: coherence grading", gf, gw, f"{sum(g['texts'] for g in grade.values())} texts scored "
+             "(the calibration's included: its wall and the forwards it ran)")
     rows.add("steer: total", tot_flops + gf, wall,
              f"{len(cfg.positions)} positions, α = {', '.join(f'{t.alpha:.2f}' for t in res[0].thresholds)}")
 

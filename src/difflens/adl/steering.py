@@ -535,21 +535,20 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     searches = {j: _PositionSearch(pair, cfg) for j in directions}
     counters = {j: SearchCounter() for j in directions}
 
-    def position_logs(cfg: SteeringConfig) -> dict[int, _Log]:
-        return {j: _Log(progress, f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)")
-                for j in directions}
+    def label(j: int) -> str:
+        return f"steering layer {layer} position {j} ({cfg.search}, {_bars(cfg)} coherent)"
 
-    logs = position_logs(cfg)
+    logs = {j: _Log(progress, label(j)) for j in directions}
 
     def settle(ride: Ride, texts: list[str]) -> None:
         """The prelude's texts to its ``done``; the bars it returns grade from now on."""
-        nonlocal cfg, logs
+        nonlocal cfg
         new = ride.done(texts)
         if new is not None:
             cfg = new
-            for s in searches.values():
+            for j, s in searches.items():
                 s.set_bars(cfg)
-            logs = position_logs(cfg)
+                logs[j].what = label(j)
     log = _Log(progress, f"steering layer {layer} positions {', '.join(str(j) for j in directions)}")
     room = max_rows or 0
     if riders is not None and not room:  # the rows one call holds: the KV cache of the longest prompt a row may have
