@@ -594,7 +594,9 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
             counters[j].generations += m
             counters[j].grader_calls += m
             counters[j].rounds += 1
-        log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations → "
+        riding = sum(len(x.prompts) for x in extra)
+        log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations"
+            + (f" (+ {riding} unsteered / final ones riding its call)" if riding else "") + " → "
             + " | ".join(f"{j}: {searches[j].state()}" for j in plans))
     if prelude is not None:  # no round to join
         prelude.done(generate_steered(pair, prelude.prompts, prelude.vectors, layer=layer,
