@@ -195,19 +195,27 @@ def test_a_prelude_rides_the_first_round_and_the_bars_it_returns_grade_every_rou
     seen = []
 
     def calibrated(texts):
-        seen.append((list(texts), len(g.seen)))
+        seen.append(("prelude", list(texts), len(g.seen)))
         return lenient
 
     asked = []
+
+    def riders(room):  # one ride, in round 1 beside the prelude
+        asked.append(room)
+        if len(asked) == 1:
+            return steering.Ride(prompts=["ride"], vectors=[torch.full((4,), 5.0)], temperature=0.7,
+                                 done=lambda texts: seen.append(("ride", list(texts), len(g.seen))))
+
     prelude = steering.Ride(prompts=["cal"] * 4 + ["fin"] * 2, vectors=[None] * 6, temperature=[1.2] * 4 + [1.1] * 2,
                             done=calibrated)
     got = find_thresholds(None, g, layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False, max_rows=100,
-                          prelude=prelude, riders=lambda room: asked.append(room))
+                          prelude=prelude, riders=riders)
     assert got == expected and len(w.batches) == rounds  # the searches graded by the prelude's bars throughout
-    assert seen == [(["0.0|cal"] * 4 + ["0.0|fin"] * 2, 0)]  # its own texts, once, before any grading
-    assert not any("cal" in t or "fin" in t for t in g.seen)
+    # each its own texts, once, before any grading; the ride saved before the prelude calibrates
+    assert seen == [("ride", ["10.0|ride"], 0), ("prelude", ["0.0|cal"] * 4 + ["0.0|fin"] * 2, 0)]
+    assert not any("cal" in t or "fin" in t or "ride" in t for t in g.seen)
     n = len(dirs) * cfg.search_samples
-    assert w.batches[0] == n + 6 and temps[0] == [1.2] * n + [1.2] * 4 + [1.1] * 2
+    assert w.batches[0] == n + 6 + 1 and temps[0] == [1.2] * n + [1.2] * 4 + [1.1] * 2 + [0.7]
     assert asked[0] == 100 - n - 6  # riders get what the search rows and the prelude left
     assert set(temps[1]) == {1.2} and w.batches[1] == n
     # no round to join: the prelude runs alone

@@ -518,10 +518,10 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     about 3x its FLOPs on 2 cores, a 256-row step 2x): rows riding along share those reads.
 
     ``prelude`` (batched search only): rows that join the first round's call, before any rider.
-    Its ``done(texts)`` runs before that round is graded and may return a configuration whose
-    coherence bars grade every round from then on: the steer stage's unsteered samples, which
-    calibrate the grader and set the bars, so they need no call of their own. (Were there no round
-    to join, the prelude runs alone.)"""
+    Its ``done(texts)`` runs after the riders' (which only save texts) and before that round is
+    graded, and may return a configuration whose coherence bars grade every round from then on: the
+    steer stage's unsteered samples, which calibrate the grader and set the bars, so they need no
+    call of their own. (Were there no round to join, the prelude runs alone.)"""
     out: dict[int, SteeringThreshold] = {}
     if prelude is not None and cfg.search != "batched":
         raise ValueError("a prelude rides the batched search's first round; the paper schedule has none")
@@ -569,6 +569,8 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
         vectors: list[torch.Tensor | None] = [steering_vectors(directions[j], [a], eta)[0] for j, _, a in rows]
         temps = [cfg.search_temperature] * len(rows)
         first, prelude = prelude, None
+        if first is not None:
+            first.temperatures()  # checked before riders hand over their jobs
         taken = len(rows) + (len(first.prompts) if first is not None else 0)
         ride = riders(room - taken) if riders is not None and room > taken else None
         extra = [x for x in (first, ride) if x is not None]
@@ -578,12 +580,11 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
         texts = generate_steered(pair, prompts, vectors, layer=layer,
                                  temperature=temps if extra else cfg.search_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * r, max_rows=max_rows)
-        at = len(rows)
+        k = len(rows) + (len(first.prompts) if first is not None else 0)
+        if ride is not None:  # saved first: calibrating on the prelude's texts may fail
+            ride.done(texts[k:k + len(ride.prompts)])
         if first is not None:
-            settle(first, texts[at:at + len(first.prompts)])
-            at += len(first.prompts)
-        if ride is not None:
-            ride.done(texts[at:at + len(ride.prompts)])
+            settle(first, texts[len(rows):k])
         texts = texts[:len(rows)]
         verdicts = _graded(grader, texts)
         i = 0
