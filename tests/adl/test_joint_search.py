@@ -122,9 +122,9 @@ class RecordingGrader(ThresholdGrader):
         return super().grade(texts)
 
 
-def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
-    w = FakeWorld()
-    temps = []
+def steered_world(monkeypatch):
+    """A FakeWorld behind find_thresholds' generate_steered, and the per-row temperatures of each call."""
+    w, temps = FakeWorld(), []
 
     def steered_rows(pair, prompts, vectors, **kw):
         t = kw["temperature"]
@@ -132,6 +132,11 @@ def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
         return w.generate_steered(pair, prompts, vectors, **kw)
 
     monkeypatch.setattr(steering, "generate_steered", steered_rows)
+    return w, temps
+
+
+def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
+    w, temps = steered_world(monkeypatch)
     cfg = SteeringConfig(grid=1, search_temperature=1.2)
     dirs = {j: torch.ones(4) for j in range(3)}
     plain = find_thresholds(None, ThresholdGrader(37.3), layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False)
@@ -170,15 +175,7 @@ class HalfGrader(RecordingGrader):
 def test_a_prelude_rides_the_first_round_and_the_bars_it_returns_grade_every_round(monkeypatch):
     """The steer stage's unsteered samples join round 1's call; their done() runs before that round
     is graded, and the bars it returns (set by the grader's calibration) grade it and every later one."""
-    w = FakeWorld()
-    temps = []
-
-    def steered_rows(pair, prompts, vectors, **kw):
-        t = kw["temperature"]
-        temps.append(list(t) if isinstance(t, list) else [t] * len(prompts))
-        return w.generate_steered(pair, prompts, vectors, **kw)
-
-    monkeypatch.setattr(steering, "generate_steered", steered_rows)
+    w, temps = steered_world(monkeypatch)
     cfg = SteeringConfig(grid=1, search_temperature=1.2)  # 8 of 10 must pass
     lenient = cfg.model_copy(update={"min_coherent": 5})
     dirs = {j: torch.ones(4) for j in range(2)}
