@@ -1,7 +1,8 @@
 """The steer stage's generation backend: the run config's ``generation_backend`` and its vLLM options,
-the refusal of ``vllm`` before any model loads when vLLM is missing, the HF default unchanged (same
-generations, same fingerprint, no new field in steering.json), and a stand-in backend really receiving
-the final-generation calls whose texts end up in the artifacts. No vLLM needed."""
+the refusal of ``vllm`` before any model loads when vLLM is missing, the HF default unchanged where it
+matters (same fingerprint, no new field in steering.json; its generations rebuilt exactly, the unsteered
+ones from the first search round's call they ride), and a stand-in backend really receiving the
+final-generation calls whose texts end up in the artifacts. No vLLM needed."""
 from __future__ import annotations
 
 import io
@@ -119,7 +120,7 @@ def app_():
     return app
 
 
-# -- the HF default is unchanged -----------------------------------------------------------------
+# -- the HF default: fingerprint and file as before, generations rebuilt exactly -------------------
 def test_hf_default_is_the_reference_path_unchanged(tiny_run):
     pair, layout, c = tiny_run
     cfg = SteeringConfig(**STEER)
