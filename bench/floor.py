@@ -236,6 +236,7 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
 
     grader = graders.coherence
     inside = [0]  # grade / calibrate calls under way (their wall counted once)
+    scored = hasattr(grader, "_score_batches")
 
     def wrap_grade(real):  # the grader's wall: every grade and calibrate call (calibration scores texts too)
         def fn(texts):
@@ -245,7 +246,12 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
             finally:
                 inside[0] -= 1
             if not inside[0]:
-                grade.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "texts": 0})["wall"] += w
+                g = grade.setdefault(phase[0], {"wall": 0.0, "flops": 0.0, "texts": 0})
+                g["wall"] += w
+                if not scored and real.__name__ == "grade":  # a checkout without _score_batches: every graded text
+                    g["flops"] += cost.grading_flops(shape, len(grader._prefix_ids()),
+                                                     [len(grader._encode(t)[0]) for t in texts])
+                    g["texts"] += len(texts)
             return out
         return fn
 
@@ -279,8 +285,10 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
         if hasattr(ST, "final_generations_batch"):
             st.enter_context(patched(ST, "final_generations_batch", in_phase("final")))
         st.enter_context(patched(grader, "grade", wrap_grade))
-        st.enter_context(patched(grader, "calibrate", wrap_grade))
-        st.enter_context(patched(grader, "_score_batches", wrap_score))
+        if hasattr(grader, "calibrate"):
+            st.enter_context(patched(grader, "calibrate", wrap_grade))
+        if scored:
+            st.enter_context(patched(grader, "_score_batches", wrap_score))
         res, wall = timed(ST.run_steer, pair, layout, graders, cfg, progress=False)
     tot_flops = 0.0
     for name in ("calibration", "search", "final"):
