@@ -103,9 +103,7 @@ def generate_vectors(pair: ModelPair, prompts: Sequence[str], add: torch.Tensor 
     (:func:`difflens.models.decoding.sample_rows`: inverse-CDF draws, finished rows dropped).
     ``temperature``: one for all rows, or one per row."""
     tok = pair.tokenizer
-    if not isinstance(temperature, (int, float)):
-        if len(temperature) != len(prompts):
-            raise ValueError(f"{len(temperature)} temperatures for {len(prompts)} rows")
+    if not isinstance(temperature, (int, float)):  # sample_rows checks one per row, before any forward
         temperature = torch.tensor([float(t) for t in temperature])
     ids, mask = encode_prompts_left(pair, prompts, side)
     with pair.side(side) as model, steering_hook(pair, layer, add, mask) as select:

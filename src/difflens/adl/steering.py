@@ -569,22 +569,22 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
         vectors: list[torch.Tensor | None] = [steering_vectors(directions[j], [a], eta)[0] for j, _, a in rows]
         temps = [cfg.search_temperature] * len(rows)
         first, prelude = prelude, None
-        if first is not None:
-            first.temperatures()  # checked before riders hand over their jobs
-        taken = len(rows) + (len(first.prompts) if first is not None else 0)
+        if first is not None:  # its temperatures checked before riders hand over their jobs
+            prompts, vectors = prompts + list(first.prompts), vectors + list(first.vectors)
+            temps += first.temperatures()
+        taken = len(prompts)
         ride = riders(room - taken) if riders is not None and room > taken else None
-        extra = [x for x in (first, ride) if x is not None]
-        for x in extra:
-            prompts, vectors = prompts + list(x.prompts), vectors + list(x.vectors)
-            temps += x.temperatures()
+        if ride is not None:
+            prompts, vectors = prompts + list(ride.prompts), vectors + list(ride.vectors)
+            temps += ride.temperatures()
+        riding = len(prompts) - len(rows)
         texts = generate_steered(pair, prompts, vectors, layer=layer,
-                                 temperature=temps if extra else cfg.search_temperature,
+                                 temperature=temps if riding else cfg.search_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * r, max_rows=max_rows)
-        k = len(rows) + (len(first.prompts) if first is not None else 0)
         if ride is not None:  # saved first: calibrating on the prelude's texts may fail
-            ride.done(texts[k:k + len(ride.prompts)])
+            ride.done(texts[taken:])
         if first is not None:
-            settle(first, texts[len(rows):k])
+            settle(first, texts[len(rows):taken])
         texts = texts[:len(rows)]
         verdicts = _graded(grader, texts)
         i = 0
@@ -595,7 +595,6 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
             counters[j].generations += m
             counters[j].grader_calls += m
             counters[j].rounds += 1
-        riding = sum(len(x.prompts) for x in extra)
         log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations"
             + (f" (+ {riding} unsteered / final ones riding its call)" if riding else "") + " → "
             + " | ".join(f"{j}: {searches[j].state()}" for j in plans))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -138,6 +138,20 @@ class _FinalRiders:
         self.partial, self.path, self.cfg, self.eta = partial, path, cfg, eta
         self.queue: list[tuple[int, Any, float, str | None]] = []
 
+    def rows(self, jobs: list[tuple[int | None, Any, float, str | None]]) -> tuple[
+            list[str], list[Any], Callable[[list[str]], None]]:
+        """The rows of final-generation ``jobs`` (prompts and steering vectors), and ``keep(texts)``,
+        which saves their texts to the partial file."""
+        reqs = [GenerationRequest(self.cfg.prompts, d, a, self.cfg.final_samples) for _, d, a, _ in jobs]
+        prompts, vectors = request_rows(reqs, self.eta)
+
+        def keep(texts: list[str]) -> None:
+            gens = final_records(jobs, request_texts(reqs, texts), self.cfg)
+            self.partial["generations"] += [g.model_dump() for g in gens]
+            write_json(self.path, self.partial)
+
+        return prompts, vectors, keep
+
     def __call__(self, room: int) -> Ride | None:
         per_job = len(self.cfg.prompts) * self.cfg.final_samples
         take = []
@@ -145,15 +159,8 @@ class _FinalRiders:
             take.append(self.queue.pop(0))
         if not take:
             return None
-        reqs = [GenerationRequest(self.cfg.prompts, d, a, self.cfg.final_samples) for _, d, a, _ in take]
-        prompts, vectors = request_rows(reqs, self.eta)
-
-        def finished(texts: list[str]) -> None:
-            gens = final_records(take, request_texts(reqs, texts), self.cfg)
-            self.partial["generations"] += [g.model_dump() for g in gens]
-            write_json(self.path, self.partial)
-
-        return Ride(prompts=prompts, vectors=vectors, temperature=self.cfg.final_temperature, done=finished)
+        prompts, vectors, keep = self.rows(take)
+        return Ride(prompts=prompts, vectors=vectors, temperature=self.cfg.final_temperature, done=keep)
 
 
 def _bars_cfg(cfg: SteeringConfig, partial: dict[str, Any]) -> SteeringConfig:
@@ -240,19 +247,17 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
             return _bars_cfg(cfg, partial)
 
         prelude = None
-        if ride and not any(g["position"] is None for g in partial["generations"]) \
-                and partial.get("calibration_texts") is None:
+        riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if ride else None
+        has_unsteered = any(g["position"] is None for g in partial["generations"])
+        if riders is not None and not has_unsteered and partial.get("calibration_texts") is None:
             # the unsteered samples (final generations, and the calibration's answers to the threshold
             # prompts at the search temperature) ride the first search round: no calls of their own
-            unsteered = GenerationRequest(cfg.prompts, None, 0.0, cfg.final_samples)
-            final_prompts, final_vectors = request_rows([unsteered], c.eta_ft)
+            final_prompts, final_vectors, keep = riders.rows([(None, None, 0.0, None)])
 
             def calibrated(texts: list[str]) -> SteeringConfig:
                 k = len(calibration_rows)
                 partial["calibration_texts"] = texts[:k]
-                partial["generations"] += [g.model_dump() for g in final_records(
-                    [(None, None, 0.0, None)], request_texts([unsteered], texts[k:]), cfg)]
-                write_json(partial_path, partial)
+                keep(texts[k:])  # saves both
                 return settle()
 
             prelude = Ride(prompts=calibration_rows + final_prompts,
@@ -261,7 +266,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                            + [cfg.final_temperature] * len(final_prompts), done=calibrated)
             search_cfg = cfg  # its bars come with the prelude's texts
         else:
-            if not any(g["position"] is None for g in partial["generations"]):
+            if not has_unsteered:
                 gens = final_generations(backend, layer=layer, position=None, direction=None, alpha=0.0,
                                          eta=c.eta_ft, cfg=cfg)
                 partial["generations"] += [g.model_dump() for g in gens]
@@ -309,7 +314,6 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                     bar.console.log(f"steering layer {layer}: position {th.position} done ({finished[0]}/{len(todo)})"
                                     f"{eta_note} (+ final generations)")
 
-            riders = _FinalRiders(partial, partial_path, cfg, c.eta_ft) if ride else None
             if riders is not None:  # positions searched before an interruption, their finals not yet sampled
                 riders.queue += [job for j in sorted(int(x) for x in partial["thresholds"]) for job in final_jobs(j)]
             if joint:
