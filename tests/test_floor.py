@@ -113,3 +113,27 @@ def test_the_steer_estimate_counts_one_prefill_per_prompt_and_alpha(shape):
     gen = cost.steer_flops(shape, [(p, n)] * len(groups), groups)
     grade = (3 + 6 * k + 4) * cost.forward_flops(shape, n, logits=n, past=p)
     assert cost.steer_flops_estimate(shape, cfg, 1, prompt_tokens=p) == pytest.approx(gen + grade)
+
+
+def test_a_16_bit_steer_on_a_cpu_is_announced_with_its_float32_overhead(tmp_path, monkeypatch, capsys):
+    """bfloat16 on a CPU speeds the matmuls, not the KV-cache reads, elementwise ops and sampling:
+    the announced time adds those at the float32 rate (in float32: FLOPs at its rate × the ratio)."""
+    from difflens.adl.steering import SteeringConfig
+    from difflens.run import stages
+
+    p = str(save_tiny(tmp_path, "llama", 0))
+    pair = load_pair(p, p)
+    rates = {"float32": 1e9, "bfloat16": 4e9}
+    monkeypatch.setattr(cost, "matmul_rate", lambda device, dtype="float32", **k: rates[dtype])
+    monkeypatch.setattr(cost, "format_seconds", lambda s: f"{s:.6g}s")
+    cfg = SteeringConfig()
+    flops = cost.steer_flops_estimate(cost.ModelShape.of_pair(pair), cfg, 2, grid=1)
+    said = {}
+    for precision in ("float32", "bfloat16"):
+        pair.precision = precision
+        stages._steer_estimate(pair, cfg, 2, 1)
+        said[precision] = capsys.readouterr().err
+    r = cost.STEER_FLOOR_RATIO
+    assert f"about {flops / 1e9 * r:.6g}s" in said["float32"]
+    assert f"about {flops / 4e9 + flops / 1e9 * (r - 1):.6g}s" in said["bfloat16"]
+    assert "4 GFLOP/s" in said["bfloat16"]

@@ -159,6 +159,39 @@ def test_evaluate_writes_the_documented_summary_and_resumes(finished_run, monkey
     assert s3.layers()[0].relevance["delta"]["patchscope"].max <= s.layers()[0].relevance["delta"]["patchscope"].max
 
 
+def test_parts_that_run_the_pair_are_recomputed_in_another_precision(finished_run, tmp_path):
+    """The causal effect and the base model's leakage answers run the pair: evaluated in bfloat16
+    after float32 they are computed again (the grading-only parts come from their caches); a loader
+    that gives another precision than evaluate was told is refused."""
+    from conftest import save_tiny
+    from difflens.errors import DifflensError
+    from difflens.models.pair import load_pair
+
+    pair, layout, c = finished_run
+    grader = KnownWords(frozenset({"cake", "oven", "butter", "sugar", "flour", "bake"}))
+    cfg = EvalConfig(**QUICK)
+    s32 = evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=lambda: pair, progress=False)
+    pair16 = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)), dtype="bfloat16")
+    loads, calls = [], grader.calls
+
+    def loader():
+        loads.append(1)
+        return pair16
+
+    s16 = evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=loader, progress=False,
+                   precision="bfloat16")
+    assert loads == [1]
+    le32, le16 = s32.layers()[0], s16.layers()[0]
+    assert le16.causal is not None and le16.causal.model_dump() != le32.causal.model_dump()
+    assert le16.relevance == le32.relevance  # no model in it: cached
+    assert grader.calls > calls  # the leakage part graded the bfloat16 base answers
+    again = evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=loader, progress=False,
+                     precision="bfloat16")
+    assert loads == [1] and again.model_dump() == s16.model_dump()
+    with pytest.raises(DifflensError, match="loaded in bfloat16.*told float16"):
+        evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=loader, progress=False, precision="float16")
+
+
 def test_missing_inputs_are_skipped_with_reasons(tiny_run):
     pair, layout, c = tiny_run  # collected only: no lens, no steering
     s = evaluate(layout, None, relevance_grader=None, cfg=EvalConfig(**QUICK), pair_loader=lambda: pair,

@@ -4,6 +4,8 @@ the hooks with half-precision weights; an overflow is refused, not averaged."""
 from __future__ import annotations
 
 import pytest
+import json
+
 import torch
 
 from conftest import save_tiny, tiny_config, tiny_model
@@ -75,3 +77,19 @@ def test_overflow_is_refused(tmp_path, corpus_file):
         pair.ft_arch.layers[1].mlp.down_proj.weight.mul_(1e6)  # activations beyond float16's range
     with pytest.raises(DataError, match="non-finite activations.*float16.*bf16-fp32res"):
         _collect(pair, tmp_path, corpus_file, "overflow")
+
+
+def test_pair_precision_is_known_without_loading_the_pair(tiny_run, tmp_path, monkeypatch):
+    """What `evaluate` puts in the fingerprints of the parts that run the pair, before loading it:
+    the precision load_pair would resolve (auto: float32 on a CPU), or none for a run without a
+    manifest."""
+    import difflens.models.pair as P
+    from difflens.rundir.layout import RunLayout
+
+    pair, layout, _ = tiny_run
+    monkeypatch.setattr(P, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert P.run_pair_precision(layout) == P.run_pair_precision(layout, dtype="auto") == pair.precision == "float32"
+    assert P.run_pair_precision(layout, dtype="bf16-fp32res", device="cpu") == "bf16-fp32res"
+    spec = json.loads(layout.manifest.read_text())["models"]["base"]["spec"]
+    assert P.pair_precision(spec, dtype=torch.float16) == "float16"
+    assert P.run_pair_precision(RunLayout(tmp_path / "empty")) is None

@@ -143,3 +143,50 @@ def test_steer_killed_during_final_generations_resumes_at_the_next_call(tiny_run
     assert calls["n"] == 2  # only the two calls left
     got = [g.model_dump() for g in load_jsonl(Generation, fresh.steering_generations(again.dataset, again.layer))]
     assert got == want
+
+
+def test_a_stage_rerun_in_another_precision_computes_again(tiny_run, tmp_path, monkeypatch):
+    """Lens and steer results depend on the precision the pair computes in: `difflens steer RUN
+    --dtype bfloat16` after a float32 steer (or the other way round) runs the stage again instead
+    of returning the other precision's results; a float32 stage keeps the fingerprint it had before
+    precision was part of it."""
+    from conftest import save_tiny
+    from difflens.adl.steering import SteeringConfig
+    from difflens.models.pair import load_pair
+    from difflens.models.precision import fingerprint_part
+    from difflens.run.stages import run_steer
+
+    assert fingerprint_part("float32") == fingerprint_part(None) == {}
+    assert fingerprint_part("bf16-fp32res") == {"precision": "bf16-fp32res"}
+    pair32, layout, _ = tiny_run
+    # the same tiny checkpoints (save_tiny is deterministic), loaded in bfloat16
+    pair16 = load_pair(str(save_tiny(tmp_path, "llama", 0)), str(save_tiny(tmp_path, "llama", 1)), dtype="bfloat16")
+    assert pair16.precision == "bfloat16"
+    calls = {"lens": 0, "steer": 0}
+    real_ps, real_find, real_finds = stages.patchscope, stages.find_threshold, stages.find_thresholds
+
+    def ps(*a, **k):
+        calls["lens"] += 1
+        return real_ps(*a, **k)
+
+    def find(*a, **k):
+        calls["steer"] += 1
+        return real_find(*a, **k)
+
+    def finds(*a, **k):
+        calls["steer"] += 1
+        return real_finds(*a, **k)
+
+    monkeypatch.setattr(stages, "patchscope", ps)
+    monkeypatch.setattr(stages, "find_threshold", find)
+    monkeypatch.setattr(stages, "find_thresholds", finds)
+    graders = Graders(coherence=PassesEveryOther(), scale=PicksFirst("m"), relevance=None)
+    lens_cfg = LensConfig(positions=[1], controls=False)
+    steer_cfg = SteeringConfig(positions=[0], search_iters=2, refine_iters=0, search_samples=2, min_coherent=2,
+                               final_samples=1, max_new_tokens=2, prompts=["hi"], random_control=False)
+
+    for pair, want in ((pair32, 1), (pair32, 1), (pair16, 2), (pair16, 2), (pair32, 3)):
+        run_lens(pair, layout, graders, lens_cfg, progress=False)
+        [res] = run_steer(pair, layout, graders, steer_cfg, progress=False)
+        assert calls == {"lens": want, "steer": want}, (pair.precision, calls)
+        assert res.thresholds[0].position == 0

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from ..data.corpora import Corpus, load_corpus, sample_ids
 from ..errors import DataError, RunDirError
 from ..models.pair import ModelPair
+from ..models.precision import fingerprint_part
 from ..models.tokens import bos_prefix_ids, pad_id, pad_right
 from ..rundir.artifacts import Source
 from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
@@ -273,9 +274,7 @@ def _stage_fp(pair: ModelPair, corpus: Corpus, cfg: CollectConfig, layers: list[
             "data": corpus.content_hash, "cfg": cfg.semantic(), "abs_layers": layers}
     if corpus.is_chat:
         what["chat_sampling"] = CHAT_SAMPLING
-    if getattr(pair, "precision", "float32") != "float32":  # float32 runs keep their earlier fingerprints
-        what["precision"] = pair.precision
-    return fingerprint(what)
+    return fingerprint(what | fingerprint_part(getattr(pair, "precision", None)))
 
 
 def _chat_bos(tokenizer: Any, arch: Any) -> list[int]:

@@ -45,7 +45,7 @@ def evaluate_cmd(
     from ..files import read_json, write_json
     from ..graders.relevance import LLMRelevance, OfflineRelevance
     from ..rundir.layout import RunLayout
-    from ..models.pair import pair_from_run
+    from ..models.pair import pair_from_run, run_pair_precision
 
     client = None
     try:
@@ -76,7 +76,8 @@ def evaluate_cmd(
             _announce_causal(pair, layout, cfg, layer)
             return pair
 
-        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=load_pair_and_estimate, layers=layer)
+        summary = evaluate(layout, ft, relevance_grader=rel, cfg=cfg, pair_loader=load_pair_and_estimate, layers=layer,
+                           precision=run_pair_precision(layout, **loading))
     except DifflensError as e:
         fail(e)
         return

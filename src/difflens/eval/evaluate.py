@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from ..errors import DifflensError, RunDirError
 from ..files import read_json, write_json
 from ..models.embedder import DEFAULT_EMBEDDER
+from ..models.precision import fingerprint_part
 from ..rundir import artifacts as A
 from ..rundir.layout import RunLayout, fingerprint
 from .causal import CausalConfig, CausalResult
@@ -106,12 +107,16 @@ def _load(model: type[A.M], path: Path) -> A.M | None:
 
 def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = None, cfg: EvalConfig | None = None,
              pair_loader: Callable[[], Any] | None = None, datasets: Sequence[str] | None = None,
-             layers: Sequence[int] | None = None, progress: bool = True) -> EvalSummary:
+             layers: Sequence[int] | None = None, progress: bool = True,
+             precision: str | None = None) -> EvalSummary:
     """Evaluate a run; write and return ``RUN/eval/summary.json``.
 
     ``ft``: D_ft and the true description (None: the parts that need them are skipped).
     ``relevance_grader``: the token-relevance grader (None: relevance skipped). ``pair_loader``:
-    returns the model pair, called only if the causal effect must be computed.
+    returns the model pair, called only if the causal effect (or the base model's answers for the
+    leakage part) must be computed. ``precision``: the precision that pair computes in (None:
+    float32; :func:`difflens.models.pair.pair_precision` gives it without loading the pair): part of
+    the fingerprints of the parts that run it, so a result another precision computed is not reused.
     """
     from ..methods.evidence import available
 
@@ -138,13 +143,19 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
             summary.skipped.setdefault(p, "no relevance grader configured")
     frequent: list[str] = []
     pair: list[Any] = []  # loaded on first use
+    models = fingerprint_part(precision)  # what the parts that run the pair add to their fingerprints
 
     def get_pair() -> Any:
         if not pair:
             if pair_loader is None:
                 raise DifflensError("the causal effect needs the model pair, but no loader was given")
             log("loading the model pair")
-            pair.append(pair_loader())
+            loaded = pair_loader()
+            got = getattr(loaded, "precision", None)
+            if fingerprint_part(got) != fingerprint_part(precision):
+                raise DifflensError(f"the model pair was loaded in {got or 'float32'}, but evaluate was told "
+                                    f"{precision or 'float32'} (the fingerprints of the parts it computes)")
+            pair.append(loaded)
         return pair[0]
 
     if ft is not None and not {"relevance", "leakage"} <= set(summary.skipped):
@@ -212,7 +223,7 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
         # ---- causal effect -----------------------------------------------------------------
         if "causal" not in summary.skipped:
             fp = fingerprint({"collect": read_json(layout.collect_stats(dataset))["fingerprint"], "layer": layer,
-                              "ft": ft.content_hash, "cfg": cfg.causal.semantic()})
+                              "ft": ft.content_hash, "cfg": cfg.causal.semantic(), **models})
             def causal() -> Any:
                 log(f"causal effect, {dataset} layer {layer} ({cfg.causal.n_random} random directions)")
                 ck = layout.eval_part_partial(dataset, layer, "causal")
@@ -254,12 +265,13 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
 
                 grader = LeakageGrader(relevance_grader, min_words=cfg.leakage_min_words)
                 fp = fingerprint({"gens": gens_fp, "grader": grader.identity(), "desc": description,
-                                  "frequent": frequent, "base": cfg.leakage_base, "seed": cfg.seed})
+                                  "frequent": frequent, "base": cfg.leakage_base, "seed": cfg.seed,
+                                  **(models if cfg.leakage_base else {})})
                 def leakage() -> Any:
                     log(f"leakage, {dataset} layer {layer}")
                     base_texts = None
                     if cfg.leakage_base:  # generated once, re-graded when the grader changes
-                        bfp = fingerprint({"gens": gens_fp, "seed": cfg.seed})
+                        bfp = fingerprint({"gens": gens_fp, "seed": cfg.seed, **models})
                         base_texts = _cached(layout, dataset, layer, "leakage-base-answers", bfp)
                         if base_texts is None:
                             base_texts = _base_answers(get_pair(), gens, steer, cfg)

@@ -225,6 +225,23 @@ def load_pair(base: str, finetuned: str, *, dtype: torch.dtype | str = torch.flo
     return pair
 
 
+def pair_precision(base: Any, *, dtype: torch.dtype | str = "auto", placement: Placement | None = None,
+                   **place_kw: Any) -> str:
+    """The precision :func:`load_pair` would load a pair on ``base`` in (``auto`` resolved for the
+    placement: ``placement``, or ``place_kw`` as for :func:`load_pair`), without loading it."""
+    return resolve_pair_precision(dtype, placement or make_placement(**place_kw), resolve_source(base))
+
+
+def run_pair_precision(layout: Any, **kw: Any) -> str | None:
+    """:func:`pair_precision` of the pair named in a run's manifest (``kw`` as for :func:`pair_from_run`);
+    None for a run without a manifest (it names no pair to load)."""
+    from ..files import read_json
+
+    if not layout.manifest.exists():
+        return None
+    return pair_precision(read_json(layout.manifest)["models"]["base"]["spec"], **kw)
+
+
 def pair_from_run(layout: Any, **kw: Any) -> ModelPair:
     """Reload the model pair named in a run's manifest (``layout``: a
     :class:`~difflens.rundir.layout.RunLayout`); ``kw`` as for :func:`load_pair`."""

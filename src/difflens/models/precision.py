@@ -47,6 +47,16 @@ def weight_dtype(precision: str) -> torch.dtype:
     return table[precision]
 
 
+def fingerprint_part(precision: str | None) -> dict[str, str]:
+    """What a stage's cache fingerprint adds for the precision its models run in: nothing for
+    float32 (None counts as float32), so the fingerprints of float32 runs — the CPU default — stay
+    as they were; ``{"precision": name}`` otherwise. A stage rerun in another precision (``--dtype``
+    on ``steer``, ``lens`` or ``evaluate``) then computes its results again instead of returning the
+    ones another precision computed."""
+    name = str(precision or "float32")
+    return {} if name == "float32" else {"precision": name}
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown dtype '{precision}'; choose one of {', '.join(PRECISIONS)}.")

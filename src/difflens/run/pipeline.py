@@ -52,6 +52,14 @@ class Runner:
                                    placement=self.cfg.placement())
         return self._pair
 
+    def precision(self) -> str:
+        """The precision the pair computes in (the loaded pair's, else resolved without loading it)."""
+        if self._pair is not None:
+            return self._pair.precision
+        from ..models.pair import pair_precision
+
+        return pair_precision(self.cfg.base, dtype=self.cfg.dtype, placement=self.cfg.placement())
+
     @property
     def graders(self) -> Any:
         if self._graders is None:
@@ -110,7 +118,7 @@ class Runner:
         ft = resolve_ft_data(manifest, organism=self.cfg.organism, ft_data=self.cfg.ft_data,
                              description=self.cfg.description)
         s = evaluate(self.layout, ft, relevance_grader=self.graders.relevance, cfg=self.cfg.evaluate,
-                     pair_loader=lambda: self.pair, progress=self.progress)
+                     pair_loader=lambda: self.pair, progress=self.progress, precision=self.precision())
         bits = [f"skipped {', '.join(sorted(s.skipped))}"] if s.skipped else []
         for le in s.layers():
             r = (le.relevance or {}).get("delta", {}).get("patchscope")

@@ -26,6 +26,7 @@ from ..backends import GenerationBackend, HFBackend, final_generations, final_ge
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, pair_from_run  # noqa: F401 - pair_from_run re-exported
+from ..models.precision import fingerprint_part
 from ..rundir import artifacts as A
 from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
 from .cost import format_seconds
@@ -73,7 +74,7 @@ def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConf
         pos = _positions(cfg.positions, c.positions)
         fp = fingerprint({"collect": _collect_fp(layout, dataset), "layer": layer, "pos": pos, "k": cfg.top_k,
                           "grader": grader_identity(graders.scale), "controls": cfg.controls,
-                          "readers": PATCHSCOPE_READERS})
+                          "readers": PATCHSCOPE_READERS, **fingerprint_part(getattr(pair, "precision", None))})
         stage = layout.stage_key("lens", dataset, layer)
         if layout.stage_done(stage, fp) and layout.patchscope(dataset, layer).exists():
             out.append(A.load(A.PatchscopeResult, layout.patchscope(dataset, layer)))
@@ -109,7 +110,11 @@ def collect_estimate(pair: ModelPair, cfg: Any) -> float | None:
 
 def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer: int) -> None:
     """One stderr line before a long steering stage: its FLOPs at this machine's measured matmul rate
-    and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`)."""
+    and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`).
+
+    On a CPU in a 16-bit precision the time beyond the matmuls (the KV cache's reads, elementwise
+    ops, sampling) is about what it is in float32, so it is counted at the float32 rate: SmolLM2's
+    default steer in bfloat16 on 2 AMX cores took 7 min, where the bfloat16 rate × the ratio said 4."""
     import sys
 
     from ..adl.steering import default_grid
@@ -118,12 +123,13 @@ def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer:
     try:
         shape = cost.ModelShape.of_pair(pair)
         flops = cost.steer_flops_estimate(shape, cfg, positions, grid=cfg.grid or default_grid(pair))
-        precision = str(getattr(pair, "precision", "float32"))
-        dtype = "bfloat16" if precision.startswith("bf") else "float16" if "16" in precision else "float32"
+        dtype = cost.rate_dtype(getattr(pair, "precision", "float32"))
         rate = cost.matmul_rate(pair.device, dtype)
+        secs = flops / rate * cost.STEER_FLOOR_RATIO
+        if dtype != "float32" and str(pair.device).startswith("cpu"):
+            secs = flops / rate + flops / cost.matmul_rate(pair.device, "float32") * (cost.STEER_FLOOR_RATIO - 1)
     except Exception:  # noqa: BLE001 - an estimate never stops the stage
         return
-    secs = flops / rate * cost.STEER_FLOOR_RATIO
     print(f"[difflens] steering layer {layer}: {positions} position(s), ≈ {flops / 1e12:.0f} TFLOP at "
           f"{rate / 1e9:.0f} GFLOP/s → about {cost.format_seconds(secs)} (floor {cost.format_seconds(flops / rate)}; "
           f"fewer --positions or --max-new-tokens shorten it)", file=sys.stderr, flush=True)
@@ -202,7 +208,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                   "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(graders.coherence)}
         if backend.name != "hf":  # the HF default adds nothing: fingerprints from before backends stay valid
             inputs["generation_backend"] = backend.name
-        fp = fingerprint(inputs)
+        # the search, the grader's reference model and the HF generations run in the pair's precision
+        fp = fingerprint(inputs | fingerprint_part(getattr(pair, "precision", None)))
         stage = layout.stage_key("steer", dataset, layer)
         partial_path = layout.steering_partial(dataset, layer)
         t_stage = time.time()
