@@ -186,7 +186,11 @@ def test_a_stage_rerun_in_another_precision_computes_again(tiny_run, tmp_path, m
                                final_samples=1, max_new_tokens=2, prompts=["hi"], random_control=False)
 
     for pair, want in ((pair32, 1), (pair32, 1), (pair16, 2), (pair16, 2), (pair32, 3)):
-        run_lens(pair, layout, graders, lens_cfg, progress=False)
+        [ps] = run_lens(pair, layout, graders, lens_cfg, progress=False)
         [res] = run_steer(pair, layout, graders, steer_cfg, progress=False)
         assert calls == {"lens": want, "steer": want}, (pair.precision, calls)
-        assert res.thresholds[0].position == 0
+        assert res.precision == ps.precision == pair.precision
+        # written into the files when not float32 (a float32 file is as it was before the field)
+        files = [layout.steering(res.dataset, 2), layout.patchscope(res.dataset, 2)]
+        assert all(json.loads(f.read_text()).get("precision") == (None if pair is pair32 else "bfloat16")
+                   for f in files)

@@ -331,4 +331,5 @@ def patchscope(pair: ModelPair, c: Collected, positions: Sequence[int], grader: 
                                        context=scale_context(sweeps, source, j, unpatched)))
             bar.advance(task)
     return PatchscopeResult(dataset=c.dataset, layer=c.layer, prompts=list(IDENTITY_PROMPTS), eta_ft=c.eta_ft,
-                            eta_base=c.eta_base, entries=entries, unpatched=unpatched)
+                            eta_base=c.eta_base, entries=entries, unpatched=unpatched,
+                            precision=str(getattr(pair, "precision", "float32")))

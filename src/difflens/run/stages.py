@@ -373,7 +373,8 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
                                unsteered_pass_rate=partial.get("unsteered_pass_rate"), min_coherent=need,
                                unsteered_pass_rates=partial.get("unsteered_pass_rates"),
                                min_coherent_per_prompt=per_need,
-                               max_new_tokens=cfg.max_new_tokens, generation_backend=backend.name)
+                               max_new_tokens=cfg.max_new_tokens, generation_backend=backend.name,
+                               precision=str(getattr(pair, "precision", "float32")))
         order = {p: i for i, p in enumerate(cfg.prompts)}
         # unsteered, then by position, steered before its control, prompt and sample: the order is the
         # same whether a job rode a search round or ran after the search

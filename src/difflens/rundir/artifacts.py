@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
@@ -96,7 +96,25 @@ class PatchscopeEntry(BaseModel):
         return [t.token for t in self.at(self.chosen_scale if scale is None else scale).tokens[:n]]
 
 
-class PatchscopeResult(BaseModel):
+class _QuietDefaults(BaseModel):
+    """A result whose :data:`QUIET` fields are written only when they differ from their default, so a
+    file written with the defaults is the same as one written before those fields existed."""
+
+    QUIET: ClassVar[dict[str, Any]] = {}
+
+    @model_serializer(mode="wrap")
+    def _omit_quiet_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in self.QUIET.items():
+                if key in data and data[key] == default:
+                    del data[key]
+        return data
+
+
+class PatchscopeResult(_QuietDefaults):
+    QUIET: ClassVar[dict[str, Any]] = {"precision": "float32"}
+
     dataset: str
     layer: int
     prompts: list[str]
@@ -104,6 +122,7 @@ class PatchscopeResult(BaseModel):
     entries: list[PatchscopeEntry]
     eta_base: float | None = None  # the scale unit of the `delta_via_base` control
     unpatched: list[TokenProb] = []  # the finetuned model on the identity prompts, nothing patched (control)
+    precision: str = "float32"  # what the pair computed in (difflens.models.precision); written when not float32
 
     def get(self, source: Source, position: int) -> PatchscopeEntry:
         return _entry(self.entries, source, position)
@@ -138,7 +157,9 @@ class Generation(BaseModel):
     control: str | None = None  # "random": a random direction at the same α·η as δ̄ at `position`
 
 
-class SteeringResult(BaseModel):
+class SteeringResult(_QuietDefaults):
+    QUIET: ClassVar[dict[str, Any]] = {"generation_backend": "hf", "precision": "float32"}
+
     dataset: str
     layer: int
     eta_ft: float
@@ -157,13 +178,8 @@ class SteeringResult(BaseModel):
     # the HF pair's): "hf" is the default and is left out of steering.json, so an HF run's file is
     # unchanged from before backends existed; any other backend ("vllm") is written
     generation_backend: str = "hf"
-
-    @model_serializer(mode="wrap")
-    def _omit_default_backend(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("generation_backend") == "hf":
-            del data["generation_backend"]
-        return data
+    # what the pair (the search, the grader's reference model, HF generations) computed in; written when not float32
+    precision: str = "float32"
 
     def alpha(self, position: int) -> float:
         for t in self.thresholds:
