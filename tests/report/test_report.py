@@ -358,3 +358,21 @@ def test_grouped_bar_legend_fits_its_longest_name():
         for x, text in re.findall(r'<text class="tick" x="([\d.]+)" y="[\d.]+">([^<]+)</text>', svg):
             if text in names:
                 assert float(x) + 6.2 * len(text) <= width, (text, x)
+
+
+def test_the_header_says_what_the_pair_computed_in(tmp_path):
+    """Collection's precision from the manifest; a steer (or lens) result computed in another one
+    (`difflens steer RUN --dtype bfloat16`) is named beside it."""
+    import json
+
+    layout = full_run(tmp_path / "run")
+    assert "Precision" not in render_report(layout.root).read_text(encoding="utf-8")  # nothing recorded
+    m = json.loads(layout.manifest.read_text())
+    m["models"]["precision"] = "float32"
+    write_json(layout.manifest, m)
+    doc = render_report(layout.root).read_text(encoding="utf-8")
+    assert re.search(r"Precision</th><td><b>float32</b> \(collection\)</td>", doc), doc[doc.find("Precision") - 40:][:200]
+    s = SteeringResult.model_validate_json(layout.steering(DATASET, LAYER).read_text())
+    save(s.model_copy(update={"precision": "bfloat16"}), layout.steering(DATASET, LAYER))
+    doc = render_report(layout.root).read_text(encoding="utf-8")
+    assert f"steer of {DATASET} layer {LAYER}: <b>bfloat16</b>" in doc and "lens of" not in doc

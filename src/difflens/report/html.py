@@ -116,9 +116,25 @@ def _model_rows(models: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _header(layout: RunLayout, manifest: dict[str, Any]) -> str:
+def _precision_row(models: dict[str, Any], slices: Sequence[Slice]) -> tuple[str, str] | None:
+    """What the pair computed in: collection's (the manifest), and each lens / steer result that ran in
+    another precision (a stage rerun with ``--dtype``); None when nothing records one."""
+    collected = models.get("precision")
+    other = [f"{what} of {s.dataset} layer {s.layer}: <b>{esc(r.value.precision)}</b>"
+             for s in slices for what, r in (("lens", s.patch), ("steer", s.steer))
+             if r.ok and getattr(r.value, "precision", None) not in (None, collected or "float32")]
+    if not collected and not other:
+        return None
+    head = f"<b>{esc(collected)}</b> (collection)" if collected else "collection: not recorded"
+    return ("Precision", head + ("<br>" + "<br>".join(other) if other else ""))
+
+
+def _header(layout: RunLayout, manifest: dict[str, Any], slices: Sequence[Slice] = ()) -> str:
     models = manifest.get("models", {})
     rows = _model_rows(models)
+    prec = _precision_row(models, slices)
+    if prec is not None:
+        rows.append(prec)
     ds_rows = []
     for d in manifest.get("datasets", []):
         ds_rows.append([f"<b>{esc(d.get('name', '?'))}</b>", esc(fmt(d.get("n_used"))),
@@ -516,7 +532,7 @@ def build_html(run_dir: str | Path) -> str:
     body = [
         f'<h1>Activation Difference Lens</h1><p class="sub"><b>{esc(ft)}</b> vs base <b>{esc(base)}</b> · run '
         f'<code>{esc(layout.root.resolve())}</code> · generated {esc(now)}</p>',
-        f'<section id="overview"><h2>Run overview</h2>{_header(layout, manifest)}</section>',
+        f'<section id="overview"><h2>Run overview</h2>{_header(layout, manifest, slices)}</section>',
         f'<section id="stages"><h2>Stages</h2>{_stage_overview(layout, slices, methods)}</section>',
         f'<section id="norms"><h2>Difference norms ‖δ̄<sub>j</sub>‖</h2><p class="muted small">Norm of the mean '
         f'activation difference per position, with the finetuned model\'s mean activation norm η_ft (dashed) and '
