@@ -188,7 +188,7 @@ def test_parts_that_run_the_pair_are_recomputed_in_another_precision(finished_ru
     again = evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=loader, progress=False,
                      precision="bfloat16")
     assert loads == [1] and again.model_dump() == s16.model_dump()
-    with pytest.raises(DifflensError, match="loaded in bfloat16.*told float16"):
+    with pytest.raises(DifflensError, match="loaded in bfloat16.*keys its cached parts to float16"):
         evaluate(layout, FT, relevance_grader=grader, cfg=cfg, pair_loader=loader, progress=False, precision="float16")
 
 

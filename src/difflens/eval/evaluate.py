@@ -153,8 +153,9 @@ def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = No
             loaded = pair_loader()
             got = getattr(loaded, "precision", None)
             if fingerprint_part(got) != fingerprint_part(precision):
-                raise DifflensError(f"the model pair was loaded in {got or 'float32'}, but evaluate was told "
-                                    f"{precision or 'float32'} (the fingerprints of the parts it computes)")
+                raise DifflensError(f"the model pair was loaded in {got or 'float32'}, but evaluate keys its cached "
+                                    f"parts to {precision or 'float32'}: pass evaluate(precision=...) the precision "
+                                    "pair_loader loads (difflens.models.pair.pair_precision)")
             pair.append(loaded)
         return pair[0]
 
