@@ -115,9 +115,11 @@ def test_the_steer_estimate_counts_one_prefill_per_prompt_and_alpha(shape):
     assert cost.steer_flops_estimate(shape, cfg, 1, prompt_tokens=p) == pytest.approx(gen + grade)
 
 
-def test_a_16_bit_steer_on_a_cpu_is_announced_with_its_float32_overhead(tmp_path, monkeypatch, capsys):
-    """bfloat16 on a CPU speeds the matmuls, not the KV-cache reads, elementwise ops and sampling:
-    the announced time adds those at the float32 rate (in float32: FLOPs at its rate × the ratio)."""
+def test_a_16_bit_cpu_stage_is_announced_with_its_float32_overhead(tmp_path, monkeypatch, capsys):
+    """bfloat16 on a CPU speeds the matmuls, not the KV-cache and activation reads, elementwise ops
+    and sampling: the announced time (steer's, and collect's and the causal effect's through
+    ``announce``) adds those at the float32 rate; in float32, or on an accelerator, it is the FLOPs at
+    the rate × the ratio."""
     from difflens.adl.steering import SteeringConfig
     from difflens.run import stages
 
@@ -137,3 +139,9 @@ def test_a_16_bit_steer_on_a_cpu_is_announced_with_its_float32_overhead(tmp_path
     assert f"about {flops / 1e9 * r:.6g}s" in said["float32"]
     assert f"about {flops / 4e9 + flops / 1e9 * (r - 1):.6g}s" in said["bfloat16"]
     assert "4 GFLOP/s" in said["bfloat16"]
+    # collect's and the causal effect's announcements count the same way; an accelerator as before
+    assert cost.expected_seconds(1e12, "cpu", "bf16-fp32res", 1.5) == (1e12 / 4e9 + 1e12 / 1e9 * 0.5, 4e9)
+    assert cost.expected_seconds(1e12, "cpu", "float32", 1.5) == (1e12 / 1e9 * 1.5, 1e9)
+    assert cost.expected_seconds(1e12, "cuda:0", "bfloat16", 1.5) == (1e12 / 4e9 * 1.5, 4e9)
+    assert cost.announce("collecting", 1e12, "cpu", "bfloat16", 1.5) == 1e12 / 4e9 + 1e12 / 1e9 * 0.5
+    assert f"about {1e12 / 4e9 + 1e12 / 1e9 * 0.5:.6g}s" in capsys.readouterr().err

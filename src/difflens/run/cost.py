@@ -245,18 +245,32 @@ CAUSAL_FLOOR_RATIO = 2.0
 ANNOUNCE_AFTER_S = 60.0  # stages expected to be shorter say nothing
 
 
+def expected_seconds(flops: float, device: Any, precision: str, ratio: float) -> tuple[float, float]:
+    """A stage's expected wall time and the matmul rate it assumes: ``flops`` at the measured rate of
+    the precision's matmul dtype times the ``ratio`` of wall to floor the bench measured in float32.
+
+    On a CPU in a 16-bit precision only the floor shrinks: the time beyond the matmuls (KV-cache and
+    activation reads, elementwise ops, sampling) stays about what it is in float32, so it is counted
+    at the float32 rate. Measured on 2 AMX cores: the default SmolLM2 steer took 7 min in bfloat16
+    (the bfloat16 rate × the ratio said 4; this says 10) and 12.4 min in float32; `bench/floor.py
+    --stages collect` 2.1 s in bfloat16 (0.9 s said; this says 2.6) and 5.6 s in float32."""
+    rate = matmul_rate(device, rate_dtype(precision))
+    if rate_dtype(precision) != "float32" and str(device).startswith("cpu"):
+        return flops / rate + flops / matmul_rate(device, "float32") * (ratio - 1), rate
+    return flops / rate * ratio, rate
+
+
 def announce(what: str, flops: float, device: Any, precision: str, ratio: float, hint: str = "", *,
              at_least: float = ANNOUNCE_AFTER_S, always: bool = False) -> float | None:
     """One ``[difflens]`` line on stderr before a long stage: its FLOPs at this machine's measured
-    matmul rate times the ``ratio`` of wall to floor the bench measured. Said only when the estimate
+    matmul rate times the ``ratio`` of wall to floor the bench measured (:func:`expected_seconds`). Said only when the estimate
     is ``at_least`` seconds (or ``always``); returns the estimate (None if it could not be made)."""
     import sys
 
     try:
-        rate = matmul_rate(device, rate_dtype(precision))
+        secs, rate = expected_seconds(flops, device, precision, ratio)
     except Exception:  # noqa: BLE001 - an estimate never stops a stage
         return None
-    secs = flops / rate * ratio
     if always or secs >= at_least:
         print(f"[difflens] {what}: ≈ {flops / 1e12:.1f} TFLOP at {rate / 1e9:.0f} GFLOP/s → about "
               f"{format_seconds(secs)} (floor {format_seconds(flops / rate)}){'; ' + hint if hint else ''}",

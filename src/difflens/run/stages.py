@@ -110,11 +110,9 @@ def collect_estimate(pair: ModelPair, cfg: Any) -> float | None:
 
 def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer: int) -> None:
     """One stderr line before a long steering stage: its FLOPs at this machine's measured matmul rate
-    and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`).
-
-    On a CPU in a 16-bit precision the time beyond the matmuls (the KV cache's reads, elementwise
-    ops, sampling) is about what it is in float32, so it is counted at the float32 rate: SmolLM2's
-    default steer in bfloat16 on 2 AMX cores took 7 min, where the bfloat16 rate × the ratio said 4."""
+    and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`;
+    :func:`~difflens.run.cost.expected_seconds`, which counts a 16-bit CPU run's time beyond the
+    matmuls at the float32 rate)."""
     import sys
 
     from ..adl.steering import default_grid
@@ -123,11 +121,8 @@ def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer:
     try:
         shape = cost.ModelShape.of_pair(pair)
         flops = cost.steer_flops_estimate(shape, cfg, positions, grid=cfg.grid or default_grid(pair))
-        dtype = cost.rate_dtype(getattr(pair, "precision", "float32"))
-        rate = cost.matmul_rate(pair.device, dtype)
-        secs = flops / rate * cost.STEER_FLOOR_RATIO
-        if dtype != "float32" and str(pair.device).startswith("cpu"):
-            secs = flops / rate + flops / cost.matmul_rate(pair.device, "float32") * (cost.STEER_FLOOR_RATIO - 1)
+        secs, rate = cost.expected_seconds(flops, pair.device, str(getattr(pair, "precision", "float32")),
+                                           cost.STEER_FLOOR_RATIO)
     except Exception:  # noqa: BLE001 - an estimate never stops the stage
         return
     print(f"[difflens] steering layer {layer}: {positions} position(s), ≈ {flops / 1e12:.0f} TFLOP at "
