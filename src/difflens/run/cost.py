@@ -254,8 +254,9 @@ def expected_seconds(flops: float, device: Any, precision: str, ratio: float) ->
     at the float32 rate. Measured on 2 AMX cores: the default SmolLM2 steer took 7 min in bfloat16
     (the bfloat16 rate × the ratio said 4; this says 10) and 12.4 min in float32; `bench/floor.py
     --stages collect` 2.1 s in bfloat16 (0.9 s said; this says 2.6) and 5.6 s in float32."""
-    rate = matmul_rate(device, rate_dtype(precision))
-    if rate_dtype(precision) != "float32" and str(device).startswith("cpu"):
+    dtype = rate_dtype(precision)
+    rate = matmul_rate(device, dtype)
+    if dtype != "float32" and str(device).startswith("cpu"):
         return flops / rate + flops / matmul_rate(device, "float32") * (ratio - 1), rate
     return flops / rate * ratio, rate
 
@@ -263,8 +264,9 @@ def expected_seconds(flops: float, device: Any, precision: str, ratio: float) ->
 def announce(what: str, flops: float, device: Any, precision: str, ratio: float, hint: str = "", *,
              at_least: float = ANNOUNCE_AFTER_S, always: bool = False) -> float | None:
     """One ``[difflens]`` line on stderr before a long stage: its FLOPs at this machine's measured
-    matmul rate times the ``ratio`` of wall to floor the bench measured (:func:`expected_seconds`). Said only when the estimate
-    is ``at_least`` seconds (or ``always``); returns the estimate (None if it could not be made)."""
+    matmul rate times the ``ratio`` of wall to floor the bench measured (:func:`expected_seconds`).
+    Said only when the estimate is ``at_least`` seconds (or ``always``); returns the estimate (None if
+    it could not be made)."""
     import sys
 
     try:

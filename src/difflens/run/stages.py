@@ -109,25 +109,21 @@ def collect_estimate(pair: ModelPair, cfg: Any) -> float | None:
 
 
 def _steer_estimate(pair: ModelPair, cfg: SteeringConfig, positions: int, layer: int) -> None:
-    """One stderr line before a long steering stage: its FLOPs at this machine's measured matmul rate
-    and the ratio to the floor bench/floor.py measured (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`;
-    :func:`~difflens.run.cost.expected_seconds`, which counts a 16-bit CPU run's time beyond the
-    matmuls at the float32 rate)."""
-    import sys
-
+    """One stderr line before a steering stage (:func:`~difflens.run.cost.announce`): its FLOPs at
+    this machine's measured matmul rate and the ratio to the floor bench/floor.py measured
+    (:data:`~difflens.run.cost.STEER_FLOOR_RATIO`; a 16-bit CPU run's time beyond the matmuls counted
+    at the float32 rate)."""
     from ..adl.steering import default_grid
     from . import cost
 
     try:
         shape = cost.ModelShape.of_pair(pair)
         flops = cost.steer_flops_estimate(shape, cfg, positions, grid=cfg.grid or default_grid(pair))
-        secs, rate = cost.expected_seconds(flops, pair.device, str(getattr(pair, "precision", "float32")),
-                                           cost.STEER_FLOOR_RATIO)
     except Exception:  # noqa: BLE001 - an estimate never stops the stage
         return
-    print(f"[difflens] steering layer {layer}: {positions} position(s), ≈ {flops / 1e12:.0f} TFLOP at "
-          f"{rate / 1e9:.0f} GFLOP/s → about {cost.format_seconds(secs)} (floor {cost.format_seconds(flops / rate)}; "
-          f"fewer --positions or --max-new-tokens shorten it)", file=sys.stderr, flush=True)
+    cost.announce(f"steering layer {layer}: {positions} position(s)", flops, pair.device,
+                  str(getattr(pair, "precision", "float32")), cost.STEER_FLOOR_RATIO,
+                  "fewer --positions or --max-new-tokens shorten it", always=True)
 
 
 class _FinalRiders:
