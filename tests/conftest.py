@@ -231,15 +231,19 @@ class AllCoherent:
 
 
 class PassesEveryOther:
-    """A coherence grader passing every second text it sees, whatever it says (a 50% pass rate)."""
+    """A coherence grader passing every second text it sees, whatever it says (a 50% pass rate), counting
+    across calls (the search judges a tested α's samples in several calls: any two in a row, one passes)."""
 
     name: str = "alternating"
+    seen: int = 0
 
     def identity(self):
         return {"backend": "test", "kind": "alternating"}
 
     def grade(self, texts):
-        return [i % 2 == 0 for i in range(len(texts))]
+        out = [(self.seen + i) % 2 == 0 for i in range(len(texts))]
+        self.seen += len(texts)
+        return out
 
 
 class ScriptedAgent:

@@ -1,5 +1,5 @@
-"""Threshold searches of several positions in shared rounds (find_thresholds): one generate call and
-one grader call per round for all positions, each position's schedule unchanged."""
+"""Threshold searches of several positions in shared rounds (find_thresholds): one generate call per
+round and grader calls shared by all positions, each position's schedule unchanged."""
 from __future__ import annotations
 
 import pytest
@@ -57,10 +57,11 @@ def test_positions_share_rounds(tiny_run, monkeypatch):
     res = find_thresholds(pair, g, layer=2, directions={j: c.delta[j] for j in (0, 1, 2)}, eta=c.eta_ft, cfg=CFG,
                           progress=False, on_done=done.append)
     assert sorted(res) == sorted(t.position for t in done) == [0, 1, 2]
-    # one generate and one grade call per round for all positions: as many rounds as the longest
-    # search (a position's rounds ≤ the α's it tested)
-    assert len(calls) == g.calls <= max(len(t.steps) for t in res.values())
-    assert sum(calls) == g.texts == sum(t.generations_used for t in res.values())
+    # one generate call per round for all positions: as many rounds as the longest search (a position's
+    # rounds ≤ the α's it tested); the grader's calls (waves) judge every position's samples together
+    assert len(calls) <= max(len(t.steps) for t in res.values())
+    assert sum(calls) == sum(t.generations_used for t in res.values())
+    assert g.texts == sum(t.grader_calls for t in res.values()) <= sum(calls)
     for t in res.values():  # each position ran its own full schedule
         assert {s.prompt for s in t.steps} <= set(CFG.threshold_prompts) and len(t.steps) >= CFG.search_iters
     # a memory budget that splits a round into several calls changes nothing but the draws
@@ -140,7 +141,7 @@ def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
     cfg = SteeringConfig(grid=1, search_temperature=1.2)
     dirs = {j: torch.ones(4) for j in range(3)}
     plain = find_thresholds(None, ThresholdGrader(37.3), layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False)
-    rounds = len(w.batches)
+    rounds, sizes = len(w.batches), list(w.batches)
     w.batches.clear()
     temps.clear()
     asked, got = [], []
@@ -157,19 +158,29 @@ def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
     ridden = find_thresholds(None, g, layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False, max_rows=100,
                              riders=riders)
     assert ridden == plain and len(w.batches) == rounds  # the same searches in the same rounds
-    assert asked[0] == 100 - len(dirs) * cfg.search_samples  # the room a call had left
+    # round 1: three α's a position (50, 25, 12.5: the lookahead), the room a call had left after them
+    assert sizes[0] == len(dirs) * 3 * cfg.search_samples and asked[0] == 100 - sizes[0]
     # each ride came back with its own rows' texts, in order, and the grader never saw them
     assert got == [[f"10.0|final {k}.{i}" for i in range(3)] for k in (1, 2)]  # ‖5·1₄‖ = 10
     assert not any("final" in t for t in g.seen)
-    assert w.batches[:2] == [len(dirs) * cfg.search_samples + 3] * 2
-    assert temps[0] == [1.2] * (len(dirs) * cfg.search_samples) + [0.7] * 3 and set(temps[-1]) == {1.2}
+    assert w.batches[:2] == [sizes[0] + 3, sizes[1] + 3] and w.batches[2:] == sizes[2:]
+    assert temps[0] == [1.2] * sizes[0] + [0.7] * 3 and set(temps[-1]) == {1.2}
 
 
 class HalfGrader(RecordingGrader):
-    """Below the threshold every other text passes: 5 of an α's 10 samples (its rows are consecutive)."""
+    """Below the threshold every other sample of an α passes: 5 of its 10 (counted across calls: the search
+    judges an α's samples in waves)."""
+
+    def __init__(self, threshold):
+        super().__init__(threshold)
+        self.count = {}
 
     def grade(self, texts):
-        return [ok and i % 2 == 0 for i, ok in enumerate(super().grade(texts))]
+        out = []
+        for t, ok in zip(texts, super().grade(texts)):
+            k = self.count[t] = self.count.get(t, 0) + 1
+            out.append(ok and k % 2 == 1)
+        return out
 
 
 def test_a_prelude_rides_the_first_round_and_the_bars_it_returns_grade_every_round(monkeypatch):
@@ -211,10 +222,10 @@ def test_a_prelude_rides_the_first_round_and_the_bars_it_returns_grade_every_rou
     # each its own texts, once, before any grading; the ride saved before the prelude calibrates
     assert seen == [("ride", ["10.0|ride"], 0), ("prelude", ["0.0|cal"] * 4 + ["0.0|fin"] * 2, 0)]
     assert not any("cal" in t or "fin" in t or "ride" in t for t in g.seen)
-    n = len(dirs) * cfg.search_samples
+    n = len(dirs) * 3 * cfg.search_samples  # round 1: 50, 25 and 12.5 (the lookahead) for each position
     assert w.batches[0] == n + 6 + 1 and temps[0] == [1.2] * n + [1.2] * 4 + [1.1] * 2 + [0.7]
     assert asked[0] == 100 - n - 6  # riders get what the search rows and the prelude left
-    assert set(temps[1]) == {1.2} and w.batches[1] == n
+    assert set(temps[1]) == {1.2}
     # no round to join: the prelude runs alone
     alone = []
     p2 = steering.Ride(prompts=["cal"] * 2, vectors=[None] * 2, temperature=1.2, done=alone.append)

@@ -94,12 +94,19 @@ def test_batched_search_on_a_real_model(tiny_run):
     kw = dict(layer=2, position=0, direction=c.delta[0], eta=c.eta_ft, progress=False)
     g = LengthGrader()
     batched = find_threshold(pair, g, cfg=cfg.model_copy(update={"grid": 3}), **kw)
-    assert g.calls == 2 and len(batched.steps) == 2 + 2  # 2 α's per round: 3·3 = 9 ≥ 2^3
+    assert len(batched.steps) == 2 + 2  # 2 α's per round: 3·3 = 9 ≥ 2^3
+    assert g.calls >= 2 and batched.grader_calls <= batched.generations_used == 2 * 4  # judged in waves, lazily
     assert batched == find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 3}), **kw)
-    # grid 1 without refinement prompts: the paper's α's, seeds and samples, hence its verdicts
-    one = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 1}), **kw)
+    # grid 1 without refinement prompts or lookahead, every sample judged: the paper's α's, seeds and samples,
+    # hence its verdicts
+    exact = {"grid": 1, "lookahead": 1, "grade_all": True}
+    one = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update=exact), **kw)
     paper = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"search": "paper"}), **kw)
     assert one == paper
+    # judged lazily: the same verdicts from fewer judged samples
+    lazy = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 1, "lookahead": 1}), **kw)
+    assert [(s.alpha, s.coherent) for s in lazy.steps] == [(s.alpha, s.coherent) for s in paper.steps]
+    assert lazy.alpha == paper.alpha and lazy.grader_calls <= paper.grader_calls
 
 
 def test_steering_config_defaults_follow_paper():

@@ -129,11 +129,22 @@ def test_batched_search_lands_within_the_paper_resolution(world, grid):
         assert 37.3 - 2 * a1 / 32 <= a < 37.3
     assert th.alpha == pytest.approx((a1 + a2 + a3) / 3)
     rounds = len(world.batches)
-    assert g.calls == rounds  # one grader call per round
-    assert th.generations_used == th.grader_calls == sum(len(b) for b in world.batches)
+    assert th.generations_used == sum(len(b) for b in world.batches)
     assert th.generations_used == 10 * len(th.steps)  # every tested α recorded, 10 samples each
-    assert all(s.n_samples == 10 and s.coherent == (s.alpha < 37.3) for s in th.steps)
-    assert rounds <= {1: 13, 3: 6, 10: 4}[grid]
+    assert all(s.n_samples == 10 and s.coherent == (s.alpha < 37.3) for s in th.steps if s.used)
+    # judged lazily: a coherent α after its 8th pass, an incoherent one after its 3rd fail (≥ 8 of 10 can no
+    # longer pass); an α tested ahead below one found coherent is not judged at all
+    assert all(s.n_graded == (8 if s.coherent else 3) for s in th.steps if s.used)
+    assert all(s.n_graded == 0 and s.alpha < 37.3 for s in th.steps if not s.used)
+    assert th.grader_calls == sum(s.n_graded for s in th.steps) < th.generations_used
+    assert g.calls >= rounds  # a grader call per wave of a round
+    assert rounds <= {1: 10, 3: 6, 10: 4}[grid]
+    # every sample judged: the same α's, draws and verdicts, one grader call a round
+    full = search(SteeringConfig(grid=grid, grade_all=True), ThresholdGrader(37.3))
+    assert (full.alpha, full.per_prompt, full.generations_used) == (th.alpha, th.per_prompt, th.generations_used)
+    assert [(s.alpha, s.used, s.coherent or not s.used) for s in full.steps] == \
+        [(s.alpha, s.used, s.coherent or not s.used) for s in th.steps]
+    assert full.grader_calls == full.generations_used and all(s.n_graded is None for s in full.steps)
     if grid == 10:
         assert max(len(b) for b in world.batches) <= 3 * 10 * 10
         # the refinement prompts share rounds with the first prompt
@@ -157,8 +168,30 @@ def test_batched_grid_one_tests_the_papers_alphas(world):
     cfg = SteeringConfig(refine_iters=0)
     paper = search(cfg.model_copy(update={"search": "paper"}), ThresholdGrader(37.3))
     ours = search(cfg.model_copy(update={"grid": 1}), ThresholdGrader(37.3))
-    assert [s.alpha for s in ours.steps] == [s.alpha for s in paper.steps]
+    # the lookahead tests more α's a round; the bisection reaches the paper's, with its verdicts
+    assert [(s.alpha, s.coherent) for s in ours.steps if s.used] == [(s.alpha, s.coherent) for s in paper.steps]
     assert ours.per_prompt == paper.per_prompt
+    one = search(cfg.model_copy(update={"grid": 1, "lookahead": 1}), ThresholdGrader(37.3))
+    assert [s.alpha for s in one.steps] == [s.alpha for s in paper.steps] and one.per_prompt == paper.per_prompt
+
+
+@pytest.mark.parametrize("threshold", [90.0, 37.3, 3.0, 0.01, 0.0])
+def test_the_lookahead_makes_the_bisections_decisions_in_fewer_rounds(world, threshold):
+    """Three midpoints a round while nothing is coherent yet: the bisection's α's, verdicts and result,
+    the descent from 100 in a third of the rounds; α's below the first coherent one are drawn but not judged."""
+    cfg = SteeringConfig(refine_iters=0, grid=1)
+    paper = search(cfg.model_copy(update={"search": "paper"}), ThresholdGrader(threshold))
+    n_paper = len(world.batches)
+    world.batches.clear()
+    ahead = search(cfg, ThresholdGrader(threshold))
+    used = [s for s in ahead.steps if s.used]
+    assert [(s.alpha, s.coherent) for s in used] == [(s.alpha, s.coherent) for s in paper.steps]
+    assert ahead.per_prompt == paper.per_prompt
+    descent = next((i for i, s in enumerate(paper.steps) if s.coherent), len(paper.steps) - 1) + 1
+    assert len(world.batches) == -(-descent // 3) + (n_paper - descent)
+    skipped = [s for s in ahead.steps if not s.used]
+    assert len(skipped) <= 2 and all(s.n_graded == 0 for s in skipped)
+    assert ahead.grader_calls == sum(s.n_graded for s in ahead.steps)
 
 
 def test_refinement_prompts_differ_and_are_capped_at_twice_alpha_one(world):
@@ -255,13 +288,13 @@ class CountGrader:
     name = "count"
 
     def __init__(self, ok: dict[str, int], default: int = 10):
-        self.ok, self.default = ok, default
+        self.ok, self.default, self.seen = ok, default, {}
 
-    def grade(self, texts):
-        out, seen = [], {}
+    def grade(self, texts):  # counts across calls: a tested α's samples may come in several
+        out = []
         for t in texts:
             a, p = t.split("|", 1)
-            k = seen[(a, p)] = seen.get((a, p), 0) + 1
+            k = self.seen[(a, p)] = self.seen.get((a, p), 0) + 1
             out.append(k <= self.ok.get(p, self.default))
         return out
 
@@ -285,10 +318,10 @@ def test_each_threshold_prompt_is_held_to_its_own_bar(world, schedule):
     """A prompt whose unsteered samples pass 2 of 10 can never reach a pooled bar of 4: with its own
     bar (2) it passes at every α; with the pooled one it is 0."""
     p2 = steering.THRESHOLD_PROMPTS[1]
-    grader = CountGrader({p2: 2})
-    pooled = search(SteeringConfig(search=schedule, grid=1, min_coherent=4), grader)
+    pooled = search(SteeringConfig(search=schedule, grid=1, min_coherent=4), CountGrader({p2: 2}))
     assert pooled.per_prompt[1] == 0.0
-    own = search(SteeringConfig(search=schedule, grid=1, min_coherent=4, min_coherent_per_prompt=[4, 2, 4]), grader)
+    own = search(SteeringConfig(search=schedule, grid=1, min_coherent=4, min_coherent_per_prompt=[4, 2, 4]),
+                 CountGrader({p2: 2}))
     assert own.per_prompt[1] > 0 and own.per_prompt[0] > 90
     assert all(s.coherent == (s.n_coherent >= (2 if s.prompt == p2 else 4)) for s in own.steps)
 

@@ -109,12 +109,26 @@ class SteeringConfig(BaseModel):
     threshold_prompts: list[str] = Field(default_factory=lambda: list(THRESHOLD_PROMPTS))
     search: Literal["batched", "paper"] = "batched"
     grid: int | None = Field(None, ge=1)  # batched: most α's per prompt and round; None: by device (default_grid)
+    # batched with grid 1: bisection midpoints the first prompt tests per round while it has found no
+    # coherent α, down its incoherent branch (default_lookahead); None: by grid
+    lookahead: int | None = Field(None, ge=1)
+    # batched: grade every sample of every tested α; by default a tested α's samples are graded only
+    # until its verdict is certain, and a lookahead α only if the bisection reaches it (same verdicts)
+    grade_all: bool = False
     early_stop: bool = False  # paper schedule only: 3 samples first, the other 7 only if needed
     random_control: bool = True  # also steer along a random direction at the same α·η (final samples)
     seed: int = 0
     # set by the steer stage, not by users: the bar of each threshold prompt, from that prompt's own
     # unsteered pass rate (required_coherent); None: min_coherent for every prompt
     min_coherent_per_prompt: list[int] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What the steer stage's fingerprint keys on: every setting that changes a result. Not
+        ``positions`` (each position is resumed on its own), not ``grade_all`` (it changes which
+        samples are judged, not a verdict), and ``lookahead`` only when set (left to the grid, it
+        changes which draws a round holds, not the distribution of α; results from before it
+        existed stay valid)."""
+        return self.model_dump(exclude={"positions", "grade_all"} | ({"lookahead"} if self.lookahead is None else set()))
 
     def need(self, prompt_index: int) -> int:
         """Coherent samples a tested α needs for threshold prompt ``prompt_index``."""
@@ -267,6 +281,21 @@ def grid_points(lo: float, hi: float, g: int) -> list[float]:
     return [lo + (hi - lo) * k / (g + 1) for k in range(1, g + 1)]
 
 
+def descent_points(lo: float, hi: float, tol: float, k: int) -> list[float]:
+    """Up to ``k`` bisection midpoints of [lo, hi] down its incoherent branch: (lo+hi)/2, then the
+    midpoint below it, and so on, while the bracket they leave is wider than ``tol`` (descending)."""
+    out: list[float] = []
+    while len(out) < k and hi - lo > tol * (1 + _EPS):
+        hi = (lo + hi) / 2
+        out.append(hi)
+    return out
+
+
+class _Descent(list):
+    """A round's α's for one bracket tested ahead along the bisection's incoherent branch
+    (:func:`descent_points`, descending): the bisection's own decisions, read in order."""
+
+
 def narrow(lo: float, hi: float, alphas: Sequence[float], verdicts: Sequence[bool]) -> tuple[float, float]:
     """The new bracket from one round's verdicts at ``alphas`` (ascending, inside (lo, hi)).
 
@@ -309,6 +338,92 @@ def default_grid(pair: ModelPair | None) -> int:
     return 1 if dev is None or torch.device(dev).type == "cpu" else 10
 
 
+def default_lookahead(grid: int) -> int:
+    """Midpoints per round while the first prompt descends (``SteeringConfig.lookahead`` None): 3 for
+    bisection (grid 1), 1 otherwise (a wider grid already tests several α's a round).
+
+    From α_max = 100 a bisection halves down to the first coherent α, one 50-row round a step for
+    five positions; for SmolLM2-135M organisms the first coherent α is near 0.2-0.4: eight or nine
+    rounds, of which the first six (50 → 1.56) never passed one sample in four runs. On 2 cores a
+    round costs about 6.5 s plus 0.35 s a row (generation and grading); testing three midpoints a
+    round reaches 0.195 in three rounds. A midpoint below the first coherent one is generated for
+    nothing (10 rows a position, at most two a search), but not graded (:meth:`_Test.wanted`)."""
+    return 3 if grid == 1 else 1
+
+
+@dataclass
+class _Test:
+    """The samples of one tested α, judged lazily (:func:`judge`): in sample order, only until the
+    verdict is certain (``need`` passes, or too many fails for ``need`` to be reached), and, for a
+    lookahead α, only once the α above it (``after``) is found incoherent, i.e. once the bisection
+    reaches it."""
+
+    bracket: _Bracket
+    alpha: float
+    n: int
+    need: int
+    after: "_Test | None" = None
+    verdicts: list[bool] = field(default_factory=list)
+
+    @property
+    def passes(self) -> int:
+        return sum(self.verdicts)
+
+    def decided(self) -> bool | None:
+        """True / False once certain (coherent / incoherent), None before."""
+        if self.passes >= self.need:
+            return True
+        if len(self.verdicts) - self.passes > self.n - self.need:
+            return False
+        return None
+
+    def reached(self) -> bool | None:
+        """Whether the bisection reaches this α: True for a test of its own, for a lookahead α once the
+        one above is incoherent (False once it is coherent, None while open)."""
+        if self.after is None:
+            return True
+        up = self.after.reached()
+        return up if up is not True else (None if self.after.decided() is None else not self.after.decided())
+
+    def wanted(self, grade_all: bool) -> int:
+        """Samples to judge next: all left with ``grade_all``; else the fewest that could settle it."""
+        left = self.n - len(self.verdicts)
+        if grade_all or left == 0:
+            return left
+        if self.decided() is not None or self.reached() is not True:
+            return 0
+        return min(self.need - self.passes, self.n - self.need + 1 - (len(self.verdicts) - self.passes), left)
+
+    def step(self) -> SearchStep:
+        graded = len(self.verdicts)
+        verdict = self.decided()
+        if verdict is None:  # not reached, or graded in part (grade_all: never)
+            verdict = False
+        return SearchStep(prompt=self.bracket.prompt, alpha=self.alpha, n_coherent=self.passes, n_samples=self.n,
+                          coherent=verdict, n_graded=None if graded == self.n else graded,
+                          used=self.reached() is True)
+
+
+def judge(grader: CoherenceGrader, tests: Sequence[_Test], texts: Sequence[str], *, grade_all: bool = False) -> int:
+    """Judge ``texts`` (``tests[i]``'s ``n`` samples in a row, test after test) in waves of one grader
+    call each, each wave the samples every test still wants (:meth:`_Test.wanted`); returns how many
+    texts were judged. A test's verdict is the same as from all its samples."""
+    if len(texts) != sum(t.n for t in tests):
+        raise ValueError(f"{len(texts)} texts for {sum(t.n for t in tests)} samples")
+    starts, i = [], 0
+    for t in tests:
+        starts.append(i)
+        i += t.n
+    judged = 0
+    while True:
+        wave = [(t, starts[k] + len(t.verdicts) + m) for k, t in enumerate(tests) for m in range(t.wanted(grade_all))]
+        if not wave:
+            return judged
+        for (t, _), v in zip(wave, _graded(grader, [texts[j] for _, j in wave])):
+            t.verdicts.append(bool(v))
+        judged += len(wave)
+
+
 @dataclass
 class _Bracket:
     """One threshold prompt's search state."""
@@ -330,6 +445,7 @@ class _PositionSearch:
         self.n = cfg.search_samples
         self.set_bars(cfg)
         self.grid = cfg.grid or default_grid(pair)
+        self.ahead = cfg.lookahead or default_lookahead(self.grid)
         self.first = _Bracket(cfg.threshold_prompts[0], 0.0, cfg.alpha_max)
         self.tol1 = cfg.alpha_max / 2 ** cfg.search_iters
         self.refine = ([_Bracket(p, 0.0, 0.0, started=False) for p in cfg.threshold_prompts[1:]]
@@ -346,7 +462,9 @@ class _PositionSearch:
         cfg, first = self.cfg, self.first
         out = []
         g = grid_size(first.hi - first.lo, self.tol1, self.grid)
-        if g:
+        if g and self.grid == 1 and self.ahead > 1 and first.lo <= 0:  # no coherent α yet: test ahead
+            out.append((first, _Descent(descent_points(first.lo, first.hi, self.tol1, self.ahead))))
+        elif g:
             out.append((first, grid_points(first.lo, first.hi, g)))
         done1 = g == 0
         # the first prompt found no coherent α at all: an empty [0, 2α₁] would zero every prompt, so
@@ -371,18 +489,31 @@ class _PositionSearch:
         """(prompt, α) of every sample of a round, ``search_samples`` per tested α."""
         return [(b.prompt, a) for b, points in todo for a in points for _ in range(self.n)]
 
-    def update(self, todo: list[tuple[_Bracket, list[float]]], verdicts: Sequence[Any]) -> None:
-        """Narrow each bracket by its α's verdicts (in :meth:`rows` order)."""
-        n, i = self.n, 0
+    def tests(self, todo: list[tuple[_Bracket, list[float]]]) -> list[_Test]:
+        """One :class:`_Test` per tested α (in :meth:`rows` order), each held to its prompt's bar; a
+        lookahead α waits on the one above it."""
+        out: list[_Test] = []
         for b, points in todo:
-            oks = []
+            above = None
             for a in points:
-                ok = sum(bool(x) for x in verdicts[i:i + n])
-                i += n
-                oks.append(ok >= self.need[b.prompt])
-                b.steps.append(SearchStep(prompt=b.prompt, alpha=a, n_coherent=ok, n_samples=n,
-                                          coherent=ok >= self.need[b.prompt]))
-            b.lo, b.hi = narrow(b.lo, b.hi, points, oks)
+                out.append(_Test(b, a, self.n, self.need[b.prompt], after=above))
+                above = out[-1] if isinstance(points, _Descent) else None
+        return out
+
+    def update(self, todo: list[tuple[_Bracket, list[float]]], tests: Sequence[_Test]) -> None:
+        """Narrow each bracket by its α's verdicts (``tests``: :meth:`tests` of ``todo``, judged)."""
+        i = 0
+        for b, points in todo:
+            mine, i = list(tests[i:i + len(points)]), i + len(points)
+            b.steps += [t.step() for t in mine]
+            if isinstance(points, _Descent):  # the bisection's steps, in order, up to its first coherent α
+                for t in mine:
+                    if t.decided():
+                        b.lo = t.alpha
+                        break
+                    b.hi = t.alpha
+            else:
+                b.lo, b.hi = narrow(b.lo, b.hi, points, [bool(t.decided()) for t in mine])
 
     def state(self) -> str:
         return "; ".join(f"{b.prompt[:24]!r} [{b.lo:.4g}, {b.hi:.4g}]" for b in [self.first, *self.refine]
@@ -417,14 +548,15 @@ def batched_threshold(pair: ModelPair, grader: CoherenceGrader, *, layer: int, d
         texts = generate_rows(pair, [p for p, _ in rows], [a for _, a in rows], layer=layer, direction=direction,
                               eta=eta, temperature=cfg.search_temperature, max_new_tokens=cfg.max_new_tokens,
                               seed=cfg.seed + 1000 * counter.rounds)
-        verdicts = _graded(grader, texts)
+        tests = search.tests(todo)
+        judged = judge(grader, tests, texts, grade_all=cfg.grade_all)
         counter.generations += len(texts)
-        counter.grader_calls += len(texts)
+        counter.grader_calls += judged
         counter.rounds += 1
-        search.update(todo, verdicts)
+        search.update(todo, tests)
         if log:
-            log(f"round {counter.rounds}: {sum(len(p) for _, p in todo)} α's, {len(texts)} generations → "
-                f"{search.state()}")
+            log(f"round {counter.rounds}: {sum(len(p) for _, p in todo)} α's, {len(texts)} generations "
+                f"({judged} graded) → {search.state()}")
     return search.result()
 
 
@@ -586,16 +718,15 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
         if first is not None:
             settle(first, texts[len(rows):taken])
         texts = texts[:len(rows)]
-        verdicts = _graded(grader, texts)
-        i = 0
+        tests = {j: searches[j].tests(todo) for j, todo in plans.items()}  # after settle: its bars
+        judge(grader, [t for ts in tests.values() for t in ts], texts, grade_all=cfg.grade_all)
         for j, todo in plans.items():
-            m = len(searches[j].rows(todo))
-            searches[j].update(todo, verdicts[i:i + m])
-            i += m
-            counters[j].generations += m
-            counters[j].grader_calls += m
+            searches[j].update(todo, tests[j])
+            counters[j].generations += len(searches[j].rows(todo))
+            counters[j].grader_calls += sum(len(t.verdicts) for t in tests[j])
             counters[j].rounds += 1
-        log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations"
+        graded = sum(len(t.verdicts) for ts in tests.values() for t in ts)
+        log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations ({graded} graded)"
             + (f" (+ {riding} unsteered / final ones riding its call)" if riding else "") + " → "
             + " | ".join(f"{j}: {searches[j].state()}" for j in plans))
     if prelude is not None:  # no round to join

@@ -16,6 +16,7 @@ from ..rundir.artifacts import (
     LogitLensResult,
     PatchscopeEntry,
     PatchscopeResult,
+    SearchStep,
     SteeringResult,
     TokenProb,
 )
@@ -346,6 +347,19 @@ def _coherence_bar(res: SteeringResult) -> str:
     return bar + "."
 
 
+def _step_samples(st: SearchStep) -> str:
+    """"3/10", or "0 of 7 judged (10 drawn)" where the grader stopped once the verdict was certain."""
+    if st.n_graded is None:
+        return f"{esc(st.n_coherent)}/{esc(st.n_samples)}"
+    return f"{esc(st.n_coherent)} of {esc(st.n_graded)} judged ({esc(st.n_samples)} drawn)"
+
+
+def _step_verdict(st: SearchStep) -> str:
+    if not st.used:  # tested ahead of the bisection, below an α it found coherent
+        return '<span class="badge part">not reached</span>'
+    return '<span class="badge ok">coherent</span>' if st.coherent else '<span class="badge no">incoherent</span>'
+
+
 def _steer_threshold_block(s: Slice) -> str:
     if s.steer.error:
         return _error(s.steer.error)
@@ -364,8 +378,7 @@ def _steer_threshold_block(s: Slice) -> str:
     table = _table(["j", "α", "per prompt", "search steps", "generations", "grader calls"], rows, "num compact")
     steps = []
     for t in th:
-        srows = [[esc(show_token(st.prompt)[:80]), esc(fmt(st.alpha, 4)), f"{esc(st.n_coherent)}/{esc(st.n_samples)}",
-                  '<span class="badge ok">coherent</span>' if st.coherent else '<span class="badge no">incoherent</span>']
+        srows = [[esc(show_token(st.prompt)[:80]), esc(fmt(st.alpha, 4)), _step_samples(st), _step_verdict(st)]
                  for st in t.steps]
         steps.append(f"<h5>position {esc(t.position)}</h5>" + _table(["prompt", "α", "coherent samples", "verdict"],
                                                                      srows, "compact"))

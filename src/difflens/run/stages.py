@@ -196,7 +196,7 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
         c = load_collected(layout, dataset, layer)
         pos = _positions(cfg.positions, c.positions)
         inputs = {"collect": _collect_fp(layout, dataset), "layer": layer,
-                  "cfg": cfg.model_dump(exclude={"positions"}), "grader": grader_identity(graders.coherence)}
+                  "cfg": cfg.identity(), "grader": grader_identity(graders.coherence)}
         if backend.name != "hf":  # the HF default adds nothing: fingerprints from before backends stay valid
             inputs["generation_backend"] = backend.name
         # the search, the grader's reference model and the HF generations run in the pair's precision
