@@ -158,8 +158,7 @@ def test_riders_share_the_rounds_and_leave_every_search_unchanged(monkeypatch):
     ridden = find_thresholds(None, g, layer=0, directions=dirs, eta=1.0, cfg=cfg, progress=False, max_rows=100,
                              riders=riders)
     assert ridden == plain and len(w.batches) == rounds  # the same searches in the same rounds
-    # round 1: three α's a position (50, 25, 12.5: the lookahead), the room a call had left after them
-    assert sizes[0] == len(dirs) * 3 * cfg.search_samples and asked[0] == 100 - sizes[0]
+    assert sizes[0] == len(dirs) * cfg.search_samples and asked[0] == 100 - sizes[0]  # the room a call had left
     # each ride came back with its own rows' texts, in order, and the grader never saw them
     assert got == [[f"10.0|final {k}.{i}" for i in range(3)] for k in (1, 2)]  # ‖5·1₄‖ = 10
     assert not any("final" in t for t in g.seen)
@@ -222,10 +221,10 @@ def test_a_prelude_rides_the_first_round_and_the_bars_it_returns_grade_every_rou
     # each its own texts, once, before any grading; the ride saved before the prelude calibrates
     assert seen == [("ride", ["10.0|ride"], 0), ("prelude", ["0.0|cal"] * 4 + ["0.0|fin"] * 2, 0)]
     assert not any("cal" in t or "fin" in t or "ride" in t for t in g.seen)
-    n = len(dirs) * 3 * cfg.search_samples  # round 1: 50, 25 and 12.5 (the lookahead) for each position
+    n = len(dirs) * cfg.search_samples
     assert w.batches[0] == n + 6 + 1 and temps[0] == [1.2] * n + [1.2] * 4 + [1.1] * 2 + [0.7]
     assert asked[0] == 100 - n - 6  # riders get what the search rows and the prelude left
-    assert set(temps[1]) == {1.2}
+    assert set(temps[1]) == {1.2} and w.batches[1] == n
     # no round to join: the prelude runs alone
     alone = []
     p2 = steering.Ride(prompts=["cal"] * 2, vectors=[None] * 2, temperature=1.2, done=alone.append)

@@ -97,14 +97,14 @@ def test_batched_search_on_a_real_model(tiny_run):
     assert len(batched.steps) == 2 + 2  # 2 α's per round: 3·3 = 9 ≥ 2^3
     assert g.calls >= 2 and batched.grader_calls <= batched.generations_used == 2 * 4  # judged in waves, lazily
     assert batched == find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 3}), **kw)
-    # grid 1 without refinement prompts or lookahead, every sample judged: the paper's α's, seeds and samples,
-    # hence its verdicts
-    exact = {"grid": 1, "lookahead": 1, "grade_all": True}
+    # grid 1 without refinement prompts, every sample judged: the paper's α's, seeds and samples, hence its
+    # verdicts
+    exact = {"grid": 1, "grade_all": True}
     one = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update=exact), **kw)
     paper = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"search": "paper"}), **kw)
     assert one == paper
     # judged lazily: the same verdicts from fewer judged samples
-    lazy = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 1, "lookahead": 1}), **kw)
+    lazy = find_threshold(pair, LengthGrader(), cfg=cfg.model_copy(update={"grid": 1}), **kw)
     assert [(s.alpha, s.coherent) for s in lazy.steps] == [(s.alpha, s.coherent) for s in paper.steps]
     assert lazy.alpha == paper.alpha and lazy.grader_calls <= paper.grader_calls
 

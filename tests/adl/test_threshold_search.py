@@ -131,20 +131,20 @@ def test_batched_search_lands_within_the_paper_resolution(world, grid):
     rounds = len(world.batches)
     assert th.generations_used == sum(len(b) for b in world.batches)
     assert th.generations_used == 10 * len(th.steps)  # every tested α recorded, 10 samples each
-    assert all(s.n_samples == 10 and s.coherent == (s.alpha < 37.3) for s in th.steps if s.used)
+    assert all(s.n_samples == 10 and s.coherent == (s.alpha < 37.3) for s in th.steps)
     # judged lazily: a coherent α after its 8th pass, an incoherent one after its 3rd fail (≥ 8 of 10 can no
-    # longer pass); an α tested ahead below one found coherent is not judged at all
-    assert all(s.n_graded == (8 if s.coherent else 3) for s in th.steps if s.used)
-    assert all(s.n_graded == 0 and s.alpha < 37.3 for s in th.steps if not s.used)
+    # longer pass)
+    assert all(s.n_graded == (8 if s.coherent else 3) for s in th.steps)
     assert th.grader_calls == sum(s.n_graded for s in th.steps) < th.generations_used
     assert g.calls >= rounds  # a grader call per wave of a round
-    assert rounds <= {1: 10, 3: 6, 10: 4}[grid]
+    assert rounds <= {1: 13, 3: 6, 10: 4}[grid]
     # every sample judged: the same α's, draws and verdicts, one grader call a round
-    full = search(SteeringConfig(grid=grid, grade_all=True), ThresholdGrader(37.3))
+    g_all = ThresholdGrader(37.3)
+    full = search(SteeringConfig(grid=grid, grade_all=True), g_all)
     assert (full.alpha, full.per_prompt, full.generations_used) == (th.alpha, th.per_prompt, th.generations_used)
-    assert [(s.alpha, s.used, s.coherent or not s.used) for s in full.steps] == \
-        [(s.alpha, s.used, s.coherent or not s.used) for s in th.steps]
+    assert [(s.alpha, s.coherent) for s in full.steps] == [(s.alpha, s.coherent) for s in th.steps]
     assert full.grader_calls == full.generations_used and all(s.n_graded is None for s in full.steps)
+    assert g_all.calls == rounds
     if grid == 10:
         assert max(len(b) for b in world.batches) <= 3 * 10 * 10
         # the refinement prompts share rounds with the first prompt
@@ -168,30 +168,8 @@ def test_batched_grid_one_tests_the_papers_alphas(world):
     cfg = SteeringConfig(refine_iters=0)
     paper = search(cfg.model_copy(update={"search": "paper"}), ThresholdGrader(37.3))
     ours = search(cfg.model_copy(update={"grid": 1}), ThresholdGrader(37.3))
-    # the lookahead tests more α's a round; the bisection reaches the paper's, with its verdicts
-    assert [(s.alpha, s.coherent) for s in ours.steps if s.used] == [(s.alpha, s.coherent) for s in paper.steps]
+    assert [(s.alpha, s.coherent) for s in ours.steps] == [(s.alpha, s.coherent) for s in paper.steps]
     assert ours.per_prompt == paper.per_prompt
-    one = search(cfg.model_copy(update={"grid": 1, "lookahead": 1}), ThresholdGrader(37.3))
-    assert [s.alpha for s in one.steps] == [s.alpha for s in paper.steps] and one.per_prompt == paper.per_prompt
-
-
-@pytest.mark.parametrize("threshold", [90.0, 37.3, 3.0, 0.01, 0.0])
-def test_the_lookahead_makes_the_bisections_decisions_in_fewer_rounds(world, threshold):
-    """Three midpoints a round while nothing is coherent yet: the bisection's α's, verdicts and result,
-    the descent from 100 in a third of the rounds; α's below the first coherent one are drawn but not judged."""
-    cfg = SteeringConfig(refine_iters=0, grid=1)
-    paper = search(cfg.model_copy(update={"search": "paper"}), ThresholdGrader(threshold))
-    n_paper = len(world.batches)
-    world.batches.clear()
-    ahead = search(cfg, ThresholdGrader(threshold))
-    used = [s for s in ahead.steps if s.used]
-    assert [(s.alpha, s.coherent) for s in used] == [(s.alpha, s.coherent) for s in paper.steps]
-    assert ahead.per_prompt == paper.per_prompt
-    descent = next((i for i, s in enumerate(paper.steps) if s.coherent), len(paper.steps) - 1) + 1
-    assert len(world.batches) == -(-descent // 3) + (n_paper - descent)
-    skipped = [s for s in ahead.steps if not s.used]
-    assert len(skipped) <= 2 and all(s.n_graded == 0 for s in skipped)
-    assert ahead.grader_calls == sum(s.n_graded for s in ahead.steps)
 
 
 def test_refinement_prompts_differ_and_are_capped_at_twice_alpha_one(world):
@@ -331,3 +309,46 @@ def test_steering_config_need_falls_back_to_min_coherent():
     assert [cfg.need(i) for i in range(3)] == [6, 6, 6]
     cfg = cfg.model_copy(update={"min_coherent_per_prompt": [3, 4]})
     assert [cfg.need(i) for i in range(3)] == [3, 4, 6]
+
+
+def test_judging_lazily_stops_exactly_where_the_verdict_becomes_certain():
+    """Every pass/fail pattern of 10 samples and every bar: the verdict is that of all 10 samples, and the
+    samples judged are the shortest prefix that settles it (waves never overshoot)."""
+    import itertools
+
+    from difflens.adl.steering import _Bracket, _Test, judge
+
+    class Pattern:  # text "k|v": sample k, verdict v
+        calls = 0
+
+        def grade(self, texts):
+            self.calls += 1
+            return [t.endswith("|1") for t in texts]
+
+    b = _Bracket("p", 0.0, 1.0)
+    for need in range(1, 11):
+        for bits in itertools.product((0, 1), repeat=10):
+            t = _Test(b, 0.5, 10, need)
+            judge(Pattern(), [t], [f"{k}|{v}" for k, v in enumerate(bits)])
+            assert t.decided() == (sum(bits) >= need)
+            passes = list(itertools.accumulate(bits))
+            settled = next(k + 1 for k in range(10) if passes[k] >= need or (k + 1 - passes[k]) > 10 - need)
+            assert len(t.verdicts) == settled and t.verdicts == [bool(v) for v in bits[:settled]]
+            full = _Test(b, 0.5, 10, need)
+            judge(Pattern(), [full], [f"{k}|{v}" for k, v in enumerate(bits)], grade_all=True)
+            assert full.decided() == t.decided() and len(full.verdicts) == 10
+
+
+def test_judge_refuses_texts_that_do_not_match_the_samples():
+    from difflens.adl.steering import _Bracket, _Test, judge
+
+    with pytest.raises(ValueError, match="9 texts for 10 samples"):
+        judge(object(), [_Test(_Bracket("p", 0.0, 1.0), 0.5, 10, 8)], ["x"] * 9)
+
+
+def test_judging_every_sample_is_not_part_of_the_steer_fingerprint():
+    """grade_all changes which samples are judged, never a verdict: a steer result cached either way (or
+    before the field existed) stays valid."""
+    assert SteeringConfig(grade_all=True).identity() == SteeringConfig().identity()
+    assert set(SteeringConfig().identity()) == set(SteeringConfig.model_fields) - {"positions", "grade_all"}
+    assert SteeringConfig(grid=3).identity() != SteeringConfig().identity()

@@ -378,22 +378,19 @@ def test_the_header_says_what_the_pair_computed_in(tmp_path):
     assert f"steer of {DATASET} layer {LAYER}: <b>bfloat16</b>" in doc and "lens of" not in doc
 
 
-def test_search_steps_say_how_many_samples_were_judged_and_which_alphas_the_bisection_never_reached(tmp_path):
-    """A search step judged lazily shows its judged count beside the drawn one; an α tested ahead below
-    the first coherent one is "not reached", not "incoherent". Steps as written before say "3/10"."""
+
+def test_search_steps_say_how_many_samples_were_judged(tmp_path):
+    """A search step judged lazily shows its judged count beside the drawn one; steps written before
+    lazy judging say "2/10"."""
     layout = full_run(tmp_path / "run")
     s = SteeringResult.model_validate_json(layout.steering(DATASET, LAYER).read_text())
     lazy = [SearchStep(prompt="Tell me a story", alpha=50.0, n_coherent=0, n_samples=10, coherent=False, n_graded=3),
             SearchStep(prompt="Tell me a story", alpha=25.0, n_coherent=8, n_samples=10, coherent=True, n_graded=8),
-            SearchStep(prompt="Tell me a story", alpha=12.5, n_coherent=0, n_samples=10, coherent=False, n_graded=0,
-                       used=False)]
+            SearchStep(prompt="Tell me a story", alpha=37.5, n_coherent=7, n_samples=10, coherent=False)]
     th = [t.model_copy(update={"steps": lazy}) if t.position == 0 else t for t in s.thresholds]
     save(s.model_copy(update={"thresholds": th}), layout.steering(DATASET, LAYER))
     raw = layout.steering(DATASET, LAYER).read_text()
-    assert raw.count('"n_graded"') == 3 and raw.count('"used"') == 1  # the defaults are left out of the file
+    assert raw.count('"n_graded"') == 2  # all judged: left out of the file, as written before
     doc = render_report(layout.root).read_text(encoding="utf-8")
-    assert "0 of 3 judged (10 drawn)" in doc and "8 of 8 judged (10 drawn)" in doc
-    assert doc.count("not reached") == 1
-    row = doc[doc.find("0 of 0 judged"):][:200]
-    assert "not reached" in row and "incoherent" not in row
-    assert "2/10" in doc  # the other positions' steps, written without the new fields
+    assert "0 of 3 judged (10 drawn)" in doc and "8 of 8 judged (10 drawn)" in doc and "7/10" in doc
+    assert "2/10" in doc  # the other positions' steps, written without the field

@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 
 import difflens.backends as backends
 from conftest import PassesEveryOther, write_run_config
-from difflens.adl.steering import (GenerationRequest, SteeringConfig, default_lookahead, descent_points, generate_many,
-                                   generate_steered, steering_vectors)
+from difflens.adl.steering import GenerationRequest, SteeringConfig, generate_many, generate_steered, steering_vectors
 from difflens.backends import HFBackend
 from difflens.errors import ConfigError
 from difflens.graders import Graders, grader_identity
@@ -134,15 +133,12 @@ def test_hf_default_is_the_reference_path_unchanged(tiny_run):
                       "cfg": cfg.identity(), "grader": grader_identity(GRADERS.coherence)})
     assert read_json(layout.stage_record(layout.stage_key("steer", c.dataset, c.layer)))["fingerprint"] == fp
     # the generations: the unsteered ones rode the first search round's call, after its search rows (each
-    # position's first tested α's: the bisection's first midpoints down from α_max, the lookahead; search_samples
-    # rows each) and the calibration's answers to the threshold prompts (2 · search_samples each, at the search
-    # temperature); the steered and random-control ones of every position in one batch after the search
-    # (generate_many, a vector per row)
+    # position's first tested α, search_samples rows) and the calibration's answers to the threshold prompts
+    # (2 · search_samples each, at the search temperature); the steered and random-control ones of every
+    # position in one batch after the search (generate_many, a vector per row)
     gens = A.load_jsonl(A.Generation, layout.steering_generations(c.dataset, c.layer))
     n = cfg.search_samples
-    ahead = descent_points(0.0, cfg.alpha_max, cfg.alpha_max / 2 ** cfg.search_iters, default_lookahead(1))
-    first = [(s, c.delta[j]) for j in (0, 1) for s in res.thresholds[j].steps[:len(ahead)]]
-    assert len(ahead) == 2 and [s.alpha for s, _ in first] == ahead * 2  # 50 and 25: one round, not two
+    first = [(res.thresholds[j].steps[0], c.delta[j]) for j in (0, 1)]
     search_rows = [(s.prompt, steering_vectors(d, [s.alpha], c.eta_ft)[0]) for s, d in first for _ in range(n)]
     calibration = [p for p in cfg.threshold_prompts for _ in range(2 * n)]
     finals = [p for p in cfg.prompts for _ in range(cfg.final_samples)]

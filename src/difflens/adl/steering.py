@@ -13,7 +13,7 @@ for the other two; the threshold is the mean of the three prompts' values):
   are not all incoherent (the same verdict; fewer generations, but more, smaller batches).
 - ``search="batched"`` (default) — every round tests a grid of up to ``grid`` evenly spaced α's
   inside each prompt's current bracket, all samples of all α's of all active prompts in ONE
-  generation call (:func:`generate_vectors`, a per-row steering vector) and one grader call; the
+  generation call (:func:`generate_vectors`, a per-row steering vector), judged together; the
   bracket shrinks by the grid size + 1 per round. The two refinement prompts start as soon as the
   first prompt has a coherent α (their range [0, 2α₁] is capped by twice the first prompt's upper
   bound meanwhile), so all three prompts share rounds. ``grid=10``: 3 rounds for the first prompt
@@ -21,9 +21,15 @@ for the other two; the threshold is the mean of the three prompts' values):
   prompts bisected side by side, 10-13 rounds for ~1.1x the generations. Which is faster depends
   on what a round costs against a generation (:func:`default_grid`, the default by device).
 
+A round's samples are judged lazily (:func:`judge`): in waves of one grader call, each tested α's
+in sample order only until its verdict is certain (8 passes, or the 3rd fail when 8 of 10 must
+pass). The verdicts are those of all the samples, so with the same draws α is the same; a
+:class:`SearchStep` records how many were judged (``n_graded``). ``grade_all`` judges every sample
+(one grader call a round; the full pass counts).
+
 Several positions search in shared rounds (:func:`find_thresholds`, what the steer stage runs):
 each round tests what every position's batched schedule asks next, all rows in one ``generate``
-call (a steering vector per row) and one grader call, so no round waits on one position. Each
+call (a steering vector per row) and the same grader calls, so no round waits on one position. Each
 position keeps its schedule and its rounds' seeds; only which rows share a call changes, so its
 samples are other draws of the same distributions (one position alone: exactly
 :func:`find_threshold`).
@@ -109,11 +115,8 @@ class SteeringConfig(BaseModel):
     threshold_prompts: list[str] = Field(default_factory=lambda: list(THRESHOLD_PROMPTS))
     search: Literal["batched", "paper"] = "batched"
     grid: int | None = Field(None, ge=1)  # batched: most α's per prompt and round; None: by device (default_grid)
-    # batched with grid 1: bisection midpoints the first prompt tests per round while it has found no
-    # coherent α, down its incoherent branch (default_lookahead); None: by grid
-    lookahead: int | None = Field(None, ge=1)
     # batched: grade every sample of every tested α; by default a tested α's samples are graded only
-    # until its verdict is certain, and a lookahead α only if the bisection reaches it (same verdicts)
+    # until its verdict is certain (the same verdicts)
     grade_all: bool = False
     early_stop: bool = False  # paper schedule only: 3 samples first, the other 7 only if needed
     random_control: bool = True  # also steer along a random direction at the same α·η (final samples)
@@ -125,10 +128,8 @@ class SteeringConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What the steer stage's fingerprint keys on: every setting that changes a result. Not
         ``positions`` (each position is resumed on its own), not ``grade_all`` (it changes which
-        samples are judged, not a verdict), and ``lookahead`` only when set (left to the grid, it
-        changes which draws a round holds, not the distribution of α; results from before it
-        existed stay valid)."""
-        return self.model_dump(exclude={"positions", "grade_all"} | ({"lookahead"} if self.lookahead is None else set()))
+        samples are judged, not a verdict: results from before it existed stay valid)."""
+        return self.model_dump(exclude={"positions", "grade_all"})
 
     def need(self, prompt_index: int) -> int:
         """Coherent samples a tested α needs for threshold prompt ``prompt_index``."""
@@ -281,21 +282,6 @@ def grid_points(lo: float, hi: float, g: int) -> list[float]:
     return [lo + (hi - lo) * k / (g + 1) for k in range(1, g + 1)]
 
 
-def descent_points(lo: float, hi: float, tol: float, k: int) -> list[float]:
-    """Up to ``k`` bisection midpoints of [lo, hi] down its incoherent branch: (lo+hi)/2, then the
-    midpoint below it, and so on, while the bracket they leave is wider than ``tol`` (descending)."""
-    out: list[float] = []
-    while len(out) < k and hi - lo > tol * (1 + _EPS):
-        hi = (lo + hi) / 2
-        out.append(hi)
-    return out
-
-
-class _Descent(list):
-    """A round's α's for one bracket tested ahead along the bisection's incoherent branch
-    (:func:`descent_points`, descending): the bisection's own decisions, read in order."""
-
-
 def narrow(lo: float, hi: float, alphas: Sequence[float], verdicts: Sequence[bool]) -> tuple[float, float]:
     """The new bracket from one round's verdicts at ``alphas`` (ascending, inside (lo, hi)).
 
@@ -338,31 +324,15 @@ def default_grid(pair: ModelPair | None) -> int:
     return 1 if dev is None or torch.device(dev).type == "cpu" else 10
 
 
-def default_lookahead(grid: int) -> int:
-    """Midpoints per round while the first prompt descends (``SteeringConfig.lookahead`` None): 3 for
-    bisection (grid 1), 1 otherwise (a wider grid already tests several α's a round).
-
-    From α_max = 100 a bisection halves down to the first coherent α, one 50-row round a step for
-    five positions; for SmolLM2-135M organisms the first coherent α is near 0.2-0.4: eight or nine
-    rounds, of which the first six (50 → 1.56) never passed one sample in four runs. On 2 cores a
-    round costs about 6.5 s plus 0.35 s a row (generation and grading); testing three midpoints a
-    round reaches 0.195 in three rounds. A midpoint below the first coherent one is generated for
-    nothing (10 rows a position, at most two a search), but not graded (:meth:`_Test.wanted`)."""
-    return 3 if grid == 1 else 1
-
-
 @dataclass
 class _Test:
     """The samples of one tested α, judged lazily (:func:`judge`): in sample order, only until the
-    verdict is certain (``need`` passes, or too many fails for ``need`` to be reached), and, for a
-    lookahead α, only once the α above it (``after``) is found incoherent, i.e. once the bisection
-    reaches it."""
+    verdict is certain (``need`` passes, or too many fails for ``need`` to be reached)."""
 
     bracket: _Bracket
     alpha: float
     n: int
     need: int
-    after: "_Test | None" = None
     verdicts: list[bool] = field(default_factory=list)
 
     @property
@@ -377,31 +347,19 @@ class _Test:
             return False
         return None
 
-    def reached(self) -> bool | None:
-        """Whether the bisection reaches this α: True for a test of its own, for a lookahead α once the
-        one above is incoherent (False once it is coherent, None while open)."""
-        if self.after is None:
-            return True
-        up = self.after.reached()
-        return up if up is not True else (None if self.after.decided() is None else not self.after.decided())
-
     def wanted(self, grade_all: bool) -> int:
-        """Samples to judge next: all left with ``grade_all``; else the fewest that could settle it."""
+        """Samples to judge next: all left with ``grade_all``; else the fewest that could settle it
+        (none once settled)."""
         left = self.n - len(self.verdicts)
-        if grade_all or left == 0:
-            return left
-        if self.decided() is not None or self.reached() is not True:
-            return 0
+        if grade_all or left == 0 or self.decided() is not None:
+            return left if grade_all else 0
         return min(self.need - self.passes, self.n - self.need + 1 - (len(self.verdicts) - self.passes), left)
 
     def step(self) -> SearchStep:
+        """The tested α as recorded (after :func:`judge`: settled)."""
         graded = len(self.verdicts)
-        verdict = self.decided()
-        if verdict is None:  # not reached, or graded in part (grade_all: never)
-            verdict = False
         return SearchStep(prompt=self.bracket.prompt, alpha=self.alpha, n_coherent=self.passes, n_samples=self.n,
-                          coherent=verdict, n_graded=None if graded == self.n else graded,
-                          used=self.reached() is True)
+                          coherent=bool(self.decided()), n_graded=None if graded == self.n else graded)
 
 
 def judge(grader: CoherenceGrader, tests: Sequence[_Test], texts: Sequence[str], *, grade_all: bool = False) -> int:
@@ -445,7 +403,6 @@ class _PositionSearch:
         self.n = cfg.search_samples
         self.set_bars(cfg)
         self.grid = cfg.grid or default_grid(pair)
-        self.ahead = cfg.lookahead or default_lookahead(self.grid)
         self.first = _Bracket(cfg.threshold_prompts[0], 0.0, cfg.alpha_max)
         self.tol1 = cfg.alpha_max / 2 ** cfg.search_iters
         self.refine = ([_Bracket(p, 0.0, 0.0, started=False) for p in cfg.threshold_prompts[1:]]
@@ -462,9 +419,7 @@ class _PositionSearch:
         cfg, first = self.cfg, self.first
         out = []
         g = grid_size(first.hi - first.lo, self.tol1, self.grid)
-        if g and self.grid == 1 and self.ahead > 1 and first.lo <= 0:  # no coherent α yet: test ahead
-            out.append((first, _Descent(descent_points(first.lo, first.hi, self.tol1, self.ahead))))
-        elif g:
+        if g:
             out.append((first, grid_points(first.lo, first.hi, g)))
         done1 = g == 0
         # the first prompt found no coherent α at all: an empty [0, 2α₁] would zero every prompt, so
@@ -490,15 +445,8 @@ class _PositionSearch:
         return [(b.prompt, a) for b, points in todo for a in points for _ in range(self.n)]
 
     def tests(self, todo: list[tuple[_Bracket, list[float]]]) -> list[_Test]:
-        """One :class:`_Test` per tested α (in :meth:`rows` order), each held to its prompt's bar; a
-        lookahead α waits on the one above it."""
-        out: list[_Test] = []
-        for b, points in todo:
-            above = None
-            for a in points:
-                out.append(_Test(b, a, self.n, self.need[b.prompt], after=above))
-                above = out[-1] if isinstance(points, _Descent) else None
-        return out
+        """One :class:`_Test` per tested α (in :meth:`rows` order), each held to its prompt's bar."""
+        return [_Test(b, a, self.n, self.need[b.prompt]) for b, points in todo for a in points]
 
     def update(self, todo: list[tuple[_Bracket, list[float]]], tests: Sequence[_Test]) -> None:
         """Narrow each bracket by its α's verdicts (``tests``: :meth:`tests` of ``todo``, judged)."""
@@ -506,14 +454,7 @@ class _PositionSearch:
         for b, points in todo:
             mine, i = list(tests[i:i + len(points)]), i + len(points)
             b.steps += [t.step() for t in mine]
-            if isinstance(points, _Descent):  # the bisection's steps, in order, up to its first coherent α
-                for t in mine:
-                    if t.decided():
-                        b.lo = t.alpha
-                        break
-                    b.hi = t.alpha
-            else:
-                b.lo, b.hi = narrow(b.lo, b.hi, points, [bool(t.decided()) for t in mine])
+            b.lo, b.hi = narrow(b.lo, b.hi, points, [bool(t.decided()) for t in mine])
 
     def state(self) -> str:
         return "; ".join(f"{b.prompt[:24]!r} [{b.lo:.4g}, {b.hi:.4g}]" for b in [self.first, *self.refine]
@@ -635,11 +576,11 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
     With ``search="batched"`` every round tests what each position's schedule asks next (the same
     brackets, grids and ``search_samples`` as :func:`find_threshold`), the rows of all positions in
     one generation call (a steering vector per row; split only where the KV cache's memory asks,
-    :func:`rows_per_call`, call ``c`` of round ``r`` seeded ``seed + 1000·r + c``) and one grader
-    call, so no position's round waits on another's. Round ``r`` of each position is seeded as in
-    :func:`find_threshold` (``seed + 1000·r``); only the rows a call holds differ, so its samples
-    are other draws of the same distributions: one position alone gives exactly
-    :func:`find_threshold`'s α, several give α's of the same sampling distribution.
+    :func:`rows_per_call`, call ``c`` of round ``r`` seeded ``seed + 1000·r + c``), judged in shared
+    grader calls (:func:`judge`), so no position's round waits on another's. Round ``r`` of each
+    position is seeded as in :func:`find_threshold` (``seed + 1000·r``); only the rows a call holds
+    differ, so its samples are other draws of the same distributions: one position alone gives
+    exactly :func:`find_threshold`'s α, several give α's of the same sampling distribution.
     ``search="paper"`` runs the positions one after another. ``on_done(threshold)`` as each
     position finishes (the caller saves it).
 

@@ -355,8 +355,6 @@ def _step_samples(st: SearchStep) -> str:
 
 
 def _step_verdict(st: SearchStep) -> str:
-    if not st.used:  # tested ahead of the bisection, below an α it found coherent
-        return '<span class="badge part">not reached</span>'
     return '<span class="badge ok">coherent</span>' if st.coherent else '<span class="badge no">incoherent</span>'
 
 

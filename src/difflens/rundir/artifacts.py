@@ -132,12 +132,9 @@ class SearchStep(_QuietDefaults):
     """One tested α of a threshold search: ``n_coherent`` of the samples judged passed.
 
     ``n_graded``: how many of the ``n_samples`` samples the grader judged, where it stopped once the
-    verdict was certain (None: all of them; files written before lazy grading have none). ``used``:
-    False for an α the batched search tested ahead of its bisection (``SteeringConfig.lookahead``)
-    below an α found coherent, which the bisection therefore never reached; such a step does not
-    bear on the threshold (its samples are graded only with ``grade_all``)."""
+    verdict was certain (None: all of them; files written before lazy judging have none)."""
 
-    QUIET: ClassVar[dict[str, Any]] = {"n_graded": None, "used": True}
+    QUIET: ClassVar[dict[str, Any]] = {"n_graded": None}
 
     prompt: str
     alpha: float
@@ -145,7 +142,6 @@ class SearchStep(_QuietDefaults):
     n_samples: int
     coherent: bool
     n_graded: int | None = None
-    used: bool = True
 
 
 class SteeringThreshold(BaseModel):
