@@ -349,11 +349,12 @@ class _Test:
 
     def wanted(self, grade_all: bool) -> int:
         """Samples to judge next: all left with ``grade_all``; else the fewest that could settle it
-        (none once settled)."""
-        left = self.n - len(self.verdicts)
-        if grade_all or left == 0 or self.decided() is not None:
-            return left if grade_all else 0
-        return min(self.need - self.passes, self.n - self.need + 1 - (len(self.verdicts) - self.passes), left)
+        (none once settled; while open both distances are ≥ 1 and sum to the samples left + 1)."""
+        if grade_all:
+            return self.n - len(self.verdicts)
+        if self.decided() is not None:
+            return 0
+        return min(self.need - self.passes, self.n - self.need + 1 - (len(self.verdicts) - self.passes))
 
     def step(self) -> SearchStep:
         """The tested α as recorded (after :func:`judge`: settled)."""
@@ -660,13 +661,12 @@ def find_thresholds(pair: ModelPair, grader: CoherenceGrader, *, layer: int, dir
             settle(first, texts[len(rows):taken])
         texts = texts[:len(rows)]
         tests = {j: searches[j].tests(todo) for j, todo in plans.items()}  # after settle: its bars
-        judge(grader, [t for ts in tests.values() for t in ts], texts, grade_all=cfg.grade_all)
+        graded = judge(grader, [t for ts in tests.values() for t in ts], texts, grade_all=cfg.grade_all)
         for j, todo in plans.items():
             searches[j].update(todo, tests[j])
-            counters[j].generations += len(searches[j].rows(todo))
+            counters[j].generations += sum(t.n for t in tests[j])
             counters[j].grader_calls += sum(len(t.verdicts) for t in tests[j])
             counters[j].rounds += 1
-        graded = sum(len(t.verdicts) for ts in tests.values() for t in ts)
         log(f"round {r + 1}: {len(plans)} position(s) searching, {len(texts)} generations ({graded} graded)"
             + (f" (+ {riding} unsteered / final ones riding its call)" if riding else "") + " → "
             + " | ".join(f"{j}: {searches[j].state()}" for j in plans))
