@@ -18,7 +18,8 @@ import yaml
 
 from .errors import ConfigError, RunDirError
 
-__all__ = ["installed_package_dir", "atomic_write_text", "write_json", "read_json", "read_jsonl", "read_yaml"]
+__all__ = ["installed_package_dir", "atomic_write_text", "write_json", "read_json", "jsonl_lines", "read_jsonl",
+           "read_yaml"]
 
 
 def installed_package_dir(pkg: str) -> Path | None:
@@ -58,6 +59,15 @@ def read_json(path: Path) -> Any:
         raise RunDirError(f"{path} is corrupt ({e}); delete it and rerun the stage.") from e
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text: split at ``\n`` only (a ``\r`` before it dropped).
+
+    ``str.splitlines`` also splits at characters that JSON writers leave unescaped inside strings
+    (U+2028, U+2029, U+0085, \x1c–\x1e): a generated text holding one would be cut in two.
+    """
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def read_jsonl(path: Path) -> list[Any]:
     """Records of a JSONL file that is appended to as work progresses.
 
@@ -67,7 +77,7 @@ def read_jsonl(path: Path) -> list[Any]:
     out: list[Any] = []
     if not path.exists():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         line = line.strip()
         if not line:
             continue

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DataError
-from ..files import installed_package_dir
+from ..files import installed_package_dir, jsonl_lines
 from .chat import chat_conversations, first_reply, is_chat
 from .packages import data_package_dir
 
@@ -66,7 +66,7 @@ def _local_texts(path: Path, text_field: str) -> list[Any]:
     try:
         if suffix == ".jsonl":
             rows = []
-            for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for ln, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
                 if not line.strip():
                     continue
                 try:

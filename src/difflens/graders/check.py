@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from ..errors import ConfigError, DataError
+from ..files import jsonl_lines
 from .text import clean_token
 from ..models.placement import input_device
 
@@ -163,7 +164,7 @@ def load_cases(kind: str, path: str | Path) -> list[dict[str, Any]]:
     if not p.is_file():
         raise DataError(f"label file {p} does not exist.")
     cases = []
-    for ln, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for ln, line in enumerate(jsonl_lines(p.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field
 
 from ..errors import RunDirError
-from ..files import read_json
+from ..files import jsonl_lines, read_json
 from ..rundir import artifacts as A
 from ..rundir.layout import RunLayout
 
@@ -253,7 +253,7 @@ def _samples(layout: RunLayout, dataset: str, control: str | None) -> list[dict[
     path = layout.method_samples(dataset, "amplify", control)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
 
 
 def amplify_evidence(layout: RunLayout, dataset: str, *, k: int = TOP) -> Evidence:

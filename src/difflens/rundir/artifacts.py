@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from ..errors import RunDirError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, jsonl_lines
 
 # δ̄_j, h̄_base_j, h̄_ft_j, and the controls read beside them: δ̄_j read through the *base* model
 # (Patchscope) and a random vector of δ̄_j's norm (seeded per layer and position).
@@ -220,7 +220,7 @@ def load_jsonl(cls: type[M], path: Path) -> list[M]:
     if not path.exists():
         raise RunDirError(f"{path} does not exist; run the stage that produces it first.")
     out = []
-    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for ln, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if line.strip():
             try:
                 out.append(cls.model_validate_json(line))
