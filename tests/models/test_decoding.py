@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -186,15 +188,17 @@ def test_a_shared_prefill_gives_the_rows_of_a_prefill_per_row(family):
         sample_rows(model, ids, mask, same_prefill=same[:3], **kw)
 
 
+@pytest.mark.parametrize("backend", ["mkl", "onednn"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_packed_weights_decode_the_rows_generate_decodes(family, monkeypatch):
-    """Decode steps of ≥ MIN_ROWS rows run from MKL-packed weights (models.packed): greedy rows equal
-    ``generate``'s while rows finish and the batch (and so the packing) changes size."""
+def test_packed_weights_decode_the_rows_generate_decodes(family, backend, monkeypatch):
+    """Decode steps run from packed weights (models.packed; MKL's from MIN_ROWS rows, oneDNN's for the
+    prefill too): greedy rows equal ``generate``'s while rows finish and the batch changes size."""
     import difflens.models.decoding as D
     from difflens.models.packed import MIN_ROWS, PackedLinears, available
 
-    if not available():
-        pytest.skip("this PyTorch build has no MKL packed linear")
+    if not available(backend):
+        pytest.skip(f"this PyTorch build has no {backend} packed linear")
+    monkeypatch.setenv("DIFFLENS_PACKED", backend)
     made = []
 
     class Recording(PackedLinears):
@@ -223,9 +227,12 @@ def test_packed_weights_decode_the_rows_generate_decodes(family, monkeypatch):
                       prune_fraction=0.01, packed=True)
     assert got == want
     packer = made[-1]
-    assert packer.active and packer.packed_calls > 0
-    # packed for the running rows, again as rows left (below MIN_ROWS: unpacked)
-    assert packer.sizes[0] >= MIN_ROWS and len(packer.sizes) >= 2 and packer.sizes == sorted(packer.sizes)[::-1]
+    assert packer.active and packer.packed_calls > 0 and packer.backend == backend
+    if backend == "mkl":  # packed for the running rows, again as rows left (below MIN_ROWS: unpacked)
+        assert packer.sizes[0] >= MIN_ROWS and len(packer.sizes) >= 2 and packer.sizes == sorted(packer.sizes)[::-1]
+    else:  # every forward packed: the prefill and each of the 11 decode steps, every linear of the model
+        n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+        assert packer.packed_calls == 12 * n_linear
     assert all("forward" not in m.__dict__ for m in packer.layers)  # the modules' own forward is back
     off = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=12, seed=0,
                       prune_fraction=0.01, packed=False)
@@ -233,17 +240,18 @@ def test_packed_weights_decode_the_rows_generate_decodes(family, monkeypatch):
 
 
 def test_packed_linears_match_f_linear_and_fall_back_off_their_row_count(monkeypatch):
+    """The ``mkl`` backend: packed for one row count; other row counts take ``F.linear``."""
     from difflens.models.packed import MIN_ROWS, PackedLinears, available
 
-    if not available():
+    if not available("mkl"):
         pytest.skip("this PyTorch build has no MKL packed linear")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.SiLU(), torch.nn.Linear(96, 40, bias=False))
     x = torch.randn(32, 48)
     with torch.no_grad():
         want = net(x)
-        with PackedLinears(net) as p:
-            assert p.active and len(p.layers) == 2
+        with PackedLinears(net, backend="mkl") as p:
+            assert p.active and len(p.layers) == 2 and p.backend == "mkl"
             p.pack(32)
             got = net(x)
             assert p.packed_calls == 2
@@ -257,10 +265,100 @@ def test_packed_linears_match_f_linear_and_fall_back_off_their_row_count(monkeyp
             net(x[:MIN_ROWS - 1])
             assert p.packed_calls == 4
     assert all("forward" not in m.__dict__ for m in net)
-    with torch.no_grad(), PackedLinears(net.to(torch.bfloat16)) as p:  # not float32: nothing packed
+    with torch.no_grad(), PackedLinears(net.to(torch.bfloat16), backend="mkl") as p:  # not float32: nothing packed
         assert not p.active
     monkeypatch.setenv("DIFFLENS_PACKED", "0")
-    assert not PackedLinears(net.float()).active
+    assert not PackedLinears(net.float()).active and not PackedLinears(net.float(), backend="mkl").active
+
+
+def test_onednn_packs_serve_every_shape_and_stay_float32_exact():
+    """The ``onednn`` backend: packed on entering, for any row count and shape (prefill and decode
+    alike); float32 products (within float rounding of F.linear, far from a bfloat16 product's error);
+    autograd calls take F.linear."""
+    from difflens.models.packed import PackedLinears, available
+
+    if not available("onednn"):
+        pytest.skip("this PyTorch build has no oneDNN packed linear")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.SiLU(), torch.nn.Linear(96, 40, bias=False))
+    with torch.no_grad(), PackedLinears(net, backend="onednn") as p:
+        assert p.active and p.backend == "onednn" and len(p._packs) == 2
+        calls, ref = 0, copy.deepcopy(net).double()
+        for shape in [(32, 48), (20, 48), (1, 48), (3, 7, 48), (48,)]:
+            x = torch.randn(*shape, dtype=torch.float64)
+            want = _unpacked(ref, x)
+            got = net(x.float())
+            calls += 2
+            assert p.packed_calls == calls and got.shape == want.shape
+            err = (got.double() - want).abs().max().item()
+            assert err < 1e-5, (shape, err)  # bfloat16 inputs would be off by ~1e-2
+        x = torch.randn(32, 48)
+        p.pack(7)  # the mkl backend's repack: nothing to do here
+        assert p.packed_calls == calls and len(p._packs) == 2
+        with torch.enable_grad():
+            torch.testing.assert_close(net(x), _unpacked(net, x), rtol=0, atol=0)
+        assert p.packed_calls == calls
+    assert all("forward" not in m.__dict__ for m in net) and not p._packs
+
+
+def test_kept_packs_are_reused_until_a_weight_changes(monkeypatch):
+    import difflens.models.packed as P
+
+    if not P.available("onednn"):
+        pytest.skip("this PyTorch build has no oneDNN packed linear")
+    made = []
+    real = torch.ops.mkldnn._reorder_linear_weight
+
+    class Ops:  # counts the packs made
+        @staticmethod
+        def _reorder_linear_weight(w, rows):
+            made.append(w.shape)
+            return real(w, rows)
+
+    monkeypatch.setattr(P, "_onednn_reorder", Ops._reorder_linear_weight)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 4))
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        with P.PackedLinears(net, backend="onednn"):
+            pass
+        with P.PackedLinears(net, backend="onednn"):
+            pass
+        assert len(made) == 4  # outside keep_packs: packed per block
+        with P.keep_packs():
+            for _ in range(3):
+                with P.PackedLinears(net, backend="onednn"):
+                    net(x)
+            assert len(made) == 6  # once per weight
+            net[1].weight.mul_(2.0)  # an in-place update: that weight is packed again
+            with P.PackedLinears(net, backend="onednn"):
+                torch.testing.assert_close(net(x), _unpacked_pair(net, x), rtol=1e-5, atol=1e-5)
+            assert len(made) == 7
+        with P.PackedLinears(net, backend="onednn"):
+            pass
+        assert len(made) == 9  # the kept packs went with the block
+
+
+def _unpacked_pair(net, x):
+    import torch.nn.functional as F
+    return F.linear(F.linear(x, net[0].weight, net[0].bias), net[1].weight, net[1].bias)
+
+
+def test_the_backend_is_chosen_by_speed_or_by_the_environment(monkeypatch):
+    import difflens.models.packed as P
+
+    monkeypatch.setattr(P, "_RATES", {"mkl": 150e9, "onednn": 420e9})
+    monkeypatch.delenv("DIFFLENS_PACKED", raising=False)
+    want = "onednn" if P.available("onednn") else "mkl"
+    assert P.choose_backend() == want
+    monkeypatch.setattr(P, "_RATES", {"mkl": 300e9, "onednn": 320e9})  # not enough faster: MKL
+    assert P.choose_backend() == "mkl"
+    monkeypatch.setenv("DIFFLENS_PACKED", "onednn")
+    assert P.choose_backend() == ("onednn" if P.available("onednn") else None)
+    monkeypatch.setenv("DIFFLENS_PACKED", "0")
+    assert P.choose_backend() is None
+    with pytest.raises(ValueError, match="unknown packed-linear backend"):
+        P.available("blas")
 
 
 def _unpacked(net, x):

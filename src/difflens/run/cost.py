@@ -175,7 +175,10 @@ _RATES: dict[tuple[str, str], float] = {}
 
 def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float = 0.3) -> float:
     """FLOP/s of a square matmul on ``device`` in ``dtype`` (measured once per process for about
-    ``seconds``; 2048² on a CPU, 4096² on an accelerator)."""
+    ``seconds``; 2048² on a CPU, 4096² on an accelerator). On a CPU in float32, the faster of
+    ``torch.mm`` (MKL's ``sgemm``) and oneDNN's packed linear, which the stages' forwards use where
+    it is faster (:mod:`difflens.models.packed`): on 2 AMD Zen 5 cores 166–181 against about
+    430 GFLOP/s; the floor is what the machine can do, not what one library does on it."""
     import torch
 
     dev = str(device)
@@ -186,6 +189,18 @@ def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float =
     n = 4096 if dev.startswith("cuda") else 1024 if seconds < 0.5 else 2048
     a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
     _RATES[key] = _per_second(lambda: torch.mm(a, b), 2.0 * n ** 3, dev, seconds)
+    if dev.startswith("cpu") and dt == torch.float32:
+        from ..models.packed import available
+
+        if available("onednn"):
+            try:
+                with torch.no_grad():
+                    w = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
+                    dnn = _per_second(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""),
+                                      2.0 * n ** 3, dev, seconds)
+                _RATES[key] = max(_RATES[key], dnn)
+            except RuntimeError:
+                pass
     return _RATES[key]
 
 

@@ -186,7 +186,20 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
     The unsteered samples (the final generations, and the threshold prompts' answers that calibrate
     the grader and set the coherence bars) ride the first round's call there, drawn from its
     generator; elsewhere they take calls of their own before the search.
+
+    On a CPU the packed weights of the models' linear layers are made once for the whole stage
+    (:func:`difflens.models.packed.keep_packs`), not once per generation round and grader call.
     """
+    from ..models.packed import keep_packs
+
+    with keep_packs():
+        return _run_steer(pair, layout, graders, cfg, datasets=datasets, layers=layers, progress=progress,
+                          backend=backend)
+
+
+def _run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None, *,
+               datasets: Sequence[str] | None, layers: Sequence[int] | None, progress: bool,
+               backend: GenerationBackend | None) -> list[A.SteeringResult]:
     from rich.progress import Progress
 
     cfg = cfg or SteeringConfig()
