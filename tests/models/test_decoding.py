@@ -395,3 +395,79 @@ def test_per_row_temperatures_follow_their_rows_as_rows_leave():
         sample_rows(model, ids, mask, tokenizer=tok, temperature=temps[:3], max_new_tokens=2, seed=1)
     with pytest.raises(ValueError, match="above 0"):
         sample_rows(model, ids, mask, tokenizer=tok, temperature=temps * 0, max_new_tokens=2, seed=1)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 3, 9])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_decode_attention_equals_sdpa_at_one_query_and_defers_otherwise(kv_heads, mask_kind):
+    """One query per row (a decode step), key/value heads shared by query groups, left padding in the
+    mask: the two-matmul attention gives sdpa's output to float rounding. Several queries, another
+    dtype, or an argument it does not handle (a softcap) go to transformers' sdpa itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from difflens.models.decoding import decode_attention
+
+    g = torch.Generator().manual_seed(kv_heads)
+    b, heads, dim, length = 5, 9, 16, 11
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // kv_heads, True
+    q = torch.randn(b, 1, heads, dim, generator=g).transpose(1, 2)  # as the projections hand it over
+    room = torch.randn(2, b, kv_heads, length + 4, dim, generator=g)
+    k, v = room[0, :, :, :length], room[1, :, :, :length]  # views of a cache with room to spare
+    mask = None
+    if mask_kind != "none":
+        keep = torch.ones(b, 1, 1, length, dtype=torch.bool)
+        keep[0, ..., :3] = False  # left padding
+        keep[3, ..., :1] = False
+        mask = keep if mask_kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    for scaling in (None, 0.3):
+        got, _ = decode_attention(module, q, k, v, mask, scaling=scaling)
+        want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=scaling)
+        assert got.shape == want.shape == (b, 1, heads, dim)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # a padded position really is ignored: changing its key and value changes nothing
+    if mask_kind != "none":
+        k2, v2 = k.clone(), v.clone()
+        k2[0, :, :3] += 100.0
+        v2[0, :, :3] -= 100.0
+        torch.testing.assert_close(decode_attention(module, q, k2, v2, mask)[0], decode_attention(module, q, k, v, mask)[0])
+    # not a decode step, or a softcap: transformers' sdpa, bit for bit
+    q3 = torch.randn(b, heads, 3, dim, generator=g)
+    m3 = None if mask is None else torch.ones(b, 1, 3, length, dtype=torch.bool)
+    assert torch.equal(decode_attention(module, q3, k, v, m3)[0], sdpa_attention_forward(module, q3, k, v, m3)[0])
+    with pytest.raises(ValueError, match="softcap"):
+        decode_attention(module, q, k, v, mask, softcap=30.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decode_loop_attends_with_decode_attention_and_restores_sdpa(family, monkeypatch):
+    """sample_rows gives an sdpa model the decode attention for its loop (greedy rows still equal
+    ``generate``'s) and hands sdpa back after; DIFFLENS_DECODE_ATTENTION=0 leaves the model alone."""
+    import difflens.models.decoding as D
+
+    tok = tiny_tokenizer()
+    model = tiny_model(family, seed=5)
+    texts = ["tell me a story", "why", "give me some ideas for the cat", "why not"]
+    ids, mask = _prompts(tok, texts)
+    want = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=7,
+                          pad_token_id=tok.pad_token_id, eos_token_id=-1)[:, ids.shape[1]:].tolist()
+    impl = model.config.get_text_config(decoder=True)._attn_implementation
+    calls = []
+    real = D.decode_attention
+
+    def counting(*a, **k):
+        calls.append(a[1].shape[2])
+        return real(*a, **k)
+
+    monkeypatch.setattr(D, "decode_attention", counting)
+    got = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=7, seed=0)
+    assert got == want
+    assert model.config.get_text_config(decoder=True)._attn_implementation == impl
+    if impl == "sdpa":
+        assert calls and set(calls) == {ids.shape[1], 1}  # the prefill (deferred to sdpa) and every decode step
+    else:
+        assert not calls
+    calls.clear()
+    monkeypatch.setenv("DIFFLENS_DECODE_ATTENTION", "0")
+    assert sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=7, seed=0) == want
+    assert not calls

@@ -62,7 +62,10 @@ def pairs(request, tmp_path):
     return ref, split
 
 
-def test_collection_identical(pairs, tmp_path, corpus_file):
+def test_collection_identical(pairs, tmp_path, corpus_file, monkeypatch):
+    # placement must not change a bit; the GEMM library is held fixed (a pair with disk-offloaded weights
+    # is not packed, an undispatched one may take oneDNN's packs: models.packed; float rounding apart)
+    monkeypatch.setenv("DIFFLENS_PACKED", "mkl")
     ref, split = pairs
     cfg = CollectConfig(datasets=[str(corpus_file)], samples=24, layers=[2], batch_size=8, norm_samples=8)
     a = collect(ref, RunLayout(tmp_path / "r"), cfg, progress=False)[str(corpus_file)][0]

@@ -35,6 +35,7 @@ from ..models.precision import fingerprint_part
 from ..models.tokens import bos_prefix_ids, pad_id, pad_right
 from ..rundir.artifacts import Source
 from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
+from ..models.packed import with_kept_packs
 
 
 NORM_MIN_TEXTS = 16
@@ -302,6 +303,7 @@ def _warn_shortfall(ds: dict[str, Any]) -> None:
           file=sys.stderr, flush=True)
 
 
+@with_kept_packs
 def collect(pair: ModelPair, layout: RunLayout, cfg: CollectConfig, *, progress: bool = True,
             stop_after_batches: int | None = None) -> dict[str, list[Collected]]:
     """Run collection for every dataset of ``cfg``; see the module docstring.

@@ -36,6 +36,7 @@ from .ftdata import FtData, chat_assistant_texts, frequent_ft_tokens
 from .relevance import MethodRelevance, token_relevance
 from .similarity import Stat
 from .summary import EvalSummary, IdentificationResult, LayerEval, LeakageResult, LeakageSide
+from ..models.packed import with_kept_packs
 
 __all__ = ["EvalConfig", "PARTS", "evaluate"]
 
@@ -105,6 +106,7 @@ def _load(model: type[A.M], path: Path) -> A.M | None:
     return A.load(model, path) if path.exists() else None
 
 
+@with_kept_packs
 def evaluate(layout: RunLayout, ft: FtData | None, *, relevance_grader: Any = None, cfg: EvalConfig | None = None,
              pair_loader: Callable[[], Any] | None = None, datasets: Sequence[str] | None = None,
              layers: Sequence[int] | None = None, progress: bool = True,

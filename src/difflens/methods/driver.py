@@ -40,6 +40,7 @@ from .base import DiffMethod, MethodResult, PairBatch, PassContext
 from .kl import TokenKL
 from .mining import DiffMining
 from .store import ExamplesStore
+from ..models.packed import with_kept_packs
 
 __all__ = ["PassConfig", "METHODS", "make_method", "run_methods", "check_inputs", "load_result", "open_examples",
            "sample_pass"]
@@ -206,6 +207,7 @@ def _save_checkpoint(path: Any, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@with_kept_packs
 def run_methods(pair: ModelPair, layout: RunLayout, methods: Sequence[DiffMethod], cfg: PassConfig, *,
                 progress: bool = True, console: Console | None = None,
                 stop_after_batches: int | None = None, control: str | None = None) -> dict[str, MethodResult]:

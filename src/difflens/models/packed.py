@@ -36,15 +36,16 @@ than a share of the free memory (:data:`MEMORY_SHARE`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["MIN_ROWS", "MEMORY_SHARE", "BACKENDS", "available", "backend_rates", "choose_backend", "keep_packs",
-           "PackedLinears"]
+           "with_kept_packs", "packed_forwards", "PackedLinears"]
 
 MIN_ROWS = 16
 """Fewer rows than this run unpacked on the ``mkl`` backend: there the step is bound by reading the
@@ -161,6 +162,33 @@ def keep_packs() -> Iterator[None]:
         yield
     finally:
         _KEPT = None
+
+
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def with_kept_packs(fn: F_) -> F_:
+    """``fn`` runs inside :func:`keep_packs` (a stage's entry point: collect, lens, steer, the methods
+    pass, evaluate)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with keep_packs():
+            return fn(*args, **kwargs)
+    return run  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def packed_forwards(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model``'s forwards inside the block from oneDNN packs (:class:`PackedLinears`), where oneDNN
+    is this machine's backend and the block is inside :func:`keep_packs` (so that a stage's many
+    short blocks pack each weight once); otherwise nothing changes. MKL's packs serve one row count
+    each: only the decode loop uses them. :class:`difflens.models.pair.ModelPair` runs every side
+    through this."""
+    if _KEPT is None or choose_backend() != "onednn":
+        yield model
+        return
+    with PackedLinears(model, backend="onednn"):
+        yield model
 
 
 def _onednn_reorder(weight: torch.Tensor, rows: int | None) -> torch.Tensor:

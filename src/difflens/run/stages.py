@@ -26,6 +26,7 @@ from ..backends import GenerationBackend, HFBackend, final_generations, final_ge
 from ..errors import ConfigError, RunDirError
 from ..graders import Graders, grader_identity
 from ..models.pair import ModelPair, pair_from_run  # noqa: F401 - pair_from_run re-exported
+from ..models.packed import with_kept_packs
 from ..models.precision import fingerprint_part
 from ..rundir import artifacts as A
 from ..rundir.layout import RunLayout, fingerprint, read_json, write_json
@@ -63,6 +64,7 @@ def _collect_fp(layout: RunLayout, dataset: str) -> str:
     return read_json(layout.collect_stats(dataset))["fingerprint"]
 
 
+@with_kept_packs
 def run_lens(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: LensConfig | None = None, *,
              datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
              progress: bool = True) -> list[A.PatchscopeResult]:
@@ -169,6 +171,7 @@ def _bars_cfg(cfg: SteeringConfig, partial: dict[str, Any]) -> SteeringConfig:
     return cfg.model_copy(update={"min_coherent": need, "min_coherent_per_prompt": per_need})
 
 
+@with_kept_packs
 def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None = None, *,
               datasets: Sequence[str] | None = None, layers: Sequence[int] | None = None,
               progress: bool = True, backend: GenerationBackend | None = None) -> list[A.SteeringResult]:
@@ -190,16 +193,6 @@ def run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: Steerin
     On a CPU the packed weights of the models' linear layers are made once for the whole stage
     (:func:`difflens.models.packed.keep_packs`), not once per generation round and grader call.
     """
-    from ..models.packed import keep_packs
-
-    with keep_packs():
-        return _run_steer(pair, layout, graders, cfg, datasets=datasets, layers=layers, progress=progress,
-                          backend=backend)
-
-
-def _run_steer(pair: ModelPair, layout: RunLayout, graders: Graders, cfg: SteeringConfig | None, *,
-               datasets: Sequence[str] | None, layers: Sequence[int] | None, progress: bool,
-               backend: GenerationBackend | None) -> list[A.SteeringResult]:
     from rich.progress import Progress
 
     cfg = cfg or SteeringConfig()
