@@ -215,22 +215,30 @@ def memory_rate(device: Any = "cpu", *, seconds: float = 0.3) -> float:
     return _RATES[key]
 
 
-def _per_second(op: Any, work: float, device: str, seconds: float) -> float:
+def _per_second(op: Any, work: float, device: str, seconds: float, windows: int = 4) -> float:
     """``work`` per call of ``op`` over its measured call time on ``device``: one warm-up call, then
-    calls for at least ``seconds`` and 3 calls (an accelerator synchronised after each)."""
+    ``windows`` windows of calls, each for at least ``seconds / windows`` and 3 calls (an accelerator
+    synchronised after each); the best window. A machine shared with others has slow moments (one
+    2-core VM measured 223, 298 and 415 GFLOP/s at the start of three runs, 406–431 in 15 one-second
+    windows later): the best window is what the machine can do, and a floor must not rise with a
+    neighbour's load."""
     import torch
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     op()
     sync()
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        op()
-        reps += 1
-        sync()
-        el = time.perf_counter() - t0
-        if el >= seconds and reps >= 3:
-            return reps * work / el
+    best = 0.0
+    for _ in range(max(1, windows)):
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            op()
+            reps += 1
+            sync()
+            el = time.perf_counter() - t0
+            if el >= seconds / max(1, windows) and reps >= 3:
+                break
+        best = max(best, reps * work / el)
+    return best
 
 
 def estimate_seconds(flops: float, rate: float, efficiency: float = 0.5) -> float:
