@@ -37,6 +37,7 @@ import torch
 from ..errors import ConfigError
 from .arch import unwrap
 from .pair import ModelPair
+from .packed import packed_forwards
 from .precision import FP32_RESIDUAL, use_fp32_residual
 from .sources import LoadedModel, ModelSource
 
@@ -60,10 +61,11 @@ class NoisePair(ModelPair):
     @contextlib.contextmanager
     def base(self) -> Iterator[torch.nn.Module]:
         if self.adapter_base:
-            with self.base_lm.model.disable_adapter():
+            with self.base_lm.model.disable_adapter(), packed_forwards(self.base_lm.model):
                 yield self.base_lm.model
         else:
-            yield self.base_lm.model
+            with packed_forwards(self.base_lm.model):
+                yield self.base_lm.model
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "control": dict(self.control)}

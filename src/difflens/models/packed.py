@@ -150,7 +150,9 @@ _KEPT: dict[int, tuple[torch.Tensor, int, int, torch.Tensor]] | None = None
 def keep_packs() -> Iterator[None]:
     """Inside this block, oneDNN packs outlive the :class:`PackedLinears` block that made them: a
     later block over the same weights reuses them while a weight keeps its storage and version
-    counter (an in-place update makes a new pack). A stage that runs many short calls over frozen
+    counter (an in-place update such as ``copy_`` or an optimiser step makes a new pack; a write
+    through ``.data`` bypasses the version counter and is not seen, so nothing inside may write
+    weights that way). A stage that runs many short calls over frozen
     weights (the steer stage's grader waves and generation rounds) packs each weight once. The packs
     are freed on leaving the outermost block."""
     global _KEPT
