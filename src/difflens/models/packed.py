@@ -83,8 +83,9 @@ _RATES: dict[str, float] = {}
 
 def backend_rates(rows: int = 64, d_in: int = 1024, d_out: int = 2048) -> dict[str, float]:
     """FLOP/s of each available backend's packed linear, ``rows`` × ``d_in`` → ``d_out`` (the size of
-    a decode step's layers), on this machine's CPU threads; measured once per process (about 0.1 s).
-    Benches read it to state the machine's matmul rate (``difflens.run.cost.matmul_rate``)."""
+    a decode step's layers), on this machine's CPU threads; measured once per process (about 0.1 s)
+    for :func:`choose_backend`. (``difflens.run.cost.matmul_rate``, the floors' rate, times oneDNN
+    on its own square product.)"""
     if _RATES:
         return dict(_RATES)
     g = torch.Generator().manual_seed(0)
