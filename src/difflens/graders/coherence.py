@@ -21,7 +21,6 @@ import torch
 from ..llm.replies import DECOR, Messages, chat_messages, clean_value, content_lines, must_end_with, tagged
 from .text import WORD
 from ..models.decoding import broadcast_cache, cache_kwarg as _cache_kwarg
-from ..models.packed import PackedLinears
 from ..models.placement import input_device
 
 # ============================================================================================
@@ -311,7 +310,7 @@ class OfflineCoherence:
         if todo:
             prefix = self._prefix_ids()
             scope = self.scope() if self.scope is not None else contextlib.nullcontext(self.model)
-            with scope as model, PackedLinears(model):  # packed weights where they multiply faster (models.packed)
+            with scope as model:
                 self._score_batches(model, prefix, enc, todo, out)
             for i in todo:
                 self._scored[keys[i]] = out[i]
