@@ -339,6 +339,26 @@ def test_kept_packs_are_reused_until_a_weight_changes(monkeypatch):
         assert len(made) == 9  # the kept packs went with the block
 
 
+def test_kept_packs_need_no_memory_again(monkeypatch):
+    """The memory check counts only the packs still to make: a block over weights whose packs are
+    kept runs packed even when free memory has since become short; new weights are not packed then."""
+    import difflens.models.packed as P
+
+    if not P.available("onednn"):
+        pytest.skip("this PyTorch build has no oneDNN packed linear")
+    torch.manual_seed(0)
+    net, other = torch.nn.Sequential(torch.nn.Linear(8, 6)), torch.nn.Sequential(torch.nn.Linear(8, 6))
+    with torch.no_grad(), P.keep_packs():
+        with P.PackedLinears(net, backend="onednn") as p:
+            assert p.active
+        monkeypatch.setattr(P, "_free_bytes", lambda: 16)  # almost nothing free now
+        with P.PackedLinears(net, backend="onednn") as p:
+            assert p.active and p._packs  # its packs are kept: nothing new to fit
+        assert not P.PackedLinears(other, backend="onednn").active  # a new pack would not fit
+        net[0].weight.add_(1.0)  # changed: its pack must be made again, and would not fit
+        assert not P.PackedLinears(net, backend="onednn").active
+
+
 def _unpacked_pair(net, x):
     import torch.nn.functional as F
     return F.linear(F.linear(x, net[0].weight, net[0].bias), net[1].weight, net[1].bias)

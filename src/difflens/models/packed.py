@@ -198,12 +198,19 @@ def _onednn_reorder(weight: torch.Tensor, rows: int | None) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
 
 
+def _kept(weight: torch.Tensor) -> torch.Tensor | None:
+    """The pack kept for ``weight`` (inside :func:`keep_packs`, while it is unchanged), else None."""
+    hit = _KEPT.get(id(weight)) if _KEPT is not None else None
+    if hit is not None and hit[0] is weight and hit[1] == weight.data_ptr() and hit[2] == weight._version:
+        return hit[3]
+    return None
+
+
 def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:
     w = weight.detach()
-    if _KEPT is not None:
-        hit = _KEPT.get(id(weight))
-        if hit is not None and hit[0] is weight and hit[1] == w.data_ptr() and hit[2] == weight._version:
-            return hit[3]
+    pack = _kept(weight)
+    if pack is not None:
+        return pack
     pack = _onednn_reorder(w, None)
     if _KEPT is not None:
         _KEPT[id(weight)] = (weight, w.data_ptr(), weight._version, pack)
@@ -237,7 +244,8 @@ class PackedLinears:
         # a module whose forward is already replaced (accelerate's hooks do that) is left alone
         layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__
                   and m.weight.dim() == 2 and m.weight.shape[0] > 0 and m.weight.shape[1] > 0]
-        need = sum(m.weight.numel() * 4 for m in layers)
+        # the packs still to make (inside keep_packs, those already kept cost no more memory)
+        need = sum(m.weight.numel() * 4 for m in layers if not (self.backend == "onednn" and _kept(m.weight) is not None))
         free = _free_bytes()
         if free is not None and need > MEMORY_SHARE * free:
             return
