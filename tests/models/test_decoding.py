@@ -359,6 +359,22 @@ def test_kept_packs_need_no_memory_again(monkeypatch):
         assert not P.PackedLinears(net, backend="onednn").active
 
 
+def test_every_stage_entry_point_keeps_its_packs():
+    """Each stage's entry point runs inside keep_packs (its many short forwards pack each weight once,
+    and ModelPair's sides run packed only there): collect, lens, steer, the methods pass, amplification,
+    evaluate (the causal effect)."""
+    from difflens.adl.collect import collect
+    from difflens.eval.evaluate import evaluate
+    from difflens.methods.amplify import run_amplify
+    from difflens.methods.driver import run_methods
+    from difflens.models.packed import with_kept_packs
+    from difflens.run.stages import run_lens, run_steer
+
+    wrapper = with_kept_packs(lambda: None).__code__
+    for fn in (collect, run_lens, run_steer, run_methods, run_amplify, evaluate):
+        assert fn.__code__ is wrapper and hasattr(fn, "__wrapped__"), fn.__name__
+
+
 def _unpacked_pair(net, x):
     import torch.nn.functional as F
     return F.linear(F.linear(x, net[0].weight, net[0].bias), net[1].weight, net[1].bias)

@@ -59,6 +59,7 @@ from ..models.decoding import cache_kwarg as _cache_kwarg
 from ..models.decoding import eos_ids as _eos_ids
 from ..models.arch import unwrap
 from ..models.pair import ModelPair
+from ..models.packed import with_kept_packs
 from ..models.tokens import chat_prompt_ids, pad_id, pad_left
 from ..rundir.artifacts import load_jsonl, save_jsonl
 from ..rundir.layout import RunLayout, fingerprint
@@ -415,6 +416,7 @@ def choose_beta(verdicts: Sequence[BetaVerdict]) -> float:
     return float(narrow(0.0, betas[-1] + 1.0, betas, [bool(v.coherent) for v in verdicts])[0])
 
 
+@with_kept_packs
 def run_amplify(pair: ModelPair, layout: RunLayout, cfg: AmplifyConfig | None = None, grader: Any = None, *,
                 dataset: str = "chat", control: str | None = None, progress: bool = True,
                 console: Console | None = None, beta: float | None = None) -> AmplifyResult:
