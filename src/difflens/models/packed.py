@@ -245,7 +245,8 @@ class PackedLinears:
         layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__
                   and m.weight.dim() == 2 and m.weight.shape[0] > 0 and m.weight.shape[1] > 0]
         # the packs still to make (inside keep_packs, those already kept cost no more memory)
-        need = sum(m.weight.numel() * 4 for m in layers if not (self.backend == "onednn" and _kept(m.weight) is not None))
+        need = sum(m.weight.numel() * 4 for m in layers
+                   if not (self.backend == "onednn" and _kept(m.weight) is not None))
         free = _free_bytes()
         if free is not None and need > MEMORY_SHARE * free:
             return
