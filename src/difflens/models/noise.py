@@ -24,20 +24,18 @@ change norms it copies).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from .arch import unwrap
 from .pair import ModelPair
-from .packed import packed_forwards
 from .precision import FP32_RESIDUAL, use_fp32_residual
 from .sources import LoadedModel, ModelSource
 
@@ -58,14 +56,8 @@ class NoisePair(ModelPair):
     control: dict[str, Any] = field(default_factory=dict)
     adapter_base: bool = False
 
-    @contextlib.contextmanager
-    def base(self) -> Iterator[torch.nn.Module]:
-        if self.adapter_base:
-            with self.base_lm.model.disable_adapter(), packed_forwards(self.base_lm.model):
-                yield self.base_lm.model
-        else:
-            with packed_forwards(self.base_lm.model):
-                yield self.base_lm.model
+    def _base_disables_adapter(self) -> bool:
+        return self.adapter_base
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "control": dict(self.control)}

@@ -142,15 +142,17 @@ class ModelPair:
         """Logits restricted to the shared vocabulary (padding rows and added tokens dropped)."""
         return logits[..., :self.vocab_size]
 
+    def _base_disables_adapter(self) -> bool:
+        """Whether :meth:`base` runs its model with the peft adapter disabled (a shared adapter)."""
+        return self.shared_adapter
+
     @contextlib.contextmanager
     def base(self) -> Iterator[torch.nn.Module]:
         """The base model (adapter disabled when shared)."""
-        if self.shared_adapter:
-            with self.base_lm.model.disable_adapter(), packed_forwards(self.base_lm.model):
-                yield self.base_lm.model
-        else:
-            with packed_forwards(self.base_lm.model):
-                yield self.base_lm.model
+        model = self.base_lm.model
+        adapter_off = model.disable_adapter() if self._base_disables_adapter() else contextlib.nullcontext()
+        with adapter_off, packed_forwards(model):
+            yield model
 
     @contextlib.contextmanager
     def ft(self) -> Iterator[torch.nn.Module]:
