@@ -457,8 +457,7 @@ def main() -> None:
             bench_amplify(pair, args, shape, rows)
     # the machine's speed moves (a shared VM: 223–431 GFLOP/s within an hour on 2 AMD cores): measured
     # again at the end, and the table restated at the faster of the two, the machine's best
-    cost._RATES.pop((str(args.device), args.dtype), None)
-    end_rate = cost.matmul_rate(args.device, args.dtype, seconds=1.0)
+    end_rate = cost.matmul_rate(args.device, args.dtype, seconds=1.0, fresh=True)
     best = max(rate, end_rate)
     print(f"matmul {rate / 1e9:.0f} GFLOP/s at the start, {end_rate / 1e9:.0f} at the end; "
           f"at the faster, {best / 1e9:.0f}:")

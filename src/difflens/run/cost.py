@@ -173,17 +173,18 @@ def amplify_flops(shape: ModelShape, rows: Iterable[tuple[int, int]]) -> float:
 _RATES: dict[tuple[str, str], float] = {}
 
 
-def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float = 0.3) -> float:
+def matmul_rate(device: Any = "cpu", dtype: str = "float32", *, seconds: float = 0.3,
+                fresh: bool = False) -> float:
     """FLOP/s of a square matmul on ``device`` in ``dtype`` (measured once per process for about
-    ``seconds``; 2048² on a CPU, 4096² on an accelerator). On a CPU in float32, the faster of
-    ``torch.mm`` (MKL's ``sgemm``) and oneDNN's packed linear, which the stages' forwards use where
-    it is faster (:mod:`difflens.models.packed`): on 2 AMD Zen 5 cores 166–181 against about
+    ``seconds``, or again with ``fresh``; 2048² on a CPU, 4096² on an accelerator). On a CPU in
+    float32, the faster of ``torch.mm`` (MKL's ``sgemm``) and oneDNN's packed linear, which the
+    stages' forwards use where it is faster (:mod:`difflens.models.packed`): on 2 AMD Zen 5 cores 166–181 against about
     430 GFLOP/s; the floor is what the machine can do, not what one library does on it."""
     import torch
 
     dev = str(device)
     key = (dev, dtype)
-    if key in _RATES:
+    if key in _RATES and not fresh:
         return _RATES[key]
     dt = getattr(torch, dtype) if dtype in ("float32", "bfloat16", "float16") else torch.float32
     n = 4096 if dev.startswith("cuda") else 1024 if seconds < 0.5 else 2048
