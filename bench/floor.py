@@ -26,6 +26,10 @@ formulas: "before" and "after" side by side). Per model, ``P(l)`` the matmul par
                             prefix, per scoring call: F(prefix, L, 1) + Σ_texts F(T_text, L, T_text | past = prefix)
     evaluate: causal      = per dataset Σ_texts [F(T, ℓ+1, 0) (base) + F(T, L, T) (clean ft)]
                             + V directions × Σ_texts F(T, layers ℓ+1..L, T)   (+ the chat draws, base to ℓ)
+    decode (a search round) = Σ rows generation, as steer; the call's time split by kind of work
+                            (linear layers against their own FLOPs, attention against the KV cache it reads,
+                            the sampling draw, other ops, and the Python and dispatch left between ops),
+                            from a torch.profiler run of the same call
     methods pass          = 2 models × N × F(T, L, T)
     amplify (sampling)    = 2 models × Σ rows generation
 
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import math
@@ -53,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import BASE  # noqa: E402
 
-STAGES = ("collect", "lens", "steer", "causal", "methods", "amplify")
+STAGES = ("collect", "lens", "steer", "decode", "causal", "methods", "amplify")
 
 
 def _cost_module():
@@ -80,8 +85,8 @@ class Rows:
         self.rows.append({"stage": stage, "flops": flops, "wall_s": round(wall, 3),
                           "floor_s": round(floor, 4) if floor else None,
                           "ratio": round(wall / floor, 2) if floor else None, "note": note})
-        print(f"  {stage:<34}{(flops or 0) / 1e12:>9.3f}{wall:>9.2f}{(floor or float('nan')):>9.2f}"
-              f"{(wall / floor if floor else float('nan')):>8.1f}  {note}", flush=True)
+        print(f"  {stage:<34}{f'{flops / 1e12:.3f}' if flops else '':>9}{wall:>9.2f}"
+              f"{f'{floor:.2f}' if floor else '':>9}{f'{wall / floor:.1f}' if floor else '':>8}  {note}", flush=True)
 
 
 @contextlib.contextmanager
@@ -324,6 +329,107 @@ def bench_steer(pair, layout, c, args, shape, rows: Rows):
              f"{len(cfg.positions)} positions, α = {', '.join(f'{t.alpha:.2f}' for t in res[0].thresholds)}")
 
 
+# a decode call's time by kind of work (bench_decode): the ops inside these ranges, else by op name
+LINEAR_OPS = frozenset({"mkldnn::_linear_pointwise", "mkl::_mkl_linear", "aten::addmm", "aten::mm"})
+RANGES = {"difflens::attention": "attention", "difflens::draw": "sampling draw"}
+KINDS = ("linear layers", "attention", "sampling draw", "other ops")
+
+
+def op_kinds(events: Any) -> dict[str, float]:
+    """Seconds of op self time by kind, from a CPU profile's events (``profile.events()``): an op
+    inside a :data:`RANGES` range counts there, else a :data:`LINEAR_OPS` op as a linear layer,
+    else "other ops" (norms, rotary, activations, cache writes, masks, the steering hook's add). The
+    ranges' own self time is the Python between their ops: not an op, left out (the caller's wall
+    minus these is Python and dispatch)."""
+    out = dict.fromkeys(KINDS, 0.0)
+    for e in events:
+        if e.name in RANGES:
+            continue
+        kind, up = None, e.cpu_parent
+        while up is not None and kind is None:
+            kind, up = RANGES.get(up.name), up.cpu_parent
+        if kind is None:
+            kind = ("linear layers" if e.name in LINEAR_OPS else
+                    "attention" if "attention" in e.name or "scaled_dot_product" in e.name else "other ops")
+        out[kind] += e.self_cpu_time_total / 1e6
+    return out
+
+
+def bench_decode(pair, direction, eta: float, args, shape, rows: Rows, *, layer: int) -> dict[str, float]:
+    """One search round's generation call taken apart: the threshold prompts × ``--search-samples``
+    rows each at ``--decode-positions`` steering vectors (α = 0.4 along ``direction``, each position a
+    slight rotation of it), sampled as the search samples them; timed once, then once more under
+    ``torch.profiler`` (the same seed: the same tokens and rows) for the split by kind: each kind's
+    share of the profiled wall (op self times, :func:`op_kinds`; Python and dispatch the time between
+    ops) applied to the unprofiled wall. The profiler's own cost per op lands in both, so the split
+    is approximate."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import difflens.adl.steered as G
+    import difflens.models.decoding as D
+    from difflens.adl.steering import THRESHOLD_PROMPTS
+    from difflens.models.tokens import chat_prompt_ids
+
+    tok = pair.tokenizer
+    gen = torch.Generator().manual_seed(0)
+    base = direction.float() / (direction.float().norm() + 1e-12)
+    vecs, prompts = [], []
+    for j in range(args.decode_positions):
+        d = base + 0.3 * j * torch.randn(base.shape, generator=gen) / base.numel() ** 0.5
+        for p in THRESHOLD_PROMPTS:
+            vecs += [0.4 * eta * d / d.norm()] * args.search_samples
+            prompts += [p] * args.search_samples
+    add = torch.stack(vecs)
+    kw = dict(layer=layer, temperature=1.2, max_new_tokens=args.max_new_tokens, seed=args.steer_seed)
+    G.generate_vectors(pair, prompts[:4], add[:4], **(kw | {"max_new_tokens": 4}))  # warm: packs, allocator
+    out, wall = timed(G.generate_vectors, pair, prompts, add, **kw)
+    sizes = [(len(chat_prompt_ids(tok, pair.ft_arch, p)), new_tokens(tok, t, args.max_new_tokens))
+             for p, t in zip(prompts, out)]
+    groups = G.prefill_groups(prompts, add).tolist()
+    flops = cost.steer_flops(shape, sizes, groups)
+    steps = max(n for _, n in sizes)
+    head = f"{len(prompts)} rows × ≤{args.max_new_tokens} tokens, {steps} passes, {wall / steps * 1e3:.1f} ms a pass"
+    if torch.device(args.device).type != "cpu":  # a CPU profile times an accelerator's launches, not its work
+        rows.add("decode: a search round", flops, wall, head + "; split by kind on a CPU only")
+        return {}
+
+    def ranged(name):
+        def wrap(real):
+            def fn(*a, **k):
+                with torch.profiler.record_function(name):
+                    return real(*a, **k)
+            return fn
+        return wrap
+
+    with contextlib.ExitStack() as st:
+        st.enter_context(patched(D, "decode_attention", ranged("difflens::attention")))
+        st.enter_context(patched(D, "draw", ranged("difflens::draw")))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            again, pwall = timed(G.generate_vectors, pair, prompts, add, **kw)
+    ops = op_kinds(prof.events())
+    # profiling slows every op and the Python between them: each kind's share of the profiled wall,
+    # applied to the unprofiled one; Python and dispatch is the profiled wall's share between ops
+    scale = wall / pwall
+    kinds = {k: v * scale for k, v in ops.items()}
+    kinds["Python and dispatch"] = max(0.0, pwall - sum(ops.values())) * scale
+    no_attn = dataclasses.replace(shape, attn_width=0)
+    linear = cost.steer_flops(no_attn, sizes, groups)
+    kv = sum(cost.kv_read_bytes(shape, p, n, next(pair.ft_lm.model.parameters()).element_size()) for p, n in sizes)
+    mem = cost.memory_rate(args.device)
+    same = "the same tokens" if again == out else "OTHER tokens (not deterministic here: the split is approximate)"
+    rows.add("decode: a search round", flops, wall, f"{head}; profiled {pwall:.2f} s, {same}")
+    rows.add("decode: linear layers", linear, kinds["linear layers"], "the FLOPs of every matmul with a weight")
+    rows.add("decode: attention", None, kinds["attention"],
+             f"reads {kv / 1e9:.2f} GB of KV cache: {kv / mem:.2f} s at {mem / 1e9:.0f} GB/s "
+             f"({kinds['attention'] / (kv / mem):.1f}× that), {kv / max(kinds['attention'], 1e-9) / 1e9:.1f} GB/s")
+    rows.add("decode: sampling draw", None, kinds["sampling draw"], "softmax, cumulative sum, search: per row and step")
+    rows.add("decode: other ops", None, kinds["other ops"], "norms, rotary, activations, cache writes, masks, hook")
+    py = kinds["Python and dispatch"]
+    rows.add("decode: Python and dispatch", None, py, f"{py / steps * 1e3:.1f} ms a pass: between the ops")
+    return kinds
+
+
 def bench_causal(pair, c, args, shape, rows: Rows):
     import random
 
@@ -394,6 +500,8 @@ def main() -> None:
     ap.add_argument("--refine-iters", type=int, default=2)
     ap.add_argument("--steer-seed", type=int, default=0, help="steer: SteeringConfig.seed (the search's "
                     "trajectory, and so its rounds and rows, differs by seed)")
+    ap.add_argument("--decode-positions", type=int, default=3, help="decode: steering vectors in the round "
+                    "(× 3 threshold prompts × --search-samples rows; the paper-size search has up to 5)")
     ap.add_argument("--causal-texts", type=int, default=8)
     ap.add_argument("--causal-len", type=int, default=64)
     ap.add_argument("--causal-random", type=int, default=8)
@@ -430,7 +538,7 @@ def main() -> None:
     rows = Rows(rate)
     layout = RunLayout(Path(tmp.name) / "run")
     c = None
-    if any(s in stages for s in ("collect", "lens", "steer", "causal")):
+    if any(s in stages for s in ("collect", "lens", "steer", "decode", "causal")):
         if "collect" in stages:
             c = bench_collect(pair, layout, args, shape, rows)
         else:
@@ -446,6 +554,9 @@ def main() -> None:
     if "steer" in stages:
         with stage_packs():
             bench_steer(pair, layout, c, args, shape, rows)
+    if "decode" in stages:
+        with stage_packs():
+            bench_decode(pair, c.delta[0], c.eta_ft, args, shape, rows, layer=c.layer)
     if "causal" in stages:
         with stage_packs():
             bench_causal(pair, c, args, shape, rows)

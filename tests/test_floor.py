@@ -145,3 +145,59 @@ def test_a_16_bit_cpu_stage_is_announced_with_its_float32_overhead(tmp_path, mon
     assert cost.expected_seconds(1e12, "cuda:0", "bfloat16", 1.5) == (1e12 / 4e9 * 1.5, 4e9)
     assert cost.announce("collecting", 1e12, "cpu", "bfloat16", 1.5) == 1e12 / 4e9 + 1e12 / 1e9 * 0.5
     assert f"about {1e12 / 4e9 + 1e12 / 1e9 * 0.5:.6g}s" in capsys.readouterr().err
+
+
+def _floor_bench():
+    """bench/floor.py as a module (the bench directory on the path for its own imports)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "floor.py"
+    spec = importlib.util.spec_from_file_location("difflens_floor_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_decode_breakdown_accounts_for_every_op(tmp_path):
+    """bench/floor.py's decode part on a tiny Llama: the kinds add up to the profiled ops (each op
+    counted once, the ranges' own Python left out), matmuls with weights, attention and the draw each
+    show up, and Python and dispatch is the wall left over."""
+    from types import SimpleNamespace
+
+    from torch.profiler import ProfilerActivity, profile
+
+    floor = _floor_bench()
+    p = str(save_tiny(tmp_path, "llama", 0))
+    pair = load_pair(p, p)
+    shape = cost.ModelShape.of_pair(pair)
+    rows = floor.Rows(1e11)
+    args = SimpleNamespace(decode_positions=2, search_samples=3, max_new_tokens=6, steer_seed=0, device="cpu")
+    kinds = floor.bench_decode(pair, torch.randn(pair.arch.hidden_size), 2.0, args, shape, rows, layer=1)
+    assert set(kinds) == set(floor.KINDS) | {"Python and dispatch"}
+    assert all(kinds[k] > 0 for k in floor.KINDS), kinds
+    got = {r["stage"]: r for r in rows.rows}
+    total = got["decode: a search round"]
+    assert total["note"].startswith("18 rows")  # 2 vectors × 3 threshold prompts × 3 samples
+    assert "the same tokens" in total["note"]  # the profiled rerun sampled what the timed run did
+    assert got["decode: linear layers"]["flops"] < total["flops"]  # attention's FLOPs are the rest
+    # the kinds and the time between ops split the (unprofiled) wall of the round
+    assert kinds["Python and dispatch"] > 0 and sum(kinds.values()) == pytest.approx(total["wall_s"], abs=2e-3)
+    assert got["decode: Python and dispatch"]["wall_s"] == pytest.approx(kinds["Python and dispatch"], abs=1e-3)
+
+    # op_kinds itself: a range's ops count there, whatever their names; the range's own time does not
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.profiler.record_function("difflens::draw"):
+            torch.mm(torch.randn(8, 8), torch.randn(8, 8))
+        torch.mm(torch.randn(8, 8), torch.randn(8, 8))
+        torch.randn(4).exp()
+    split = floor.op_kinds(prof.events())
+    ops = sum(e.self_cpu_time_total for e in prof.events() if e.name != "difflens::draw") / 1e6
+    assert sum(split.values()) == pytest.approx(ops)
+    mms = [e for e in prof.events() if e.name == "aten::mm"]
+    inside = [e for e in mms if e.cpu_parent is not None and e.cpu_parent.name == "difflens::draw"]
+    assert len(mms) == 2 and len(inside) == 1
+    assert split["linear layers"] == pytest.approx(sum(e.self_cpu_time_total for e in mms if e not in inside) / 1e6)
+    assert split["sampling draw"] >= inside[0].self_cpu_time_total / 1e6
