@@ -514,6 +514,8 @@ def main() -> None:
     bad = sorted(set(stages) - set(STAGES))
     if bad:
         sys.exit(f"unknown stages {bad}: choose from {', '.join(STAGES)}")
+    if "decode" in stages and min(args.decode_positions, args.search_samples, args.max_new_tokens) < 1:
+        sys.exit("decode needs --decode-positions, --search-samples and --max-new-tokens of at least 1")
 
     import torch
 
