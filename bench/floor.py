@@ -337,20 +337,24 @@ KINDS = ("linear layers", "attention", "sampling draw", "other ops")
 
 def op_kinds(events: Any) -> dict[str, float]:
     """Seconds of op self time by kind, from a CPU profile's events (``profile.events()``): an op
-    inside a :data:`RANGES` range counts there, else a :data:`LINEAR_OPS` op as a linear layer,
+    inside a :data:`RANGES` range counts there (inside an sdpa op: attention), else a
+    :data:`LINEAR_OPS` op as a linear layer,
     else "other ops" (norms, rotary, activations, cache writes, masks, the steering hook's add). The
     ranges' own self time is the Python between their ops: not an op, left out (the caller's wall
     minus these is Python and dispatch)."""
+    def attention(name: str) -> bool:  # sdpa and its kernels (a model attending without decode_attention)
+        return "attention" in name or "scaled_dot_product" in name
+
     out = dict.fromkeys(KINDS, 0.0)
     for e in events:
         if e.name in RANGES:
             continue
         kind, up = None, e.cpu_parent
         while up is not None and kind is None:
-            kind, up = RANGES.get(up.name), up.cpu_parent
+            kind = RANGES.get(up.name) or ("attention" if attention(up.name) else None)
+            up = up.cpu_parent
         if kind is None:
-            kind = ("linear layers" if e.name in LINEAR_OPS else
-                    "attention" if "attention" in e.name or "scaled_dot_product" in e.name else "other ops")
+            kind = "linear layers" if e.name in LINEAR_OPS else "attention" if attention(e.name) else "other ops"
         out[kind] += e.self_cpu_time_total / 1e6
     return out
 

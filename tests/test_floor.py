@@ -193,6 +193,8 @@ def test_the_decode_breakdown_accounts_for_every_op(tmp_path):
             torch.mm(torch.randn(8, 8), torch.randn(8, 8))
         torch.mm(torch.randn(8, 8), torch.randn(8, 8))
         torch.randn(4).exp()
+        q = torch.randn(1, 2, 3, 4)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)  # its kernels count as attention too
     split = floor.op_kinds(prof.events())
     ops = sum(e.self_cpu_time_total for e in prof.events() if e.name != "difflens::draw") / 1e6
     assert sum(split.values()) == pytest.approx(ops)
@@ -201,3 +203,6 @@ def test_the_decode_breakdown_accounts_for_every_op(tmp_path):
     assert len(mms) == 2 and len(inside) == 1
     assert split["linear layers"] == pytest.approx(sum(e.self_cpu_time_total for e in mms if e not in inside) / 1e6)
     assert split["sampling draw"] >= inside[0].self_cpu_time_total / 1e6
+    under_sdpa = sum(e.self_cpu_time_total for e in prof.events()
+                     if any("scaled_dot_product" in n for n in (e.name, getattr(e.cpu_parent, "name", "")))) / 1e6
+    assert under_sdpa > 0 and split["attention"] >= under_sdpa
