@@ -339,17 +339,16 @@ def op_kinds(events: Any) -> dict[str, float]:
     """Seconds of op self time by kind, from a CPU profile's events (``profile.events()``): an op
     inside a :data:`RANGES` range counts there (inside an sdpa op: attention), else a
     :data:`LINEAR_OPS` op as a linear layer,
-    else "other ops" (norms, rotary, activations, cache writes, masks, the steering hook's add). The
-    ranges' own self time is the Python between their ops: not an op, left out (the caller's wall
-    minus these is Python and dispatch)."""
+    else "other ops" (norms, rotary, activations, cache writes, masks, the steering hook's add). A
+    range's own self time counts as its kind: the Python between its ops, and a compiled kernel it
+    calls outside the dispatcher (:mod:`difflens.models.cpu_kernels`), which the profiler does not
+    see as an op. The wall less all of these is the Python and dispatch outside them."""
     def attention(name: str) -> bool:  # sdpa and its kernels (a model attending without decode_attention)
         return "attention" in name or "scaled_dot_product" in name
 
     out = dict.fromkeys(KINDS, 0.0)
     for e in events:
-        if e.name in RANGES:
-            continue
-        kind, up = None, e.cpu_parent
+        kind, up = RANGES.get(e.name), e.cpu_parent
         while up is not None and kind is None:
             kind = RANGES.get(up.name) or ("attention" if attention(up.name) else None)
             up = up.cpu_parent

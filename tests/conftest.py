@@ -118,6 +118,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     cache = shared.parent / "difflens-test-cache"  # derived data keyed by content (common tokens per tokenizer)
     cache.mkdir(parents=True, exist_ok=True)
     (home / "cache").symlink_to(cache, target_is_directory=True)
+    kernels = shared.parent / "difflens-test-kernels"  # compiled CPU kernels, keyed by source, torch and CPU
+    kernels.mkdir(parents=True, exist_ok=True)
+    (home / "kernels").symlink_to(kernels, target_is_directory=True)
     yield home
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .arch import unwrap
+from .cpu_kernels import decode_attention_kernel, kernel_fits
 from .packed import PackedLinears
 
 __all__ = ["eos_ids", "cache_kwarg", "draw", "growing_cache", "broadcast_cache", "DECODE_ATTENTION", "decode_attention",
@@ -213,6 +214,12 @@ def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                                       is_causal=is_causal, **kwargs)
     b, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
+    kernel = _KERNELS[-1] if _KERNELS else None
+    if kernel is not None and kernel_fits(dim, heads // kv_heads) and key.stride(-1) == value.stride(-1) == 1:
+        add = _additive_mask(attention_mask, b, length)
+        if add is not False:
+            out = kernel(query, key, value, add, dim ** -0.5 if scaling is None else scaling)
+            return out.transpose(1, 2), None
     q = query.reshape(b, kv_heads, heads // kv_heads, dim)  # a key/value head's query group as rows
     scores = torch.matmul(q, key.transpose(-1, -2))  # [b, kv_heads, group, length]
     scores.mul_(dim ** -0.5 if scaling is None else scaling)
@@ -224,6 +231,23 @@ def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             scores.add_(mask)
     out = torch.matmul(torch.softmax(scores, dim=-1), value)  # [b, kv_heads, group, dim]
     return out.reshape(b, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+_KERNELS: list[Callable[..., torch.Tensor]] = []  # the compiled kernel, inside decode_attention_on (a stack)
+
+
+def _additive_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | bool:
+    """This step's row of a 4-D attention mask as the kernel's additive float32 [batch or 1, length]
+    (an empty tensor for no mask; False where the mask has another shape)."""
+    if attention_mask is None:
+        return torch.empty(0)
+    m = attention_mask[..., -1, :length]  # [b or 1, 1, length]
+    if m.dim() != 3 or m.shape[1] != 1 or m.shape[0] not in (1, batch) or m.shape[-1] != length:
+        return False
+    m = m[:, 0]
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=torch.float32).masked_fill_(~m, float("-inf"))
+    return m.float()
 
 
 @contextlib.contextmanager
@@ -243,10 +267,22 @@ def decode_attention_on(model: torch.nn.Module) -> Iterator[bool]:
     AttentionInterface.register(DECODE_ATTENTION, decode_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, sdpa_mask)
     text._attn_implementation = DECODE_ATTENTION
+    heads = int(getattr(text, "num_attention_heads", 0) or 0)
+    kv = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else 0))
+    param = next(iter(model.parameters()), None)
+    kernel = None
+    if (heads and kv and heads % kv == 0 and kernel_fits(head_dim, heads // kv) and param is not None
+            and param.device.type == "cpu" and param.dtype == torch.float32):
+        kernel = decode_attention_kernel()
+    if kernel is not None:
+        _KERNELS.append(kernel)
     try:
         yield True
     finally:
         text._attn_implementation = "sdpa"
+        if kernel is not None:
+            _KERNELS.pop()
 
 
 @torch.no_grad()
