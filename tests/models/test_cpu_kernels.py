@@ -122,3 +122,20 @@ def test_without_the_kernel_attention_uses_the_matmuls(monkeypatch, capsys):
     assert err.count("kernel is unavailable (RuntimeError: Error building extension") == 1
     assert "attention uses matmuls" in err
     assert not K.kernel_fits(32, 3) and not K.kernel_fits(64, 9) and K.kernel_fits(128, 8)
+
+
+def test_the_pip_ninja_builds_when_none_is_on_the_path(monkeypatch):
+    """`.venv/bin/difflens` runs without the venv's bin directory on PATH: the ninja that pip installed
+    (a dependency) is put on it for the build; a ninja already on PATH is left alone."""
+    import shutil
+
+    import ninja
+
+    monkeypatch.setenv("PATH", "/usr/local/bin")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    K._ninja_on_path()
+    assert __import__("os").environ["PATH"].split(":")[0] == str(ninja.BIN_DIR)
+    monkeypatch.setenv("PATH", "/usr/local/bin")
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/ninja")
+    K._ninja_on_path()
+    assert __import__("os").environ["PATH"] == "/usr/local/bin"

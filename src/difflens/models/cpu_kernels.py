@@ -210,6 +210,17 @@ def _build_dir() -> Path:
     return path
 
 
+def _ninja_on_path() -> None:
+    """torch builds with the ``ninja`` on ``PATH``: where there is none, the pip package's (a
+    dependency; its directory is not on ``PATH`` when difflens runs as ``.venv/bin/difflens``)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = str(ninja.BIN_DIR) + os.pathsep + os.environ.get("PATH", "")
+
+
 def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
     """The compiled kernel (``fn(q, k, v, mask, scale)``, see the module docstring), built on first
     call in this process (from ``$DIFFLENS_HOME/kernels/`` when built before); None where it cannot
@@ -228,6 +239,8 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
                       "DIFFLENS_CPU_KERNELS=0 skips it)", file=sys.stderr, flush=True)
             try:
                 from torch.utils.cpp_extension import load_inline
+
+                _ninja_on_path()
 
                 mod = load_inline("difflens_decode_attention", cpp_sources=_SOURCE, functions=["decode_attention"],
                                   extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
