@@ -2,6 +2,8 @@
 replaces, in isolation and inside the decode loop; and the fallbacks when it cannot run."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -134,8 +136,8 @@ def test_the_pip_ninja_builds_when_none_is_on_the_path(monkeypatch):
     monkeypatch.setenv("PATH", "/usr/local/bin")
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     K._ninja_on_path()
-    assert __import__("os").environ["PATH"].split(":")[0] == str(ninja.BIN_DIR)
+    assert os.environ["PATH"].split(":")[0] == str(ninja.BIN_DIR)
     monkeypatch.setenv("PATH", "/usr/local/bin")
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/ninja")
     K._ninja_on_path()
-    assert __import__("os").environ["PATH"] == "/usr/local/bin"
+    assert os.environ["PATH"] == "/usr/local/bin"
