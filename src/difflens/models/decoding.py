@@ -201,8 +201,12 @@ def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
     ``scaled_dot_product_attention``'s CPU kernels are built for blocks of queries: at one query per
     row they read the KV cache at 7–18 GB/s (2 AMD Zen 5 cores, 64–128 rows × 100–200 positions of
-    SmolLM2's 3 × 64-wide key/value heads), the matmuls at 12–35 GB/s. Softmax in float32 as sdpa's
-    math path does; the values differ from the fused kernels' by float rounding."""
+    SmolLM2's 3 × 64-wide key/value heads), the matmuls at 10–15 GB/s in a decode loop. Softmax in
+    float32 as sdpa's math path does; the values differ from the fused kernels' by float rounding.
+
+    Inside :func:`decode_attention_on`, where the compiled kernel serves the model's heads
+    (:mod:`difflens.models.cpu_kernels`: AVX-512, heads of 64 or 128 dims, up to 8 queries per
+    key/value head), the step runs on it instead: one pass over each row's cache, 22–29 GB/s."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     fast = (query.shape[2] == 1 and query.device.type == "cpu" and query.dtype == torch.float32 and not dropout
@@ -253,8 +257,10 @@ def _additive_mask(attention_mask: torch.Tensor | None, batch: int, length: int)
 @contextlib.contextmanager
 def decode_attention_on(model: torch.nn.Module) -> Iterator[bool]:
     """Inside, a model that attends with ``sdpa`` attends with :func:`decode_attention` (registered
-    with transformers' attention and mask interfaces as :data:`DECODE_ATTENTION`; the mask is sdpa's).
-    Yields whether it did; other models, and ``DIFFLENS_DECODE_ATTENTION=0``, are left as they are."""
+    with transformers' attention and mask interfaces as :data:`DECODE_ATTENTION`; the mask is sdpa's),
+    on the compiled kernel where it serves a float32 CPU model's heads (built on first use:
+    :func:`~difflens.models.cpu_kernels.decode_attention_kernel`). Yields whether it did; other
+    models, and ``DIFFLENS_DECODE_ATTENTION=0``, are left as they are."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
