@@ -205,9 +205,7 @@ def _build_dir() -> Path:
     except OSError:
         cpu = platform.processor()
     key = hashlib.sha256("\n".join([_SOURCE, torch.__version__, cpu, sys.version]).encode()).hexdigest()[:16]
-    path = Home().root / "kernels" / f"decode_attention-{key}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Home().kernel_build(f"decode_attention-{key}")
 
 
 def _ninja_on_path() -> None:

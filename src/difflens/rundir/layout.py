@@ -31,6 +31,7 @@ and, under ``$DIFFLENS_HOME`` (default ``~/.cache/difflens``), the caches that o
       organisms/<name>/teacher/<key>/        subliminal teacher samples (resumable)
       organisms/specs/                       user organism specs (YAML)
       llm_cache/                             LLM replies keyed by request
+      kernels/<name>-<hash>/                 compiled CPU kernels (source, torch and CPU in the hash)
 
 No other module builds artifact or cache paths: they ask a :class:`RunLayout` or :func:`home`.
 """
@@ -247,6 +248,11 @@ class Home:
 
     def assembled_gguf(self, filename: str) -> Path:
         return self._dir("models", "_gguf") / filename
+
+    # -- compiled kernels --------------------------------------------------------------
+    def kernel_build(self, name: str) -> Path:
+        """Build directory of one compiled CPU kernel (``name`` carries its hash; created)."""
+        return self._dir("kernels", name)
 
     # -- organisms ---------------------------------------------------------------------
     @property
