@@ -219,7 +219,8 @@ def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     b, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     kernel = _KERNELS[-1] if _KERNELS else None
-    if kernel is not None and kernel_fits(dim, heads // kv_heads) and key.stride(-1) == value.stride(-1) == 1:
+    if (kernel is not None and kernel_fits(dim, heads // kv_heads) and key.stride(-1) == value.stride(-1) == 1
+            and key.dtype == value.dtype == torch.float32):
         add = _additive_mask(attention_mask, b, length)
         if add is not False:
             out = kernel(query, key, value, add, dim ** -0.5 if scaling is None else scaling)
@@ -275,7 +276,7 @@ def decode_attention_on(model: torch.nn.Module) -> Iterator[bool]:
     text._attn_implementation = DECODE_ATTENTION
     heads = int(getattr(text, "num_attention_heads", 0) or 0)
     kv = int(getattr(text, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else 0))
+    head_dim = int(getattr(text, "head_dim", None) or (getattr(text, "hidden_size", 0) // heads if heads else 0))
     param = next(iter(model.parameters()), None)
     kernel = None
     if (heads and kv and heads % kv == 0 and kernel_fits(head_dim, heads // kv) and param is not None
