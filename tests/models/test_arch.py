@@ -86,3 +86,19 @@ def test_family_outside_the_table_is_discovered():
         ("transformer.h", "transformer.ln_f", "transformer.word_embeddings")
     assert not arch.known and not arch.uses_bos
     arch.check()
+
+
+def test_attention_heads_of_each_family():
+    """(query heads, key/value heads, head size) from the config: grouped queries, an explicit head
+    size that is not hidden / heads (Qwen3, Gemma), GPT-2's n_head / n_embd aliases."""
+    from conftest import tiny_config
+
+    from difflens.models.arch import attention_heads
+
+    assert attention_heads(tiny_config("llama")) == (4, 2, 8)
+    assert attention_heads(tiny_config("qwen3")) == (4, 2, 8)
+    assert attention_heads(tiny_config("gpt2")) == (4, 4, 8)
+    g = tiny_config("gemma2")
+    g.head_dim = 16
+    assert attention_heads(g) == (4, 2, 16)
+    assert attention_heads(object()) == (0, 0, 0)

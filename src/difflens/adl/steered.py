@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..models.arch import attention_heads
 from ..models.decoding import sample_rows
 from ..models.pair import ModelPair
 from ..models.tokens import chat_prompt_ids, pad_id, pad_left
@@ -137,8 +138,7 @@ def rows_per_call(pair: ModelPair, context: int, budget_bytes: int | None = None
     ``budget_bytes`` (None: 2 GiB on a CPU, 16 GiB on an accelerator)."""
     arch = pair.ft_arch
     cfg = arch.config
-    heads = int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads"))
-    head_dim = int(getattr(cfg, "head_dim", None) or arch.hidden_size // int(getattr(cfg, "num_attention_heads")))
+    _, heads, head_dim = attention_heads(cfg)
     dtype_bytes = next(pair.ft_lm.model.parameters()).element_size()
     per_row = 2 * arch.num_layers * heads * head_dim * dtype_bytes * max(1, context)
     dev = getattr(pair, "device", "cpu")

@@ -102,6 +102,14 @@ def text_config(config: Any) -> Any:
     return config
 
 
+def attention_heads(config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a (text) config; 0s where it names no heads."""
+    heads = int(getattr(config, "num_attention_heads", None) or 0)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    width = int(getattr(config, "hidden_size", None) or 0)
+    return heads, kv, int(getattr(config, "head_dim", None) or (width // heads if heads else 0))
+
+
 # -- discovery ---------------------------------------------------------------------------------
 _NORM_TYPES: tuple[type, ...] = tuple(t for t in (nn.LayerNorm, getattr(nn, "RMSNorm", None), nn.GroupNorm) if t)
 # preferred names when several norm modules sit beside the layers after them

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .arch import unwrap
+from .arch import attention_heads, unwrap
 from .cpu_kernels import decode_attention_kernel, kernel_fits
 from .packed import PackedLinears
 
@@ -274,9 +274,7 @@ def decode_attention_on(model: torch.nn.Module) -> Iterator[bool]:
     AttentionInterface.register(DECODE_ATTENTION, decode_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, sdpa_mask)
     text._attn_implementation = DECODE_ATTENTION
-    heads = int(getattr(text, "num_attention_heads", 0) or 0)
-    kv = int(getattr(text, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(text, "head_dim", None) or (getattr(text, "hidden_size", 0) // heads if heads else 0))
+    heads, kv, head_dim = attention_heads(text)
     param = next(iter(model.parameters()), None)
     kernel = None
     if (heads and kv and heads % kv == 0 and kernel_fits(head_dim, heads // kv) and param is not None
