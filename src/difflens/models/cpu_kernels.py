@@ -181,15 +181,20 @@ _LOCK = threading.Lock()
 _KERNEL: list[Any] = []  # [] not tried yet; [None] unavailable; [fn] built
 
 
+def _cpu_flags() -> str | None:
+    """The ``flags`` line of ``/proc/cpuinfo`` ("" without one; None where it cannot be read)."""
+    try:
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return None
+
+
 def cpu_supports() -> bool:
     """An x86-64 Linux CPU with AVX-512F (``/proc/cpuinfo``) and a C++ compiler on the path."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512f" in flags.split() and shutil.which(os.environ.get("CXX", "c++")) is not None
+    flags = _cpu_flags()
+    return flags is not None and "avx512f" in flags.split() and shutil.which(os.environ.get("CXX", "c++")) is not None
 
 
 def kernel_fits(head_dim: int, group: int) -> bool:
@@ -200,10 +205,8 @@ def kernel_fits(head_dim: int, group: int) -> bool:
 def _build_dir() -> Path:
     from ..rundir.layout import Home
 
-    try:
-        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        cpu = platform.processor()
+    flags = _cpu_flags()
+    cpu = platform.processor() if flags is None else flags
     key = hashlib.sha256("\n".join([_SOURCE, torch.__version__, cpu, sys.version]).encode()).hexdigest()[:16]
     return Home().kernel_build(f"decode_attention-{key}")
 
