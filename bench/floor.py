@@ -418,7 +418,8 @@ def bench_decode(pair, direction, eta: float, args, shape, rows: Rows, *, layer:
     kinds["Python and dispatch"] = max(0.0, pwall - sum(ops.values())) * scale
     no_attn = dataclasses.replace(shape, attn_width=0)
     linear = cost.steer_flops(no_attn, sizes, groups)
-    kv = sum(cost.kv_read_bytes(shape, p, n, next(pair.ft_lm.model.parameters()).element_size()) for p, n in sizes)
+    kv_bytes = next(pair.ft_lm.model.parameters()).element_size()
+    kv = sum(cost.kv_read_bytes(shape, p, n, kv_bytes) for p, n in sizes)
     mem = cost.memory_rate(args.device)
     same = "the same tokens" if again == out else "OTHER tokens (not deterministic here: the split is approximate)"
     rows.add("decode: a search round", flops, wall, f"{head}; profiled {pwall:.2f} s, {same}")
