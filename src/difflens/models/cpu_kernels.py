@@ -44,6 +44,8 @@ _SOURCE = r"""
 
 namespace {
 
+constexpr int64_t PREFETCH = 8;  // keys ahead
+
 inline __m512 exp512(__m512 x) {
   // exp(x) = 2^n * p(r), r = x - n ln 2 (two-part ln 2); p: Cephes expf's polynomial; scalef: 2^n
   x = _mm512_max_ps(x, _mm512_set1_ps(-103.f));  // -inf (masked) and NaN -> exp -> 0
@@ -83,6 +85,15 @@ void attend(const float* qp, const float* kp, const float* vp, const float* mp, 
         for (int c = 0; c < C; ++c) q[g][c] = _mm512_mul_ps(_mm512_loadu_ps(qb + g * D + 16 * c), _mm512_set1_ps(scale));
       for (int64_t l = 0; l < L; ++l) {
         const float* kr = kb + l * ks[2];
+        // prefetch the key PREFETCH rows ahead, and this row's value for the p.V pass below: two
+        // streams in flight instead of one (past the last key it touches the cache's unused room or
+        // beyond; a prefetch never faults)
+        const float* kn = kr + PREFETCH * ks[2];
+        const float* vn = vb + l * vs[2];
+        for (int c = 0; c < C; ++c) {
+          _mm_prefetch(reinterpret_cast<const char*>(kn + 16 * c), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(vn + 16 * c), _MM_HINT_T0);
+        }
         __m512 kv[C];
         for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_ps(kr + 16 * c);
         const float m = mb ? mb[l] : 0.f;
