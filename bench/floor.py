@@ -407,6 +407,7 @@ def bench_decode(pair, direction, eta: float, args, shape, rows: Rows, *, layer:
 
     with contextlib.ExitStack() as st:
         st.enter_context(patched(D, "decode_attention", ranged("difflens::attention")))
+        st.enter_context(patched(D, "step_attention", ranged("difflens::attention")))  # decode_step.py's steps
         st.enter_context(patched(D, "draw", ranged("difflens::draw")))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             again, pwall = timed(G.generate_vectors, pair, prompts, add, **kw)

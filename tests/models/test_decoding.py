@@ -193,6 +193,7 @@ def test_a_shared_prefill_gives_the_rows_of_a_prefill_per_row(family):
 def test_packed_weights_decode_the_rows_generate_decodes(family, backend, monkeypatch):
     """Decode steps run from packed weights (models.packed; MKL's from MIN_ROWS rows, oneDNN's for the
     prefill too): greedy rows equal ``generate``'s while rows finish and the batch changes size."""
+    import difflens.models.decode_step as S
     import difflens.models.decoding as D
     from difflens.models.packed import MIN_ROWS, PackedLinears, available
 
@@ -213,8 +214,10 @@ def test_packed_weights_decode_the_rows_generate_decodes(family, backend, monkey
             super().pack(rows)
 
     monkeypatch.setattr(D, "PackedLinears", Recording)
+    monkeypatch.setattr(S, "PackedLinears", Recording)  # the decode step's fused projections
     tok = tiny_tokenizer()
     model = tiny_model(family, seed=3)
+    stepped = family in S.FAMILIES  # decode steps by models.decode_step: q/k/v and gate/up as one product each
     texts = ["tell me a story", "why", "give me some ideas for the cat", "why not", "the cat"] * 4
     ids, mask = _prompts(tok, texts)
     assert len(texts) >= MIN_ROWS
@@ -226,17 +229,21 @@ def test_packed_weights_decode_the_rows_generate_decodes(family, backend, monkey
     got = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=12, seed=0,
                       prune_fraction=0.01, packed=True)
     assert got == want
-    packer = made[-1]
-    assert packer.active and packer.packed_calls > 0 and packer.backend == backend
-    if backend == "mkl":  # packed for the running rows, again as rows left (below MIN_ROWS: unpacked)
-        assert packer.sizes[0] >= MIN_ROWS and len(packer.sizes) >= 2 and packer.sizes == sorted(packer.sizes)[::-1]
-    else:  # every forward packed: the prefill and each of the 11 decode steps, every linear of the model
+    packers = made[-2:] if stepped else made[-1:]  # the model's, then the step's
+    for packer in packers:
+        assert packer.active and packer.packed_calls > 0 and packer.backend == backend
+        if backend == "mkl":  # packed for the running rows, again as rows left (below MIN_ROWS: unpacked)
+            assert packer.sizes[0] >= MIN_ROWS and len(packer.sizes) >= 2 \
+                and packer.sizes == sorted(packer.sizes)[::-1]
+        assert all("forward" not in m.__dict__ for m in packer.layers)  # the modules' own forward is back
+    if backend == "onednn":  # every forward packed: the prefill and each of the 11 decode steps, every product
         n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
-        assert packer.packed_calls == 12 * n_linear
-    assert all("forward" not in m.__dict__ for m in packer.layers)  # the modules' own forward is back
+        per_step = n_linear - 3 * model.config.num_hidden_layers if stepped else n_linear
+        assert sum(p.packed_calls for p in packers) == n_linear + 11 * per_step
+    made.clear()
     off = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=12, seed=0,
                       prune_fraction=0.01, packed=False)
-    assert off == want and made[-1].packed_calls == 0 and not made[-1].active
+    assert off == want and made and all(p.packed_calls == 0 and not p.active for p in made)
 
 
 def test_packed_linears_match_f_linear_and_fall_back_off_their_row_count(monkeypatch):
@@ -496,6 +503,7 @@ def test_decode_loop_attends_with_decode_attention_and_restores_sdpa(family, mon
         return real(*a, **k)
 
     monkeypatch.setattr(D, "decode_attention", counting)
+    monkeypatch.setenv("DIFFLENS_DECODE_STEP", "0")  # the steps through forward (decode_step.py has its own tests)
     got = sample_rows(model, ids, mask, tokenizer=tok, temperature=0.0, max_new_tokens=7, seed=0)
     assert got == want
     assert model.config.get_text_config(decoder=True)._attn_implementation == impl
