@@ -146,13 +146,28 @@ def test_the_step_refuses_what_it_does_not_run(monkeypatch):
     assert S.decode_step(lora.get_base_model(), cache(lora.get_base_model())) is None  # wrapped projections
 
 
-def test_fused_copies_are_kept_and_remade_when_a_weight_changes():
-    """The step (and its fused copies) is made once per model; an in-place weight update makes new
-    copies, and the step's logits follow the new weights."""
+def test_fused_copies_are_kept_for_a_stage_and_remade_when_a_weight_changes():
+    """Inside a stage (keep_packs) the step and its fused copies are made once per model and freed with
+    the stage; outside, each call makes its own. An in-place weight update makes new copies, and the
+    step's logits follow the new weights."""
+    from difflens.models.packed import keep_packs, stage_store
+
     model = tiny_model("llama", seed=2)
     c = D.growing_cache(model.config, 16)
-    first = S.decode_step(model, c)
-    assert first is not None and first.fused and S.decode_step(model, c) is first
+    assert S.decode_step(model, c) is not S.decode_step(model, c)
+    with keep_packs():
+        first = S.decode_step(model, c)
+        assert first is not None and first.fused and S.decode_step(model, c) is first
+        with keep_packs():  # a nested block keeps the outer one's
+            assert S.decode_step(model, c) is first
+        assert model in stage_store()["decode_steps"]
+    assert stage_store() is None
+    with keep_packs():
+        assert S.decode_step(model, c) is not first
+        _check_remade(model, c, S.decode_step(model, c))
+
+
+def _check_remade(model, c, first):
     ids, mask = _batch()
     feed = torch.randint(5, 200, (3, 3), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -198,3 +213,20 @@ def test_the_embedded_model_takes_the_step():
     # 9e-4 here on logits up to 35, fused or not (the kernel's and the rotary's rounding through 30
     # layers); forward itself differs by 8e-3 between packed and unpacked weights
     torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+
+
+def test_a_cached_step_does_not_keep_its_model_alive():
+    """A stage keeps the steps by model, weakly: a model dropped inside the stage is freed with its copies."""
+    import gc
+    import weakref
+
+    from difflens.models.packed import keep_packs, stage_store
+
+    with keep_packs():
+        model = tiny_model("llama", seed=7)
+        assert S.decode_step(model, D.growing_cache(model.config, 16)) is not None
+        assert len(stage_store()["decode_steps"]) == 1
+        gone = weakref.ref(model)
+        del model
+        gc.collect()
+        assert gone() is None and len(stage_store()["decode_steps"]) == 0

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .arch import attention_heads, unwrap
-from .packed import MEMORY_SHARE, PackedLinears, _free_bytes
+from .packed import MEMORY_SHARE, PackedLinears, _free_bytes, stage_store
 
 __all__ = ["FAMILIES", "DecodeStep", "decode_step"]
 
@@ -126,8 +126,9 @@ def _refusal(model: nn.Module) -> str | None:
             return "another layer layout (wrapped or adapted projections)"
         if _live(layer._forward_pre_hooks) or layer._forward_hooks_with_kwargs or "forward" in layer.__dict__:
             return "a pre-hook, a keyword hook or a replaced forward on a decoder layer"
+    layer_ids = {id(layer) for layer in layers}
     for name, m in model.named_modules():
-        if m in layers:
+        if id(m) in layer_ids:
             continue
         if _live(m._forward_hooks) or _live(m._forward_pre_hooks) or getattr(m, "_hf_hook", None) is not None:
             return f"a hook on {name or 'the model'}"
@@ -149,8 +150,7 @@ class DecodeStep:
     packing leaves them."""
 
     def __init__(self, model: nn.Module, fuse: bool) -> None:
-        inner = model.model
-        self.model, self.inner = model, inner
+        inner = model.model  # not kept: a stage keeps the step by the model, weakly, and must not keep it alive
         self.embed, self.norm, self.rotary = inner.embed_tokens.forward, inner.norm.forward, inner.rotary_emb
         self.lm_head = model.lm_head
         self.heads, self.kv_heads, self.head_dim = attention_heads(model.config.get_text_config(decoder=True))
@@ -228,24 +228,24 @@ class DecodeStep:
         return self.lm_head(self.norm(x))[:, -1]
 
 
-_STEPS: "weakref.WeakKeyDictionary[nn.Module, DecodeStep]" = weakref.WeakKeyDictionary()
-
-
 def decode_step(model: nn.Module, cache: Any) -> DecodeStep | None:
     """The :class:`DecodeStep` for ``model`` and ``cache`` (None where it cannot serve: see the module
     doc; ``cache`` must be a :func:`~difflens.models.decoding.growing_cache` with a growing layer per
-    decoder layer). The fused projections are made once per model and remade when a weight changed;
-    they are made only where their copy (and its pack) fits :data:`~difflens.models.packed.MEMORY_SHARE`
-    of the free memory (else the step runs the model's own projections, one by one)."""
+    decoder layer). Its fused projections are copies of the weights, made only where they and their
+    pack fit :data:`~difflens.models.packed.MEMORY_SHARE` of the free memory (else the step runs the
+    model's own projections one by one). Inside a stage (:func:`~difflens.models.packed.keep_packs`)
+    the step is made once per model, remade when a weight changed, and freed with the stage's packs
+    (kept by the model weakly); outside one, each call makes its own."""
     if os.environ.get("DIFFLENS_DECODE_STEP", "1").strip() == "0":
         return None
-    inner_model = unwrap(model)
-    if inner_model is not model or _refusal(model) is not None:
+    if unwrap(model) is not model or _refusal(model) is not None:
         return None
     layers = getattr(cache, "layers", None)
     if layers is None or len(layers) != len(model.model.layers) or not all(hasattr(c, "kbuf") for c in layers):
         return None
-    step = _STEPS.get(model)
+    store = stage_store()
+    steps = store.setdefault("decode_steps", weakref.WeakKeyDictionary()) if store is not None else {}
+    step = steps.get(model)
     if step is not None and (not step.fused or step.signature == _weights(model.model)):
         return step
     need = 2 * 4 * sum(m.weight.numel() for layer in model.model.layers
@@ -253,9 +253,10 @@ def decode_step(model: nn.Module, cache: Any) -> DecodeStep | None:
                                  layer.mlp.gate_proj, layer.mlp.up_proj))
     free = _free_bytes()
     fuse = free is None or need <= MEMORY_SHARE * free
-    _STEPS.pop(model, None)  # the old copies go before new ones are made
+    steps.pop(model, None)  # the old copies go before new ones are made
     step = DecodeStep(model, fuse)
-    _STEPS[model] = step
+    if store is not None:
+        steps[model] = step
     return step
 
 

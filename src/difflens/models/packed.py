@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["MIN_ROWS", "MEMORY_SHARE", "BACKENDS", "available", "backend_rates", "choose_backend", "keep_packs",
-           "with_kept_packs", "packed_forwards", "PackedLinears"]
+           "stage_store", "with_kept_packs", "packed_forwards", "PackedLinears"]
 
 MIN_ROWS = 16
 """Fewer rows than this run unpacked on the ``mkl`` backend: there the step is bound by reading the
@@ -147,6 +147,17 @@ def _free_bytes() -> int | None:
 _KEPT: dict[int, tuple[torch.Tensor, int, int, torch.Tensor]] | None = None
 
 
+# what a stage keeps for its duration besides the packs (decode_step.py's fused projections), keyed by its
+# owner; freed with the packs on leaving the outermost keep_packs block
+_STAGE: dict[str, Any] | None = None
+
+
+def stage_store() -> dict[str, Any] | None:
+    """A dict that lives as long as the outermost :func:`keep_packs` block (None outside one): for
+    derived copies of a stage's frozen weights that should be made once per stage, and freed with it."""
+    return _STAGE
+
+
 @contextlib.contextmanager
 def keep_packs() -> Iterator[None]:
     """Inside this block, oneDNN packs outlive the :class:`PackedLinears` block that made them: a
@@ -156,15 +167,15 @@ def keep_packs() -> Iterator[None]:
     weights that way). A stage that runs many short calls over frozen
     weights (the steer stage's grader waves and generation rounds) packs each weight once. The packs
     are freed on leaving the outermost block."""
-    global _KEPT
+    global _KEPT, _STAGE
     if _KEPT is not None:  # nested: the outer block keeps them
         yield
         return
-    _KEPT = {}
+    _KEPT, _STAGE = {}, {}
     try:
         yield
     finally:
-        _KEPT = None
+        _KEPT = _STAGE = None
 
 
 F_ = TypeVar("F_", bound=Callable[..., Any])
