@@ -235,7 +235,7 @@ def step_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     two batched matmuls over the key/value heads, each head's query group together (no
     ``repeat_kv``); softmax in float32."""
     b, heads, _, dim = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
+    kv_heads = key.shape[1]
     if add is not None and not add.numel():
         add = None
     kernel = _KERNELS[-1] if _KERNELS else None
