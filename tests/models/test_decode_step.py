@@ -134,6 +134,18 @@ def test_the_step_refuses_what_it_does_not_run(monkeypatch):
     assert refused(lambda: layer.mlp.register_forward_hook(lambda m, a, o: None))
     assert refused(lambda: model.model.norm.register_forward_hook(lambda m, a, o: None))
     assert not refused(lambda: layer.register_forward_hook(lambda m, a, o: None))  # the steering hook's kind
+    # a projection's forward replaced by anything but PackedLinears (the fused product would bypass it)
+    proj = layer.self_attn.k_proj
+    proj.forward = lambda x: torch.nn.functional.linear(x, proj.weight) * 2
+    assert S.decode_step(model, cache(model)) is None
+    del proj.forward
+    from difflens.models.packed import PackedLinears, available, is_packed_forward
+    backend = next((b for b in ("onednn", "mkl") if available(b)), None)
+    if backend is not None:  # PackedLinears' own replacement is the same product: the step serves
+        with PackedLinears(model, backend=backend) as packer:
+            assert packer.active and "forward" in proj.__dict__ and is_packed_forward(proj)
+            assert S.decode_step(model, cache(model)) is not None
+        assert not is_packed_forward(proj)
     monkeypatch.setenv("DIFFLENS_DECODE_STEP", "0")
     assert S.decode_step(model, cache(model)) is None
     monkeypatch.delenv("DIFFLENS_DECODE_STEP")

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .arch import attention_heads, unwrap
-from .packed import MEMORY_SHARE, PackedLinears, _free_bytes, stage_store
+from .packed import MEMORY_SHARE, PackedLinears, _free_bytes, is_packed_forward, stage_store
 
 __all__ = ["FAMILIES", "DecodeStep", "decode_step"]
 
@@ -134,7 +134,7 @@ def _refusal(model: nn.Module) -> str | None:
             continue
         if _live(m._forward_hooks) or _live(m._forward_pre_hooks) or getattr(m, "_hf_hook", None) is not None:
             return f"a hook on {name or 'the model'}"
-        if "forward" in m.__dict__ and type(m) is not nn.Linear:  # PackedLinears replaces linear forwards
+        if "forward" in m.__dict__ and not is_packed_forward(m):  # the fused products would bypass it
             return f"a replaced forward on {name or 'the model'}"
     return None
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["MIN_ROWS", "MEMORY_SHARE", "BACKENDS", "available", "backend_rates", "choose_backend", "keep_packs",
-           "stage_store", "with_kept_packs", "packed_forwards", "PackedLinears"]
+           "stage_store", "with_kept_packs", "packed_forwards", "is_packed_forward", "PackedLinears"]
 
 MIN_ROWS = 16
 """Fewer rows than this run unpacked on the ``mkl`` backend: there the step is bound by reading the
@@ -205,6 +205,12 @@ def packed_forwards(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
 
 
+def is_packed_forward(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s forward is replaced, and by a :class:`PackedLinears` block (the same product
+    from a packed weight), not by anything else."""
+    return bool(getattr(module.__dict__.get("forward"), "difflens_packed", False))
+
+
 def _onednn_reorder(weight: torch.Tensor, rows: int | None) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
 
@@ -297,7 +303,11 @@ class PackedLinears:
             with torch.no_grad():
                 self._packs = {id(m): _onednn_pack(m.weight) for m in self.layers}
         for m in self.layers:
-            m.forward = lambda x, m=m: self._forward(m, x)  # instance attribute: hooks still run
+            # a function, not a partial: deepcopy of a module inside the block shares it instead of copying the packs
+            def fwd(x: torch.Tensor, m: torch.nn.Linear = m) -> torch.Tensor:
+                return self._forward(m, x)
+            fwd.difflens_packed = True  # type: ignore[attr-defined]  # is_packed_forward
+            m.forward = fwd  # instance attribute: hooks still run
         return self
 
     def __exit__(self, *exc: Any) -> None:
