@@ -64,10 +64,17 @@ def test_the_step_attends_on_the_kernel_where_it_serves(monkeypatch):
     model = T.AutoModelForCausalLM.from_config(cfg).eval()
     ids, mask = _batch()
     feed = torch.randint(5, 200, (3, 5), generator=torch.Generator().manual_seed(2))
+    import difflens.models.cpu_kernels as K
+
     want = _teacher_forced(model, ids, mask, feed)
+    real, calls = K.decode_attention_kernel(), []
+    if real is not None:  # count the kernel's calls (forward's steps above used it too, uncounted)
+        monkeypatch.setattr(K, "_KERNEL", [lambda *a: calls.append(a[1].shape[2]) or real(*a)])
     with S.DecodeStep(model, True).packed(None) as step:
         got = _teacher_forced(model, ids, mask, feed, step)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)
+    if real is not None:  # 2 layers × 5 steps, keys 7..11 long (6 prompt positions, then one more a step)
+        assert sorted(set(calls)) == [7, 8, 9, 10, 11] and len(calls) == 10
 
 
 @pytest.mark.parametrize("family", STEPPED)
