@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .arch import attention_heads, unwrap
+from .arch import attention_heads, text_config, unwrap
 from .packed import MEMORY_SHARE, PackedLinears, _free_bytes, is_packed_forward, stage_store
 
 __all__ = ["FAMILIES", "DecodeStep", "decode_step"]
@@ -101,7 +101,7 @@ def _live(hooks: dict[int, Any]) -> list[Any]:
 def _refusal(model: nn.Module) -> str | None:
     """Why :class:`DecodeStep` cannot run ``model`` (None: it can)."""
     cfg = getattr(model, "config", None)
-    text = cfg.get_text_config(decoder=True) if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    text = text_config(cfg) if cfg is not None else None
     if text is None or getattr(text, "model_type", None) not in FAMILIES:
         return "not a llama, qwen2 or qwen3 decoder"
     if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or [])) \
@@ -155,7 +155,7 @@ class DecodeStep:
         inner = model.model  # not kept: a stage keeps the step by the model, weakly, and must not keep it alive
         self.embed, self.norm, self.rotary = inner.embed_tokens.forward, inner.norm.forward, inner.rotary_emb
         self.lm_head = model.lm_head
-        self.heads, self.kv_heads, self.head_dim = attention_heads(model.config.get_text_config(decoder=True))
+        self.heads, self.kv_heads, self.head_dim = attention_heads(text_config(model.config))
         self.layers = [_Layer(m, fuse) for m in inner.layers]
         self.signature = _weights(inner) if fuse else ()
         self.fused = fuse

@@ -263,9 +263,7 @@ def _additive_mask(attention_mask: torch.Tensor | None, batch: int, length: int)
     if m.dim() != 3 or m.shape[1] != 1 or m.shape[0] not in (1, batch) or m.shape[-1] != length:
         return False
     m = m[:, 0]
-    if m.dtype == torch.bool:
-        return torch.zeros(m.shape, dtype=torch.float32).masked_fill_(~m, float("-inf"))
-    return m.float()
+    return additive_mask(m) if m.dtype == torch.bool else m.float()
 
 
 @contextlib.contextmanager
